@@ -1,0 +1,132 @@
+//! What the executor asks of nodes and hypervisors. The executor calls only this trait; `fake` is
+//! an in-memory cluster, and a QEMU backend or a remote node agent can implement the same calls.
+
+pub mod fake;
+
+use std::future::Future;
+use std::pin::Pin;
+use thiserror::Error;
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// How a backend failure should be reported to the client (mapped to Ganeti error classes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The node did not answer: `OpPrereqError` with `environment_error` during checks.
+    NodeUnreachable,
+    /// The operation itself failed: `OpExecError`.
+    OperationFailed,
+    /// The node lacks memory or disk.
+    InsufficientResources,
+}
+
+#[derive(Debug, Clone, Error, PartialEq)]
+#[error("{message}")]
+pub struct BackendError {
+    pub kind: FailureKind,
+    pub message: String,
+}
+
+impl BackendError {
+    pub fn failed(message: impl Into<String>) -> BackendError {
+        BackendError {
+            kind: FailureKind::OperationFailed,
+            message: message.into(),
+        }
+    }
+}
+
+pub type BackendResult<T> = Result<T, BackendError>;
+
+/// A node's capacity and what is free right now.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct NodeInfo {
+    pub memory_total: u64,
+    pub memory_free: u64,
+    /// Memory used by the node itself (dom0 / host), Ganeti's `mnode`.
+    pub memory_node: u64,
+    pub disk_total: u64,
+    pub disk_free: u64,
+    pub cpus: u64,
+    pub sockets: u64,
+}
+
+/// Static description of a node handed to the backend at start-up.
+#[derive(Debug, Clone)]
+pub struct NodeSpec {
+    pub name: String,
+    pub memory_mib: u64,
+    pub disk_mib: u64,
+    pub cpus: u64,
+}
+
+/// Everything a backend needs to run one instance.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VmSpec {
+    pub name: String,
+    pub memory_mib: u64,
+    pub vcpus: u64,
+    pub disks_mib: Vec<u64>,
+    pub os: String,
+}
+
+/// What a backend reports about one instance on one node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VmState {
+    pub running: bool,
+    pub memory_mib: u64,
+    pub vcpus: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RebootKind {
+    Soft,
+    Hard,
+}
+
+pub trait Backend: Send + Sync {
+    /// Learns the nodes and re-adopts instances after a restart (`running` = admin state up).
+    fn adopt(&self, nodes: Vec<NodeSpec>, vms: Vec<(String, VmSpec, bool)>) -> BoxFuture<'_, ()>;
+    fn node_info<'a>(&'a self, node: &'a str) -> BoxFuture<'a, BackendResult<NodeInfo>>;
+    fn create_disks<'a>(&'a self, node: &'a str, vm: &'a VmSpec) -> BoxFuture<'a, BackendResult<()>>;
+    fn remove_disks<'a>(&'a self, node: &'a str, name: &'a str) -> BoxFuture<'a, BackendResult<()>>;
+    fn grow_disk<'a>(
+        &'a self,
+        node: &'a str,
+        name: &'a str,
+        index: usize,
+        new_size: u64,
+    ) -> BoxFuture<'a, BackendResult<()>>;
+    fn install_os<'a>(&'a self, node: &'a str, vm: &'a VmSpec) -> BoxFuture<'a, BackendResult<()>>;
+    fn start<'a>(&'a self, node: &'a str, vm: &'a VmSpec) -> BoxFuture<'a, BackendResult<()>>;
+    fn stop<'a>(
+        &'a self,
+        node: &'a str,
+        name: &'a str,
+        timeout_s: u64,
+    ) -> BoxFuture<'a, BackendResult<()>>;
+    fn reboot<'a>(
+        &'a self,
+        node: &'a str,
+        name: &'a str,
+        kind: RebootKind,
+    ) -> BoxFuture<'a, BackendResult<()>>;
+    fn instance_state<'a>(
+        &'a self,
+        node: &'a str,
+        name: &'a str,
+    ) -> BoxFuture<'a, BackendResult<Option<VmState>>>;
+    /// Moves a VM (and its disks) from one node to another; `live` keeps it running throughout.
+    fn migrate<'a>(
+        &'a self,
+        src: &'a str,
+        dst: &'a str,
+        name: &'a str,
+        live: bool,
+    ) -> BoxFuture<'a, BackendResult<()>>;
+    fn rename<'a>(&'a self, node: &'a str, old: &'a str, new: &'a str)
+    -> BoxFuture<'a, BackendResult<()>>;
+    fn powercycle<'a>(&'a self, node: &'a str) -> BoxFuture<'a, BackendResult<String>>;
+    /// Pauses for `seconds` on a node (OP_TEST_DELAY with nodes).
+    fn delay<'a>(&'a self, node: &'a str, seconds: f64) -> BoxFuture<'a, BackendResult<()>>;
+}

@@ -1,0 +1,89 @@
+//! The cluster model: one configuration document in sled, read as snapshots and changed only
+//! through `update`, atomically per opcode, with a serial number that grows on every change.
+
+mod bootstrap;
+pub mod views;
+pub mod model;
+
+use crate::storage::{GroupCommit, StorageError};
+use model::Config;
+use std::sync::{Arc, Mutex, RwLock};
+use thiserror::Error;
+
+pub use bootstrap::{InitOptions, initial_config};
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("configuration storage: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("configuration record is corrupt: {0}")]
+    Corrupt(String),
+    #[error(transparent)]
+    Durability(#[from] StorageError),
+}
+
+const CONFIG_KEY: &[u8] = b"config";
+
+#[derive(Clone)]
+pub struct ClusterStore {
+    tree: sled::Tree,
+    commit: GroupCommit,
+    current: Arc<RwLock<Arc<Config>>>,
+    writer: Arc<Mutex<()>>,
+}
+
+impl ClusterStore {
+    /// Opens the stored configuration, initialising a new cluster when there is none.
+    pub fn open(commit: &GroupCommit, init: &InitOptions) -> Result<ClusterStore, ConfigError> {
+        let tree = commit.db().open_tree("config")?;
+        let config = match tree.get(CONFIG_KEY)? {
+            Some(bytes) => {
+                serde_json::from_slice(&bytes).map_err(|e| ConfigError::Corrupt(e.to_string()))?
+            }
+            None => {
+                let cfg = initial_config(init);
+                tree.insert(CONFIG_KEY, encode(&cfg)?)?;
+                commit.flush_now()?;
+                tracing::info!(cluster = %cfg.cluster.name, nodes = cfg.nodes.len(), "initialised a new cluster");
+                cfg
+            }
+        };
+        Ok(ClusterStore {
+            tree,
+            commit: commit.clone(),
+            current: Arc::new(RwLock::new(Arc::new(config))),
+            writer: Arc::new(Mutex::new(())),
+        })
+    }
+
+    pub fn snapshot(&self) -> Arc<Config> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Applies `change` to the newest configuration and makes the result durable. Locks held by
+    /// the calling opcode guarantee no conflicting change runs concurrently; the writer mutex only
+    /// orders the commits.
+    pub async fn update<T>(
+        &self,
+        change: impl FnOnce(&mut Config) -> T,
+    ) -> Result<T, ConfigError> {
+        let out = {
+            let _w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+            let mut cfg = (*self.snapshot()).clone();
+            let out = change(&mut cfg);
+            cfg.serial_no += 1;
+            self.tree.insert(CONFIG_KEY, encode(&cfg)?)?;
+            *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(cfg);
+            out
+        };
+        self.commit.durable().await?;
+        Ok(out)
+    }
+}
+
+fn encode(cfg: &Config) -> Result<Vec<u8>, ConfigError> {
+    serde_json::to_vec(cfg).map_err(|e| ConfigError::Corrupt(e.to_string()))
+}

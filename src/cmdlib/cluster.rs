@@ -1,0 +1,286 @@
+//! Cluster-wide opcodes: parameter changes, config redistribution, queries, OS diagnose, and the
+//! test delay.
+
+use super::*;
+use crate::jobqueue::locks::{LockLevel, LockMode};
+use std::time::Duration;
+
+pub fn plan(op: &OpCode, cfg: &Config) -> Result<LockPlan, OpError> {
+    let mut p = LockPlan::default();
+    match op.id() {
+        "OP_CLUSTER_SET_PARAMS" => {
+            p.add_all(LockLevel::Node, cfg.nodes.keys().cloned(), LockMode::Shared);
+            p.add_all(LockLevel::Instance, cfg.instances.keys().cloned(), LockMode::Shared);
+            p.add_all(LockLevel::NodeGroup, cfg.groups.keys().cloned(), LockMode::Shared);
+        }
+        "OP_CLUSTER_REDIST_CONF" => {
+            p.add_all(LockLevel::Node, cfg.nodes.keys().cloned(), LockMode::Shared);
+        }
+        "OP_TEST_DELAY" => {
+            let duration = op.get("duration").and_then(Value::as_f64).unwrap_or(0.0);
+            if duration <= 0.0 {
+                return Err(OpError::prereq_bare("Duration must be greater than zero"));
+            }
+            let nodes = delay_nodes(op, cfg)?;
+            if !op.get("no_locks").and_then(Value::as_bool).unwrap_or(true) {
+                p.add_all(LockLevel::Node, nodes, LockMode::Exclusive);
+            }
+        }
+        "OP_QUERY" | "OP_QUERY_FIELDS" => {
+            let what = op.str("what").unwrap_or_default();
+            if what != "cluster" && what != "os" {
+                return Err(OpError::prereq(format!("Unknown query resource '{what}'"), ErrorCode::WrongInput));
+            }
+            if what == "cluster" && op.bool("use_locking") {
+                return Err(OpError::prereq("Can not use locking for cluster queries", ErrorCode::WrongInput));
+            }
+        }
+        _ => {}
+    }
+    Ok(p)
+}
+
+/// `on_nodes` resolved to node names, plus the master when `on_master`.
+fn delay_nodes(op: &OpCode, cfg: &Config) -> Result<Vec<String>, OpError> {
+    let mut nodes: Vec<String> = op
+        .strings("on_nodes")
+        .iter()
+        .map(|n| find_node(cfg, n).map(|n| n.name.clone()))
+        .collect::<Result<_, _>>()?;
+    let on_master = op.get("on_master").and_then(Value::as_bool).unwrap_or(true);
+    if on_master && !nodes.contains(&cfg.cluster.master) {
+        nodes.push(cfg.cluster.master.clone());
+    }
+    Ok(nodes)
+}
+
+pub async fn execute(ctx: &Ctx) -> Result<Value, OpError> {
+    match ctx.op.id() {
+        "OP_TEST_DELAY" => test_delay(ctx).await,
+        "OP_CLUSTER_SET_PARAMS" => set_params(ctx).await,
+        "OP_CLUSTER_QUERY" => Ok(crate::cluster::views::cluster_info(&ctx.cfg(), false)),
+        "OP_OS_DIAGNOSE" => os_diagnose(ctx),
+        "OP_QUERY" | "OP_QUERY_FIELDS" => Err(OpError::prereq(
+            "Queries are answered directly by /2/query, not through jobs",
+            ErrorCode::WrongInput,
+        )),
+        _ => {
+            if !ctx.stop_for_dry_run() {
+                ctx.info("Redistributing configuration (single master: nothing to copy)");
+            }
+            Ok(Value::Null)
+        }
+    }
+}
+
+async fn test_delay(ctx: &Ctx) -> Result<Value, OpError> {
+    let op = &ctx.op;
+    let duration = op.get("duration").and_then(Value::as_f64).unwrap_or(0.0);
+    let nodes = delay_nodes(op, &ctx.cfg())?;
+    if ctx.stop_for_dry_run() {
+        return Ok(Value::Null);
+    }
+    let repeat = op.int("repeat").unwrap_or(0).max(0);
+    let on_nodes = !op.strings("on_nodes").is_empty();
+    for i in 0..repeat.max(1) {
+        if repeat > 0 {
+            ctx.info(format!("Test delay iteration {i}/{}", repeat - 1));
+        }
+        if op.bool("interruptible") {
+            (ctx.feedback)("delay-test", json!([format!("/run/gantry/delay-{}.sock", ctx.job_id)]));
+        }
+        if on_nodes {
+            let waits = nodes.iter().map(|n| ctx.backend.delay(n, duration));
+            for (n, r) in nodes.iter().zip(futures_join(waits).await) {
+                r.map_err(|e| OpError::exec(format!("Failure during rpc call to node {n}: {e}")))?;
+            }
+        } else {
+            tokio::time::sleep(Duration::from_secs_f64(duration)).await;
+        }
+    }
+    Ok(Value::Null)
+}
+
+/// Runs futures concurrently and collects their outputs in order.
+async fn futures_join<F: std::future::Future>(futs: impl Iterator<Item = F>) -> Vec<F::Output> {
+    let mut set = vec![];
+    for f in futs {
+        set.push(Box::pin(f));
+    }
+    let mut out = Vec::with_capacity(set.len());
+    // Sequential awaits of already-started sleeps would not overlap; poll them together instead.
+    let mut pending: Vec<Option<_>> = set.into_iter().map(Some).collect();
+    let mut results: Vec<Option<F::Output>> = (0..pending.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut done = true;
+        for (i, slot) in pending.iter_mut().enumerate() {
+            if let Some(f) = slot {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => {
+                        results[i] = Some(v);
+                        *slot = None;
+                    }
+                    std::task::Poll::Pending => done = false,
+                }
+            }
+        }
+        if done { std::task::Poll::Ready(()) } else { std::task::Poll::Pending }
+    })
+    .await;
+    out.extend(results.into_iter().flatten());
+    out
+}
+
+const HYPERVISORS: &[&str] = &["kvm", "xen-pvm", "xen-hvm", "chroot", "lxc", "fake"];
+
+async fn set_params(ctx: &Ctx) -> Result<Value, OpError> {
+    let op = &ctx.op;
+    let cfg = ctx.cfg();
+    let mut c = cfg.cluster.clone();
+    if let Some(prefix) = op.str("mac_prefix") {
+        let ok = prefix.split(':').count() == 3
+            && prefix.split(':').all(|p| p.len() == 2 && u8::from_str_radix(p, 16).is_ok());
+        if !ok {
+            return Err(OpError::prereq(format!("Invalid MAC address prefix '{prefix}'"), ErrorCode::WrongInput));
+        }
+        c.mac_prefix = prefix.into();
+    }
+    if let Some(hvs) = op.get("enabled_hypervisors") {
+        let list: Vec<String> = hvs.as_array().into_iter().flatten().filter_map(|v| v.as_str().map(String::from)).collect();
+        if list.is_empty() || list.iter().any(|h| !HYPERVISORS.contains(&h.as_str())) {
+            return Err(OpError::prereq("Invalid list of enabled hypervisors", ErrorCode::WrongInput));
+        }
+        c.enabled_hypervisors = list;
+    }
+    if let Some(t) = op.get("enabled_disk_templates").and_then(Value::as_array) {
+        let list: Vec<String> = t.iter().filter_map(|v| v.as_str().map(String::from)).collect();
+        if list.is_empty() {
+            return Err(OpError::prereq("Cannot disable all disk templates", ErrorCode::WrongInput));
+        }
+        c.enabled_disk_templates = list;
+    }
+    if let Some(vg) = op.str("vg_name") {
+        if vg.is_empty() && cfg.instances.values().any(|i| i.disk_template == "plain" || i.disk_template == "drbd") {
+            return Err(OpError::prereq("Cannot disable lvm storage while lvm-based instances exist", ErrorCode::WrongInput));
+        }
+        c.volume_group_name = vg.into();
+    }
+    let merge = |target: &mut crate::cluster::model::Params, key: &str, nested: bool| {
+        if let Some(changes) = op.get(key).and_then(Value::as_object) {
+            for (k, v) in changes {
+                match (nested, target.get_mut(k), v) {
+                    (true, Some(Value::Object(cur)), Value::Object(new)) => {
+                        for (k2, v2) in new {
+                            cur.insert(k2.clone(), v2.clone());
+                        }
+                    }
+                    _ => {
+                        target.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+        }
+    };
+    merge(&mut c.hvparams, "hvparams", true);
+    merge(&mut c.beparams, "beparams", false);
+    merge(&mut c.osparams, "osparams", true);
+    merge(&mut c.os_hvp, "os_hvp", true);
+    merge(&mut c.nicparams, "nicparams", false);
+    merge(&mut c.ndparams, "ndparams", false);
+    merge(&mut c.diskparams, "diskparams", true);
+    merge(&mut c.ipolicy, "ipolicy", false);
+    for (key, slot) in [("candidate_pool_size", &mut c.candidate_pool_size), ("max_running_jobs", &mut c.max_running_jobs), ("max_tracked_jobs", &mut c.max_tracked_jobs), ("master_netmask", &mut c.master_netmask)] {
+        if let Some(v) = op.int(key) {
+            *slot = v;
+        }
+    }
+    for (key, slot) in [("drbd_helper", &mut c.drbd_usermode_helper), ("master_netdev", &mut c.master_netdev), ("file_storage_dir", &mut c.file_storage_dir), ("shared_file_storage_dir", &mut c.shared_file_storage_dir), ("gluster_storage_dir", &mut c.gluster_storage_dir), ("install_image", &mut c.install_image), ("instance_communication_network", &mut c.instance_communication_network), ("zeroing_image", &mut c.zeroing_image)] {
+        if let Some(v) = op.str(key) {
+            *slot = v.into();
+        }
+    }
+    if let Some(a) = op.str("default_iallocator") {
+        if !a.is_empty() && a != "hail" {
+            return Err(OpError::prereq(format!("Invalid default iallocator script '{a}' specified"), ErrorCode::WrongInput));
+        }
+        c.default_iallocator = a.into();
+    }
+    for (key, slot) in [("maintain_node_health", &mut c.maintain_node_health), ("prealloc_wipe_disks", &mut c.prealloc_wipe_disks), ("use_external_mip_script", &mut c.use_external_mip_script), ("modify_etc_hosts", &mut c.modify_etc_hosts), ("enabled_user_shutdown", &mut c.enabled_user_shutdown)] {
+        if let Some(v) = op.get(key).and_then(Value::as_bool) {
+            *slot = v;
+        }
+    }
+    for (key, list) in [("hidden_os", &mut c.hidden_os), ("blacklisted_os", &mut c.blacklisted_os)] {
+        for pair in op.get(key).and_then(Value::as_array).into_iter().flatten() {
+            let (Some(action), Some(os)) = (pair.get(0).and_then(Value::as_str), pair.get(1).and_then(Value::as_str)) else {
+                return Err(OpError::prereq(format!("Invalid {key} modification"), ErrorCode::WrongInput));
+            };
+            match action {
+                "add" if !list.iter().any(|o| o == os) => list.push(os.into()),
+                "remove" => list.retain(|o| o != os),
+                "add" => {}
+                _ => return Err(OpError::prereq(format!("Invalid {key} action '{action}'"), ErrorCode::WrongInput)),
+            }
+        }
+    }
+    if let Some(v) = op.get("reserved_lvs") {
+        c.reserved_lvs = v.as_array().into_iter().flatten().filter_map(|s| s.as_str().map(String::from)).collect();
+    }
+    if let Some(v) = op.get("uid_pool") {
+        c.uid_pool = v.as_array().cloned().unwrap_or_default();
+    }
+    if ctx.stop_for_dry_run() {
+        return Ok(Value::Null);
+    }
+    c.meta.touch(now());
+    ctx.cluster.update(|cfg| cfg.cluster = c).await?;
+    Ok(Value::Null)
+}
+
+const OS_FIELDS: &[&str] = &["name", "valid", "hidden", "blacklisted", "variants", "api_versions", "parameters", "node_status", "os_hvp", "osparams", "trusted"];
+
+fn os_diagnose(ctx: &Ctx) -> Result<Value, OpError> {
+    let cfg = ctx.cfg();
+    let fields = ctx.op.strings("output_fields");
+    if let Some(bad) = fields.iter().find(|f| !OS_FIELDS.contains(&f.as_str())) {
+        return Err(OpError::prereq(format!("Unknown output fields selected: {bad}"), ErrorCode::WrongInput));
+    }
+    let names = ctx.op.strings("names");
+    let wants = |f: &str| fields.iter().any(|x| x == f);
+    let mut rows = vec![];
+    for os in cfg.os.values() {
+        if !names.is_empty() && !names.contains(&os.name) {
+            continue;
+        }
+        let hidden = cfg.cluster.hidden_os.contains(&os.name);
+        let blacklisted = cfg.cluster.blacklisted_os.contains(&os.name);
+        if (hidden && !wants("hidden")) || (blacklisted && !wants("blacklisted")) {
+            continue;
+        }
+        let row: Vec<Value> = fields
+            .iter()
+            .map(|f| match f.as_str() {
+                "name" => json!(os.name),
+                "valid" => json!(true),
+                "hidden" => json!(hidden),
+                "blacklisted" => json!(blacklisted),
+                "variants" => json!(os.variants),
+                "api_versions" => json!(os.api_versions),
+                "parameters" => json!(os.parameters),
+                "trusted" => json!(os.trusted),
+                "os_hvp" => cfg.cluster.os_hvp.get(&os.name).cloned().unwrap_or(json!({})),
+                "osparams" => cfg.cluster.osparams.get(&os.name).cloned().unwrap_or(json!({})),
+                _ => {
+                    let status: serde_json::Map<String, Value> = cfg
+                        .nodes
+                        .values()
+                        .map(|n| (n.meta.uuid.clone(), json!([["/srv/ganeti/os", true, "", os.variants, os.parameters, os.api_versions, os.trusted]])))
+                        .collect();
+                    Value::Object(status)
+                }
+            })
+            .collect();
+        rows.push(Value::Array(row));
+    }
+    Ok(Value::Array(rows))
+}

@@ -1,0 +1,214 @@
+//! Node group opcodes.
+
+use super::*;
+use crate::cluster::model::Group;
+use crate::jobqueue::locks::{LockLevel, LockMode};
+
+pub fn plan(op: &OpCode, cfg: &Config) -> Result<LockPlan, OpError> {
+    let mut p = LockPlan::default();
+    let name = op.str("group_name").unwrap_or_default();
+    match op.id() {
+        "OP_GROUP_ADD" => {
+            if cfg.group_by_name(name).is_some() {
+                return Err(OpError::prereq(
+                    format!("Desired group name '{name}' already exists as a node group (UUID: {})", cfg.group_by_name(name).map(|g| g.meta.uuid.clone()).unwrap_or_default()),
+                    ErrorCode::AlreadyExists,
+                ));
+            }
+            p.add(LockLevel::NodeGroup, name, LockMode::Exclusive);
+        }
+        "OP_GROUP_ASSIGN_NODES" => {
+            let target = find_group_uuid(cfg, name)?;
+            p.add(LockLevel::NodeGroup, target, LockMode::Exclusive);
+            for n in op.strings("nodes") {
+                let node = find_node(cfg, &n)?;
+                p.add(LockLevel::NodeGroup, node.group.clone(), LockMode::Exclusive);
+                p.add(LockLevel::Node, node.name.clone(), LockMode::Exclusive);
+            }
+        }
+        "OP_GROUP_EVACUATE" => {
+            find_group_uuid(cfg, name)?;
+            p.add_all(LockLevel::NodeGroup, cfg.groups.keys().cloned(), LockMode::Shared);
+        }
+        _ => {
+            let uuid = find_group_uuid(cfg, name)?;
+            p.add(LockLevel::NodeGroup, uuid, LockMode::Exclusive);
+        }
+    }
+    Ok(p)
+}
+
+fn check_alloc_policy(op: &OpCode) -> Result<(), OpError> {
+    Ok(())
+        .and_then(|_| match op.str("alloc_policy") {
+            Some(p) if !["preferred", "last_resort", "unallocable"].contains(&p) => Err(
+                OpError::prereq(format!("Invalid allocation policy '{p}'"), ErrorCode::WrongInput),
+            ),
+            _ => Ok(()),
+        })
+}
+
+fn obj(op: &OpCode, key: &str) -> Option<crate::cluster::model::Params> {
+    op.get(key).and_then(Value::as_object).cloned()
+}
+
+pub async fn execute(ctx: &Ctx) -> Result<Value, OpError> {
+    let cfg = ctx.cfg();
+    let op = &ctx.op;
+    let name = op.str("group_name").unwrap_or_default().to_string();
+    check_alloc_policy(op)?;
+    match op.id() {
+        "OP_GROUP_ADD" => {
+            if cfg.group_by_name(&name).is_some() {
+                return Err(OpError::prereq(format!("Desired group name '{name}' already exists as a node group"), ErrorCode::AlreadyExists));
+            }
+            if ctx.stop_for_dry_run() {
+                return Ok(Value::Null);
+            }
+            let meta = crate::cluster::model::Meta::new(crate::util::new_uuid(), now());
+            let group = Group {
+                name,
+                meta,
+                alloc_policy: op.str("alloc_policy").unwrap_or("preferred").into(),
+                ndparams: obj(op, "ndparams").unwrap_or_default(),
+                diskparams: obj(op, "diskparams").unwrap_or_default(),
+                ipolicy: obj(op, "ipolicy").unwrap_or_default(),
+                hv_state: obj(op, "hv_state").unwrap_or_default(),
+                disk_state: obj(op, "disk_state").unwrap_or_default(),
+                networks: Default::default(),
+            };
+            ctx.cluster.update(|cfg| cfg.groups.insert(group.meta.uuid.clone(), group)).await?;
+            Ok(Value::Null)
+        }
+        "OP_GROUP_REMOVE" => {
+            let uuid = find_group_uuid(&cfg, &name)?;
+            let nodes = cfg.group_nodes(&uuid);
+            if !nodes.is_empty() {
+                return Err(OpError::prereq(
+                    format!("Group '{name}' not empty, has the following nodes: {}", nodes.join(", ")),
+                    ErrorCode::WrongState,
+                ));
+            }
+            if cfg.groups.len() == 1 {
+                return Err(OpError::prereq(format!("Group '{name}' is the only group, cannot be removed"), ErrorCode::WrongState));
+            }
+            if ctx.stop_for_dry_run() {
+                return Ok(Value::Null);
+            }
+            ctx.cluster.update(|cfg| cfg.groups.remove(&uuid)).await?;
+            Ok(Value::Null)
+        }
+        "OP_GROUP_RENAME" => {
+            let uuid = find_group_uuid(&cfg, &name)?;
+            let new = op.str("new_name").unwrap_or_default().to_string();
+            if cfg.group_by_name(&new).is_some() {
+                return Err(OpError::prereq(format!("Desired new name '{new}' clashes with existing node group"), ErrorCode::AlreadyExists));
+            }
+            if ctx.stop_for_dry_run() {
+                return Ok(Value::Null);
+            }
+            let t = now();
+            let n2 = new.clone();
+            ctx.cluster
+                .update(move |cfg| {
+                    if let Some(g) = cfg.groups.get_mut(&uuid) {
+                        g.name = n2;
+                        g.meta.touch(t);
+                    }
+                })
+                .await?;
+            Ok(Value::String(new))
+        }
+        "OP_GROUP_SET_PARAMS" => {
+            let uuid = find_group_uuid(&cfg, &name)?;
+            let mut changes = vec![];
+            let mut group = cfg.groups[&uuid].clone();
+            if let Some(p) = op.str("alloc_policy") {
+                group.alloc_policy = p.into();
+                changes.push(json!(["alloc_policy", p]));
+            }
+            for (key, target) in [("ndparams", &mut group.ndparams), ("diskparams", &mut group.diskparams), ("ipolicy", &mut group.ipolicy), ("hv_state", &mut group.hv_state), ("disk_state", &mut group.disk_state)] {
+                if let Some(p) = obj(op, key) {
+                    for (k, v) in p {
+                        if v.as_str() == Some("default") {
+                            target.remove(&k);
+                        } else {
+                            target.insert(k, v);
+                        }
+                    }
+                    changes.push(json!([key, target.clone()]));
+                }
+            }
+            if changes.is_empty() {
+                return Err(OpError::prereq("Please pass at least one modification", ErrorCode::WrongInput));
+            }
+            if ctx.stop_for_dry_run() {
+                return Ok(Value::Array(changes));
+            }
+            group.meta.touch(now());
+            ctx.cluster.update(|cfg| cfg.groups.insert(uuid, group)).await?;
+            Ok(Value::Array(changes))
+        }
+        "OP_GROUP_ASSIGN_NODES" => {
+            let uuid = find_group_uuid(&cfg, &name)?;
+            let nodes: Vec<String> = op
+                .strings("nodes")
+                .iter()
+                .map(|n| find_node(&cfg, n).map(|n| n.name.clone()))
+                .collect::<Result<_, _>>()?;
+            if !op.bool("force") {
+                for n in &nodes {
+                    for i in cfg.instances.values() {
+                        let spans = i.snodes.iter().chain(std::iter::once(&i.pnode)).any(|x| x == n)
+                            && i.snodes.iter().chain(std::iter::once(&i.pnode)).any(|x| !nodes.contains(x) && cfg.nodes.get(x).is_some_and(|o| o.group != uuid));
+                        if spans {
+                            return Err(OpError::prereq(
+                                format!("Hypothetical group assignment would split instance {}; use force to override", i.name),
+                                ErrorCode::WrongState,
+                            ));
+                        }
+                    }
+                }
+            }
+            if ctx.stop_for_dry_run() {
+                return Ok(Value::Null);
+            }
+            let t = now();
+            ctx.cluster
+                .update(|cfg| {
+                    for n in &nodes {
+                        if let Some(node) = cfg.nodes.get_mut(n) {
+                            node.group = uuid.clone();
+                            node.meta.touch(t);
+                        }
+                    }
+                })
+                .await?;
+            Ok(Value::Null)
+        }
+        _ => {
+            let uuid = find_group_uuid(&cfg, &name)?;
+            for g in op.strings("target_groups") {
+                find_group_uuid(&cfg, &g)?;
+            }
+            if ctx.stop_for_dry_run() {
+                return Ok(json!({"jobs": []}));
+            }
+            let nodes = cfg.group_nodes(&uuid);
+            let jobs: Vec<Vec<OpCode>> = cfg
+                .instances
+                .values()
+                .filter(|i| nodes.contains(&i.pnode))
+                .filter_map(|i| {
+                    let mut m = serde_json::Map::new();
+                    m.insert("instance_name".into(), json!(i.name));
+                    m.insert("target_groups".into(), json!(op.strings("target_groups")));
+                    OpCode::build("OP_INSTANCE_CHANGE_GROUP", m).ok()
+                })
+                .map(|o| vec![o])
+                .collect();
+            let submitted = ctx.submit_children(jobs).await?;
+            Ok(json!({"jobs": submitted}))
+        }
+    }
+}

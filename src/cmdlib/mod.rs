@@ -1,0 +1,353 @@
+//! The logical units: for every opcode, the locks it needs (computed with name expansion, before
+//! any lock is taken) and its checks and execution against the cluster model and the backend.
+
+mod cluster;
+mod group;
+mod instance;
+mod network;
+mod node;
+mod tags;
+
+pub use instance::console_info;
+pub use network::{parse_cidr, pool_counts};
+
+use crate::backends::{Backend, BackendError, BoxFuture, FailureKind, VmSpec};
+use crate::cluster::ClusterStore;
+use crate::cluster::model::{Config, Instance, Node};
+use crate::jobqueue::locks::LockPlan;
+use crate::opcodes::{ErrorCode, OpCode};
+use serde_json::{Value, json};
+use std::sync::Arc;
+
+/// A failed opcode, encoded as Ganeti's `[class, args]` (spec jobs.md §6.2).
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpError {
+    pub class: &'static str,
+    pub message: String,
+    pub ecode: Option<ErrorCode>,
+}
+
+impl std::fmt::Display for OpError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.class, self.message)
+    }
+}
+
+impl OpError {
+    pub fn prereq(message: impl Into<String>, ecode: ErrorCode) -> OpError {
+        OpError {
+            class: "OpPrereqError",
+            message: message.into(),
+            ecode: Some(ecode),
+        }
+    }
+
+    /// The few upstream prerequisite checks that carry no ecode.
+    pub fn prereq_bare(message: impl Into<String>) -> OpError {
+        OpError {
+            class: "OpPrereqError",
+            message: message.into(),
+            ecode: None,
+        }
+    }
+
+    pub fn exec(message: impl Into<String>) -> OpError {
+        OpError {
+            class: "OpExecError",
+            message: message.into(),
+            ecode: None,
+        }
+    }
+
+    pub fn tag(message: impl Into<String>) -> OpError {
+        OpError {
+            class: "TagError",
+            message: message.into(),
+            ecode: None,
+        }
+    }
+
+    pub fn to_json(&self) -> Value {
+        match self.ecode {
+            Some(code) => json!([self.class, [self.message, code.as_str()]]),
+            None => json!([self.class, [self.message]]),
+        }
+    }
+}
+
+impl From<crate::cluster::ConfigError> for OpError {
+    fn from(e: crate::cluster::ConfigError) -> OpError {
+        OpError {
+            class: "ConfigurationError",
+            message: e.to_string(),
+            ecode: None,
+        }
+    }
+}
+
+/// Backend failures during checks: unreachable nodes are environment errors.
+pub fn check_failure(what: &str, e: BackendError) -> OpError {
+    match e.kind {
+        FailureKind::NodeUnreachable => {
+            OpError::prereq(format!("{what}: {}", e.message), ErrorCode::EnvironmentError)
+        }
+        FailureKind::InsufficientResources => {
+            OpError::prereq(e.message, ErrorCode::InsufficientResources)
+        }
+        FailureKind::OperationFailed => OpError::exec(format!("{what}: {}", e.message)),
+    }
+}
+
+/// Backend failures while executing are `OpExecError`.
+pub fn exec_failure(what: &str, e: BackendError) -> OpError {
+    OpError::exec(format!("{what}: {}", e.message))
+}
+
+/// Operations that answer by submitting more jobs (spec jobs.md §18.2) use this.
+pub trait JobSubmitter: Send + Sync {
+    fn submit_jobs(&self, jobs: Vec<Vec<OpCode>>) -> BoxFuture<'_, Result<Vec<Value>, OpError>>;
+}
+
+/// What an executing opcode may use.
+pub struct Ctx {
+    pub op: OpCode,
+    pub job_id: u64,
+    pub cluster: ClusterStore,
+    pub backend: Arc<dyn Backend>,
+    pub feedback: Arc<dyn Fn(&str, Value) + Send + Sync>,
+    pub jobs: Arc<dyn JobSubmitter>,
+}
+
+pub const DRY_RUN_NOTICE: &str = " - INFO: dry-run mode requested, not actually executing the operation";
+
+impl Ctx {
+    pub fn log(&self, text: impl Into<String>) {
+        (self.feedback)("message", Value::String(text.into()));
+    }
+
+    pub fn info(&self, text: impl AsRef<str>) {
+        self.log(format!(" - INFO: {}", text.as_ref()));
+    }
+
+    pub fn warn(&self, text: impl AsRef<str>) {
+        self.log(format!(" - WARNING: {}", text.as_ref()));
+    }
+
+    pub fn cfg(&self) -> Arc<Config> {
+        self.cluster.snapshot()
+    }
+
+    /// True (after logging the notice) when the opcode must stop before executing.
+    pub fn stop_for_dry_run(&self) -> bool {
+        if self.op.dry_run() {
+            self.log(DRY_RUN_NOTICE);
+        }
+        self.op.dry_run()
+    }
+
+    /// Submits follow-up jobs: they inherit priority, a comment and the parent's reason trail.
+    pub async fn submit_children(&self, jobs: Vec<Vec<OpCode>>) -> Result<Vec<Value>, OpError> {
+        let parent_reason = self.op.get("reason").cloned().unwrap_or(json!([]));
+        let comment = format!("Submitted by {}", self.op.id());
+        let jobs = jobs
+            .into_iter()
+            .map(|ops| {
+                ops.into_iter()
+                    .map(|mut op| {
+                        op.set("priority", json!(self.op.priority()));
+                        if op.get("comment").is_none() {
+                            op.set("comment", json!(comment));
+                        }
+                        if let (Some(Value::Array(own)), Value::Array(parent)) =
+                            (op.get("reason").cloned(), &parent_reason)
+                        {
+                            let mut trail = own;
+                            trail.extend(parent.iter().cloned());
+                            op.set("reason", Value::Array(trail));
+                        }
+                        op
+                    })
+                    .collect()
+            })
+            .collect();
+        self.jobs.submit_jobs(jobs).await
+    }
+}
+
+/// Name expansion and the lock plan (spec jobs.md §4.2 step 3–4): runs before any lock is taken.
+pub fn plan(op: &OpCode, cfg: &Config) -> Result<LockPlan, OpError> {
+    let id = op.id();
+    if id.starts_with("OP_INSTANCE_") || id.starts_with("OP_BACKUP_") {
+        instance::plan(op, cfg)
+    } else if id.starts_with("OP_NODE_") || id == "OP_REPAIR_NODE_STORAGE" {
+        node::plan(op, cfg)
+    } else if id.starts_with("OP_GROUP_") {
+        group::plan(op, cfg)
+    } else if id.starts_with("OP_NETWORK_") {
+        network::plan(op, cfg)
+    } else if id.starts_with("OP_TAGS_") {
+        tags::plan(op, cfg)
+    } else {
+        cluster::plan(op, cfg)
+    }
+}
+
+pub async fn execute(ctx: &Ctx) -> Result<Value, OpError> {
+    let id = ctx.op.id();
+    if id.starts_with("OP_INSTANCE_") || id.starts_with("OP_BACKUP_") {
+        instance::execute(ctx).await
+    } else if id.starts_with("OP_NODE_") || id == "OP_REPAIR_NODE_STORAGE" {
+        node::execute(ctx).await
+    } else if id.starts_with("OP_GROUP_") {
+        group::execute(ctx).await
+    } else if id.starts_with("OP_NETWORK_") {
+        network::execute(ctx).await
+    } else if id.starts_with("OP_TAGS_") {
+        tags::execute(ctx).await
+    } else {
+        cluster::execute(ctx).await
+    }
+}
+
+// ---- lookups shared by the units ----
+
+/// Finds an instance by full name or by a unique short name (`web1` for `web1.example.com`).
+pub fn find_instance<'a>(cfg: &'a Config, name: &str) -> Result<&'a Instance, OpError> {
+    expand_name(cfg.instances.keys(), name)
+        .and_then(|full| cfg.instances.get(&full))
+        .ok_or_else(|| {
+            OpError::prereq(format!("Instance '{name}' not known"), ErrorCode::UnknownEntity)
+        })
+}
+
+pub fn find_node<'a>(cfg: &'a Config, name: &str) -> Result<&'a Node, OpError> {
+    expand_name(cfg.nodes.keys(), name)
+        .and_then(|full| cfg.nodes.get(&full))
+        .or_else(|| cfg.node_by_uuid(name))
+        .ok_or_else(|| OpError::prereq(format!("Node '{name}' not known"), ErrorCode::UnknownEntity))
+}
+
+pub fn find_group_uuid(cfg: &Config, name: &str) -> Result<String, OpError> {
+    cfg.group_by_name(name)
+        .map(|g| g.meta.uuid.clone())
+        .ok_or_else(|| {
+            OpError::prereq(format!("Node group '{name}' not found"), ErrorCode::UnknownEntity)
+        })
+}
+
+pub fn find_network_uuid(cfg: &Config, name: &str) -> Result<String, OpError> {
+    cfg.network_by_name(name)
+        .map(|n| n.meta.uuid.clone())
+        .ok_or_else(|| {
+            OpError::prereq(format!("Network '{name}' not found"), ErrorCode::UnknownEntity)
+        })
+}
+
+fn expand_name<'a>(names: impl Iterator<Item = &'a String>, name: &str) -> Option<String> {
+    let prefix = format!("{name}.");
+    let mut found = None;
+    for n in names {
+        if n == name {
+            return Some(n.clone());
+        }
+        if n.starts_with(&prefix) {
+            if found.is_some() {
+                return None;
+            }
+            found = Some(n.clone());
+        }
+    }
+    found
+}
+
+/// The instance named by the opcode, with the UUID guard applied.
+pub fn op_instance<'a>(op: &OpCode, cfg: &'a Config) -> Result<&'a Instance, OpError> {
+    let inst = find_instance(cfg, op.str("instance_name").unwrap_or_default())?;
+    if let Some(uuid) = op.str("instance_uuid") {
+        if uuid != inst.meta.uuid {
+            return Err(OpError::prereq(
+                format!(
+                    "The instances UUID '{uuid}' does not match the expected UUID '{}' for instance '{}'. Maybe the instance changed since you submitted this job.",
+                    inst.meta.uuid, inst.name
+                ),
+                ErrorCode::ResourceNotUnique,
+            ));
+        }
+    }
+    Ok(inst)
+}
+
+pub fn vm_spec(cfg: &Config, inst: &Instance) -> VmSpec {
+    VmSpec {
+        name: inst.name.clone(),
+        memory_mib: crate::cluster::model::instance_memory(cfg, inst),
+        vcpus: crate::cluster::model::instance_vcpus(cfg, inst),
+        disks_mib: inst.disks.iter().map(|d| d.size).collect(),
+        os: inst.os.clone(),
+    }
+}
+
+pub fn check_node_online(node: &Node, prefix: &str) -> Result<(), OpError> {
+    if node.offline {
+        return Err(OpError::prereq(
+            format!("{prefix}{}", node.name),
+            ErrorCode::WrongState,
+        ));
+    }
+    Ok(())
+}
+
+/// Tag syntax (spec opcodes.md §1.6).
+pub fn check_tag(tag: &str) -> Result<(), OpError> {
+    if tag.is_empty() {
+        return Err(OpError::tag("Tags cannot be empty"));
+    }
+    if tag.chars().count() > 128 {
+        return Err(OpError::tag("Tag too long (>128 characters)"));
+    }
+    let ok = tag
+        .chars()
+        .all(|c| c.is_alphanumeric() || "_.+*/:@-".contains(c));
+    if !ok {
+        return Err(OpError::tag("Tag contains invalid characters"));
+    }
+    Ok(())
+}
+
+pub fn now() -> f64 {
+    crate::util::now_f64()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_encode_with_and_without_ecode() {
+        let e = OpError::prereq("Instance 'web9' not known", ErrorCode::UnknownEntity);
+        assert_eq!(
+            e.to_json(),
+            json!(["OpPrereqError", ["Instance 'web9' not known", "unknown_entity"]])
+        );
+        assert_eq!(
+            OpError::prereq_bare("Duration must be greater than zero").to_json(),
+            json!(["OpPrereqError", ["Duration must be greater than zero"]])
+        );
+        assert_eq!(OpError::exec("boom").to_json(), json!(["OpExecError", ["boom"]]));
+    }
+
+    #[test]
+    fn tag_syntax() {
+        assert!(check_tag("env:prod").is_ok());
+        assert_eq!(check_tag("").unwrap_err().message, "Tags cannot be empty");
+        assert_eq!(check_tag("a b").unwrap_err().message, "Tag contains invalid characters");
+        assert!(check_tag(&"x".repeat(129)).is_err());
+    }
+
+    #[test]
+    fn short_names_expand_when_unique() {
+        let names = ["web1.example.com".to_string(), "web10.example.com".to_string()];
+        assert_eq!(expand_name(names.iter(), "web1").as_deref(), Some("web1.example.com"));
+        assert_eq!(expand_name(names.iter(), "web").as_deref(), None);
+    }
+}

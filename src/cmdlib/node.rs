@@ -1,0 +1,294 @@
+//! Node opcodes: role and parameter changes, power cycle, evacuation and migration (as follow-up
+//! jobs), and storage queries.
+
+use super::*;
+use crate::jobqueue::locks::{LockLevel, LockMode};
+
+fn op_node<'a>(op: &OpCode, cfg: &'a Config) -> Result<&'a Node, OpError> {
+    let node = find_node(cfg, op.str("node_name").unwrap_or_default())?;
+    if let Some(uuid) = op.str("node_uuid") {
+        if uuid != node.meta.uuid {
+            return Err(OpError::prereq(
+                format!(
+                    "The nodes UUID '{uuid}' does not match the expected UUID '{}' for node '{}'. Maybe the node changed since you submitted this job.",
+                    node.meta.uuid, node.name
+                ),
+                ErrorCode::ResourceNotUnique,
+            ));
+        }
+    }
+    Ok(node)
+}
+
+pub fn plan(op: &OpCode, cfg: &Config) -> Result<LockPlan, OpError> {
+    let mut p = LockPlan::default();
+    match op.id() {
+        "OP_NODE_QUERY_STORAGE" => {
+            for n in op.strings("nodes") {
+                p.add(LockLevel::Node, find_node(cfg, &n)?.name.clone(), LockMode::Shared);
+            }
+        }
+        "OP_NODE_POWERCYCLE" => {
+            op_node(op, cfg)?;
+        }
+        "OP_NODE_SET_PARAMS" => {
+            let node = op_node(op, cfg)?;
+            p.add(LockLevel::Node, node.name.clone(), LockMode::Exclusive);
+            p.add(LockLevel::NodeRes, node.name.clone(), LockMode::Exclusive);
+        }
+        "OP_NODE_EVACUATE" | "OP_NODE_MIGRATE" => {
+            let node = op_node(op, cfg)?;
+            p.add(LockLevel::Node, node.name.clone(), LockMode::Shared);
+        }
+        _ => {
+            let node = op_node(op, cfg)?;
+            p.add(LockLevel::Node, node.name.clone(), LockMode::Exclusive);
+        }
+    }
+    Ok(p)
+}
+
+pub async fn execute(ctx: &Ctx) -> Result<Value, OpError> {
+    match ctx.op.id() {
+        "OP_NODE_SET_PARAMS" => set_params(ctx).await,
+        "OP_NODE_POWERCYCLE" => powercycle(ctx).await,
+        "OP_NODE_EVACUATE" => evacuate(ctx).await,
+        "OP_NODE_MIGRATE" => migrate(ctx).await,
+        "OP_NODE_QUERY_STORAGE" => query_storage(ctx).await,
+        _ => {
+            let cfg = ctx.cfg();
+            op_node(&ctx.op, &cfg)?;
+            storage_type(&ctx.op)?;
+            ctx.stop_for_dry_run();
+            Ok(Value::Null)
+        }
+    }
+}
+
+fn storage_type(op: &OpCode) -> Result<&str, OpError> {
+    let t = op.str("storage_type").unwrap_or("lvm-vg");
+    if !["lvm-vg", "lvm-pv", "file", "sharedfile", "gluster", "diskless"].contains(&t) {
+        return Err(OpError::prereq(
+            format!("Unknown or unsupported storage type '{t}'"),
+            ErrorCode::WrongInput,
+        ));
+    }
+    Ok(t)
+}
+
+async fn set_params(ctx: &Ctx) -> Result<Value, OpError> {
+    let cfg = ctx.cfg();
+    let op = &ctx.op;
+    let node = op_node(op, &cfg)?.clone();
+    let flag = |k: &str| op.get(k).and_then(Value::as_bool);
+    let (mc, off, dr) = (flag("master_candidate"), flag("offline"), flag("drained"));
+    let any = [mc, off, dr, flag("master_capable"), flag("vm_capable"), flag("powered")]
+        .iter()
+        .any(Option::is_some)
+        || op.get("ndparams").and_then(Value::as_object).is_some_and(|o| !o.is_empty())
+        || op.get("secondary_ip").is_some()
+        || op.get("hv_state").is_some()
+        || op.get("disk_state").is_some();
+    if !any {
+        return Err(OpError::prereq("Please pass at least one modification", ErrorCode::WrongInput));
+    }
+    if [mc, off, dr].iter().filter(|f| **f == Some(true)).count() > 1 {
+        return Err(OpError::prereq(
+            "Can't set the node into more than one state at the same time",
+            ErrorCode::WrongInput,
+        ));
+    }
+    let is_master = node.name == cfg.cluster.master;
+    if is_master && (off == Some(true) || dr == Some(true) || mc == Some(false)) {
+        return Err(OpError::prereq(
+            format!("The master role can be changed only via master-failover; node {} is the master", node.name),
+            ErrorCode::WrongInput,
+        ));
+    }
+    if (off == Some(true) || dr == Some(true)) && !ctx.op.bool("force") {
+        let primaries = cfg.primary_instances(&node.name);
+        let running: Vec<_> = primaries
+            .iter()
+            .filter(|i| cfg.instances.get(*i).is_some_and(|i| i.admin_state == crate::cluster::model::AdminState::Up))
+            .collect();
+        if off == Some(true) && !running.is_empty() {
+            return Err(OpError::prereq(
+                format!("Instance {} is running on node {}, cannot offline it", running[0], node.name),
+                ErrorCode::WrongState,
+            ));
+        }
+    }
+    let mut changed = vec![];
+    let mut updated = node.clone();
+    let mut set = |field: &str, target: &mut bool, value: Option<bool>| {
+        if let Some(v) = value {
+            *target = v;
+            changed.push(json!([field, v.to_string().to_uppercase().replace("TRUE", "True").replace("FALSE", "False")]));
+        }
+    };
+    set("master_candidate", &mut updated.master_candidate, mc);
+    set("offline", &mut updated.offline, off);
+    set("drained", &mut updated.drained, dr);
+    set("master_capable", &mut updated.master_capable, flag("master_capable"));
+    set("vm_capable", &mut updated.vm_capable, flag("vm_capable"));
+    set("powered", &mut updated.powered, flag("powered"));
+    // Going offline or drained drops candidacy; coming back online from offline does too.
+    if off == Some(true) || dr == Some(true) {
+        if updated.master_candidate && mc.is_none() {
+            updated.master_candidate = false;
+            changed.push(json!(["master_candidate", "auto-demotion due to offline/drain"]));
+        }
+        if off == Some(true) {
+            updated.drained = false;
+        } else {
+            updated.offline = false;
+        }
+    }
+    if mc == Some(true) {
+        updated.offline = false;
+        updated.drained = false;
+    }
+    if let Some(ip) = op.str("secondary_ip") {
+        updated.secondary_ip = ip.to_string();
+        changed.push(json!(["secondary_ip", ip]));
+    }
+    if let Some(nd) = op.get("ndparams").and_then(Value::as_object) {
+        for (k, v) in nd {
+            if v.as_str() == Some("default") {
+                updated.ndparams.remove(k);
+            } else {
+                updated.ndparams.insert(k.clone(), v.clone());
+            }
+            changed.push(json!([format!("ndparams/{k}"), v]));
+        }
+    }
+    if ctx.stop_for_dry_run() {
+        return Ok(Value::Array(changed));
+    }
+    updated.meta.touch(now());
+    ctx.cluster
+        .update(|cfg| {
+            cfg.nodes.insert(updated.name.clone(), updated);
+        })
+        .await?;
+    Ok(Value::Array(changed))
+}
+
+async fn powercycle(ctx: &Ctx) -> Result<Value, OpError> {
+    let cfg = ctx.cfg();
+    let node = op_node(&ctx.op, &cfg)?.clone();
+    if node.name == cfg.cluster.master && !ctx.op.bool("force") {
+        return Err(OpError::prereq(
+            "The node is the master and the force parameter was not set",
+            ErrorCode::WrongInput,
+        ));
+    }
+    if ctx.stop_for_dry_run() {
+        return Ok(Value::Null);
+    }
+    let out = ctx
+        .backend
+        .powercycle(&node.name)
+        .await
+        .map_err(|e| exec_failure(&format!("Failed to schedule the reboot of node {}", node.name), e))?;
+    Ok(Value::String(out))
+}
+
+fn instance_op(op_id: &str, params: Value) -> Result<OpCode, OpError> {
+    let map = params.as_object().cloned().unwrap_or_default();
+    OpCode::build(op_id, map).map_err(|e| OpError::exec(e.0))
+}
+
+async fn evacuate(ctx: &Ctx) -> Result<Value, OpError> {
+    let cfg = ctx.cfg();
+    let node = op_node(&ctx.op, &cfg)?.clone();
+    let mode = ctx.op.str("mode").unwrap_or("all");
+    if ctx.op.str("remote_node").is_some() && ctx.op.str("iallocator").is_some() {
+        return Err(OpError::prereq("Do not specify both, iallocator and node", ErrorCode::WrongInput));
+    }
+    if let Some(r) = ctx.op.str("remote_node") {
+        if find_node(&cfg, r)?.name == node.name {
+            return Err(OpError::prereq("Can not use evacuated node as a new secondary node", ErrorCode::WrongInput));
+        }
+    }
+    let mut jobs = vec![];
+    if mode != "secondary-only" {
+        for name in cfg.primary_instances(&node.name) {
+            let inst = &cfg.instances[&name];
+            let op = if inst.admin_state == crate::cluster::model::AdminState::Up {
+                instance_op("OP_INSTANCE_MIGRATE", json!({"instance_name": name, "allow_failover": true}))?
+            } else {
+                instance_op("OP_INSTANCE_FAILOVER", json!({"instance_name": name}))?
+            };
+            jobs.push(vec![op]);
+        }
+    }
+    if mode != "primary-only" {
+        for name in cfg.secondary_instances(&node.name) {
+            let mut params = json!({"instance_name": name, "mode": "replace_new_secondary"});
+            match ctx.op.str("remote_node") {
+                Some(r) => params["remote_node"] = json!(r),
+                None => params["iallocator"] = json!(cfg.cluster.default_iallocator),
+            }
+            jobs.push(vec![instance_op("OP_INSTANCE_REPLACE_DISKS", params)?]);
+        }
+    }
+    if ctx.stop_for_dry_run() {
+        return Ok(json!({"jobs": []}));
+    }
+    let submitted = ctx.submit_children(jobs).await?;
+    Ok(json!({"jobs": submitted}))
+}
+
+async fn migrate(ctx: &Ctx) -> Result<Value, OpError> {
+    let cfg = ctx.cfg();
+    let node = op_node(&ctx.op, &cfg)?.clone();
+    let mut jobs = vec![];
+    for name in cfg.primary_instances(&node.name) {
+        let mut params = json!({"instance_name": name});
+        for key in ["mode", "live", "target_node", "iallocator", "allow_runtime_changes", "ignore_ipolicy"] {
+            if let Some(v) = ctx.op.get(key) {
+                params[key] = v.clone();
+            }
+        }
+        jobs.push(vec![instance_op("OP_INSTANCE_MIGRATE", params)?]);
+    }
+    if ctx.stop_for_dry_run() {
+        return Ok(json!({"jobs": []}));
+    }
+    let submitted = ctx.submit_children(jobs).await?;
+    Ok(json!({"jobs": submitted}))
+}
+
+async fn query_storage(ctx: &Ctx) -> Result<Value, OpError> {
+    let cfg = ctx.cfg();
+    let kind = storage_type(&ctx.op)?.to_string();
+    let fields = ctx.op.strings("output_fields");
+    const KNOWN: &[&str] = &["node", "type", "name", "size", "used", "free", "allocatable"];
+    if let Some(bad) = fields.iter().find(|f| !KNOWN.contains(&f.as_str())) {
+        return Err(OpError::prereq(format!("Unknown output fields selected: {bad}"), ErrorCode::WrongInput));
+    }
+    let mut rows = vec![];
+    for n in ctx.op.strings("nodes") {
+        let node = find_node(&cfg, &n)?;
+        let info = ctx
+            .backend
+            .node_info(&node.name)
+            .await
+            .map_err(|e| exec_failure(&format!("Error while querying node {}", node.name), e))?;
+        let row: Vec<Value> = fields
+            .iter()
+            .map(|f| match f.as_str() {
+                "node" => json!(node.name),
+                "type" => json!(kind),
+                "name" => json!(cfg.cluster.volume_group_name),
+                "size" => json!(info.disk_total),
+                "used" => json!(info.disk_total - info.disk_free),
+                "free" => json!(info.disk_free),
+                _ => json!(true),
+            })
+            .collect();
+        rows.push(Value::Array(row));
+    }
+    Ok(Value::Array(rows))
+}

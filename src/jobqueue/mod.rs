@@ -1,0 +1,569 @@
+//! The durable job queue: submission (durable before the id is returned), scheduling by priority
+//! and dependencies, cancel, priority change, wait-for-change, archiving and crash recovery.
+//! The per-job runner lives in `runner.rs`.
+
+pub mod job;
+pub mod locks;
+mod recovery;
+mod runner;
+mod store;
+
+use crate::backends::Backend;
+use crate::cluster::ClusterStore;
+use crate::opcodes::OpCode;
+use job::{Job, JobId, LogEntry, Status, Timestamp};
+use locks::LockManager;
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use thiserror::Error;
+use tokio::sync::{Notify, watch};
+
+pub use store::{Store, StoreError};
+
+#[derive(Debug, Error)]
+pub enum SubmitError {
+    #[error("Job queue is drained, cannot submit")]
+    Drained,
+    #[error("Job queue is full, needs archiving")]
+    Full,
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Storage(String),
+    #[error("The job queue is shutting down")]
+    ShuttingDown,
+}
+
+#[derive(Debug, Error, PartialEq)]
+pub enum WaitError {
+    #[error("Job {0} not found")]
+    NotFound(JobId),
+    #[error("Unknown output fields selected: {0}")]
+    UnknownField(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct QueueOptions {
+    /// Non-archived jobs allowed before submissions are refused.
+    pub hard_limit: usize,
+    /// Finalized jobs older than this are archived automatically.
+    pub archive_age: Duration,
+    /// How often automatic archiving runs.
+    pub archive_interval: Duration,
+}
+
+impl Default for QueueOptions {
+    fn default() -> Self {
+        QueueOptions {
+            hard_limit: 5000,
+            archive_age: Duration::from_secs(6 * 3600),
+            archive_interval: Duration::from_secs(300),
+        }
+    }
+}
+
+#[derive(Default)]
+struct State {
+    jobs: BTreeMap<JobId, Job>,
+    /// Durable, queued, not yet picked up: ordered by (priority, id).
+    runnable: BTreeSet<(i64, JobId)>,
+    started: HashSet<JobId>,
+    versions: BTreeMap<JobId, watch::Sender<u64>>,
+    cancels: BTreeMap<JobId, watch::Sender<bool>>,
+    next_id: u64,
+    drained: bool,
+    closing: bool,
+}
+
+struct Inner {
+    store: Store,
+    cluster: ClusterStore,
+    backend: Arc<dyn Backend>,
+    locks: LockManager,
+    state: Mutex<State>,
+    wake_scheduler: Notify,
+    opts: QueueOptions,
+}
+
+/// Cheap, cloneable handle to the queue.
+#[derive(Clone)]
+pub struct JobQueue {
+    inner: Arc<Inner>,
+}
+
+pub const CANCEL_WAIT: Duration = Duration::from_secs(44);
+
+impl JobQueue {
+    /// Opens the queue, recovers jobs left by a previous process, and starts the scheduler.
+    pub async fn start(
+        store: Store,
+        cluster: ClusterStore,
+        backend: Arc<dyn Backend>,
+        opts: QueueOptions,
+    ) -> Result<JobQueue, StoreError> {
+        let mut state = State {
+            drained: store.drain_flag()?,
+            ..State::default()
+        };
+        recovery::recover(&store, &mut state).await?;
+        let queue = JobQueue {
+            inner: Arc::new(Inner {
+                store,
+                cluster,
+                backend,
+                locks: LockManager::default(),
+                state: Mutex::new(state),
+                wake_scheduler: Notify::new(),
+                opts,
+            }),
+        };
+        tokio::spawn(queue.clone().schedule_loop());
+        tokio::spawn(queue.clone().archive_loop());
+        queue.inner.wake_scheduler.notify_one();
+        Ok(queue)
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn cluster(&self) -> &ClusterStore {
+        &self.inner.cluster
+    }
+
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.inner.backend
+    }
+
+    pub async fn submit(&self, ops: Vec<OpCode>) -> Result<JobId, SubmitError> {
+        match self.submit_many(vec![ops]).await?.pop() {
+            Some(Ok(id)) => Ok(id),
+            Some(Err(msg)) => Err(SubmitError::Invalid(msg)),
+            None => Err(SubmitError::Invalid("no job submitted".into())),
+        }
+    }
+
+    /// Submits jobs with consecutive ids; each element succeeds or fails on its own (§11.2).
+    pub async fn submit_many(
+        &self,
+        jobs: Vec<Vec<OpCode>>,
+    ) -> Result<Vec<Result<JobId, String>>, SubmitError> {
+        let received = Timestamp::now();
+        let mut accepted = vec![];
+        let mut replies = Vec::with_capacity(jobs.len());
+        {
+            let mut st = self.state();
+            if st.closing {
+                return Err(SubmitError::ShuttingDown);
+            }
+            if st.drained {
+                return Err(SubmitError::Drained);
+            }
+            if st.jobs.len() + jobs.len() > self.inner.opts.hard_limit {
+                return Err(SubmitError::Full);
+            }
+            for ops in jobs {
+                let id = JobId(st.next_id);
+                match build_job(id, ops, received) {
+                    Ok(job) => {
+                        self.inner
+                            .store
+                            .put_job(&job)
+                            .map_err(|e| SubmitError::Storage(e.to_string()))?;
+                        st.next_id += 1;
+                        st.jobs.insert(id, job);
+                        accepted.push(id);
+                        replies.push(Ok(id));
+                    }
+                    Err(msg) => replies.push(Err(msg)),
+                }
+            }
+            if !accepted.is_empty() {
+                self.inner
+                    .store
+                    .set_next_id(st.next_id)
+                    .map_err(|e| SubmitError::Storage(e.to_string()))?;
+            }
+        }
+        if accepted.is_empty() {
+            return Ok(replies);
+        }
+        if let Err(e) = self.inner.store.durable().await {
+            let mut st = self.state();
+            for id in &accepted {
+                st.jobs.remove(id);
+            }
+            return Err(SubmitError::Storage(e.to_string()));
+        }
+        {
+            let mut st = self.state();
+            for id in accepted {
+                let Some(job) = st.jobs.get(&id) else { continue };
+                if job.status() == Status::Queued && job.start_ts.is_none() {
+                    let prio = job.priority();
+                    st.runnable.insert((prio, id));
+                }
+                st.versions.entry(id).or_insert_with(|| watch::channel(0).0);
+            }
+        }
+        self.inner.wake_scheduler.notify_one();
+        Ok(replies)
+    }
+
+    /// A job by id, live or archived.
+    pub fn job(&self, id: JobId) -> Option<Job> {
+        if let Some(job) = self.state().jobs.get(&id) {
+            return Some(job.clone());
+        }
+        self.inner.store.archived_job(id).ok().flatten()
+    }
+
+    /// Non-archived jobs in id order, mapped through `f` while the queue is locked.
+    pub fn live_jobs<T>(&self, mut f: impl FnMut(&Job) -> T) -> Vec<T> {
+        self.state().jobs.values().map(&mut f).collect()
+    }
+
+    pub fn drained(&self) -> bool {
+        self.state().drained
+    }
+
+    pub fn set_drained(&self, on: bool) -> Result<(), StoreError> {
+        let mut st = self.state();
+        self.inner.store.set_drain_flag(on)?;
+        st.drained = on;
+        Ok(())
+    }
+
+    /// Cancels a job where Ganeti allows it (spec jobs.md §18.3); answers `(success, message)`.
+    pub async fn cancel(&self, id: JobId) -> (bool, String) {
+        let not_found = (false, format!("Job {id} not found in queue"));
+        let mut version = {
+            let mut st = self.state();
+            let started = st.started.contains(&id);
+            let Some(job) = st.jobs.get_mut(&id) else {
+                return not_found;
+            };
+            if job.is_finalized() {
+                return not_found;
+            }
+            let Some(idx) = job.current_op() else {
+                return not_found;
+            };
+            let now = Timestamp::now();
+            match job.ops[idx].status {
+                Status::Queued if !started => {
+                    for op in &mut job.ops {
+                        op.status = Status::Canceled;
+                        op.end = Some(now);
+                    }
+                    job.end_ts = Some(now);
+                    let snapshot = job.clone();
+                    st.runnable.retain(|(_, j)| *j != id);
+                    drop(st);
+                    self.persist(&snapshot, true).await;
+                    return (true, format!("Dequeued job {id}"));
+                }
+                Status::Queued | Status::Waiting => {
+                    job.ops[idx].status = Status::Canceling;
+                    let snapshot = job.clone();
+                    if let Some(tx) = st.cancels.get(&id) {
+                        tx.send_replace(true);
+                    }
+                    let rx = st.versions.get(&id).map(|v| v.subscribe());
+                    drop(st);
+                    self.persist(&snapshot, false).await;
+                    match rx {
+                        Some(rx) => rx,
+                        None => return (true, "Job successfully cancelled".into()),
+                    }
+                }
+                _ => {
+                    if idx + 1 < job.ops.len() {
+                        job.cancel_at_boundary = true;
+                        let snapshot = job.clone();
+                        drop(st);
+                        self.persist(&snapshot, false).await;
+                    }
+                    return (
+                        false,
+                        "Job no longer waiting, can't cancel (informed it anyway)".into(),
+                    );
+                }
+            }
+        };
+        let deadline = tokio::time::Instant::now() + CANCEL_WAIT;
+        loop {
+            if let Some(job) = self.job(id).filter(|j| j.is_finalized()) {
+                return match job.status() {
+                    Status::Canceled => (true, "Job successfully cancelled".into()),
+                    s => (
+                        false,
+                        format!(
+                            "Job exited before it could have been canceled, status {}",
+                            s.constant_name()
+                        ),
+                    ),
+                };
+            }
+            if tokio::time::timeout_at(deadline, version.changed())
+                .await
+                .map_or(true, |r| r.is_err())
+            {
+                return (true, "Job will be canceled".into());
+            }
+        }
+    }
+
+    /// Changes the priority of pending opcodes (spec jobs.md §9.3).
+    pub async fn change_priority(&self, id: JobId, prio: i64) -> Result<(bool, String), String> {
+        if !crate::opcodes::PRIORITIES.contains(&prio) {
+            return Err(format!("Invalid priority {prio}, allowed are [-10, 0, 10]"));
+        }
+        let snapshot = {
+            let mut st = self.state();
+            let queued_not_started = !st.started.contains(&id);
+            let Some(job) = st.jobs.get_mut(&id).filter(|j| !j.is_finalized()) else {
+                return Ok((false, format!("Job {id} not found in queue")));
+            };
+            if job.status() == Status::Canceling {
+                return Ok((false, format!("Job {id} is cancelling")));
+            }
+            let old = job.priority();
+            let mut changed = false;
+            for op in &mut job.ops {
+                if matches!(op.status, Status::Queued | Status::Waiting) {
+                    op.priority = prio;
+                    changed = true;
+                }
+            }
+            if !changed {
+                return Ok((false, format!("Job {id} had no pending opcodes")));
+            }
+            let snapshot = job.clone();
+            if queued_not_started && st.runnable.remove(&(old, id)) {
+                st.runnable.insert((prio, id));
+            }
+            snapshot
+        };
+        self.persist(&snapshot, true).await;
+        self.inner.wake_scheduler.notify_one();
+        Ok((
+            true,
+            format!("Priorities of pending opcodes for job {id} have been changed to {prio}"),
+        ))
+    }
+
+    /// Long-polls for a change of `fields` or new log entries (spec jobs.md §8). `Ok(None)` is
+    /// Ganeti's "nothing changed" answer.
+    pub async fn wait_for_change(
+        &self,
+        id: JobId,
+        fields: &[String],
+        previous: Option<&Value>,
+        previous_serial: Option<u64>,
+        timeout: Duration,
+    ) -> Result<Option<(Vec<Value>, Vec<LogEntry>)>, WaitError> {
+        if let Some(bad) = fields.iter().find(|f| !job::JOB_FIELDS.contains(&f.as_str())) {
+            return Err(WaitError::UnknownField(bad.clone()));
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut rx = self
+            .state()
+            .versions
+            .get(&id)
+            .map(|v| v.subscribe())
+            .ok_or(WaitError::NotFound(id))?;
+        loop {
+            let (info, logs, done) = {
+                let st = self.state();
+                let job = st.jobs.get(&id).ok_or(WaitError::NotFound(id))?;
+                let info: Vec<Value> = fields.iter().filter_map(|f| job.field(f)).collect();
+                let logs: Vec<LogEntry> = job
+                    .log_entries_after(previous_serial.unwrap_or(0))
+                    .into_iter()
+                    .cloned()
+                    .collect();
+                (info, logs, job.is_finalized())
+            };
+            let changed = previous != Some(&Value::Array(info.clone()));
+            if done || changed || !logs.is_empty() {
+                return Ok(Some((info, logs)));
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Err(_) => return Ok(None),
+                Ok(Err(_)) => return Err(WaitError::NotFound(id)),
+                Ok(Ok(())) => {}
+            }
+        }
+    }
+
+    /// Archives one finalized job; false if unknown, already archived or not finalized.
+    pub async fn archive(&self, id: JobId) -> bool {
+        let job = {
+            let st = self.state();
+            match st.jobs.get(&id) {
+                Some(j) if j.is_finalized() => j.clone(),
+                _ => return false,
+            }
+        };
+        self.archive_jobs(vec![job]).await > 0
+    }
+
+    async fn archive_jobs(&self, jobs: Vec<Job>) -> usize {
+        let mut done = 0;
+        for mut job in jobs {
+            job.archived = true;
+            if let Err(e) = self.inner.store.archive_job(&job) {
+                tracing::error!(job = %job.id, "archiving failed: {e}");
+                continue;
+            }
+            let mut st = self.state();
+            st.jobs.remove(&job.id);
+            st.versions.remove(&job.id);
+            done += 1;
+        }
+        if done > 0 {
+            if let Err(e) = self.inner.store.durable().await {
+                tracing::error!("flush after archiving failed: {e}");
+            }
+        }
+        done
+    }
+
+    /// Archives finalized jobs older than `age` (negative: all), in id order, within `timeout`;
+    /// answers `(archived, left unchecked)` like upstream's AutoArchiveJobs.
+    pub async fn auto_archive(&self, age: f64, timeout: Duration) -> (usize, usize) {
+        let started = tokio::time::Instant::now();
+        let now = Timestamp::now().as_secs_f64();
+        let candidates: Vec<JobId> = self.live_jobs(|j| j.id);
+        let mut archived = 0;
+        for (i, id) in candidates.iter().enumerate() {
+            if started.elapsed() > timeout {
+                return (archived, candidates.len() - i);
+            }
+            let old_enough = self.state().jobs.get(id).is_some_and(|j| {
+                let when = j.end_ts.or(j.start_ts).map_or(0.0, |t| t.as_secs_f64());
+                j.is_finalized() && (age < 0.0 || now - when > age)
+            });
+            if old_enough && self.archive(*id).await {
+                archived += 1;
+            }
+        }
+        (archived, 0)
+    }
+
+    async fn archive_loop(self) {
+        let every = self.inner.opts.archive_interval;
+        loop {
+            tokio::time::sleep(every).await;
+            let age = self.inner.opts.archive_age.as_secs_f64();
+            let (n, _) = self.auto_archive(age, Duration::from_secs(60)).await;
+            if n > 0 {
+                tracing::info!(archived = n, "archived old jobs");
+            }
+        }
+    }
+
+    /// Writes a job and wakes its waiters; `flush` makes it durable first (final states).
+    async fn persist(&self, job: &Job, flush: bool) {
+        if let Err(e) = self.inner.store.put_job(job) {
+            tracing::error!(job = %job.id, "writing job failed: {e}");
+        }
+        if flush {
+            if let Err(e) = self.inner.store.durable().await {
+                tracing::error!(job = %job.id, "flushing job failed: {e}");
+            }
+        }
+        self.bump(job.id);
+    }
+
+    fn bump(&self, id: JobId) {
+        if let Some(tx) = self.state().versions.get(&id) {
+            tx.send_modify(|v| *v += 1);
+        }
+    }
+
+    async fn schedule_loop(self) {
+        loop {
+            self.inner.wake_scheduler.notified().await;
+            let limit = self.inner.cluster.snapshot().cluster.max_running_jobs.max(1) as usize;
+            let mut to_start = vec![];
+            {
+                let mut st = self.state();
+                if st.closing {
+                    continue;
+                }
+                let mut skipped = vec![];
+                while st.started.len() < limit {
+                    let Some(entry) = st.runnable.pop_first() else { break };
+                    let id = entry.1;
+                    let eligible = st.jobs.get(&id).is_some_and(|job| {
+                        job.ops.iter().flat_map(|o| o.input.depends()).all(|(dep, _)| {
+                            st.jobs
+                                .get(&JobId(dep.max(0) as u64))
+                                .is_none_or(|d| d.is_finalized())
+                        })
+                    });
+                    if !eligible {
+                        skipped.push(entry);
+                        continue;
+                    }
+                    st.started.insert(id);
+                    st.cancels.insert(id, watch::channel(false).0);
+                    to_start.push(id);
+                }
+                st.runnable.extend(skipped);
+            }
+            for id in to_start {
+                tokio::spawn(runner::run_job(self.clone(), id));
+            }
+        }
+    }
+
+    fn job_finished(&self, id: JobId) {
+        {
+            let mut st = self.state();
+            st.started.remove(&id);
+            st.cancels.remove(&id);
+        }
+        self.inner.wake_scheduler.notify_one();
+    }
+
+    /// Stops starting jobs and waits up to `grace` for running ones; the rest are recovered on the
+    /// next start.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.state().closing = true;
+        let deadline = tokio::time::Instant::now() + grace;
+        while !self.state().started.is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if let Err(e) = self.inner.store.durable().await {
+            tracing::error!("final flush failed: {e}");
+        }
+    }
+}
+
+/// Builds a job: reason trail entries, relative dependencies resolved to absolute ids.
+fn build_job(id: JobId, mut ops: Vec<OpCode>, received: Timestamp) -> Result<Job, String> {
+    if ops.is_empty() {
+        return Err("A job needs at least one opcode".into());
+    }
+    for (index, op) in ops.iter_mut().enumerate() {
+        let mut resolved = vec![];
+        for (dep, statuses) in op.depends() {
+            let absolute = if dep < 0 { id.0 as i64 + dep } else { dep };
+            if absolute < 1 {
+                return Err(format!("Unable to resolve relative job ID {dep}"));
+            }
+            resolved.push(serde_json::json!([absolute, statuses]));
+        }
+        if op.get("depends").is_some() {
+            op.set("depends", Value::Array(resolved));
+        }
+        let source = op.reason_source();
+        op.append_reason(&source, &format!("job={id};index={index}"), received.as_nanos());
+    }
+    Ok(Job::new(id, ops, received))
+}

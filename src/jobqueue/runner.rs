@@ -1,0 +1,246 @@
+//! Runs one job: its opcodes in order, each through dependencies, name expansion, locks, checks
+//! and execution (spec jobs.md §4.2), recording every transition.
+
+use super::job::{ERROR_MSG_CANCELED, JobId, LogEntry, Status, Timestamp};
+use super::{JobQueue, SubmitError};
+use crate::backends::BoxFuture;
+use crate::cmdlib::{self, Ctx, JobSubmitter, OpError};
+use crate::opcodes::OpCode;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use tokio::sync::watch;
+use tracing::Instrument;
+
+enum Outcome {
+    Success(Value),
+    Failed(Value),
+    Canceled,
+}
+
+pub(super) async fn run_job(queue: JobQueue, id: JobId) {
+    let cancel = queue.state().cancels.get(&id).map(|tx| tx.subscribe());
+    let Some(mut cancel) = cancel else {
+        queue.job_finished(id);
+        return;
+    };
+    loop {
+        let Some((idx, op)) = start_next_op(&queue, id).await else {
+            break;
+        };
+        let span = tracing::info_span!("opcode", job = %id, op = op.id(), index = idx);
+        let outcome = run_op(&queue, id, idx, op, &mut cancel).instrument(span).await;
+        if !finish_op(&queue, id, idx, outcome).await {
+            break;
+        }
+    }
+    queue.job_finished(id);
+}
+
+/// Marks the next opcode `waiting`; `None` when the job is done (or canceled at a boundary).
+async fn start_next_op(queue: &JobQueue, id: JobId) -> Option<(usize, OpCode)> {
+    let (snapshot, next, flush) = {
+        let mut st = queue.state();
+        let job = st.jobs.get_mut(&id)?;
+        let idx = job.current_op()?;
+        let now = Timestamp::now();
+        if job.cancel_at_boundary && idx > 0 && job.ops[idx].status == Status::Queued {
+            job.finalize_rest(idx, Status::Canceled, json!(ERROR_MSG_CANCELED), now);
+            (job.clone(), None, true)
+        } else if job.ops[idx].status == Status::Canceling {
+            job.ops[idx].end = Some(now);
+            job.finalize_rest(idx, Status::Canceled, json!(ERROR_MSG_CANCELED), now);
+            (job.clone(), None, true)
+        } else {
+            let op = &mut job.ops[idx];
+            op.status = Status::Waiting;
+            op.start.get_or_insert(now);
+            job.start_ts.get_or_insert(now);
+            (job.clone(), Some((idx, job.ops[idx].input.clone())), false)
+        }
+    };
+    queue.persist(&snapshot, flush).await;
+    next
+}
+
+async fn run_op(
+    queue: &JobQueue,
+    id: JobId,
+    idx: usize,
+    op: OpCode,
+    cancel: &mut watch::Receiver<bool>,
+) -> Outcome {
+    if let Some(outcome) = check_dependencies(queue, id, &op, cancel).await {
+        return outcome;
+    }
+    let cluster = queue.cluster().clone();
+    let mut plan = match cmdlib::plan(&op, &cluster.snapshot()) {
+        Ok(p) => p,
+        Err(e) => return Outcome::Failed(e.to_json()),
+    };
+    let priority = op.priority();
+    // Lock lists computed from the configuration are re-checked once held (spec opcodes.md §1.5).
+    let held = loop {
+        let held = tokio::select! {
+            held = queue.inner.locks.acquire(&plan, priority) => held,
+            _ = cancel.wait_for(|c| *c) => return Outcome::Canceled,
+        };
+        match cmdlib::plan(&op, &cluster.snapshot()) {
+            Ok(again) if again == plan => break held,
+            Ok(again) => plan = again,
+            Err(e) => return Outcome::Failed(e.to_json()),
+        }
+    };
+    if *cancel.borrow() {
+        return Outcome::Canceled;
+    }
+    let snapshot = {
+        let mut st = queue.state();
+        let Some(job) = st.jobs.get_mut(&id) else {
+            return Outcome::Canceled;
+        };
+        if job.ops[idx].status == Status::Canceling {
+            return Outcome::Canceled;
+        }
+        job.ops[idx].status = Status::Running;
+        job.ops[idx].exec = Some(Timestamp::now());
+        job.clone()
+    };
+    queue.persist(&snapshot, false).await;
+    let ctx = Ctx {
+        op,
+        job_id: id.0,
+        cluster,
+        backend: queue.backend().clone(),
+        feedback: feedback_sink(queue.clone(), id, idx),
+        jobs: Arc::new(queue.clone()),
+    };
+    let result = cmdlib::execute(&ctx).await;
+    drop(held);
+    match result {
+        Ok(v) => Outcome::Success(v),
+        Err(e) => {
+            tracing::info!("opcode failed: {}", e);
+            Outcome::Failed(e.to_json())
+        }
+    }
+}
+
+/// Evaluates `depends` (spec jobs.md §10); `None` means every dependency is satisfied.
+async fn check_dependencies(
+    queue: &JobQueue,
+    id: JobId,
+    op: &OpCode,
+    cancel: &mut watch::Receiver<bool>,
+) -> Option<Outcome> {
+    let exec_error = |msg: String| Some(Outcome::Failed(json!(["OpExecError", [msg]])));
+    for (dep, wanted) in op.depends() {
+        let dep_id = JobId(dep.max(0) as u64);
+        if dep_id == id {
+            return exec_error("Job can't depend on itself".into());
+        }
+        let final_status = loop {
+            let rx = queue.state().versions.get(&dep_id).map(|v| v.subscribe());
+            match queue.job(dep_id) {
+                None => return exec_error(format!("Dependency error: Job {dep_id} not found")),
+                Some(j) if j.is_finalized() => break j.status(),
+                Some(_) => {}
+            }
+            let Some(mut rx) = rx else { continue };
+            tokio::select! {
+                _ = rx.changed() => {}
+                _ = cancel.wait_for(|c| *c) => return Some(Outcome::Canceled),
+            }
+        };
+        let accepted = if wanted.is_empty() {
+            matches!(final_status, Status::Success | Status::Error)
+        } else {
+            wanted.iter().any(|w| w == final_status.as_str())
+        };
+        if final_status == Status::Canceled && !accepted {
+            return Some(Outcome::Canceled);
+        }
+        if !accepted {
+            return exec_error(format!(
+                "Dependency job {dep_id} finished with status '{}', not one of '{}' as required",
+                final_status.as_str(),
+                wanted.join(", ")
+            ));
+        }
+    }
+    None
+}
+
+/// Records an opcode's outcome; returns whether the job goes on to its next opcode.
+async fn finish_op(queue: &JobQueue, id: JobId, idx: usize, outcome: Outcome) -> bool {
+    let now = Timestamp::now();
+    let (snapshot, go_on) = {
+        let mut st = queue.state();
+        let Some(job) = st.jobs.get_mut(&id) else {
+            return false;
+        };
+        let op = &mut job.ops[idx];
+        op.end = Some(now);
+        let go_on = match outcome {
+            Outcome::Success(v) => {
+                op.status = Status::Success;
+                op.result = v;
+                if idx + 1 == job.ops.len() {
+                    job.end_ts = Some(now);
+                }
+                idx + 1 < job.ops.len()
+            }
+            Outcome::Failed(err) => {
+                op.status = Status::Error;
+                op.result = err;
+                let preceding = json!(["OpExecError", ["Preceding opcode failed"]]);
+                job.finalize_rest(idx + 1, Status::Error, preceding, now);
+                false
+            }
+            Outcome::Canceled => {
+                job.finalize_rest(idx, Status::Canceled, json!(ERROR_MSG_CANCELED), now);
+                false
+            }
+        };
+        (job.clone(), go_on)
+    };
+    // Final states are durable before dependents may act on them (spec jobs.md §14.3).
+    queue.persist(&snapshot, snapshot.is_finalized()).await;
+    go_on
+}
+
+/// The feedback channel handed to opcodes: appends log entries and wakes waiters at once.
+fn feedback_sink(queue: JobQueue, id: JobId, idx: usize) -> Arc<dyn Fn(&str, Value) + Send + Sync> {
+    Arc::new(move |kind: &str, message: Value| {
+        let snapshot = {
+            let mut st = queue.state();
+            let Some(job) = st.jobs.get_mut(&id) else { return };
+            let serial = job.next_log_serial();
+            job.ops[idx]
+                .log
+                .push(LogEntry(serial, Timestamp::now(), kind.to_string(), message));
+            job.clone()
+        };
+        if let Err(e) = queue.inner.store.put_job(&snapshot) {
+            tracing::warn!(job = %id, "writing log entry failed: {e}");
+        }
+        queue.bump(id);
+    })
+}
+
+impl JobSubmitter for JobQueue {
+    fn submit_jobs(&self, jobs: Vec<Vec<OpCode>>) -> BoxFuture<'_, Result<Vec<Value>, OpError>> {
+        Box::pin(async move {
+            match self.submit_many(jobs).await {
+                Ok(replies) => Ok(replies
+                    .into_iter()
+                    .map(|r| match r {
+                        Ok(id) => json!([true, id.0]),
+                        Err(msg) => json!([false, msg]),
+                    })
+                    .collect()),
+                Err(SubmitError::Drained) => Err(OpError::exec("Queue drained")),
+                Err(e) => Err(OpError::exec(e.to_string())),
+            }
+        })
+    }
+}

@@ -1,0 +1,112 @@
+//! Durable job storage in sled: live jobs, archived jobs, the id counter and the drain flag.
+
+use super::job::{Job, JobId};
+use crate::storage::{GroupCommit, StorageError};
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("storage error: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
+    #[error(transparent)]
+    Flush(#[from] StorageError),
+}
+
+#[derive(Clone)]
+pub struct Store {
+    commit: GroupCommit,
+    jobs: sled::Tree,
+    archive: sled::Tree,
+    meta: sled::Tree,
+}
+
+const NEXT_ID: &[u8] = b"next_job_id";
+const DRAIN: &[u8] = b"drain_flag";
+
+fn key(id: JobId) -> [u8; 8] {
+    id.0.to_be_bytes()
+}
+
+impl Store {
+    pub fn open(commit: &GroupCommit) -> Result<Store, StoreError> {
+        let db = commit.db();
+        Ok(Store {
+            jobs: db.open_tree("jobs")?,
+            archive: db.open_tree("archive")?,
+            meta: db.open_tree("meta")?,
+            commit: commit.clone(),
+        })
+    }
+
+    /// Waits until everything written before this call is on stable storage.
+    pub async fn durable(&self) -> Result<(), StoreError> {
+        Ok(self.commit.durable().await?)
+    }
+
+    pub fn put_job(&self, job: &Job) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(job).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let tree = if job.archived { &self.archive } else { &self.jobs };
+        tree.insert(key(job.id), bytes)?;
+        Ok(())
+    }
+
+    /// Moves a finalized job to the archive tree, atomically.
+    pub fn archive_job(&self, job: &Job) -> Result<(), StoreError> {
+        use sled::Transactional;
+        let bytes = serde_json::to_vec(job).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        (&self.jobs, &self.archive)
+            .transaction(|(jobs, archive)| {
+                jobs.remove(&key(job.id))?;
+                archive.insert(&key(job.id), bytes.clone())?;
+                Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| StoreError::Corrupt(format!("archive transaction: {e:?}")))?;
+        Ok(())
+    }
+
+    pub fn archived_job(&self, id: JobId) -> Result<Option<Job>, StoreError> {
+        match self.archive.get(key(id))? {
+            Some(bytes) => Ok(Some(decode(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn live_jobs(&self) -> Result<Vec<Job>, StoreError> {
+        self.jobs.iter().values().map(|v| decode(&v?)).collect()
+    }
+
+    pub fn max_archived_id(&self) -> Result<u64, StoreError> {
+        Ok(match self.archive.last()? {
+            Some((k, _)) => u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8])),
+            None => 0,
+        })
+    }
+
+    pub fn next_id(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .meta
+            .get(NEXT_ID)?
+            .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes))
+            .unwrap_or(1))
+    }
+
+    pub fn set_next_id(&self, next: u64) -> Result<(), StoreError> {
+        self.meta.insert(NEXT_ID, &next.to_be_bytes())?;
+        Ok(())
+    }
+
+    pub fn drain_flag(&self) -> Result<bool, StoreError> {
+        Ok(self.meta.get(DRAIN)?.is_some_and(|v| v.as_ref() == [1]))
+    }
+
+    pub fn set_drain_flag(&self, on: bool) -> Result<(), StoreError> {
+        self.meta.insert(DRAIN, &[u8::from(on)])?;
+        Ok(())
+    }
+}
+
+fn decode(bytes: &[u8]) -> Result<Job, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
+}

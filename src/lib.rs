@@ -1,0 +1,14 @@
+#![recursion_limit = "256"]
+//! gantry: a job-queue orchestration engine that speaks the Ganeti Remote API (RAPI v2).
+//!
+//! A request travels RAPI → opcode → job → executor → backend; the modules follow that flow.
+
+pub mod backends;
+pub mod cli;
+pub mod cluster;
+pub mod cmdlib;
+pub mod jobqueue;
+pub mod opcodes;
+pub mod rapi;
+pub mod storage;
+pub mod util;

@@ -1,0 +1,1 @@
+//! RAPI server (in progress).
