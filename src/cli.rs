@@ -1,4 +1,232 @@
-//! Command line: `gantry serve`, `gantry users hash`.
-pub fn main() -> std::process::ExitCode {
-    std::process::ExitCode::SUCCESS
+//! Command line: `gantry serve` (RAPI + queue + executor in one process) and `gantry users hash`.
+
+use crate::backends::{Backend, NodeSpec, fake::FakeBackend};
+use crate::cluster::{ClusterStore, InitOptions};
+use crate::jobqueue::{JobQueue, QueueOptions, Store};
+use crate::rapi::{self, ServerOptions, StateInner, auth::UserDb};
+use crate::storage::GroupCommit;
+use clap::{Parser, Subcommand};
+use serde_json::Value;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(name = "gantry", version, about = "A Ganeti RAPI v2 compatible job-queue engine")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the master daemon: RAPI, job queue and executor.
+    Serve(ServeArgs),
+    /// Users file helpers.
+    Users {
+        #[command(subcommand)]
+        command: UsersCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum UsersCommand {
+    /// Print a users-file line with an {HA1} password hash.
+    Hash {
+        user: String,
+        /// The password; read from standard input when omitted.
+        password: Option<String>,
+        /// Options for the line, e.g. "write".
+        #[arg(long, default_value = "")]
+        options: String,
+    },
+}
+
+#[derive(Parser)]
+struct ServeArgs {
+    /// Port to listen on.
+    #[arg(long, default_value_t = 5080)]
+    port: u16,
+    /// Address to bind.
+    #[arg(long, default_value = "0.0.0.0")]
+    bind: String,
+    /// Data directory (sled database, certificate, default users file).
+    #[arg(long, default_value = "gantry-data")]
+    data_dir: PathBuf,
+    /// Users file (default: <data-dir>/users).
+    #[arg(long)]
+    users: Option<PathBuf>,
+    /// Require authentication for every request, reads included.
+    #[arg(long)]
+    require_authentication: bool,
+    /// Serve plain HTTP instead of HTTPS.
+    #[arg(long)]
+    no_ssl: bool,
+    #[arg(long)]
+    ssl_cert: Option<PathBuf>,
+    #[arg(long)]
+    ssl_key: Option<PathBuf>,
+    /// Every fake-hypervisor operation takes this long (to observe parallelism).
+    #[arg(long, default_value_t = 0)]
+    fake_delay_ms: u64,
+    /// Node names for a new cluster (comma separated).
+    #[arg(long, value_delimiter = ',', default_value = "node1.example.com,node2.example.com,node3.example.com")]
+    nodes: Vec<String>,
+    /// Cluster name for a new cluster.
+    #[arg(long, default_value = "cluster.example.com")]
+    cluster_name: String,
+    /// Memory of each fake node in MiB.
+    #[arg(long, default_value_t = 16384)]
+    node_memory: u64,
+    /// Disk of each fake node in MiB.
+    #[arg(long, default_value_t = 524288)]
+    node_disk: u64,
+    /// Refuse submissions beyond this many non-archived jobs.
+    #[arg(long, default_value_t = 5000)]
+    queue_limit: usize,
+    /// Archive finalized jobs older than this many seconds.
+    #[arg(long, default_value_t = 6 * 3600)]
+    archive_age: u64,
+    /// Seconds between automatic archiving runs.
+    #[arg(long, default_value_t = 300)]
+    archive_interval: u64,
+    /// Seconds a /2/jobs/N/wait request waits for a change.
+    #[arg(long, default_value_t = 10)]
+    wait_timeout: u64,
+    /// Seconds a client has to send its request headers.
+    #[arg(long, default_value_t = 10)]
+    header_timeout: u64,
+    /// Open connections served at once.
+    #[arg(long, default_value_t = 1024)]
+    max_connections: usize,
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Users { command: UsersCommand::Hash { user, password, options } } => {
+            let password = password.unwrap_or_else(|| {
+                let mut line = String::new();
+                let _ = std::io::stdin().read_line(&mut line);
+                line.trim_end_matches(['\n', '\r']).to_string()
+            });
+            println!("{user} {{HA1}}{} {options}", rapi::auth::ha1(&user, &password));
+            ExitCode::SUCCESS
+        }
+        Command::Serve(args) => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| "info".into()),
+                )
+                .init();
+            let rt = match tokio::runtime::Runtime::new() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(serve(args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    eprintln!("gantry: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> Result<(), String> {
+    std::fs::create_dir_all(&args.data_dir).map_err(|e| format!("{}: {e}", args.data_dir.display()))?;
+    let commit = GroupCommit::open(&args.data_dir.join("db")).map_err(|e| e.to_string())?;
+    let init = InitOptions {
+        cluster_name: args.cluster_name.clone(),
+        node_names: args.nodes.clone(),
+        node_memory_mib: args.node_memory,
+        node_disk_mib: args.node_disk,
+        ..InitOptions::default()
+    };
+    let cluster = ClusterStore::open(&commit, &init).map_err(|e| e.to_string())?;
+    let backend = Arc::new(FakeBackend::new(Duration::from_millis(args.fake_delay_ms)));
+    adopt(&*backend, &cluster).await;
+    let store = Store::open(&commit).map_err(|e| e.to_string())?;
+    let opts = QueueOptions {
+        hard_limit: args.queue_limit,
+        archive_age: Duration::from_secs(args.archive_age),
+        archive_interval: Duration::from_secs(args.archive_interval.max(1)),
+    };
+    let queue = JobQueue::start(store, cluster, backend, opts).await.map_err(|e| e.to_string())?;
+    let users_path = args.users.clone().unwrap_or_else(|| args.data_dir.join("users"));
+    let state = Arc::new(StateInner {
+        queue: queue.clone(),
+        users: UserDb::load(Some(users_path)),
+        require_auth: args.require_authentication,
+        wait_timeout: Duration::from_secs(args.wait_timeout),
+    });
+    let tls = if args.no_ssl {
+        None
+    } else {
+        Some(rapi::tls::load_or_create(args.ssl_cert.as_deref(), args.ssl_key.as_deref(), &args.data_dir)?)
+    };
+    let addr = format!("{}:{}", args.bind, args.port);
+    let listener = tokio::net::TcpListener::bind(&addr).await.map_err(|e| format!("{addr}: {e}"))?;
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    tracing::info!(%local, tls = tls.is_some(), "gantry RAPI listening");
+    println!("gantry listening on {}://{local}", if tls.is_some() { "https" } else { "http" });
+    let opts = ServerOptions {
+        require_authentication: args.require_authentication,
+        header_timeout: Duration::from_secs(args.header_timeout.max(1)),
+        max_connections: args.max_connections.max(1),
+        tls,
+    };
+    rapi::serve(listener, state, opts, shutdown_signal()).await;
+    tracing::info!("shutting down: waiting for running jobs");
+    queue.shutdown(Duration::from_secs(10)).await;
+    Ok(())
+}
+
+/// Tells the backend about nodes and instances, so a restart reports running VMs as running.
+async fn adopt(backend: &dyn Backend, cluster: &ClusterStore) {
+    let cfg = cluster.snapshot();
+    let nodes = cfg
+        .nodes
+        .values()
+        .map(|n| {
+            let nd = &n.ndparams;
+            let get = |k: &str, d: u64| nd.get(k).and_then(Value::as_u64).unwrap_or(d);
+            NodeSpec {
+                name: n.name.clone(),
+                memory_mib: get("fake_memory_mib", 16384),
+                disk_mib: get("fake_disk_mib", 512 * 1024),
+                cpus: get("fake_cpus", 8),
+            }
+        })
+        .collect();
+    let vms = cfg
+        .instances
+        .values()
+        .flat_map(|i| {
+            let spec = crate::cmdlib::vm_spec(&cfg, i);
+            let up = i.admin_state == crate::cluster::model::AdminState::Up;
+            std::iter::once((i.pnode.clone(), spec.clone(), up))
+                .chain(i.snodes.iter().map(move |s| (s.clone(), spec.clone(), false)))
+        })
+        .collect();
+    backend.adopt(nodes, vms).await;
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
 }

@@ -238,58 +238,67 @@ impl JobQueue {
 
     /// Cancels a job where Ganeti allows it (spec jobs.md §18.3); answers `(success, message)`.
     pub async fn cancel(&self, id: JobId) -> (bool, String) {
-        let not_found = (false, format!("Job {id} not found in queue"));
-        let mut version = {
+        enum Step {
+            Reply(bool, String),
+            Dequeued(Job),
+            Canceling(Job, Option<watch::Receiver<u64>>),
+            Informed(Option<Job>),
+        }
+        let step = {
             let mut st = self.state();
             let started = st.started.contains(&id);
-            let Some(job) = st.jobs.get_mut(&id) else {
-                return not_found;
-            };
-            if job.is_finalized() {
-                return not_found;
+            let rx = st.versions.get(&id).map(|v| v.subscribe());
+            match st.jobs.get_mut(&id) {
+                Some(job) if !job.is_finalized() => {
+                    let idx = job.current_op().unwrap_or(0);
+                    let now = Timestamp::now();
+                    match job.ops[idx].status {
+                        Status::Queued if !started => {
+                            for op in &mut job.ops {
+                                op.status = Status::Canceled;
+                                op.end = Some(now);
+                            }
+                            job.end_ts = Some(now);
+                            Step::Dequeued(job.clone())
+                        }
+                        Status::Queued | Status::Waiting => {
+                            job.ops[idx].status = Status::Canceling;
+                            Step::Canceling(job.clone(), rx)
+                        }
+                        _ => {
+                            let more = idx + 1 < job.ops.len();
+                            job.cancel_at_boundary |= more;
+                            Step::Informed(more.then(|| job.clone()))
+                        }
+                    }
+                }
+                _ => Step::Reply(false, format!("Job {id} not found in queue")),
             }
-            let Some(idx) = job.current_op() else {
-                return not_found;
-            };
-            let now = Timestamp::now();
-            match job.ops[idx].status {
-                Status::Queued if !started => {
-                    for op in &mut job.ops {
-                        op.status = Status::Canceled;
-                        op.end = Some(now);
-                    }
-                    job.end_ts = Some(now);
-                    let snapshot = job.clone();
-                    st.runnable.retain(|(_, j)| *j != id);
-                    drop(st);
-                    self.persist(&snapshot, true).await;
-                    return (true, format!("Dequeued job {id}"));
+        };
+        let mut version = match step {
+            Step::Reply(ok, msg) => return (ok, msg),
+            Step::Dequeued(job) => {
+                self.state().runnable.retain(|(_, j)| *j != id);
+                self.persist(&job, true).await;
+                return (true, format!("Dequeued job {id}"));
+            }
+            Step::Informed(job) => {
+                if let Some(job) = job {
+                    self.persist(&job, false).await;
                 }
-                Status::Queued | Status::Waiting => {
-                    job.ops[idx].status = Status::Canceling;
-                    let snapshot = job.clone();
-                    if let Some(tx) = st.cancels.get(&id) {
-                        tx.send_replace(true);
-                    }
-                    let rx = st.versions.get(&id).map(|v| v.subscribe());
-                    drop(st);
-                    self.persist(&snapshot, false).await;
-                    match rx {
-                        Some(rx) => rx,
-                        None => return (true, "Job successfully cancelled".into()),
-                    }
+                return (
+                    false,
+                    "Job no longer waiting, can't cancel (informed it anyway)".into(),
+                );
+            }
+            Step::Canceling(job, rx) => {
+                self.persist(&job, false).await;
+                if let Some(tx) = self.state().cancels.get(&id) {
+                    tx.send_replace(true);
                 }
-                _ => {
-                    if idx + 1 < job.ops.len() {
-                        job.cancel_at_boundary = true;
-                        let snapshot = job.clone();
-                        drop(st);
-                        self.persist(&snapshot, false).await;
-                    }
-                    return (
-                        false,
-                        "Job no longer waiting, can't cancel (informed it anyway)".into(),
-                    );
+                match rx {
+                    Some(rx) => rx,
+                    None => return (true, "Job successfully cancelled".into()),
                 }
             }
         };

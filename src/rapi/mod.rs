@@ -1,1 +1,253 @@
-//! RAPI server (in progress).
+//! The RAPI v2 HTTP(S) server: warp turns each request into a `Request`, authentication is
+//! checked, and `routes::dispatch` answers. Connections are served by hyper directly so that a
+//! header-read timeout and a connection cap protect the server from slow clients.
+
+pub mod auth;
+mod error;
+mod objects;
+mod opjob;
+mod query;
+mod request;
+mod routes;
+pub mod tls;
+
+use crate::jobqueue::JobQueue;
+use auth::{REALM, UserDb};
+use error::ApiError;
+use request::Request;
+use routes::Access;
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use warp::Filter;
+use warp::http::{HeaderMap, Method, Response, StatusCode};
+
+pub const MAX_BODY: u64 = 4 * 1024 * 1024;
+
+pub struct ServerOptions {
+    pub require_authentication: bool,
+    pub header_timeout: Duration,
+    pub max_connections: usize,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+pub struct StateInner {
+    pub queue: JobQueue,
+    pub users: UserDb,
+    pub require_auth: bool,
+    pub wait_timeout: Duration,
+}
+
+pub type State = StateInner;
+
+fn json_response(status: StatusCode, body: &Value) -> Response<Vec<u8>> {
+    Response::builder()
+        .status(status)
+        .header("Content-Type", "application/json")
+        .body(serde_json::to_vec(body).unwrap_or_default())
+        .unwrap_or_default()
+}
+
+fn error_response(e: &ApiError) -> Response<Vec<u8>> {
+    let mut resp = json_response(e.status(), &e.body());
+    if e.code == 401 {
+        resp.headers_mut().insert(
+            "WWW-Authenticate",
+            format!("Basic realm=\"{REALM}\"").parse().expect("static header"),
+        );
+    }
+    resp
+}
+
+fn check_auth(state: &State, headers: &HeaderMap, access: Access) -> Result<(), ApiError> {
+    let creds = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .map(|h| auth::basic_credentials(h).ok_or_else(|| ApiError::new(401, "Unsupported authentication")));
+    let user = match creds {
+        Some(Ok((u, p))) => Some(
+            state
+                .users
+                .authenticate(&u, &p)
+                .ok_or_else(|| ApiError::new(401, "Authentication failed"))?,
+        ),
+        Some(Err(e)) => return Err(e),
+        None => None,
+    };
+    let needs_user = access != Access::Open || state.require_auth;
+    match (user, access) {
+        (None, _) if needs_user => Err(ApiError::new(401, "Authentication required")),
+        (Some(u), Access::Write) if !u.can_write() => Err(ApiError::new(403, "Forbidden")),
+        (Some(u), Access::Read) if !u.can_read() => Err(ApiError::new(403, "Forbidden")),
+        _ => Ok(()),
+    }
+}
+
+async fn handle(
+    state: Arc<State>,
+    method: Method,
+    path: warp::path::FullPath,
+    query: String,
+    headers: HeaderMap,
+    body: bytes::Bytes,
+) -> Result<Response<Vec<u8>>, std::convert::Infallible> {
+    let segments: Vec<String> = path
+        .as_str()
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .map(|s| percent_decode(s))
+        .collect();
+    let seg_refs: Vec<&str> = segments.iter().map(String::as_str).collect();
+    let access = routes::access_for(method.as_str(), &seg_refs);
+    if let Err(e) = check_auth(&state, &headers, access) {
+        return Ok(error_response(&e));
+    }
+    let body = match parse_body(&headers, &body) {
+        Ok(b) => b,
+        Err(e) => return Ok(error_response(&e)),
+    };
+    let req = Request {
+        method: method.as_str().to_string(),
+        segments,
+        query: parse_query(&query),
+        body,
+    };
+    Ok(match routes::dispatch(&state, &req).await {
+        Ok(v) => json_response(StatusCode::OK, &v),
+        Err(e) => error_response(&e),
+    })
+}
+
+fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Value::Null);
+    }
+    let ctype = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json");
+    let mime = ctype.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    if mime != "application/json" && !mime.is_empty() {
+        return Err(ApiError::new(415, format!("Unsupported Content-Type '{ctype}'")));
+    }
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("Unable to parse JSON data: {e}")))
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(if bytes[i] == b'+' { b' ' } else { bytes[i] });
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn parse_query(q: &str) -> Vec<(String, String)> {
+    q.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| match p.split_once('=') {
+            Some((k, v)) => (percent_decode(k), percent_decode(v)),
+            None => (percent_decode(p), String::new()),
+        })
+        .collect()
+}
+
+#[derive(Debug)]
+struct TooLarge;
+impl warp::reject::Reject for TooLarge {}
+
+/// Serves RAPI until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<State>,
+    opts: ServerOptions,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let with_state = warp::any().map(move || state.clone());
+    let routes = with_state
+        .and(warp::method())
+        .and(warp::path::full())
+        .and(warp::query::raw().or(warp::any().map(String::new)).unify())
+        .and(warp::header::headers_cloned())
+        .and(
+            warp::header::optional::<u64>("content-length")
+                .and_then(|len: Option<u64>| async move {
+                    match len {
+                        Some(n) if n > MAX_BODY => Err(warp::reject::custom(TooLarge)),
+                        _ => Ok(()),
+                    }
+                })
+                .untuple_one(),
+        )
+        .and(warp::body::bytes())
+        .and_then(handle)
+        .recover(|rej: warp::Rejection| async move {
+            let e = if rej.find::<TooLarge>().is_some() {
+                ApiError::new(413, "Request body too large")
+            } else {
+                ApiError::bad_request("Malformed request")
+            };
+            Ok::<_, std::convert::Infallible>(error_response(&e))
+        });
+    let service = warp::service(routes);
+    let slots = Arc::new(Semaphore::new(opts.max_connections));
+    let acceptor = opts.tls.map(tokio_rustls::TlsAcceptor::from);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, peer): (tokio::net::TcpStream, SocketAddr) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => { tracing::warn!("accept failed: {e}"); tokio::time::sleep(Duration::from_millis(50)).await; continue; }
+            },
+            _ = &mut shutdown => break,
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "connection limit reached, closing new connection");
+            continue;
+        };
+        let svc = hyper_util::service::TowerToHyperService::new(service.clone());
+        let acceptor = acceptor.clone();
+        let header_timeout = opts.header_timeout;
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .keep_alive(true);
+            let result = match acceptor {
+                Some(acc) => {
+                    let tls = match tokio::time::timeout(header_timeout, acc.accept(stream)).await {
+                        Ok(Ok(s)) => s,
+                        _ => return,
+                    };
+                    let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(tls), svc);
+                    watcher.watch(conn).await
+                }
+                None => {
+                    let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
+                    watcher.watch(conn).await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(%peer, "connection ended: {e}");
+            }
+        });
+    }
+    drop(listener);
+    let _ = tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await;
+}

@@ -1,0 +1,186 @@
+//! The RAPI users file and HTTP basic authentication (Ganeti's format: `user password [options]`,
+//! passwords `{cleartext}` or `{HA1}` md5 of `user:Ganeti Remote API:password`).
+
+use md5::{Digest, Md5};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+pub const REALM: &str = "Ganeti Remote API";
+
+#[derive(Debug, Clone, PartialEq)]
+enum Secret {
+    Cleartext(String),
+    Ha1(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct User {
+    secret: Secret,
+    pub options: Vec<String>,
+}
+
+impl User {
+    pub fn can_write(&self) -> bool {
+        self.options.iter().any(|o| o == "write")
+    }
+
+    pub fn can_read(&self) -> bool {
+        self.can_write() || self.options.iter().any(|o| o == "read")
+    }
+}
+
+pub fn ha1(user: &str, password: &str) -> String {
+    let digest = Md5::digest(format!("{user}:{REALM}:{password}").as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Compares without an early exit, so timing does not reveal how much of a secret matched.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = a.len() ^ b.len();
+    for i in 0..a.len().max(b.len()) {
+        diff |= (a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0)) as usize;
+    }
+    diff == 0
+}
+
+/// Parses a users file; broken lines are logged with their number and skipped.
+pub fn parse_users(text: &str) -> HashMap<String, User> {
+    let mut users = HashMap::new();
+    for (no, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let parts: Vec<&str> = line.split_whitespace().collect();
+        if parts.len() < 2 || parts.len() > 3 {
+            tracing::warn!(line = no + 1, "users file: malformed line skipped");
+            continue;
+        }
+        let secret = parse_secret(parts[1]);
+        let options = parts
+            .get(2)
+            .map(|o| o.split(',').map(|s| s.trim().to_lowercase()).filter(|s| !s.is_empty()).collect())
+            .unwrap_or_default();
+        users.insert(parts[0].to_string(), User { secret, options });
+    }
+    users
+}
+
+fn parse_secret(text: &str) -> Secret {
+    if let Some(rest) = text.strip_prefix('{') {
+        if let Some((scheme, value)) = rest.split_once('}') {
+            match scheme.to_ascii_lowercase().as_str() {
+                "ha1" => return Secret::Ha1(value.to_ascii_lowercase()),
+                "cleartext" => return Secret::Cleartext(value.to_string()),
+                _ => {}
+            }
+        }
+    }
+    Secret::Cleartext(text.to_string())
+}
+
+/// The users file, re-read when it changes (polled: editors that replace the file are covered).
+#[derive(Clone)]
+pub struct UserDb {
+    users: Arc<RwLock<HashMap<String, User>>>,
+}
+
+impl UserDb {
+    pub fn load(path: Option<PathBuf>) -> UserDb {
+        let db = UserDb {
+            users: Arc::new(RwLock::new(HashMap::new())),
+        };
+        if let Some(path) = path {
+            db.reload(&path);
+            let watcher = db.clone();
+            tokio::spawn(async move { watcher.watch(path).await });
+        }
+        db
+    }
+
+    fn reload(&self, path: &Path) {
+        let users = match std::fs::read_to_string(path) {
+            Ok(text) => parse_users(&text),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), "users file unreadable ({e}): no users");
+                HashMap::new()
+            }
+        };
+        tracing::info!(users = users.len(), "loaded users file");
+        *self.users.write().unwrap_or_else(|e| e.into_inner()) = users;
+    }
+
+    async fn watch(self, path: PathBuf) {
+        let stamp = |p: &Path| {
+            std::fs::metadata(p)
+                .ok()
+                .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()))
+        };
+        let mut last = stamp(&path);
+        loop {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            let now = stamp(&path);
+            if now != last {
+                last = now;
+                self.reload(&path);
+            }
+        }
+    }
+
+    /// The user, if the name exists and the password matches.
+    pub fn authenticate(&self, name: &str, password: &str) -> Option<User> {
+        let users = self.users.read().unwrap_or_else(|e| e.into_inner());
+        let user = users.get(name)?;
+        let ok = match &user.secret {
+            Secret::Cleartext(p) => constant_time_eq(p.as_bytes(), password.as_bytes()),
+            Secret::Ha1(h) => constant_time_eq(h.as_bytes(), ha1(name, password).as_bytes()),
+        };
+        ok.then(|| user.clone())
+    }
+}
+
+/// Decodes `Authorization: Basic …` into (user, password).
+pub fn basic_credentials(header: &str) -> Option<(String, String)> {
+    use base64::Engine;
+    let (scheme, value) = header.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let bytes = base64::engine::general_purpose::STANDARD.decode(value.trim()).ok()?;
+    let text = String::from_utf8(bytes).ok()?;
+    let (u, p) = text.split_once(':')?;
+    Some((u.to_string(), p.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_form() {
+        let text = format!(
+            "# comment\nalice {{CLEARTEXT}}secret write\nbob {{ha1}}{} read\ncarol plain\nbroken\n",
+            ha1("bob", "pw").to_uppercase()
+        );
+        let users = parse_users(&text);
+        assert_eq!(users.len(), 3);
+        assert!(users["alice"].can_write());
+        assert!(users["bob"].can_read() && !users["bob"].can_write());
+        assert!(!users["carol"].can_read());
+        let db = UserDb { users: Arc::new(RwLock::new(users)) };
+        assert!(db.authenticate("alice", "secret").is_some());
+        assert!(db.authenticate("alice", "Secret").is_none());
+        assert!(db.authenticate("bob", "pw").is_some());
+        assert!(db.authenticate("carol", "plain").is_some());
+        assert!(db.authenticate("dave", "x").is_none());
+    }
+
+    #[test]
+    fn ha1_matches_ganeti() {
+        // md5("jack:Ganeti Remote API:abc123")
+        assert_eq!(ha1("jack", "abc123").len(), 32);
+        assert_eq!(basic_credentials("Basic YTpiOmM="), Some(("a".into(), "b:c".into())));
+    }
+}

@@ -1,0 +1,99 @@
+//! Read views of cluster objects for RAPI: lists, bulk lists, single objects, live data.
+
+use super::State;
+use super::error::ApiError;
+use crate::cluster::model::Config;
+use crate::cluster::views::{self, Live};
+use serde_json::{Map, Value, json};
+
+/// Ganeti's field lists for RAPI GETs (`lib/rapi/rlib2.py`), plus the aliases clients read.
+pub const I_FIELDS: &[&str] = &[
+    "name", "admin_state", "os", "pnode", "snodes", "disk_template", "nic.ips", "nic.macs",
+    "nic.modes", "nic.links", "nic.networks", "nic.bridges", "network_port", "disk.sizes",
+    "disk.spindles", "disk_usage", "beparams", "hvparams", "oper_state", "oper_ram",
+    "oper_vcpus", "status", "custom_hvparams", "custom_beparams", "custom_nicparams", "ctime",
+    "mtime", "uuid", "serial_no", "tags",
+];
+pub const N_FIELDS: &[&str] = &[
+    "name", "offline", "master_candidate", "drained", "dtotal", "dfree", "sptotal", "spfree",
+    "mtotal", "mnode", "mfree", "pinst_cnt", "sinst_cnt", "ctotal", "cnos", "cnodes", "csockets",
+    "pip", "sip", "role", "pinst_list", "sinst_list", "master_capable", "vm_capable", "ndparams",
+    "group.uuid", "ctime", "mtime", "uuid", "serial_no", "tags",
+];
+pub const G_FIELDS: &[&str] = &[
+    "alloc_policy", "name", "node_cnt", "node_list", "ipolicy", "custom_ipolicy", "diskparams",
+    "custom_diskparams", "ndparams", "custom_ndparams", "ctime", "mtime", "uuid", "serial_no",
+    "tags",
+];
+pub const NET_FIELDS: &[&str] = &[
+    "name", "network", "gateway", "network6", "gateway6", "mac_prefix", "free_count",
+    "reserved_count", "map", "group_list", "inst_list", "external_reservations", "ctime",
+    "mtime", "uuid", "serial_no", "tags",
+];
+
+/// Asks the backend for free resources and running instances.
+pub async fn gather_live(state: &State, cfg: &Config) -> Live {
+    let mut live = Live::default();
+    for node in cfg.nodes.values().filter(|n| !n.offline) {
+        if let Ok(info) = state.queue.backend().node_info(&node.name).await {
+            live.nodes.insert(node.name.clone(), info);
+        }
+    }
+    for inst in cfg.instances.values() {
+        if let Ok(Some(s)) = state.queue.backend().instance_state(&inst.pnode, &inst.name).await {
+            live.instances.insert(inst.name.clone(), s);
+        }
+    }
+    live
+}
+
+fn object(fields: &[&str], get: impl Fn(&str) -> Option<Value>) -> Value {
+    let mut m = Map::new();
+    for f in fields {
+        m.insert((*f).to_string(), get(f).unwrap_or(Value::Null));
+    }
+    Value::Object(m)
+}
+
+pub fn instance_json(cfg: &Config, live: &Live, inst: &crate::cluster::model::Instance) -> Value {
+    let mut v = object(I_FIELDS, |f| views::instance_field(cfg, live, inst, f));
+    // Clients read `beparams.memory` (legacy alias of maxmem).
+    if let Some(be) = v.get_mut("beparams").and_then(Value::as_object_mut) {
+        let mem = be.get("maxmem").cloned().unwrap_or(json!(128));
+        be.insert("memory".into(), mem);
+    }
+    v
+}
+
+pub fn node_json(cfg: &Config, live: &Live, node: &crate::cluster::model::Node) -> Value {
+    let mut v = object(N_FIELDS, |f| views::node_field(cfg, live, node, f));
+    v["secondary_ip"] = json!(node.secondary_ip);
+    v
+}
+
+pub fn group_json(cfg: &Config, group: &crate::cluster::model::Group) -> Value {
+    object(G_FIELDS, |f| views::group_field(cfg, group, f))
+}
+
+pub fn network_json(cfg: &Config, net: &crate::cluster::model::Network) -> Value {
+    object(NET_FIELDS, |f| views::network_field(cfg, net, f))
+}
+
+/// `[{"id": name, "uri": "/2/<kind>/<name>"}]`.
+pub fn uri_list<'a>(kind: &str, names: impl Iterator<Item = &'a String>) -> Value {
+    Value::Array(
+        names
+            .map(|n| json!({"id": n, "uri": format!("/2/{kind}/{n}")}))
+            .collect(),
+    )
+}
+
+pub fn unknown(kind: &str, name: &str) -> ApiError {
+    let what = match kind {
+        "instance" => format!("Instance '{name}' not known"),
+        "node" => format!("Node '{name}' not known"),
+        "group" => format!("Node group '{name}' not found"),
+        _ => format!("Network '{name}' not found"),
+    };
+    ApiError::not_found(what)
+}

@@ -1,0 +1,43 @@
+//! One parsed HTTP request as handlers see it: method, path segments, query flags, JSON body.
+
+use super::error::ApiError;
+use serde_json::{Map, Value};
+
+pub struct Request {
+    pub method: String,
+    pub segments: Vec<String>,
+    pub query: Vec<(String, String)>,
+    pub body: Value,
+}
+
+impl Request {
+    pub fn query_str(&self, name: &str) -> Option<&str> {
+        self.query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Ganeti's integer query flags (`?bulk=1`); a non-integer value is a 400.
+    pub fn flag(&self, name: &str) -> Result<bool, ApiError> {
+        match self.query_str(name) {
+            None | Some("") => Ok(false),
+            Some(v) => v.parse::<i64>().map(|n| n != 0).map_err(|_| {
+                ApiError::bad_request(format!("Invalid value for '{name}': {v}, must be an integer"))
+            }),
+        }
+    }
+
+    pub fn dry_run(&self) -> Result<bool, ApiError> {
+        self.flag("dry-run")
+    }
+
+    /// The body as an object; an absent body counts as `{}`.
+    pub fn body_object(&self) -> Result<Map<String, Value>, ApiError> {
+        match &self.body {
+            Value::Null => Ok(Map::new()),
+            Value::Object(m) => Ok(m.clone()),
+            _ => Err(ApiError::bad_request("Invalid body contents, expected a dictionary")),
+        }
+    }
+}

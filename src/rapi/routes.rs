@@ -1,0 +1,774 @@
+//! The RAPI v2 resources: one match over (method, path), each arm a thin translation to a read of
+//! the cluster model or an opcode job.
+
+use super::State;
+use super::error::ApiError;
+use super::objects::*;
+use super::opjob::{OpSpec, build, statics, submit, submit_one};
+use super::request::Request;
+use crate::cluster::views;
+use crate::jobqueue::job::{JOB_FIELDS, JobId};
+use crate::opcodes::OpCode;
+use serde_json::{Map, Value, json};
+use std::time::Duration;
+
+pub const FEATURES: &[&str] = &[
+    "instance-create-reqv1",
+    "instance-reinstall-reqv1",
+    "node-migrate-reqv1",
+    "node-evac-res1",
+];
+
+/// Which access a request needs beyond "anonymous GET".
+#[derive(Debug, PartialEq, Eq)]
+pub enum Access {
+    Open,
+    Read,
+    Write,
+}
+
+pub fn access_for(method: &str, segments: &[&str]) -> Access {
+    if method != "GET" {
+        return Access::Write;
+    }
+    match segments {
+        ["2", "jobs", _, "wait"] | ["2", "nodes", _, "storage"] => Access::Write,
+        ["2", "query", ..] | ["2", "instances", _, "console"] => Access::Read,
+        _ => Access::Open,
+    }
+}
+
+type R = Result<Value, ApiError>;
+
+pub async fn dispatch(state: &State, req: &Request) -> R {
+    let segs: Vec<&str> = req.segments.iter().map(String::as_str).collect();
+    let m = req.method.as_str();
+    match segs.as_slice() {
+        [] | ["2"] => only(m, &["GET"]).map(|_| Value::Null),
+        ["version"] => only(m, &["GET"]).map(|_| json!(2)),
+        ["2", "info"] => {
+            only(m, &["GET"])?;
+            let mut info = views::cluster_info(&state.queue.cluster().snapshot(), true);
+            info["drain_flag"] = json!(state.queue.drained());
+            Ok(info)
+        }
+        ["2", "features"] => only(m, &["GET"]).map(|_| json!(FEATURES)),
+        ["2", "modify"] => {
+            only(m, &["PUT"])?;
+            let body = req.body_object()?;
+            if body.contains_key("compression_tools") {
+                return Err(ApiError::new(403, "The parameter compression_tools cannot be set via RAPI"));
+            }
+            op(state, req, "OP_CLUSTER_SET_PARAMS", "cluster_modify", body, vec![]).await
+        }
+        ["2", "redistribute-config"] => {
+            only(m, &["PUT"])?;
+            op(state, req, "OP_CLUSTER_REDIST_CONF", "redist_config", Map::new(), vec![]).await
+        }
+        ["2", "tags"] => tags(state, req, "cluster", None).await,
+        ["2", "os"] => os_list(state, req).await,
+        ["2", "jobs"] => jobs(state, req).await,
+        ["2", "jobs", id] => job(state, req, id).await,
+        ["2", "jobs", id, "wait"] => wait(state, req, id).await,
+        ["2", "filters"] | ["2", "filters", ..] => {
+            Err(ApiError::new(501, "Job filters are not implemented by gantry yet"))
+        }
+        ["2", "instances"] => instances(state, req).await,
+        ["2", "instances-multi-alloc"] => multi_alloc(state, req).await,
+        ["2", "instances", name] => instance(state, req, name).await,
+        ["2", "instances", name, "tags"] => tags(state, req, "instance", Some(name)).await,
+        ["2", "instances", name, "disk", idx, "grow"] => {
+            only(m, &["POST"])?;
+            let idx: i64 = idx.parse().map_err(|_| ApiError::bad_request("Invalid disk index"))?;
+            let s = vec![("instance_name", json!(name)), ("disk", json!(idx))];
+            op(state, req, "OP_INSTANCE_GROW_DISK", "instances_name_disk_grow", req.body_object()?, s).await
+        }
+        ["2", "instances", name, action] => instance_action(state, req, name, action).await,
+        ["2", "nodes"] => {
+            only(m, &["GET"])?;
+            let cfg = state.queue.cluster().snapshot();
+            if req.flag("bulk")? {
+                let live = gather_live(state, &cfg).await;
+                Ok(Value::Array(cfg.nodes.values().map(|n| node_json(&cfg, &live, n)).collect()))
+            } else {
+                Ok(uri_list("nodes", cfg.nodes.keys()))
+            }
+        }
+        ["2", "nodes", name] => {
+            only(m, &["GET"])?;
+            let cfg = state.queue.cluster().snapshot();
+            let node = find(crate::cmdlib::find_node(&cfg, name), "node", name)?;
+            let live = gather_live(state, &cfg).await;
+            Ok(node_json(&cfg, &live, node))
+        }
+        ["2", "nodes", name, "tags"] => tags(state, req, "node", Some(name)).await,
+        ["2", "nodes", name, rest @ ..] => node_action(state, req, name, rest).await,
+        ["2", "groups"] => groups(state, req).await,
+        ["2", "groups", name] => group(state, req, name).await,
+        ["2", "groups", name, "tags"] => tags(state, req, "nodegroup", Some(name)).await,
+        ["2", "groups", name, action] => group_action(state, req, name, action).await,
+        ["2", "networks"] => networks(state, req).await,
+        ["2", "networks", name] => network(state, req, name).await,
+        ["2", "networks", name, "tags"] => tags(state, req, "network", Some(name)).await,
+        ["2", "networks", name, action] => network_action(state, req, name, action).await,
+        ["2", "query", what] => super::query::query(state, req, what).await,
+        ["2", "query", what, "fields"] => super::query::fields(req, what),
+        _ => Err(ApiError::not_found("Not Found")),
+    }
+}
+
+fn only(method: &str, allowed: &[&str]) -> Result<(), ApiError> {
+    if allowed.contains(&method) {
+        Ok(())
+    } else {
+        Err(ApiError::new(501, format!("Method {method} is unsupported")))
+    }
+}
+
+fn find<T>(r: Result<T, crate::cmdlib::OpError>, kind: &str, name: &str) -> Result<T, ApiError> {
+    r.map_err(|_| unknown(kind, name))
+}
+
+/// The common case: body + statics (+ dry-run) into one opcode job.
+async fn op(
+    state: &State,
+    req: &Request,
+    op_id: &str,
+    resource: &str,
+    body: Map<String, Value>,
+    mut stat: Vec<(&str, Value)>,
+) -> R {
+    if req.dry_run()? {
+        stat.push(("dry_run", json!(true)));
+    }
+    let spec = OpSpec {
+        op_id,
+        resource: Some(resource),
+        body,
+        statics: statics(&stat),
+        renames: &[],
+    };
+    submit_one(state, req, spec).await
+}
+
+// ---- jobs ----
+
+async fn jobs(state: &State, req: &Request) -> R {
+    match req.method.as_str() {
+        "GET" => {
+            if req.flag("bulk")? {
+                const BULK: &[&str] = &["id", "ops", "status", "summary", "opstatus", "received_ts", "start_ts", "end_ts"];
+                Ok(Value::Array(state.queue.live_jobs(|j| job_fields(j, BULK))))
+            } else {
+                Ok(Value::Array(state.queue.live_jobs(|j| json!({"id": j.id.0, "uri": format!("/2/jobs/{}", j.id)}))))
+            }
+        }
+        // gantry extension: submit raw opcodes, e.g. OP_TEST_DELAY (spec opcodes.md §10).
+        "POST" => {
+            let ops = req
+                .body
+                .get("ops")
+                .and_then(Value::as_array)
+                .ok_or_else(|| ApiError::bad_request("Body must be {\"ops\": [opcode, ...]}"))?;
+            let ops = ops
+                .iter()
+                .map(OpCode::from_json)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| ApiError::bad_request(format!("Invalid body parameters: {}", e.0)))?;
+            submit(state, ops).await
+        }
+        m => Err(ApiError::new(501, format!("Method {m} is unsupported"))),
+    }
+}
+
+fn job_fields(job: &crate::jobqueue::job::Job, fields: &[&str]) -> Value {
+    let mut m = Map::new();
+    for f in fields {
+        m.insert((*f).to_string(), job.field(f).unwrap_or(Value::Null));
+    }
+    Value::Object(m)
+}
+
+fn job_id(text: &str) -> Result<JobId, ApiError> {
+    text.parse::<u64>()
+        .map(JobId)
+        .map_err(|_| ApiError::bad_request(format!("Invalid job ID '{text}'")))
+}
+
+async fn job(state: &State, req: &Request, id: &str) -> R {
+    let id = job_id(id)?;
+    match req.method.as_str() {
+        "GET" => {
+            const FIELDS: &[&str] = &["id", "ops", "status", "summary", "opstatus", "received_ts", "start_ts", "end_ts", "oplog", "opresult"];
+            let job = state.queue.job(id).ok_or_else(|| ApiError::not_found(format!("Job {id} not found")))?;
+            Ok(job_fields(&job, FIELDS))
+        }
+        "DELETE" => {
+            let (ok, msg) = state.queue.cancel(id).await;
+            Ok(json!([ok, msg]))
+        }
+        m => Err(ApiError::new(501, format!("Method {m} is unsupported"))),
+    }
+}
+
+async fn wait(state: &State, req: &Request, id: &str) -> R {
+    only(&req.method, &["GET"])?;
+    let id = job_id(id)?;
+    let body = req.body_object()?;
+    let fields: Vec<String> = match body.get("fields") {
+        Some(Value::Array(a)) if a.iter().all(Value::is_string) => {
+            a.iter().filter_map(|v| v.as_str().map(String::from)).collect()
+        }
+        _ => return Err(ApiError::bad_request("The 'fields' parameter should be a list")),
+    };
+    let previous = match body.get("previous_job_info") {
+        None | Some(Value::Null) => None,
+        Some(v @ Value::Array(_)) => Some(v.clone()),
+        Some(_) => return Err(ApiError::bad_request("The 'previous_job_info' parameter should be a list")),
+    };
+    let serial = match body.get("previous_log_serial") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(v.as_u64().ok_or_else(|| {
+            ApiError::bad_request("The 'previous_log_serial' parameter should be a number")
+        })?),
+    };
+    if let Some(bad) = fields.iter().find(|f| !JOB_FIELDS.contains(&f.as_str())) {
+        return Err(ApiError::bad_request(format!("Unknown output fields selected: {bad}")));
+    }
+    let answer = state
+        .queue
+        .wait_for_change(id, &fields, previous.as_ref(), serial, state.wait_timeout)
+        .await
+        .map_err(|e| match e {
+            crate::jobqueue::WaitError::NotFound(_) => ApiError::not_found(e.to_string()),
+            other => ApiError::bad_request(other.to_string()),
+        })?;
+    Ok(match answer {
+        None => Value::Null,
+        Some((info, logs)) => json!({"job_info": info, "log_entries": logs}),
+    })
+}
+
+// ---- cluster-wide ----
+
+async fn os_list(state: &State, req: &Request) -> R {
+    only(&req.method, &["GET"])?;
+    let bulk = req.flag("bulk")?;
+    let fields: Vec<&str> = if bulk {
+        vec!["name", "valid", "variants", "parameters", "api_versions", "blacklisted", "hidden", "trusted"]
+    } else {
+        vec!["name", "variants"]
+    };
+    let mut p = Map::new();
+    p.insert("output_fields".into(), json!(fields));
+    p.insert("names".into(), json!([]));
+    let opc = OpCode::build("OP_OS_DIAGNOSE", p).map_err(|e| ApiError::new(500, e.0))?;
+    let id = state.queue.submit(vec![opc]).await?;
+    // Upstream waits for the job inside the request.
+    let job = loop {
+        match state.queue.wait_for_change(id, &["status".into()], Some(&json!(["queued"])), None, Duration::from_secs(10)).await {
+            Ok(_) => {}
+            Err(_) => return Err(ApiError::new(502, "Can't get OS list")),
+        }
+        let job = state.queue.job(id).ok_or_else(|| ApiError::new(502, "Can't get OS list"))?;
+        if job.is_finalized() {
+            break job;
+        }
+    };
+    let Some(Value::Array(rows)) = job.ops.first().map(|o| o.result.clone()) else {
+        return Err(ApiError::new(502, "Can't get OS list"));
+    };
+    if bulk {
+        return Ok(Value::Array(
+            rows.iter()
+                .map(|r| {
+                    let mut m = Map::new();
+                    for (i, f) in fields.iter().enumerate() {
+                        m.insert((*f).to_string(), r.get(i).cloned().unwrap_or(Value::Null));
+                    }
+                    Value::Object(m)
+                })
+                .collect(),
+        ));
+    }
+    let mut names = vec![];
+    for r in rows {
+        let name = r.get(0).and_then(Value::as_str).unwrap_or_default().to_string();
+        let variants: Vec<String> = r.get(1).and_then(Value::as_array).into_iter().flatten().filter_map(|v| v.as_str().map(String::from)).collect();
+        if variants.is_empty() {
+            names.push(json!(name));
+        } else {
+            names.extend(variants.iter().map(|v| json!(format!("{name}+{v}"))));
+        }
+    }
+    Ok(Value::Array(names))
+}
+
+async fn tags(state: &State, req: &Request, kind: &str, name: Option<&str>) -> R {
+    let cfg = state.queue.cluster().snapshot();
+    let current: Vec<String> = match (kind, name) {
+        ("cluster", _) => cfg.cluster.meta.tags.iter().cloned().collect(),
+        ("instance", Some(n)) => find(crate::cmdlib::find_instance(&cfg, n), "instance", n)?.meta.tags.iter().cloned().collect(),
+        ("node", Some(n)) => find(crate::cmdlib::find_node(&cfg, n), "node", n)?.meta.tags.iter().cloned().collect(),
+        ("nodegroup", Some(n)) => cfg.group_by_name(n).ok_or_else(|| unknown("group", n))?.meta.tags.iter().cloned().collect(),
+        (_, Some(n)) => cfg.network_by_name(n).ok_or_else(|| unknown("network", n))?.meta.tags.iter().cloned().collect(),
+        _ => vec![],
+    };
+    let resource = match kind {
+        "cluster" => "tags",
+        "instance" => "instances_name_tags",
+        "node" => "nodes_name_tags",
+        "nodegroup" => "groups_name_tags",
+        _ => "networks_name_tags",
+    };
+    let op_id = match req.method.as_str() {
+        "GET" => return Ok(json!(current)),
+        "PUT" => "OP_TAGS_SET",
+        "DELETE" => "OP_TAGS_DEL",
+        m => return Err(ApiError::new(501, format!("Method {m} is unsupported"))),
+    };
+    let tags: Vec<&str> = req.query.iter().filter(|(k, _)| k == "tag").map(|(_, v)| v.as_str()).collect();
+    if op_id == "OP_TAGS_DEL" && tags.is_empty() {
+        return Err(ApiError::bad_request("To delete tags you must specify them with the 'tag' parameter"));
+    }
+    let mut s = vec![("kind", json!(kind)), ("tags", json!(tags))];
+    if let Some(n) = name {
+        s.push(("name", json!(n)));
+    }
+    op(state, req, op_id, resource, Map::new(), s).await
+}
+
+// ---- instances ----
+
+async fn instances(state: &State, req: &Request) -> R {
+    match req.method.as_str() {
+        "GET" => {
+            let cfg = state.queue.cluster().snapshot();
+            if req.flag("bulk")? {
+                let live = gather_live(state, &cfg).await;
+                Ok(Value::Array(cfg.instances.values().map(|i| instance_json(&cfg, &live, i)).collect()))
+            } else {
+                Ok(uri_list("instances", cfg.instances.keys()))
+            }
+        }
+        "POST" => {
+            let mut body = req.body_object()?;
+            match body.remove("__version__") {
+                Some(v) if v == json!(1) => {}
+                None => return Err(ApiError::bad_request("Instance creation request version 0 is no longer supported")),
+                Some(v) if v == json!(0) => return Err(ApiError::bad_request("Instance creation request version 0 is no longer supported")),
+                Some(_) => return Err(ApiError::bad_request("Unsupported request data version")),
+            }
+            normalize_beparams(&mut body);
+            let mut stat = vec![];
+            if req.dry_run()? {
+                stat.push(("dry_run", json!(true)));
+            }
+            let spec = OpSpec {
+                op_id: "OP_INSTANCE_CREATE",
+                resource: Some("instances"),
+                body,
+                statics: statics(&stat),
+                renames: &[("name", "instance_name"), ("os", "os_type")],
+            };
+            submit_one(state, req, spec).await
+        }
+        m => Err(ApiError::new(501, format!("Method {m} is unsupported"))),
+    }
+}
+
+/// `hvparams.usb_devices` spaces become commas, as upstream does.
+fn normalize_beparams(body: &mut Map<String, Value>) {
+    if let Some(Value::Object(hv)) = body.get_mut("hvparams") {
+        if let Some(Value::String(usb)) = hv.get_mut("usb_devices") {
+            *usb = usb.replace(' ', ",");
+        }
+    }
+}
+
+async fn multi_alloc(state: &State, req: &Request) -> R {
+    only(&req.method, &["POST"])?;
+    let mut body = req.body_object()?;
+    let Some(Value::Array(list)) = body.remove("instances") else {
+        return Err(ApiError::bad_request("Missing or invalid 'instances' parameter"));
+    };
+    let mut ops = vec![];
+    for inst in list {
+        let Value::Object(mut m) = inst else {
+            return Err(ApiError::bad_request("Instance definitions must be objects"));
+        };
+        for (old, new) in [("name", "instance_name"), ("os", "os_type")] {
+            if let Some(v) = m.remove(old) {
+                m.insert(new.into(), v);
+            }
+        }
+        m.remove("__version__");
+        m.insert("OP_ID".into(), json!("OP_INSTANCE_CREATE"));
+        OpCode::from_json(&Value::Object(m.clone()))
+            .map_err(|e| ApiError::bad_request(format!("Invalid body parameters: {}", e.0)))?;
+        ops.push(Value::Object(m));
+    }
+    body.insert("instances".into(), Value::Array(ops));
+    op(state, req, "OP_INSTANCE_MULTI_ALLOC", "instances_multi_alloc", body, vec![]).await
+}
+
+async fn instance(state: &State, req: &Request, name: &str) -> R {
+    match req.method.as_str() {
+        "GET" => {
+            let cfg = state.queue.cluster().snapshot();
+            let inst = find(crate::cmdlib::find_instance(&cfg, name), "instance", name)?;
+            let live = gather_live(state, &cfg).await;
+            Ok(instance_json(&cfg, &live, inst))
+        }
+        "DELETE" => {
+            let s = vec![("instance_name", json!(name)), ("ignore_failures", json!(false))];
+            op(state, req, "OP_INSTANCE_REMOVE", "instances_name", req.body_object()?, s).await
+        }
+        m => Err(ApiError::new(501, format!("Method {m} is unsupported"))),
+    }
+}
+
+async fn instance_action(state: &State, req: &Request, name: &str, action: &str) -> R {
+    let n = json!(name);
+    let m = req.method.as_str();
+    let body = || req.body_object();
+    match action {
+        "info" => {
+            only(m, &["GET"])?;
+            let s = vec![("instances", json!([name])), ("static", json!(req.flag("static")?))];
+            op(state, req, "OP_INSTANCE_QUERY_DATA", "instances_name_info", Map::new(), s).await
+        }
+        "startup" => {
+            only(m, &["PUT"])?;
+            let s = vec![("instance_name", n), ("force", json!(req.flag("force")?)), ("no_remember", json!(req.flag("no_remember")?))];
+            op(state, req, "OP_INSTANCE_STARTUP", "instances_name_startup", Map::new(), s).await
+        }
+        "shutdown" => {
+            only(m, &["PUT"])?;
+            let s = vec![("instance_name", n), ("no_remember", json!(req.flag("no_remember")?))];
+            op(state, req, "OP_INSTANCE_SHUTDOWN", "instances_name_shutdown", body()?, s).await
+        }
+        "reboot" => {
+            only(m, &["POST"])?;
+            let kind = req.query_str("type").unwrap_or("hard");
+            let s = vec![("instance_name", n), ("reboot_type", json!(kind)), ("ignore_secondaries", json!(req.flag("ignore_secondaries")?))];
+            op(state, req, "OP_INSTANCE_REBOOT", "instances_name_reboot", body()?, s).await
+        }
+        "reinstall" => reinstall(state, req, name).await,
+        "rename" => {
+            only(m, &["PUT"])?;
+            op(state, req, "OP_INSTANCE_RENAME", "instances_name_rename", body()?, vec![("instance_name", n)]).await
+        }
+        "modify" => {
+            only(m, &["PUT"])?;
+            let mut b = body()?;
+            normalize_beparams(&mut b);
+            let spec = OpSpec {
+                op_id: "OP_INSTANCE_SET_PARAMS",
+                resource: Some("instances_name_modify"),
+                body: b,
+                statics: statics(&[("instance_name", n)]),
+                renames: &[("custom_beparams", "beparams"), ("custom_hvparams", "hvparams")],
+            };
+            submit_one(state, req, spec).await
+        }
+        "migrate" => {
+            only(m, &["PUT"])?;
+            op(state, req, "OP_INSTANCE_MIGRATE", "instances_name_migrate", body()?, vec![("instance_name", n)]).await
+        }
+        "failover" => {
+            only(m, &["PUT"])?;
+            op(state, req, "OP_INSTANCE_FAILOVER", "instances_name_failover", body()?, vec![("instance_name", n)]).await
+        }
+        "activate-disks" => {
+            only(m, &["PUT"])?;
+            let s = vec![("instance_name", n), ("ignore_size", json!(req.flag("ignore_size")?))];
+            op(state, req, "OP_INSTANCE_ACTIVATE_DISKS", "instances_name_activate_disks", Map::new(), s).await
+        }
+        "deactivate-disks" => {
+            only(m, &["PUT"])?;
+            let s = vec![("instance_name", n), ("force", json!(req.flag("force")?))];
+            op(state, req, "OP_INSTANCE_DEACTIVATE_DISKS", "instances_name_deactivate_disks", Map::new(), s).await
+        }
+        "recreate-disks" => {
+            only(m, &["POST"])?;
+            op(state, req, "OP_INSTANCE_RECREATE_DISKS", "instances_name_recreate_disks", body()?, vec![("instance_name", n)]).await
+        }
+        "replace-disks" => {
+            only(m, &["POST"])?;
+            let mut b = body()?;
+            if let Some(Value::String(d)) = b.get("disks").cloned() {
+                let list: Result<Vec<i64>, _> = d.split(',').filter(|s| !s.is_empty()).map(|s| s.trim().parse()).collect();
+                b.insert("disks".into(), json!(list.map_err(|_| ApiError::bad_request("Invalid disk list"))?));
+            }
+            op(state, req, "OP_INSTANCE_REPLACE_DISKS", "instances_name_replace_disks", b, vec![("instance_name", n)]).await
+        }
+        "prepare-export" => {
+            only(m, &["PUT"])?;
+            let mode = req.query_str("mode").unwrap_or("local");
+            let s = vec![("instance_name", n), ("mode", json!(mode))];
+            op(state, req, "OP_BACKUP_PREPARE", "instances_name_prepare_export", Map::new(), s).await
+        }
+        "export" => match m {
+            "PUT" => op(state, req, "OP_BACKUP_EXPORT", "instances_name_export", body()?, vec![("instance_name", n)]).await,
+            "DELETE" => op(state, req, "OP_BACKUP_REMOVE", "instances_name_export", Map::new(), vec![("instance_name", n)]).await,
+            _ => Err(ApiError::new(501, format!("Method {m} is unsupported"))),
+        },
+        "console" => {
+            only(m, &["GET"])?;
+            let cfg = state.queue.cluster().snapshot();
+            let inst = find(crate::cmdlib::find_instance(&cfg, name), "instance", name)?;
+            let running = matches!(state.queue.backend().instance_state(&inst.pnode, &inst.name).await, Ok(Some(s)) if s.running);
+            if !running {
+                return Err(ApiError::new(503, format!("Instance {} is down", inst.name)));
+            }
+            Ok(crate::cmdlib::console_info(inst))
+        }
+        _ => Err(ApiError::not_found("Not Found")),
+    }
+}
+
+async fn reinstall(state: &State, req: &Request, name: &str) -> R {
+    only(&req.method, &["POST"])?;
+    let body = req.body_object()?;
+    let legacy = req.query_str("os").is_some() || req.query_str("nostartup").is_some();
+    if legacy && !body.is_empty() {
+        return Err(ApiError::bad_request("Can't combine query and body parameters"));
+    }
+    let (os, start, osparams) = if legacy {
+        (req.query_str("os").map(|s| json!(s)), !req.flag("nostartup")?, None)
+    } else {
+        (
+            body.get("os").cloned().filter(|v| !v.is_null()),
+            body.get("start").and_then(Value::as_bool).unwrap_or(true),
+            body.get("osparams").cloned().filter(|v| !v.is_null()),
+        )
+    };
+    let mk = |id: &str, pairs: Vec<(&str, Value)>| {
+        build(req, OpSpec { op_id: id, resource: None, body: Map::new(), statics: statics(&pairs), renames: &[] })
+    };
+    let mut reinstall = vec![("instance_name", json!(name))];
+    if let Some(os) = os {
+        reinstall.push(("os_type", os));
+    }
+    if let Some(p) = osparams {
+        reinstall.push(("osparams", p));
+    }
+    let mut ops = vec![
+        mk("OP_INSTANCE_SHUTDOWN", vec![("instance_name", json!(name))])?,
+        mk("OP_INSTANCE_REINSTALL", reinstall)?,
+    ];
+    if start {
+        ops.push(mk("OP_INSTANCE_STARTUP", vec![("instance_name", json!(name)), ("force", json!(false))])?);
+    }
+    submit(state, ops).await
+}
+
+// ---- nodes ----
+
+const ROLES: &[(&str, &str)] = &[("M", "master"), ("C", "master-candidate"), ("R", "regular"), ("D", "drained"), ("O", "offline")];
+
+async fn node_action(state: &State, req: &Request, name: &str, rest: &[&str]) -> R {
+    let n = json!(name);
+    let m = req.method.as_str();
+    match rest {
+        ["role"] => match m {
+            "GET" => {
+                let cfg = state.queue.cluster().snapshot();
+                let node = find(crate::cmdlib::find_node(&cfg, name), "node", name)?;
+                let letter = views::node_role(&cfg, node);
+                Ok(json!(ROLES.iter().find(|(l, _)| *l == letter).map(|(_, r)| *r)))
+            }
+            "PUT" => {
+                let role = req.body.as_str().ok_or_else(|| ApiError::bad_request("Body contents must be a string"))?;
+                let (mc, off, dr) = match role {
+                    "regular" => (json!(false), json!(false), json!(false)),
+                    "master-candidate" => (json!(true), Value::Null, Value::Null),
+                    "drained" => (Value::Null, Value::Null, json!(true)),
+                    "offline" => (Value::Null, json!(true), Value::Null),
+                    other => return Err(ApiError::bad_request(format!("Can't set '{other}' role"))),
+                };
+                let s = vec![("node_name", n), ("master_candidate", mc), ("offline", off), ("drained", dr), ("force", json!(req.flag("force")?)), ("auto_promote", json!(req.flag("auto-promote")?))];
+                op(state, req, "OP_NODE_SET_PARAMS", "nodes_name_role", Map::new(), s).await
+            }
+            _ => Err(ApiError::new(501, format!("Method {m} is unsupported"))),
+        },
+        ["evacuate"] => {
+            only(m, &["POST"])?;
+            op(state, req, "OP_NODE_EVACUATE", "nodes_name_evacuate", req.body_object()?, vec![("node_name", n)]).await
+        }
+        ["migrate"] => {
+            only(m, &["POST"])?;
+            let body = if req.query_str("live").is_some() || req.query_str("mode").is_some() {
+                if req.query_str("live").is_some() && req.query_str("mode").is_some() {
+                    return Err(ApiError::bad_request("Only one of 'live' and 'mode' should be passed"));
+                }
+                let mode = match req.query_str("live") {
+                    Some(_) => if req.flag("live")? { "live" } else { "non-live" },
+                    None => req.query_str("mode").unwrap_or("live"),
+                };
+                let mut b = Map::new();
+                b.insert("mode".into(), json!(mode));
+                b
+            } else {
+                req.body_object()?
+            };
+            op(state, req, "OP_NODE_MIGRATE", "nodes_name_migrate", body, vec![("node_name", n)]).await
+        }
+        ["modify"] => {
+            only(m, &["POST"])?;
+            op(state, req, "OP_NODE_SET_PARAMS", "nodes_name_modify", req.body_object()?, vec![("node_name", n)]).await
+        }
+        ["powercycle"] => {
+            only(m, &["POST"])?;
+            let s = vec![("node_name", n), ("force", json!(req.flag("force")?))];
+            op(state, req, "OP_NODE_POWERCYCLE", "nodes_name_powercycle", req.body_object()?, s).await
+        }
+        ["storage"] => {
+            only(m, &["GET"])?;
+            let fields = req.query_str("output_fields").filter(|s| !s.is_empty()).ok_or_else(|| ApiError::bad_request("Missing the required 'output_fields' parameter"))?;
+            let mut s = vec![("nodes", json!([name])), ("output_fields", json!(fields.split(',').collect::<Vec<_>>()))];
+            if let Some(t) = req.query_str("storage_type") {
+                s.push(("storage_type", json!(t)));
+            }
+            op(state, req, "OP_NODE_QUERY_STORAGE", "nodes_name_storage", Map::new(), s).await
+        }
+        ["storage", "modify"] | ["storage", "repair"] => {
+            only(m, &["PUT"])?;
+            let sname = req.query_str("name").filter(|s| !s.is_empty()).ok_or_else(|| ApiError::bad_request("Missing the required 'name' parameter"))?;
+            let mut s = vec![("node_name", n), ("name", json!(sname))];
+            if let Some(t) = req.query_str("storage_type") {
+                s.push(("storage_type", json!(t)));
+            }
+            if rest[1] == "modify" {
+                let mut changes = Map::new();
+                if req.query_str("allocatable").is_some() {
+                    changes.insert("allocatable".into(), json!(req.flag("allocatable")?));
+                }
+                s.push(("changes", Value::Object(changes)));
+                op(state, req, "OP_NODE_MODIFY_STORAGE", "nodes_name_storage_modify", Map::new(), s).await
+            } else {
+                if req.query_str("ignore_consistency").is_some() {
+                    s.push(("ignore_consistency", json!(req.flag("ignore_consistency")?)));
+                }
+                op(state, req, "OP_REPAIR_NODE_STORAGE", "nodes_name_storage_repair", Map::new(), s).await
+            }
+        }
+        _ => Err(ApiError::not_found("Not Found")),
+    }
+}
+
+// ---- groups ----
+
+async fn groups(state: &State, req: &Request) -> R {
+    match req.method.as_str() {
+        "GET" => {
+            let cfg = state.queue.cluster().snapshot();
+            let mut list: Vec<_> = cfg.groups.values().collect();
+            list.sort_by(|a, b| a.name.cmp(&b.name));
+            if req.flag("bulk")? {
+                Ok(Value::Array(list.iter().map(|g| group_json(&cfg, g)).collect()))
+            } else {
+                Ok(uri_list("groups", list.iter().map(|g| &g.name)))
+            }
+        }
+        "POST" => {
+            let mut body = req.body_object()?;
+            if body.get("alloc_policy") == Some(&Value::Null) {
+                body.remove("alloc_policy");
+            }
+            let mut stat = vec![];
+            if req.dry_run()? {
+                stat.push(("dry_run", json!(true)));
+            }
+            let spec = OpSpec { op_id: "OP_GROUP_ADD", resource: Some("groups"), body, statics: statics(&stat), renames: &[("name", "group_name")] };
+            submit_one(state, req, spec).await
+        }
+        m => Err(ApiError::new(501, format!("Method {m} is unsupported"))),
+    }
+}
+
+async fn group(state: &State, req: &Request, name: &str) -> R {
+    match req.method.as_str() {
+        "GET" => {
+            let cfg = state.queue.cluster().snapshot();
+            let g = cfg.group_by_name(name).ok_or_else(|| unknown("group", name))?;
+            Ok(group_json(&cfg, g))
+        }
+        "DELETE" => op(state, req, "OP_GROUP_REMOVE", "groups_name", Map::new(), vec![("group_name", json!(name))]).await,
+        m => Err(ApiError::new(501, format!("Method {m} is unsupported"))),
+    }
+}
+
+async fn group_action(state: &State, req: &Request, name: &str, action: &str) -> R {
+    only(&req.method, &["PUT"])?;
+    let g = json!(name);
+    match action {
+        "modify" => {
+            let mut b = req.body_object()?;
+            if b.get("alloc_policy") == Some(&Value::Null) {
+                b.remove("alloc_policy");
+            }
+            op(state, req, "OP_GROUP_SET_PARAMS", "groups_name_modify", b, vec![("group_name", g)]).await
+        }
+        "rename" => op(state, req, "OP_GROUP_RENAME", "groups_name_rename", req.body_object()?, vec![("group_name", g)]).await,
+        "assign-nodes" => {
+            let s = vec![("group_name", g), ("force", json!(req.flag("force")?))];
+            op(state, req, "OP_GROUP_ASSIGN_NODES", "groups_name_assign_nodes", req.body_object()?, s).await
+        }
+        _ => Err(ApiError::not_found("Not Found")),
+    }
+}
+
+// ---- networks ----
+
+async fn networks(state: &State, req: &Request) -> R {
+    match req.method.as_str() {
+        "GET" => {
+            let cfg = state.queue.cluster().snapshot();
+            let mut list: Vec<_> = cfg.networks.values().collect();
+            list.sort_by(|a, b| a.name.cmp(&b.name));
+            if req.flag("bulk")? {
+                Ok(Value::Array(list.iter().map(|n| network_json(&cfg, n)).collect()))
+            } else {
+                Ok(uri_list("networks", list.iter().map(|n| &n.name)))
+            }
+        }
+        "POST" => {
+            let mut body = req.body_object()?;
+            body.retain(|k, v| !(v.is_null() && ["gateway6", "network6", "mac_prefix", "add_reserved_ips", "tags", "gateway"].contains(&k.as_str())));
+            let mut stat = vec![];
+            if req.dry_run()? {
+                stat.push(("dry_run", json!(true)));
+            }
+            let spec = OpSpec { op_id: "OP_NETWORK_ADD", resource: Some("networks"), body, statics: statics(&stat), renames: &[("name", "network_name")] };
+            submit_one(state, req, spec).await
+        }
+        m => Err(ApiError::new(501, format!("Method {m} is unsupported"))),
+    }
+}
+
+async fn network(state: &State, req: &Request, name: &str) -> R {
+    match req.method.as_str() {
+        "GET" => {
+            let cfg = state.queue.cluster().snapshot();
+            let n = cfg.network_by_name(name).ok_or_else(|| unknown("network", name))?;
+            Ok(network_json(&cfg, n))
+        }
+        "DELETE" => op(state, req, "OP_NETWORK_REMOVE", "networks_name", Map::new(), vec![("network_name", json!(name))]).await,
+        m => Err(ApiError::new(501, format!("Method {m} is unsupported"))),
+    }
+}
+
+async fn network_action(state: &State, req: &Request, name: &str, action: &str) -> R {
+    only(&req.method, &["PUT"])?;
+    let n = json!(name);
+    let (op_id, resource) = match action {
+        "modify" => ("OP_NETWORK_SET_PARAMS", "networks_name_modify"),
+        "rename" => ("OP_NETWORK_RENAME", "networks_name_rename"),
+        "connect" => ("OP_NETWORK_CONNECT", "networks_name_connect"),
+        "disconnect" => ("OP_NETWORK_DISCONNECT", "networks_name_disconnect"),
+        _ => return Err(ApiError::not_found("Not Found")),
+    };
+    op(state, req, op_id, resource, req.body_object()?, vec![("network_name", n)]).await
+}

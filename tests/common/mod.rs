@@ -1,0 +1,73 @@
+//! Test helpers: start the real `gantry` binary on a free port with a temp data dir, talk to it
+//! with curl like a user would.
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+pub struct Server {
+    pub child: Child,
+    pub base: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn start(extra: &[&str]) -> Server {
+    let dir = tempfile::tempdir().expect("tempdir");
+    start_in(dir, extra)
+}
+
+pub fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> Server {
+    let users = dir.path().join("users");
+    if !users.exists() {
+        std::fs::write(&users, "admin {cleartext}admin write\nviewer viewer read\n").unwrap();
+    }
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gantry"))
+        .args(["serve", "--port", "0", "--bind", "127.0.0.1", "--no-ssl", "--data-dir"])
+        .arg(dir.path())
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn gantry");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let base = line.trim().rsplit(' ').next().unwrap().to_string();
+    assert!(base.starts_with("http://"), "unexpected banner: {line}");
+    Server { child, base, dir }
+}
+
+/// Runs curl; returns (HTTP status, parsed JSON body).
+pub fn curl(server: &Server, method: &str, path: &str, user: Option<&str>, body: Option<&str>) -> (u16, Value) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "-o", "-", "-w", "\n%{http_code}", "-X", method]);
+    if let Some(u) = user {
+        cmd.args(["-u", u]);
+    }
+    if let Some(b) = body {
+        cmd.args(["-H", "Content-Type: application/json", "--data-binary", b]);
+    }
+    cmd.arg(format!("{}{}", server.base, path));
+    let out = cmd.output().expect("curl runs");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+/// Polls a job until it is finalized.
+pub fn wait_job(server: &Server, id: u64) -> Value {
+    for _ in 0..400 {
+        let (_, job) = curl(server, "GET", &format!("/2/jobs/{id}"), None, None);
+        if ["success", "error", "canceled"].contains(&job["status"].as_str().unwrap_or("")) {
+            return job;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    panic!("job {id} did not finish");
+}
