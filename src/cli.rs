@@ -13,7 +13,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(name = "gantry", version, about = "A Ganeti RAPI v2 compatible job-queue engine")]
+#[command(
+    name = "gantry",
+    version,
+    about = "A Ganeti RAPI v2 compatible job-queue engine"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -71,7 +75,11 @@ struct ServeArgs {
     #[arg(long, default_value_t = 0)]
     fake_delay_ms: u64,
     /// Node names for a new cluster (comma separated).
-    #[arg(long, value_delimiter = ',', default_value = "node1.example.com,node2.example.com,node3.example.com")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "node1.example.com,node2.example.com,node3.example.com"
+    )]
     nodes: Vec<String>,
     /// Cluster name for a new cluster.
     #[arg(long, default_value = "cluster.example.com")]
@@ -105,13 +113,23 @@ struct ServeArgs {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Users { command: UsersCommand::Hash { user, password, options } } => {
+        Command::Users {
+            command:
+                UsersCommand::Hash {
+                    user,
+                    password,
+                    options,
+                },
+        } => {
             let password = password.unwrap_or_else(|| {
                 let mut line = String::new();
                 let _ = std::io::stdin().read_line(&mut line);
                 line.trim_end_matches(['\n', '\r']).to_string()
             });
-            println!("{user} {{HA1}}{} {options}", rapi::auth::ha1(&user, &password));
+            println!(
+                "{user} {{HA1}}{} {options}",
+                rapi::auth::ha1(&user, &password)
+            );
             ExitCode::SUCCESS
         }
         Command::Serve(args) => {
@@ -120,6 +138,7 @@ pub fn main() -> ExitCode {
                     tracing_subscriber::EnvFilter::try_from_default_env()
                         .unwrap_or_else(|_| "info".into()),
                 )
+                .with_writer(std::io::stderr)
                 .init();
             let rt = match tokio::runtime::Runtime::new() {
                 Ok(rt) => rt,
@@ -141,7 +160,8 @@ pub fn main() -> ExitCode {
 }
 
 async fn serve(args: ServeArgs) -> Result<(), String> {
-    std::fs::create_dir_all(&args.data_dir).map_err(|e| format!("{}: {e}", args.data_dir.display()))?;
+    std::fs::create_dir_all(&args.data_dir)
+        .map_err(|e| format!("{}: {e}", args.data_dir.display()))?;
     let commit = GroupCommit::open(&args.data_dir.join("db")).map_err(|e| e.to_string())?;
     let init = InitOptions {
         cluster_name: args.cluster_name.clone(),
@@ -159,8 +179,13 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         archive_age: Duration::from_secs(args.archive_age),
         archive_interval: Duration::from_secs(args.archive_interval.max(1)),
     };
-    let queue = JobQueue::start(store, cluster, backend, opts).await.map_err(|e| e.to_string())?;
-    let users_path = args.users.clone().unwrap_or_else(|| args.data_dir.join("users"));
+    let queue = JobQueue::start(store, cluster, backend, opts)
+        .await
+        .map_err(|e| e.to_string())?;
+    let users_path = args
+        .users
+        .clone()
+        .unwrap_or_else(|| args.data_dir.join("users"));
     let state = Arc::new(StateInner {
         queue: queue.clone(),
         users: UserDb::load(Some(users_path)),
@@ -170,13 +195,22 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     let tls = if args.no_ssl {
         None
     } else {
-        Some(rapi::tls::load_or_create(args.ssl_cert.as_deref(), args.ssl_key.as_deref(), &args.data_dir)?)
+        Some(rapi::tls::load_or_create(
+            args.ssl_cert.as_deref(),
+            args.ssl_key.as_deref(),
+            &args.data_dir,
+        )?)
     };
     let addr = format!("{}:{}", args.bind, args.port);
-    let listener = tokio::net::TcpListener::bind(&addr).await.map_err(|e| format!("{addr}: {e}"))?;
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .map_err(|e| format!("{addr}: {e}"))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(%local, tls = tls.is_some(), "gantry RAPI listening");
-    println!("gantry listening on {}://{local}", if tls.is_some() { "https" } else { "http" });
+    println!(
+        "gantry listening on {}://{local}",
+        if tls.is_some() { "https" } else { "http" }
+    );
     let opts = ServerOptions {
         require_authentication: args.require_authentication,
         header_timeout: Duration::from_secs(args.header_timeout.max(1)),
@@ -212,8 +246,11 @@ async fn adopt(backend: &dyn Backend, cluster: &ClusterStore) {
         .flat_map(|i| {
             let spec = crate::cmdlib::vm_spec(&cfg, i);
             let up = i.admin_state == crate::cluster::model::AdminState::Up;
-            std::iter::once((i.pnode.clone(), spec.clone(), up))
-                .chain(i.snodes.iter().map(move |s| (s.clone(), spec.clone(), false)))
+            std::iter::once((i.pnode.clone(), spec.clone(), up)).chain(
+                i.snodes
+                    .iter()
+                    .map(move |s| (s.clone(), spec.clone(), false)),
+            )
         })
         .collect();
     backend.adopt(nodes, vms).await;

@@ -23,7 +23,11 @@ struct FakeNode {
 
 impl FakeNode {
     fn used_memory(&self) -> u64 {
-        self.vms.values().filter(|v| v.running).map(|v| v.memory).sum()
+        self.vms
+            .values()
+            .filter(|v| v.running)
+            .map(|v| v.memory)
+            .sum()
     }
 
     fn used_disk(&self) -> u64 {
@@ -158,7 +162,11 @@ impl Backend for FakeBackend {
         })
     }
 
-    fn create_disks<'a>(&'a self, node: &'a str, vm: &'a VmSpec) -> BoxFuture<'a, BackendResult<()>> {
+    fn create_disks<'a>(
+        &'a self,
+        node: &'a str,
+        vm: &'a VmSpec,
+    ) -> BoxFuture<'a, BackendResult<()>> {
         Box::pin(async move {
             self.enter("create_disks", node).await?;
             self.with_vm(node, &vm.name, |n, name| {
@@ -184,7 +192,11 @@ impl Backend for FakeBackend {
         })
     }
 
-    fn remove_disks<'a>(&'a self, node: &'a str, name: &'a str) -> BoxFuture<'a, BackendResult<()>> {
+    fn remove_disks<'a>(
+        &'a self,
+        node: &'a str,
+        name: &'a str,
+    ) -> BoxFuture<'a, BackendResult<()>> {
         Box::pin(async move {
             self.enter("remove_disks", node).await?;
             self.with_vm(node, name, |n, name| {
@@ -226,7 +238,10 @@ impl Backend for FakeBackend {
         Box::pin(async move {
             self.enter("install_os", node).await?;
             self.with_vm(node, &vm.name, |n, name| {
-                n.vms.get(name).map(|_| ()).ok_or_else(|| missing(name, node))
+                n.vms
+                    .get(name)
+                    .map(|_| ())
+                    .ok_or_else(|| missing(name, node))
             })
         })
     }
@@ -263,7 +278,12 @@ impl Backend for FakeBackend {
         })
     }
 
-    fn stop<'a>(&'a self, node: &'a str, name: &'a str, _timeout_s: u64) -> BoxFuture<'a, BackendResult<()>> {
+    fn stop<'a>(
+        &'a self,
+        node: &'a str,
+        name: &'a str,
+        _timeout_s: u64,
+    ) -> BoxFuture<'a, BackendResult<()>> {
         Box::pin(async move {
             self.enter("stop", node).await?;
             self.with_vm(node, name, |n, name| {
@@ -275,17 +295,28 @@ impl Backend for FakeBackend {
         })
     }
 
-    fn reboot<'a>(&'a self, node: &'a str, name: &'a str, _kind: RebootKind) -> BoxFuture<'a, BackendResult<()>> {
+    fn reboot<'a>(
+        &'a self,
+        node: &'a str,
+        name: &'a str,
+        _kind: RebootKind,
+    ) -> BoxFuture<'a, BackendResult<()>> {
         Box::pin(async move {
             self.enter("reboot", node).await?;
             self.with_vm(node, name, |n, name| match n.vms.get(name) {
                 Some(vm) if vm.running => Ok(()),
-                _ => Err(BackendError::failed(format!("Instance {name} is not running"))),
+                _ => Err(BackendError::failed(format!(
+                    "Instance {name} is not running"
+                ))),
             })
         })
     }
 
-    fn instance_state<'a>(&'a self, node: &'a str, name: &'a str) -> BoxFuture<'a, BackendResult<Option<VmState>>> {
+    fn instance_state<'a>(
+        &'a self,
+        node: &'a str,
+        name: &'a str,
+    ) -> BoxFuture<'a, BackendResult<Option<VmState>>> {
         Box::pin(async move {
             self.enter("instance_state", node).await?;
             Ok(self.lock()[node].vms.get(name).map(|vm| VmState {
@@ -296,7 +327,13 @@ impl Backend for FakeBackend {
         })
     }
 
-    fn migrate<'a>(&'a self, src: &'a str, dst: &'a str, name: &'a str, live: bool) -> BoxFuture<'a, BackendResult<()>> {
+    fn migrate<'a>(
+        &'a self,
+        src: &'a str,
+        dst: &'a str,
+        name: &'a str,
+        live: bool,
+    ) -> BoxFuture<'a, BackendResult<()>> {
         Box::pin(async move {
             self.enter("migrate", src).await?;
             self.enter("migrate_target", dst).await?;
@@ -329,7 +366,12 @@ impl Backend for FakeBackend {
         })
     }
 
-    fn rename<'a>(&'a self, node: &'a str, old: &'a str, new: &'a str) -> BoxFuture<'a, BackendResult<()>> {
+    fn rename<'a>(
+        &'a self,
+        node: &'a str,
+        old: &'a str,
+        new: &'a str,
+    ) -> BoxFuture<'a, BackendResult<()>> {
         Box::pin(async move {
             self.enter("rename", node).await?;
             self.with_vm(node, old, |n, old| {

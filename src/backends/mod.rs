@@ -88,8 +88,13 @@ pub trait Backend: Send + Sync {
     /// Learns the nodes and re-adopts instances after a restart (`running` = admin state up).
     fn adopt(&self, nodes: Vec<NodeSpec>, vms: Vec<(String, VmSpec, bool)>) -> BoxFuture<'_, ()>;
     fn node_info<'a>(&'a self, node: &'a str) -> BoxFuture<'a, BackendResult<NodeInfo>>;
-    fn create_disks<'a>(&'a self, node: &'a str, vm: &'a VmSpec) -> BoxFuture<'a, BackendResult<()>>;
-    fn remove_disks<'a>(&'a self, node: &'a str, name: &'a str) -> BoxFuture<'a, BackendResult<()>>;
+    fn create_disks<'a>(
+        &'a self,
+        node: &'a str,
+        vm: &'a VmSpec,
+    ) -> BoxFuture<'a, BackendResult<()>>;
+    fn remove_disks<'a>(&'a self, node: &'a str, name: &'a str)
+    -> BoxFuture<'a, BackendResult<()>>;
     fn grow_disk<'a>(
         &'a self,
         node: &'a str,
@@ -124,8 +129,12 @@ pub trait Backend: Send + Sync {
         name: &'a str,
         live: bool,
     ) -> BoxFuture<'a, BackendResult<()>>;
-    fn rename<'a>(&'a self, node: &'a str, old: &'a str, new: &'a str)
-    -> BoxFuture<'a, BackendResult<()>>;
+    fn rename<'a>(
+        &'a self,
+        node: &'a str,
+        old: &'a str,
+        new: &'a str,
+    ) -> BoxFuture<'a, BackendResult<()>>;
     fn powercycle<'a>(&'a self, node: &'a str) -> BoxFuture<'a, BackendResult<String>>;
     /// Pauses for `seconds` on a node (OP_TEST_DELAY with nodes).
     fn delay<'a>(&'a self, node: &'a str, seconds: f64) -> BoxFuture<'a, BackendResult<()>>;

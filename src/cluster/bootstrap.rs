@@ -130,15 +130,21 @@ pub fn initial_config(opts: &InitOptions) -> Config {
                 "kvm": {"kernel_path": "", "acpi": true, "serial_console": true,
                         "migration_mode": "live", "boot_order": "disk"}
             })),
-            beparams: obj(json!({"maxmem": 128, "minmem": 128, "vcpus": 1, "auto_balance": true,
-                "always_failover": false, "spindle_use": 1})),
+            beparams: obj(
+                json!({"maxmem": 128, "minmem": 128, "vcpus": 1, "auto_balance": true,
+                "always_failover": false, "spindle_use": 1}),
+            ),
             osparams: Params::new(),
             os_hvp: Params::new(),
             nicparams: obj(json!({"mode": "bridged", "link": "br0", "vlan": ""})),
-            ndparams: obj(json!({"oob_program": "", "spindle_count": 1, "exclusive_storage": false,
-                "ovs": false, "ovs_name": "switch1", "ovs_link": "", "ssh_port": 22, "cpu_speed": 1.0})),
-            diskparams: obj(json!({"plain": {"stripes": 1}, "drbd": {"resync-rate": 61440},
-                "file": {}, "diskless": {}})),
+            ndparams: obj(
+                json!({"oob_program": "", "spindle_count": 1, "exclusive_storage": false,
+                "ovs": false, "ovs_name": "switch1", "ovs_link": "", "ssh_port": 22, "cpu_speed": 1.0}),
+            ),
+            diskparams: obj(
+                json!({"plain": {"stripes": 1}, "drbd": {"resync-rate": 61440},
+                "file": {}, "diskless": {}}),
+            ),
             ipolicy: default_ipolicy(),
             candidate_pool_size: 10,
             max_running_jobs: 20,
@@ -178,4 +184,3 @@ pub fn initial_config(opts: &InitOptions) -> Config {
         os,
     }
 }
-

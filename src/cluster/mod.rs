@@ -2,8 +2,8 @@
 //! through `update`, atomically per opcode, with a serial number that grows on every change.
 
 mod bootstrap;
-pub mod views;
 pub mod model;
+pub mod views;
 
 use crate::storage::{GroupCommit, StorageError};
 use model::Config;
@@ -66,10 +66,7 @@ impl ClusterStore {
     /// Applies `change` to the newest configuration and makes the result durable. Locks held by
     /// the calling opcode guarantee no conflicting change runs concurrently; the writer mutex only
     /// orders the commits.
-    pub async fn update<T>(
-        &self,
-        change: impl FnOnce(&mut Config) -> T,
-    ) -> Result<T, ConfigError> {
+    pub async fn update<T>(&self, change: impl FnOnce(&mut Config) -> T) -> Result<T, ConfigError> {
         let out = {
             let _w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
             let mut cfg = (*self.snapshot()).clone();

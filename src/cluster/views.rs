@@ -88,15 +88,61 @@ fn common(meta: &Meta, name: &str) -> Option<Value> {
 }
 
 pub const INSTANCE_FIELDS: &[&str] = &[
-    "name", "admin_state", "admin_state_source", "os", "pnode", "snodes", "disk_template",
-    "nic.ips", "nic.macs", "nic.modes", "nic.links", "nic.bridges", "nic.networks", "nic.names",
-    "nic.uuids", "nic.vlans", "network_port", "disk.sizes", "disk.spindles", "disk.names",
-    "disk.uuids", "disk_usage", "beparams", "hvparams", "osparams", "oper_state", "oper_ram",
-    "oper_vcpus", "status", "custom_hvparams", "custom_beparams", "custom_nicparams",
-    "custom_osparams", "hypervisor", "pnode.group", "pnode.group.uuid", "snodes.group",
-    "snodes.group.uuid", "disks_active", "forthcoming", "disk.count", "nic.count",
-    "be/maxmem", "be/minmem", "be/memory", "be/vcpus", "be/auto_balance", "be/spindle_use",
-    "be/always_failover", "ctime", "mtime", "uuid", "serial_no", "tags", "console",
+    "name",
+    "admin_state",
+    "admin_state_source",
+    "os",
+    "pnode",
+    "snodes",
+    "disk_template",
+    "nic.ips",
+    "nic.macs",
+    "nic.modes",
+    "nic.links",
+    "nic.bridges",
+    "nic.networks",
+    "nic.names",
+    "nic.uuids",
+    "nic.vlans",
+    "network_port",
+    "disk.sizes",
+    "disk.spindles",
+    "disk.names",
+    "disk.uuids",
+    "disk_usage",
+    "beparams",
+    "hvparams",
+    "osparams",
+    "oper_state",
+    "oper_ram",
+    "oper_vcpus",
+    "status",
+    "custom_hvparams",
+    "custom_beparams",
+    "custom_nicparams",
+    "custom_osparams",
+    "hypervisor",
+    "pnode.group",
+    "pnode.group.uuid",
+    "snodes.group",
+    "snodes.group.uuid",
+    "disks_active",
+    "forthcoming",
+    "disk.count",
+    "nic.count",
+    "be/maxmem",
+    "be/minmem",
+    "be/memory",
+    "be/vcpus",
+    "be/auto_balance",
+    "be/spindle_use",
+    "be/always_failover",
+    "ctime",
+    "mtime",
+    "uuid",
+    "serial_no",
+    "tags",
+    "console",
 ];
 
 pub fn instance_field(cfg: &Config, live: &Live, inst: &Instance, name: &str) -> Option<Value> {
@@ -122,7 +168,13 @@ pub fn instance_field(cfg: &Config, live: &Live, inst: &Instance, name: &str) ->
         "nic.macs" => nic(&|n| json!(n.mac)),
         "nic.modes" => nic(&|n| json!(n.mode)),
         "nic.links" => nic(&|n| json!(n.link)),
-        "nic.bridges" => nic(&|n| if n.mode == "bridged" { json!(n.link) } else { Value::Null }),
+        "nic.bridges" => nic(&|n| {
+            if n.mode == "bridged" {
+                json!(n.link)
+            } else {
+                Value::Null
+            }
+        }),
         "nic.networks" => nic(&|n| json!(n.network)),
         "nic.names" => nic(&|n| json!(n.name)),
         "nic.uuids" => nic(&|n| json!(n.uuid)),
@@ -131,12 +183,30 @@ pub fn instance_field(cfg: &Config, live: &Live, inst: &Instance, name: &str) ->
         "network_port" => json!(inst.network_port),
         "disk.sizes" => json!(inst.disks.iter().map(|d| d.size).collect::<Vec<_>>()),
         "disk.spindles" => json!(inst.disks.iter().map(|d| d.spindles).collect::<Vec<_>>()),
-        "disk.names" => json!(inst.disks.iter().map(|d| d.name.clone()).collect::<Vec<_>>()),
-        "disk.uuids" => json!(inst.disks.iter().map(|d| d.uuid.clone()).collect::<Vec<_>>()),
+        "disk.names" => json!(
+            inst.disks
+                .iter()
+                .map(|d| d.name.clone())
+                .collect::<Vec<_>>()
+        ),
+        "disk.uuids" => json!(
+            inst.disks
+                .iter()
+                .map(|d| d.uuid.clone())
+                .collect::<Vec<_>>()
+        ),
         "disk.count" => json!(inst.disks.len()),
         "disk_usage" => {
-            let per_disk: u64 = inst.disks.iter().map(|d| d.size + if inst.disk_template == "drbd" { 128 } else { 0 }).sum();
-            json!(if inst.disk_template == "diskless" { 0 } else { per_disk })
+            let per_disk: u64 = inst
+                .disks
+                .iter()
+                .map(|d| d.size + if inst.disk_template == "drbd" { 128 } else { 0 })
+                .sum();
+            json!(if inst.disk_template == "diskless" {
+                0
+            } else {
+                per_disk
+            })
         }
         "beparams" => json!(be),
         "hvparams" => json!(cfg.effective_hvparams(inst)),
@@ -151,16 +221,31 @@ pub fn instance_field(cfg: &Config, live: &Live, inst: &Instance, name: &str) ->
         "status" => json!(instance_status(cfg, inst, running.is_some())),
         "pnode.group" => json!(group_name(&inst.pnode)),
         "pnode.group.uuid" => json!(group_of(&inst.pnode)),
-        "snodes.group" => json!(inst.snodes.iter().map(|s| group_name(s)).collect::<Vec<_>>()),
+        "snodes.group" => json!(
+            inst.snodes
+                .iter()
+                .map(|s| group_name(s))
+                .collect::<Vec<_>>()
+        ),
         "snodes.group.uuid" => json!(inst.snodes.iter().map(|s| group_of(s)).collect::<Vec<_>>()),
         "disks_active" => json!(inst.disks_active),
         "forthcoming" => json!(inst.forthcoming),
-        "console" => if running.is_some() { crate::cmdlib::console_info(inst) } else { Value::Null },
+        "console" => {
+            if running.is_some() {
+                crate::cmdlib::console_info(inst)
+            } else {
+                Value::Null
+            }
+        }
         other => match other.strip_prefix("be/") {
             Some("memory") => be.get("maxmem").cloned().unwrap_or(Value::Null),
             Some(k) => be.get(k).cloned().unwrap_or(Value::Null),
             None => match other.strip_prefix("hv/") {
-                Some(k) => cfg.effective_hvparams(inst).get(k).cloned().unwrap_or(Value::Null),
+                Some(k) => cfg
+                    .effective_hvparams(inst)
+                    .get(k)
+                    .cloned()
+                    .unwrap_or(Value::Null),
                 None => return None,
             },
         },
@@ -182,11 +267,44 @@ fn instance_status(cfg: &Config, inst: &Instance, running: bool) -> &'static str
 }
 
 pub const NODE_FIELDS: &[&str] = &[
-    "name", "offline", "master_candidate", "drained", "dtotal", "dfree", "sptotal", "spfree",
-    "mtotal", "mnode", "mfree", "pinst_cnt", "sinst_cnt", "ctotal", "cnos", "cnodes", "csockets",
-    "pip", "sip", "role", "pinst_list", "sinst_list", "master_capable", "vm_capable", "ndparams",
-    "custom_ndparams", "group", "group.uuid", "master", "powered", "ctime", "mtime", "uuid",
-    "serial_no", "tags", "ndp/spindle_count", "ndp/exclusive_storage", "ndp/oob_program",
+    "name",
+    "offline",
+    "master_candidate",
+    "drained",
+    "dtotal",
+    "dfree",
+    "sptotal",
+    "spfree",
+    "mtotal",
+    "mnode",
+    "mfree",
+    "pinst_cnt",
+    "sinst_cnt",
+    "ctotal",
+    "cnos",
+    "cnodes",
+    "csockets",
+    "pip",
+    "sip",
+    "role",
+    "pinst_list",
+    "sinst_list",
+    "master_capable",
+    "vm_capable",
+    "ndparams",
+    "custom_ndparams",
+    "group",
+    "group.uuid",
+    "master",
+    "powered",
+    "ctime",
+    "mtime",
+    "uuid",
+    "serial_no",
+    "tags",
+    "ndp/spindle_count",
+    "ndp/exclusive_storage",
+    "ndp/oob_program",
 ];
 
 pub fn node_role(cfg: &Config, node: &Node) -> &'static str {
@@ -208,7 +326,8 @@ pub fn node_field(cfg: &Config, live: &Live, node: &Node, name: &str) -> Option<
         return Some(v);
     }
     let info = live.nodes.get(&node.name).filter(|_| !node.offline);
-    let num = |f: &dyn Fn(&crate::backends::NodeInfo) -> u64| info.map_or(Value::Null, |i| json!(f(i)));
+    let num =
+        |f: &dyn Fn(&crate::backends::NodeInfo) -> u64| info.map_or(Value::Null, |i| json!(f(i)));
     let nd = cfg.effective_ndparams(node);
     Some(match name {
         "name" => json!(node.name),
@@ -221,9 +340,17 @@ pub fn node_field(cfg: &Config, live: &Live, node: &Node, name: &str) -> Option<
         "master" => json!(node.name == cfg.cluster.master),
         "dtotal" => num(&|i| i.disk_total),
         "dfree" => num(&|i| i.disk_free),
-        "sptotal" => info.map_or(Value::Null, |_| nd.get("spindle_count").cloned().unwrap_or(json!(1))),
+        "sptotal" => info.map_or(Value::Null, |_| {
+            nd.get("spindle_count").cloned().unwrap_or(json!(1))
+        }),
         "spfree" => info.map_or(Value::Null, |_| {
-            let used: i64 = cfg.instances.values().filter(|i| i.pnode == node.name).flat_map(|i| i.disks.iter()).map(|d| d.spindles.unwrap_or(1)).sum();
+            let used: i64 = cfg
+                .instances
+                .values()
+                .filter(|i| i.pnode == node.name)
+                .flat_map(|i| i.disks.iter())
+                .map(|d| d.spindles.unwrap_or(1))
+                .sum();
             json!(nd.get("spindle_count").and_then(Value::as_i64).unwrap_or(1) - used)
         }),
         "mtotal" => num(&|i| i.memory_total),
@@ -252,9 +379,26 @@ pub fn node_field(cfg: &Config, live: &Live, node: &Node, name: &str) -> Option<
 }
 
 pub const GROUP_FIELDS: &[&str] = &[
-    "name", "alloc_policy", "node_cnt", "node_list", "pinst_cnt", "pinst_list", "ipolicy",
-    "custom_ipolicy", "diskparams", "custom_diskparams", "ndparams", "custom_ndparams",
-    "networks", "hv_state", "disk_state", "ctime", "mtime", "uuid", "serial_no", "tags",
+    "name",
+    "alloc_policy",
+    "node_cnt",
+    "node_list",
+    "pinst_cnt",
+    "pinst_list",
+    "ipolicy",
+    "custom_ipolicy",
+    "diskparams",
+    "custom_diskparams",
+    "ndparams",
+    "custom_ndparams",
+    "networks",
+    "hv_state",
+    "disk_state",
+    "ctime",
+    "mtime",
+    "uuid",
+    "serial_no",
+    "tags",
 ];
 
 pub fn group_field(cfg: &Config, group: &Group, name: &str) -> Option<Value> {
@@ -262,7 +406,12 @@ pub fn group_field(cfg: &Config, group: &Group, name: &str) -> Option<Value> {
         return Some(v);
     }
     let nodes = cfg.group_nodes(&group.meta.uuid);
-    let insts: Vec<String> = cfg.instances.values().filter(|i| nodes.contains(&i.pnode)).map(|i| i.name.clone()).collect();
+    let insts: Vec<String> = cfg
+        .instances
+        .values()
+        .filter(|i| nodes.contains(&i.pnode))
+        .map(|i| i.name.clone())
+        .collect();
     Some(match name {
         "name" => json!(group.name),
         "alloc_policy" => json!(group.alloc_policy),
@@ -284,7 +433,13 @@ pub fn group_field(cfg: &Config, group: &Group, name: &str) -> Option<Value> {
             json!(p)
         }
         "custom_ndparams" => json!(group.ndparams),
-        "networks" => json!(group.networks.keys().filter_map(|u| cfg.networks.get(u).map(|n| n.name.clone())).collect::<Vec<_>>()),
+        "networks" => json!(
+            group
+                .networks
+                .keys()
+                .filter_map(|u| cfg.networks.get(u).map(|n| n.name.clone()))
+                .collect::<Vec<_>>()
+        ),
         "hv_state" => json!(group.hv_state),
         "disk_state" => json!(group.disk_state),
         _ => return None,
@@ -292,9 +447,23 @@ pub fn group_field(cfg: &Config, group: &Group, name: &str) -> Option<Value> {
 }
 
 pub const NETWORK_FIELDS: &[&str] = &[
-    "name", "network", "gateway", "network6", "gateway6", "mac_prefix", "free_count",
-    "reserved_count", "map", "group_list", "inst_list", "external_reservations", "ctime", "mtime",
-    "uuid", "serial_no", "tags",
+    "name",
+    "network",
+    "gateway",
+    "network6",
+    "gateway6",
+    "mac_prefix",
+    "free_count",
+    "reserved_count",
+    "map",
+    "group_list",
+    "inst_list",
+    "external_reservations",
+    "ctime",
+    "mtime",
+    "uuid",
+    "serial_no",
+    "tags",
 ];
 
 pub fn network_field(cfg: &Config, net: &Network, name: &str) -> Option<Value> {
@@ -312,9 +481,23 @@ pub fn network_field(cfg: &Config, net: &Network, name: &str) -> Option<Value> {
         "free_count" => json!(free),
         "reserved_count" => json!(reserved),
         "map" => json!(network_map(net)),
-        "group_list" => json!(cfg.groups.values().filter_map(|g| g.networks.get(&net.meta.uuid).map(|l| json!([g.name, l.mode, l.link, l.vlan]))).collect::<Vec<_>>()),
+        "group_list" => json!(
+            cfg.groups
+                .values()
+                .filter_map(|g| g
+                    .networks
+                    .get(&net.meta.uuid)
+                    .map(|l| json!([g.name, l.mode, l.link, l.vlan])))
+                .collect::<Vec<_>>()
+        ),
         "inst_list" => json!(net.used.values().collect::<std::collections::BTreeSet<_>>()),
-        "external_reservations" => json!(net.external_reservations.iter().cloned().collect::<Vec<_>>().join(", ")),
+        "external_reservations" => json!(
+            net.external_reservations
+                .iter()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
         _ => return None,
     })
 }
@@ -328,7 +511,11 @@ fn network_map(net: &Network) -> String {
     (0..size)
         .map(|i| {
             let ip = std::net::Ipv4Addr::from(base + i as u32).to_string();
-            let taken = i == 0 || i == size - 1 || Some(&ip) == net.gateway.as_ref() || net.used.contains_key(&ip) || net.external_reservations.contains(&ip);
+            let taken = i == 0
+                || i == size - 1
+                || Some(&ip) == net.gateway.as_ref()
+                || net.used.contains_key(&ip)
+                || net.external_reservations.contains(&ip);
             if taken { 'X' } else { '.' }
         })
         .collect()

@@ -10,8 +10,16 @@ pub fn plan(op: &OpCode, cfg: &Config) -> Result<LockPlan, OpError> {
     match op.id() {
         "OP_CLUSTER_SET_PARAMS" => {
             p.add_all(LockLevel::Node, cfg.nodes.keys().cloned(), LockMode::Shared);
-            p.add_all(LockLevel::Instance, cfg.instances.keys().cloned(), LockMode::Shared);
-            p.add_all(LockLevel::NodeGroup, cfg.groups.keys().cloned(), LockMode::Shared);
+            p.add_all(
+                LockLevel::Instance,
+                cfg.instances.keys().cloned(),
+                LockMode::Shared,
+            );
+            p.add_all(
+                LockLevel::NodeGroup,
+                cfg.groups.keys().cloned(),
+                LockMode::Shared,
+            );
         }
         "OP_CLUSTER_REDIST_CONF" => {
             p.add_all(LockLevel::Node, cfg.nodes.keys().cloned(), LockMode::Shared);
@@ -29,10 +37,16 @@ pub fn plan(op: &OpCode, cfg: &Config) -> Result<LockPlan, OpError> {
         "OP_QUERY" | "OP_QUERY_FIELDS" => {
             let what = op.str("what").unwrap_or_default();
             if what != "cluster" && what != "os" {
-                return Err(OpError::prereq(format!("Unknown query resource '{what}'"), ErrorCode::WrongInput));
+                return Err(OpError::prereq(
+                    format!("Unknown query resource '{what}'"),
+                    ErrorCode::WrongInput,
+                ));
             }
             if what == "cluster" && op.bool("use_locking") {
-                return Err(OpError::prereq("Can not use locking for cluster queries", ErrorCode::WrongInput));
+                return Err(OpError::prereq(
+                    "Can not use locking for cluster queries",
+                    ErrorCode::WrongInput,
+                ));
             }
         }
         _ => {}
@@ -87,7 +101,10 @@ async fn test_delay(ctx: &Ctx) -> Result<Value, OpError> {
             ctx.info(format!("Test delay iteration {i}/{}", repeat - 1));
         }
         if op.bool("interruptible") {
-            (ctx.feedback)("delay-test", json!([format!("/run/gantry/delay-{}.sock", ctx.job_id)]));
+            (ctx.feedback)(
+                "delay-test",
+                json!([format!("/run/gantry/delay-{}.sock", ctx.job_id)]),
+            );
         }
         if on_nodes {
             let waits = nodes.iter().map(|n| ctx.backend.delay(n, duration));
@@ -124,7 +141,11 @@ async fn futures_join<F: std::future::Future>(futs: impl Iterator<Item = F>) -> 
                 }
             }
         }
-        if done { std::task::Poll::Ready(()) } else { std::task::Poll::Pending }
+        if done {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
     })
     .await;
     out.extend(results.into_iter().flatten());
@@ -139,29 +160,56 @@ async fn set_params(ctx: &Ctx) -> Result<Value, OpError> {
     let mut c = cfg.cluster.clone();
     if let Some(prefix) = op.str("mac_prefix") {
         let ok = prefix.split(':').count() == 3
-            && prefix.split(':').all(|p| p.len() == 2 && u8::from_str_radix(p, 16).is_ok());
+            && prefix
+                .split(':')
+                .all(|p| p.len() == 2 && u8::from_str_radix(p, 16).is_ok());
         if !ok {
-            return Err(OpError::prereq(format!("Invalid MAC address prefix '{prefix}'"), ErrorCode::WrongInput));
+            return Err(OpError::prereq(
+                format!("Invalid MAC address prefix '{prefix}'"),
+                ErrorCode::WrongInput,
+            ));
         }
         c.mac_prefix = prefix.into();
     }
     if let Some(hvs) = op.get("enabled_hypervisors") {
-        let list: Vec<String> = hvs.as_array().into_iter().flatten().filter_map(|v| v.as_str().map(String::from)).collect();
+        let list: Vec<String> = hvs
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str().map(String::from))
+            .collect();
         if list.is_empty() || list.iter().any(|h| !HYPERVISORS.contains(&h.as_str())) {
-            return Err(OpError::prereq("Invalid list of enabled hypervisors", ErrorCode::WrongInput));
+            return Err(OpError::prereq(
+                "Invalid list of enabled hypervisors",
+                ErrorCode::WrongInput,
+            ));
         }
         c.enabled_hypervisors = list;
     }
     if let Some(t) = op.get("enabled_disk_templates").and_then(Value::as_array) {
-        let list: Vec<String> = t.iter().filter_map(|v| v.as_str().map(String::from)).collect();
+        let list: Vec<String> = t
+            .iter()
+            .filter_map(|v| v.as_str().map(String::from))
+            .collect();
         if list.is_empty() {
-            return Err(OpError::prereq("Cannot disable all disk templates", ErrorCode::WrongInput));
+            return Err(OpError::prereq(
+                "Cannot disable all disk templates",
+                ErrorCode::WrongInput,
+            ));
         }
         c.enabled_disk_templates = list;
     }
     if let Some(vg) = op.str("vg_name") {
-        if vg.is_empty() && cfg.instances.values().any(|i| i.disk_template == "plain" || i.disk_template == "drbd") {
-            return Err(OpError::prereq("Cannot disable lvm storage while lvm-based instances exist", ErrorCode::WrongInput));
+        if vg.is_empty()
+            && cfg
+                .instances
+                .values()
+                .any(|i| i.disk_template == "plain" || i.disk_template == "drbd")
+        {
+            return Err(OpError::prereq(
+                "Cannot disable lvm storage while lvm-based instances exist",
+                ErrorCode::WrongInput,
+            ));
         }
         c.volume_group_name = vg.into();
     }
@@ -189,42 +237,87 @@ async fn set_params(ctx: &Ctx) -> Result<Value, OpError> {
     merge(&mut c.ndparams, "ndparams", false);
     merge(&mut c.diskparams, "diskparams", true);
     merge(&mut c.ipolicy, "ipolicy", false);
-    for (key, slot) in [("candidate_pool_size", &mut c.candidate_pool_size), ("max_running_jobs", &mut c.max_running_jobs), ("max_tracked_jobs", &mut c.max_tracked_jobs), ("master_netmask", &mut c.master_netmask)] {
+    for (key, slot) in [
+        ("candidate_pool_size", &mut c.candidate_pool_size),
+        ("max_running_jobs", &mut c.max_running_jobs),
+        ("max_tracked_jobs", &mut c.max_tracked_jobs),
+        ("master_netmask", &mut c.master_netmask),
+    ] {
         if let Some(v) = op.int(key) {
             *slot = v;
         }
     }
-    for (key, slot) in [("drbd_helper", &mut c.drbd_usermode_helper), ("master_netdev", &mut c.master_netdev), ("file_storage_dir", &mut c.file_storage_dir), ("shared_file_storage_dir", &mut c.shared_file_storage_dir), ("gluster_storage_dir", &mut c.gluster_storage_dir), ("install_image", &mut c.install_image), ("instance_communication_network", &mut c.instance_communication_network), ("zeroing_image", &mut c.zeroing_image)] {
+    for (key, slot) in [
+        ("drbd_helper", &mut c.drbd_usermode_helper),
+        ("master_netdev", &mut c.master_netdev),
+        ("file_storage_dir", &mut c.file_storage_dir),
+        ("shared_file_storage_dir", &mut c.shared_file_storage_dir),
+        ("gluster_storage_dir", &mut c.gluster_storage_dir),
+        ("install_image", &mut c.install_image),
+        (
+            "instance_communication_network",
+            &mut c.instance_communication_network,
+        ),
+        ("zeroing_image", &mut c.zeroing_image),
+    ] {
         if let Some(v) = op.str(key) {
             *slot = v.into();
         }
     }
     if let Some(a) = op.str("default_iallocator") {
         if !a.is_empty() && a != "hail" {
-            return Err(OpError::prereq(format!("Invalid default iallocator script '{a}' specified"), ErrorCode::WrongInput));
+            return Err(OpError::prereq(
+                format!("Invalid default iallocator script '{a}' specified"),
+                ErrorCode::WrongInput,
+            ));
         }
         c.default_iallocator = a.into();
     }
-    for (key, slot) in [("maintain_node_health", &mut c.maintain_node_health), ("prealloc_wipe_disks", &mut c.prealloc_wipe_disks), ("use_external_mip_script", &mut c.use_external_mip_script), ("modify_etc_hosts", &mut c.modify_etc_hosts), ("enabled_user_shutdown", &mut c.enabled_user_shutdown)] {
+    for (key, slot) in [
+        ("maintain_node_health", &mut c.maintain_node_health),
+        ("prealloc_wipe_disks", &mut c.prealloc_wipe_disks),
+        ("use_external_mip_script", &mut c.use_external_mip_script),
+        ("modify_etc_hosts", &mut c.modify_etc_hosts),
+        ("enabled_user_shutdown", &mut c.enabled_user_shutdown),
+    ] {
         if let Some(v) = op.get(key).and_then(Value::as_bool) {
             *slot = v;
         }
     }
-    for (key, list) in [("hidden_os", &mut c.hidden_os), ("blacklisted_os", &mut c.blacklisted_os)] {
+    for (key, list) in [
+        ("hidden_os", &mut c.hidden_os),
+        ("blacklisted_os", &mut c.blacklisted_os),
+    ] {
         for pair in op.get(key).and_then(Value::as_array).into_iter().flatten() {
-            let (Some(action), Some(os)) = (pair.get(0).and_then(Value::as_str), pair.get(1).and_then(Value::as_str)) else {
-                return Err(OpError::prereq(format!("Invalid {key} modification"), ErrorCode::WrongInput));
+            let (Some(action), Some(os)) = (
+                pair.get(0).and_then(Value::as_str),
+                pair.get(1).and_then(Value::as_str),
+            ) else {
+                return Err(OpError::prereq(
+                    format!("Invalid {key} modification"),
+                    ErrorCode::WrongInput,
+                ));
             };
             match action {
                 "add" if !list.iter().any(|o| o == os) => list.push(os.into()),
                 "remove" => list.retain(|o| o != os),
                 "add" => {}
-                _ => return Err(OpError::prereq(format!("Invalid {key} action '{action}'"), ErrorCode::WrongInput)),
+                _ => {
+                    return Err(OpError::prereq(
+                        format!("Invalid {key} action '{action}'"),
+                        ErrorCode::WrongInput,
+                    ));
+                }
             }
         }
     }
     if let Some(v) = op.get("reserved_lvs") {
-        c.reserved_lvs = v.as_array().into_iter().flatten().filter_map(|s| s.as_str().map(String::from)).collect();
+        c.reserved_lvs = v
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s.as_str().map(String::from))
+            .collect();
     }
     if let Some(v) = op.get("uid_pool") {
         c.uid_pool = v.as_array().cloned().unwrap_or_default();
@@ -237,13 +330,28 @@ async fn set_params(ctx: &Ctx) -> Result<Value, OpError> {
     Ok(Value::Null)
 }
 
-const OS_FIELDS: &[&str] = &["name", "valid", "hidden", "blacklisted", "variants", "api_versions", "parameters", "node_status", "os_hvp", "osparams", "trusted"];
+const OS_FIELDS: &[&str] = &[
+    "name",
+    "valid",
+    "hidden",
+    "blacklisted",
+    "variants",
+    "api_versions",
+    "parameters",
+    "node_status",
+    "os_hvp",
+    "osparams",
+    "trusted",
+];
 
 fn os_diagnose(ctx: &Ctx) -> Result<Value, OpError> {
     let cfg = ctx.cfg();
     let fields = ctx.op.strings("output_fields");
     if let Some(bad) = fields.iter().find(|f| !OS_FIELDS.contains(&f.as_str())) {
-        return Err(OpError::prereq(format!("Unknown output fields selected: {bad}"), ErrorCode::WrongInput));
+        return Err(OpError::prereq(
+            format!("Unknown output fields selected: {bad}"),
+            ErrorCode::WrongInput,
+        ));
     }
     let names = ctx.op.strings("names");
     let wants = |f: &str| fields.iter().any(|x| x == f);
@@ -268,13 +376,36 @@ fn os_diagnose(ctx: &Ctx) -> Result<Value, OpError> {
                 "api_versions" => json!(os.api_versions),
                 "parameters" => json!(os.parameters),
                 "trusted" => json!(os.trusted),
-                "os_hvp" => cfg.cluster.os_hvp.get(&os.name).cloned().unwrap_or(json!({})),
-                "osparams" => cfg.cluster.osparams.get(&os.name).cloned().unwrap_or(json!({})),
+                "os_hvp" => cfg
+                    .cluster
+                    .os_hvp
+                    .get(&os.name)
+                    .cloned()
+                    .unwrap_or(json!({})),
+                "osparams" => cfg
+                    .cluster
+                    .osparams
+                    .get(&os.name)
+                    .cloned()
+                    .unwrap_or(json!({})),
                 _ => {
                     let status: serde_json::Map<String, Value> = cfg
                         .nodes
                         .values()
-                        .map(|n| (n.meta.uuid.clone(), json!([["/srv/ganeti/os", true, "", os.variants, os.parameters, os.api_versions, os.trusted]])))
+                        .map(|n| {
+                            (
+                                n.meta.uuid.clone(),
+                                json!([[
+                                    "/srv/ganeti/os",
+                                    true,
+                                    "",
+                                    os.variants,
+                                    os.parameters,
+                                    os.api_versions,
+                                    os.trusted
+                                ]]),
+                            )
+                        })
                         .collect();
                     Value::Object(status)
                 }

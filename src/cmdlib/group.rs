@@ -11,7 +11,12 @@ pub fn plan(op: &OpCode, cfg: &Config) -> Result<LockPlan, OpError> {
         "OP_GROUP_ADD" => {
             if cfg.group_by_name(name).is_some() {
                 return Err(OpError::prereq(
-                    format!("Desired group name '{name}' already exists as a node group (UUID: {})", cfg.group_by_name(name).map(|g| g.meta.uuid.clone()).unwrap_or_default()),
+                    format!(
+                        "Desired group name '{name}' already exists as a node group (UUID: {})",
+                        cfg.group_by_name(name)
+                            .map(|g| g.meta.uuid.clone())
+                            .unwrap_or_default()
+                    ),
                     ErrorCode::AlreadyExists,
                 ));
             }
@@ -22,13 +27,21 @@ pub fn plan(op: &OpCode, cfg: &Config) -> Result<LockPlan, OpError> {
             p.add(LockLevel::NodeGroup, target, LockMode::Exclusive);
             for n in op.strings("nodes") {
                 let node = find_node(cfg, &n)?;
-                p.add(LockLevel::NodeGroup, node.group.clone(), LockMode::Exclusive);
+                p.add(
+                    LockLevel::NodeGroup,
+                    node.group.clone(),
+                    LockMode::Exclusive,
+                );
                 p.add(LockLevel::Node, node.name.clone(), LockMode::Exclusive);
             }
         }
         "OP_GROUP_EVACUATE" => {
             find_group_uuid(cfg, name)?;
-            p.add_all(LockLevel::NodeGroup, cfg.groups.keys().cloned(), LockMode::Shared);
+            p.add_all(
+                LockLevel::NodeGroup,
+                cfg.groups.keys().cloned(),
+                LockMode::Shared,
+            );
         }
         _ => {
             let uuid = find_group_uuid(cfg, name)?;
@@ -39,13 +52,15 @@ pub fn plan(op: &OpCode, cfg: &Config) -> Result<LockPlan, OpError> {
 }
 
 fn check_alloc_policy(op: &OpCode) -> Result<(), OpError> {
-    Ok(())
-        .and_then(|_| match op.str("alloc_policy") {
-            Some(p) if !["preferred", "last_resort", "unallocable"].contains(&p) => Err(
-                OpError::prereq(format!("Invalid allocation policy '{p}'"), ErrorCode::WrongInput),
-            ),
-            _ => Ok(()),
-        })
+    Ok(()).and_then(|_| match op.str("alloc_policy") {
+        Some(p) if !["preferred", "last_resort", "unallocable"].contains(&p) => {
+            Err(OpError::prereq(
+                format!("Invalid allocation policy '{p}'"),
+                ErrorCode::WrongInput,
+            ))
+        }
+        _ => Ok(()),
+    })
 }
 
 fn obj(op: &OpCode, key: &str) -> Option<crate::cluster::model::Params> {
@@ -60,7 +75,10 @@ pub async fn execute(ctx: &Ctx) -> Result<Value, OpError> {
     match op.id() {
         "OP_GROUP_ADD" => {
             if cfg.group_by_name(&name).is_some() {
-                return Err(OpError::prereq(format!("Desired group name '{name}' already exists as a node group"), ErrorCode::AlreadyExists));
+                return Err(OpError::prereq(
+                    format!("Desired group name '{name}' already exists as a node group"),
+                    ErrorCode::AlreadyExists,
+                ));
             }
             if ctx.stop_for_dry_run() {
                 return Ok(Value::Null);
@@ -77,7 +95,9 @@ pub async fn execute(ctx: &Ctx) -> Result<Value, OpError> {
                 disk_state: obj(op, "disk_state").unwrap_or_default(),
                 networks: Default::default(),
             };
-            ctx.cluster.update(|cfg| cfg.groups.insert(group.meta.uuid.clone(), group)).await?;
+            ctx.cluster
+                .update(|cfg| cfg.groups.insert(group.meta.uuid.clone(), group))
+                .await?;
             Ok(Value::Null)
         }
         "OP_GROUP_REMOVE" => {
@@ -85,12 +105,18 @@ pub async fn execute(ctx: &Ctx) -> Result<Value, OpError> {
             let nodes = cfg.group_nodes(&uuid);
             if !nodes.is_empty() {
                 return Err(OpError::prereq(
-                    format!("Group '{name}' not empty, has the following nodes: {}", nodes.join(", ")),
+                    format!(
+                        "Group '{name}' not empty, has the following nodes: {}",
+                        nodes.join(", ")
+                    ),
                     ErrorCode::WrongState,
                 ));
             }
             if cfg.groups.len() == 1 {
-                return Err(OpError::prereq(format!("Group '{name}' is the only group, cannot be removed"), ErrorCode::WrongState));
+                return Err(OpError::prereq(
+                    format!("Group '{name}' is the only group, cannot be removed"),
+                    ErrorCode::WrongState,
+                ));
             }
             if ctx.stop_for_dry_run() {
                 return Ok(Value::Null);
@@ -102,7 +128,10 @@ pub async fn execute(ctx: &Ctx) -> Result<Value, OpError> {
             let uuid = find_group_uuid(&cfg, &name)?;
             let new = op.str("new_name").unwrap_or_default().to_string();
             if cfg.group_by_name(&new).is_some() {
-                return Err(OpError::prereq(format!("Desired new name '{new}' clashes with existing node group"), ErrorCode::AlreadyExists));
+                return Err(OpError::prereq(
+                    format!("Desired new name '{new}' clashes with existing node group"),
+                    ErrorCode::AlreadyExists,
+                ));
             }
             if ctx.stop_for_dry_run() {
                 return Ok(Value::Null);
@@ -127,7 +156,13 @@ pub async fn execute(ctx: &Ctx) -> Result<Value, OpError> {
                 group.alloc_policy = p.into();
                 changes.push(json!(["alloc_policy", p]));
             }
-            for (key, target) in [("ndparams", &mut group.ndparams), ("diskparams", &mut group.diskparams), ("ipolicy", &mut group.ipolicy), ("hv_state", &mut group.hv_state), ("disk_state", &mut group.disk_state)] {
+            for (key, target) in [
+                ("ndparams", &mut group.ndparams),
+                ("diskparams", &mut group.diskparams),
+                ("ipolicy", &mut group.ipolicy),
+                ("hv_state", &mut group.hv_state),
+                ("disk_state", &mut group.disk_state),
+            ] {
                 if let Some(p) = obj(op, key) {
                     for (k, v) in p {
                         if v.as_str() == Some("default") {
@@ -140,13 +175,18 @@ pub async fn execute(ctx: &Ctx) -> Result<Value, OpError> {
                 }
             }
             if changes.is_empty() {
-                return Err(OpError::prereq("Please pass at least one modification", ErrorCode::WrongInput));
+                return Err(OpError::prereq(
+                    "Please pass at least one modification",
+                    ErrorCode::WrongInput,
+                ));
             }
             if ctx.stop_for_dry_run() {
                 return Ok(Value::Array(changes));
             }
             group.meta.touch(now());
-            ctx.cluster.update(|cfg| cfg.groups.insert(uuid, group)).await?;
+            ctx.cluster
+                .update(|cfg| cfg.groups.insert(uuid, group))
+                .await?;
             Ok(Value::Array(changes))
         }
         "OP_GROUP_ASSIGN_NODES" => {
@@ -159,11 +199,21 @@ pub async fn execute(ctx: &Ctx) -> Result<Value, OpError> {
             if !op.bool("force") {
                 for n in &nodes {
                     for i in cfg.instances.values() {
-                        let spans = i.snodes.iter().chain(std::iter::once(&i.pnode)).any(|x| x == n)
-                            && i.snodes.iter().chain(std::iter::once(&i.pnode)).any(|x| !nodes.contains(x) && cfg.nodes.get(x).is_some_and(|o| o.group != uuid));
+                        let spans = i
+                            .snodes
+                            .iter()
+                            .chain(std::iter::once(&i.pnode))
+                            .any(|x| x == n)
+                            && i.snodes.iter().chain(std::iter::once(&i.pnode)).any(|x| {
+                                !nodes.contains(x)
+                                    && cfg.nodes.get(x).is_some_and(|o| o.group != uuid)
+                            });
                         if spans {
                             return Err(OpError::prereq(
-                                format!("Hypothetical group assignment would split instance {}; use force to override", i.name),
+                                format!(
+                                    "Hypothetical group assignment would split instance {}; use force to override",
+                                    i.name
+                                ),
                                 ErrorCode::WrongState,
                             ));
                         }

@@ -59,7 +59,9 @@ pub fn plan(op: &OpCode, cfg: &Config) -> Result<LockPlan, OpError> {
             }
             p.add(Instance, new, Exclusive);
         }
-        "OP_INSTANCE_REMOVE" | "OP_INSTANCE_GROW_DISK" | "OP_INSTANCE_RECREATE_DISKS"
+        "OP_INSTANCE_REMOVE"
+        | "OP_INSTANCE_GROW_DISK"
+        | "OP_INSTANCE_RECREATE_DISKS"
         | "OP_INSTANCE_REPLACE_DISKS" => {
             p.add_all(Node, nodes.clone(), Exclusive);
             p.add_all(NodeRes, nodes, Exclusive);
@@ -130,7 +132,10 @@ pub async fn execute(ctx: &Ctx) -> Result<Value, OpError> {
 }
 
 /// Whether the hypervisor reports the instance running on its primary node.
-pub async fn is_running(ctx: &Ctx, inst: &crate::cluster::model::Instance) -> Result<bool, OpError> {
+pub async fn is_running(
+    ctx: &Ctx,
+    inst: &crate::cluster::model::Instance,
+) -> Result<bool, OpError> {
     let state = ctx
         .backend
         .instance_state(&inst.pnode, &inst.name)
@@ -148,7 +153,10 @@ fn check_admin_state(
         return Ok(());
     }
     let names: Vec<&str> = allowed.iter().map(|s| s.as_str()).collect();
-    let default_reason = format!("can't use instance from outside {} states", names.join(", "));
+    let default_reason = format!(
+        "can't use instance from outside {} states",
+        names.join(", ")
+    );
     Err(OpError::prereq(
         format!(
             "Instance '{}' is marked to be {}, {}",
@@ -162,16 +170,27 @@ fn check_admin_state(
 
 const ONLINE: &[AdminState] = &[AdminState::Down, AdminState::Up];
 
-fn primary<'a>(cfg: &'a Config, inst: &crate::cluster::model::Instance) -> Result<&'a crate::cluster::model::Node, OpError> {
+fn primary<'a>(
+    cfg: &'a Config,
+    inst: &crate::cluster::model::Instance,
+) -> Result<&'a crate::cluster::model::Node, OpError> {
     cfg.nodes.get(&inst.pnode).ok_or_else(|| {
         OpError::prereq(
-            format!("Primary node {} of instance {} is missing", inst.pnode, inst.name),
+            format!(
+                "Primary node {} of instance {} is missing",
+                inst.pnode, inst.name
+            ),
             ErrorCode::InternalError,
         )
     })
 }
 
-async fn set_admin_state(ctx: &Ctx, name: &str, state: AdminState, source: &str) -> Result<(), OpError> {
+async fn set_admin_state(
+    ctx: &Ctx,
+    name: &str,
+    state: AdminState,
+    source: &str,
+) -> Result<(), OpError> {
     let t = now();
     ctx.cluster
         .update(|cfg| {
@@ -185,7 +204,12 @@ async fn set_admin_state(ctx: &Ctx, name: &str, state: AdminState, source: &str)
     Ok(())
 }
 
-async fn check_free_memory(ctx: &Ctx, node: &str, needed: u64, purpose: &str) -> Result<(), OpError> {
+async fn check_free_memory(
+    ctx: &Ctx,
+    node: &str,
+    needed: u64,
+    purpose: &str,
+) -> Result<(), OpError> {
     let info = ctx
         .backend
         .node_info(node)
@@ -214,7 +238,10 @@ async fn remove(ctx: &Ctx) -> Result<Value, OpError> {
     ctx.log(format!("* shutting down instance {}", inst.name));
     if let Err(e) = ctx.backend.stop(&inst.pnode, &inst.name, timeout).await {
         if !ignore {
-            return Err(exec_failure(&format!("Could not shutdown instance {}", inst.name), e));
+            return Err(exec_failure(
+                &format!("Could not shutdown instance {}", inst.name),
+                e,
+            ));
         }
         ctx.warn(format!("Could not shutdown instance {}: {e}", inst.name));
     }
@@ -246,7 +273,9 @@ async fn startup(ctx: &Ctx) -> Result<Value, OpError> {
     let cfg = ctx.cfg();
     let inst = op_instance(&ctx.op, &cfg)?.clone();
     if inst.forthcoming {
-        return Err(OpError::prereq_bare("forthcoming instances not supported for this operation"));
+        return Err(OpError::prereq_bare(
+            "forthcoming instances not supported for this operation",
+        ));
     }
     check_admin_state(&inst, ONLINE, None)?;
     let pnode = primary(&cfg, &inst)?;
@@ -255,12 +284,23 @@ async fn startup(ctx: &Ctx) -> Result<Value, OpError> {
         check_node_online(pnode, "Cannot use offline primary node ")?;
     }
     let mut spec = vm_spec(&cfg, &inst);
-    if let Some(mem) = ctx.op.get("beparams").and_then(|b| b.get("maxmem")).and_then(parse_size_mib) {
+    if let Some(mem) = ctx
+        .op
+        .get("beparams")
+        .and_then(|b| b.get("maxmem"))
+        .and_then(parse_size_mib)
+    {
         spec.memory_mib = mem;
     }
     let running = !offline_ok && is_running(ctx, &inst).await?;
     if !running && !offline_ok {
-        check_free_memory(ctx, &inst.pnode, spec.memory_mib, &format!("starting instance {}", inst.name)).await?;
+        check_free_memory(
+            ctx,
+            &inst.pnode,
+            spec.memory_mib,
+            &format!("starting instance {}", inst.name),
+        )
+        .await?;
     }
     if ctx.stop_for_dry_run() {
         return Ok(Value::Null);
@@ -283,7 +323,9 @@ async fn shutdown(ctx: &Ctx) -> Result<Value, OpError> {
     let cfg = ctx.cfg();
     let inst = op_instance(&ctx.op, &cfg)?.clone();
     if inst.forthcoming {
-        return Err(OpError::prereq_bare("forthcoming instances not supported for this operation"));
+        return Err(OpError::prereq_bare(
+            "forthcoming instances not supported for this operation",
+        ));
     }
     if !ctx.op.bool("force") {
         check_admin_state(&inst, ONLINE, None)?;
@@ -324,7 +366,13 @@ async fn reboot(ctx: &Ctx) -> Result<Value, OpError> {
     let running = is_running(ctx, &inst).await?;
     let spec = vm_spec(&cfg, &inst);
     if !running {
-        check_free_memory(ctx, &inst.pnode, spec.memory_mib, &format!("starting instance {}", inst.name)).await?;
+        check_free_memory(
+            ctx,
+            &inst.pnode,
+            spec.memory_mib,
+            &format!("starting instance {}", inst.name),
+        )
+        .await?;
     }
     if ctx.stop_for_dry_run() {
         return Ok(Value::Null);
@@ -332,37 +380,63 @@ async fn reboot(ctx: &Ctx) -> Result<Value, OpError> {
     let kind = ctx.op.str("reboot_type").unwrap_or("hard");
     let fail = |e| exec_failure(&format!("Could not reboot instance {}", inst.name), e);
     if !running {
-        ctx.info(format!("Instance {} was already stopped, starting now", inst.name));
+        ctx.info(format!(
+            "Instance {} was already stopped, starting now",
+            inst.name
+        ));
         ctx.backend.start(&inst.pnode, &spec).await.map_err(fail)?;
     } else if kind == "full" {
         let timeout = ctx.op.int("shutdown_timeout").unwrap_or(120) as u64;
-        ctx.backend.stop(&inst.pnode, &inst.name, timeout).await.map_err(fail)?;
+        ctx.backend
+            .stop(&inst.pnode, &inst.name, timeout)
+            .await
+            .map_err(fail)?;
         ctx.backend.start(&inst.pnode, &spec).await.map_err(fail)?;
     } else {
-        let k = if kind == "soft" { RebootKind::Soft } else { RebootKind::Hard };
-        ctx.backend.reboot(&inst.pnode, &inst.name, k).await.map_err(fail)?;
+        let k = if kind == "soft" {
+            RebootKind::Soft
+        } else {
+            RebootKind::Hard
+        };
+        ctx.backend
+            .reboot(&inst.pnode, &inst.name, k)
+            .await
+            .map_err(fail)?;
     }
     set_admin_state(ctx, &inst.name, AdminState::Up, "admin").await?;
     Ok(Value::Null)
 }
 
 /// Checks `name` or `name+variant` against the known OS definitions.
-pub fn check_os(cfg: &Config, os_type: &str, node: &str, force_variant: bool) -> Result<(), OpError> {
+pub fn check_os(
+    cfg: &Config,
+    os_type: &str,
+    node: &str,
+    force_variant: bool,
+) -> Result<(), OpError> {
     let (name, variant) = match os_type.split_once('+') {
         Some((n, v)) => (n, Some(v)),
         None => (os_type, None),
     };
-    let fail = |detail: String| OpError::exec(format!("OS Parameters validation failed on node {node}: {detail}"));
+    let fail = |detail: String| {
+        OpError::exec(format!(
+            "OS Parameters validation failed on node {node}: {detail}"
+        ))
+    };
     let Some(os) = cfg.os.get(name) else {
         return Err(fail(format!("OS '{name}' not found")));
     };
     if cfg.cluster.blacklisted_os.iter().any(|b| b == name) {
-        return Err(OpError::prereq(format!("Guest OS '{name}' is not allowed for installation"), ErrorCode::WrongState));
+        return Err(OpError::prereq(
+            format!("Guest OS '{name}' is not allowed for installation"),
+            ErrorCode::WrongState,
+        ));
     }
     match variant {
-        Some(v) if !force_variant && !os.variants.iter().any(|x| x == v) => {
-            Err(OpError::prereq(format!("Unsupported OS variant '{v}'"), ErrorCode::WrongInput))
-        }
+        Some(v) if !force_variant && !os.variants.iter().any(|x| x == v) => Err(OpError::prereq(
+            format!("Unsupported OS variant '{v}'"),
+            ErrorCode::WrongInput,
+        )),
         None if !os.variants.is_empty() && !force_variant => Err(OpError::prereq(
             "OS name must include a variant",
             ErrorCode::WrongInput,
@@ -375,16 +449,28 @@ async fn reinstall(ctx: &Ctx) -> Result<Value, OpError> {
     let cfg = ctx.cfg();
     let inst = op_instance(&ctx.op, &cfg)?.clone();
     if inst.forthcoming {
-        return Err(OpError::prereq_bare("forthcoming instances not supported for this operation"));
+        return Err(OpError::prereq_bare(
+            "forthcoming instances not supported for this operation",
+        ));
     }
     let pnode = primary(&cfg, &inst)?;
     check_node_online(pnode, "Instance primary node offline, cannot reinstall: ")?;
     if inst.disks.is_empty() {
-        return Err(OpError::prereq(format!("Instance '{}' has no disks", inst.name), ErrorCode::WrongInput));
+        return Err(OpError::prereq(
+            format!("Instance '{}' has no disks", inst.name),
+            ErrorCode::WrongInput,
+        ));
     }
-    check_admin_state(&inst, &[AdminState::Down, AdminState::Offline], Some("cannot reinstall"))?;
+    check_admin_state(
+        &inst,
+        &[AdminState::Down, AdminState::Offline],
+        Some("cannot reinstall"),
+    )?;
     if is_running(ctx, &inst).await? {
-        return Err(OpError::prereq(format!("Instance {} is running, cannot reinstall", inst.name), ErrorCode::WrongState));
+        return Err(OpError::prereq(
+            format!("Instance {} is running, cannot reinstall", inst.name),
+            ErrorCode::WrongState,
+        ));
     }
     let os = ctx.op.str("os_type").unwrap_or(&inst.os).to_string();
     check_os(&cfg, &os, &inst.pnode, ctx.op.bool("force_variant"))?;
@@ -404,7 +490,9 @@ async fn reinstall(ctx: &Ctx) -> Result<Value, OpError> {
             }
         })
         .await?;
-    ctx.log(format!("* running the instance OS create scripts ({os})..."));
+    ctx.log(format!(
+        "* running the instance OS create scripts ({os})..."
+    ));
     let mut spec = vm_spec(&cfg, &inst);
     spec.os = os;
     ctx.backend
@@ -417,16 +505,30 @@ async fn reinstall(ctx: &Ctx) -> Result<Value, OpError> {
 async fn rename(ctx: &Ctx) -> Result<Value, OpError> {
     let cfg = ctx.cfg();
     let inst = op_instance(&ctx.op, &cfg)?.clone();
-    let new = ctx.op.str("new_name").unwrap_or_default().trim_end_matches('.').to_lowercase();
+    let new = ctx
+        .op
+        .str("new_name")
+        .unwrap_or_default()
+        .trim_end_matches('.')
+        .to_lowercase();
     if !create::valid_hostname(&new) {
-        return Err(OpError::prereq(format!("Invalid hostname '{new}'"), ErrorCode::WrongInput));
+        return Err(OpError::prereq(
+            format!("Invalid hostname '{new}'"),
+            ErrorCode::WrongInput,
+        ));
     }
     if cfg.instances.contains_key(&new) {
-        return Err(OpError::prereq(format!("Instance '{new}' is already in the cluster"), ErrorCode::AlreadyExists));
+        return Err(OpError::prereq(
+            format!("Instance '{new}' is already in the cluster"),
+            ErrorCode::AlreadyExists,
+        ));
     }
     check_node_online(primary(&cfg, &inst)?, "Cannot use offline primary node ")?;
     if is_running(ctx, &inst).await? {
-        return Err(OpError::prereq(format!("Instance {} is running, cannot rename", inst.name), ErrorCode::WrongState));
+        return Err(OpError::prereq(
+            format!("Instance {} is running, cannot rename", inst.name),
+            ErrorCode::WrongState,
+        ));
     }
     if ctx.stop_for_dry_run() {
         return Ok(Value::Null);
@@ -458,7 +560,14 @@ async fn rename(ctx: &Ctx) -> Result<Value, OpError> {
 }
 
 const MIRRORED: &[&str] = &["drbd"];
-const SHARED: &[&str] = &["sharedfile", "rbd", "ext", "gluster", "blockdev", "diskless"];
+const SHARED: &[&str] = &[
+    "sharedfile",
+    "rbd",
+    "ext",
+    "gluster",
+    "blockdev",
+    "diskless",
+];
 
 async fn migrate(ctx: &Ctx) -> Result<Value, OpError> {
     let cfg = ctx.cfg();
@@ -477,7 +586,9 @@ async fn migrate(ctx: &Ctx) -> Result<Value, OpError> {
             let t = find_node(&cfg, t)?;
             if !inst.snodes.contains(&t.name) {
                 return Err(OpError::prereq(
-                    format!("Instances with disk template {template} cannot be migrated to arbitrary nodes"),
+                    format!(
+                        "Instances with disk template {template} cannot be migrated to arbitrary nodes"
+                    ),
                     ErrorCode::WrongInput,
                 ));
             }
@@ -493,7 +604,9 @@ async fn migrate(ctx: &Ctx) -> Result<Value, OpError> {
                 .values()
                 .find(|n| n.name != inst.pnode && !n.offline && !n.drained && n.vm_capable)
                 .map(|n| n.name.clone())
-                .ok_or_else(|| OpError::prereq("No target node available", ErrorCode::InsufficientResources))?,
+                .ok_or_else(|| {
+                    OpError::prereq("No target node available", ErrorCode::InsufficientResources)
+                })?,
         }
     };
     if target == inst.pnode {
@@ -525,7 +638,10 @@ async fn migrate(ctx: &Ctx) -> Result<Value, OpError> {
     let live = !failover
         && ctx.op.str("mode") != Some("non-live")
         && ctx.op.get("live").and_then(Value::as_bool) != Some(false);
-    ctx.log(format!("* {verb} instance {} from {} to {target}", inst.name, inst.pnode));
+    ctx.log(format!(
+        "* {verb} instance {} from {} to {target}",
+        inst.name, inst.pnode
+    ));
     ctx.backend
         .migrate(&inst.pnode, &target, &inst.name, live || running)
         .await
@@ -593,7 +709,12 @@ async fn grow_disk(ctx: &Ctx) -> Result<Value, OpError> {
     if ctx.stop_for_dry_run() {
         return Ok(Value::Null);
     }
-    ctx.log(format!("Growing disk {idx} of instance '{}' by {} to {}", inst.name, new_size - current, new_size));
+    ctx.log(format!(
+        "Growing disk {idx} of instance '{}' by {} to {}",
+        inst.name,
+        new_size - current,
+        new_size
+    ));
     for node in std::iter::once(&inst.pnode).chain(inst.snodes.iter()) {
         ctx.backend
             .grow_disk(node, &inst.name, idx, new_size)
@@ -635,7 +756,13 @@ async fn activate_disks(ctx: &Ctx) -> Result<Value, OpError> {
         .disks
         .iter()
         .enumerate()
-        .map(|(i, _)| json!([inst.pnode, format!("disk/{i}"), format!("/dev/gantry/{}/disk{i}", inst.name)]))
+        .map(|(i, _)| {
+            json!([
+                inst.pnode,
+                format!("disk/{i}"),
+                format!("/dev/gantry/{}/disk{i}", inst.name)
+            ])
+        })
         .collect();
     Ok(Value::Array(paths))
 }
@@ -659,7 +786,11 @@ async fn deactivate_disks(ctx: &Ctx) -> Result<Value, OpError> {
 async fn recreate_disks(ctx: &Ctx) -> Result<Value, OpError> {
     let cfg = ctx.cfg();
     let inst = op_instance(&ctx.op, &cfg)?.clone();
-    check_admin_state(&inst, &[AdminState::Down, AdminState::Offline], Some("cannot recreate disks"))?;
+    check_admin_state(
+        &inst,
+        &[AdminState::Down, AdminState::Offline],
+        Some("cannot recreate disks"),
+    )?;
     if is_running(ctx, &inst).await? {
         return Err(OpError::prereq(
             format!("Instance {} is running, cannot recreate disks", inst.name),
@@ -790,7 +921,10 @@ async fn backup(ctx: &Ctx) -> Result<Value, OpError> {
     match ctx.op.id() {
         "OP_BACKUP_PREPARE" => Ok(Value::Null),
         _ => {
-            ctx.log(format!("Exporting instance {} (fake: nothing is copied)", inst.name));
+            ctx.log(format!(
+                "Exporting instance {} (fake: nothing is copied)",
+                inst.name
+            ));
             let disks: Vec<bool> = inst.disks.iter().map(|_| true).collect();
             Ok(json!([true, disks]))
         }
@@ -800,14 +934,23 @@ async fn backup(ctx: &Ctx) -> Result<Value, OpError> {
 /// Builds a disk record from a client's disk object (spec opcodes.md §2.1).
 pub fn disk_from_json(v: &Value, template: &str, idx: usize) -> Result<Disk, OpError> {
     let obj = v.as_object().ok_or_else(|| {
-        OpError::prereq(format!("Invalid disk parameters for disk {idx}"), ErrorCode::WrongInput)
+        OpError::prereq(
+            format!("Invalid disk parameters for disk {idx}"),
+            ErrorCode::WrongInput,
+        )
     })?;
     let size = obj.get("size").and_then(parse_size_mib).ok_or_else(|| {
-        OpError::prereq(format!("Missing disk size for disk {idx}"), ErrorCode::WrongInput)
+        OpError::prereq(
+            format!("Missing disk size for disk {idx}"),
+            ErrorCode::WrongInput,
+        )
     })?;
     let mode = obj.get("mode").and_then(Value::as_str).unwrap_or("rw");
     if mode != "rw" && mode != "ro" {
-        return Err(OpError::prereq(format!("Invalid disk access mode '{mode}'"), ErrorCode::WrongInput));
+        return Err(OpError::prereq(
+            format!("Invalid disk access mode '{mode}'"),
+            ErrorCode::WrongInput,
+        ));
     }
     let mut params = Params::new();
     for (k, val) in obj {
@@ -836,7 +979,10 @@ pub fn nic_from_json(cfg: &Config, v: &Value, taken_macs: &[String]) -> Result<N
         None | Some("auto") | Some("generate") => generate_mac(cfg, taken_macs),
         Some(m) if valid_mac(m) => m.to_lowercase(),
         Some(m) => {
-            return Err(OpError::prereq(format!("Invalid MAC address specified: {m}"), ErrorCode::WrongInput));
+            return Err(OpError::prereq(
+                format!("Invalid MAC address specified: {m}"),
+                ErrorCode::WrongInput,
+            ));
         }
     };
     let network = match get("network") {
@@ -844,13 +990,28 @@ pub fn nic_from_json(cfg: &Config, v: &Value, taken_macs: &[String]) -> Result<N
         _ => None,
     };
     let defaults = &cfg.cluster.nicparams;
-    let mode = get("mode").or_else(|| defaults.get("mode").and_then(Value::as_str).map(String::from)).unwrap_or("bridged".into());
+    let mode = get("mode")
+        .or_else(|| {
+            defaults
+                .get("mode")
+                .and_then(Value::as_str)
+                .map(String::from)
+        })
+        .unwrap_or("bridged".into());
     if !["bridged", "routed", "openvswitch"].contains(&mode.as_str()) {
-        return Err(OpError::prereq(format!("Invalid NIC mode '{mode}'"), ErrorCode::WrongInput));
+        return Err(OpError::prereq(
+            format!("Invalid NIC mode '{mode}'"),
+            ErrorCode::WrongInput,
+        ));
     }
     let link = get("link")
         .or_else(|| get("bridge"))
-        .or_else(|| defaults.get("link").and_then(Value::as_str).map(String::from))
+        .or_else(|| {
+            defaults
+                .get("link")
+                .and_then(Value::as_str)
+                .map(String::from)
+        })
         .unwrap_or_default();
     let ip = get("ip").filter(|ip| ip != "none");
     Ok(Nic {
@@ -867,15 +1028,24 @@ pub fn nic_from_json(cfg: &Config, v: &Value, taken_macs: &[String]) -> Result<N
 
 fn valid_mac(m: &str) -> bool {
     let parts: Vec<&str> = m.split(':').collect();
-    parts.len() == 6 && parts.iter().all(|p| p.len() == 2 && u8::from_str_radix(p, 16).is_ok())
+    parts.len() == 6
+        && parts
+            .iter()
+            .all(|p| p.len() == 2 && u8::from_str_radix(p, 16).is_ok())
 }
 
 fn generate_mac(cfg: &Config, taken: &[String]) -> String {
     loop {
         let b = crate::util::random_bytes::<3>();
-        let mac = format!("{}:{:02x}:{:02x}:{:02x}", cfg.cluster.mac_prefix, b[0], b[1], b[2]);
+        let mac = format!(
+            "{}:{:02x}:{:02x}:{:02x}",
+            cfg.cluster.mac_prefix, b[0], b[1], b[2]
+        );
         let used = taken.contains(&mac)
-            || cfg.instances.values().any(|i| i.nics.iter().any(|n| n.mac == mac));
+            || cfg
+                .instances
+                .values()
+                .any(|i| i.nics.iter().any(|n| n.mac == mac));
         if !used {
             return mac;
         }

@@ -88,9 +88,10 @@ impl From<crate::cluster::ConfigError> for OpError {
 /// Backend failures during checks: unreachable nodes are environment errors.
 pub fn check_failure(what: &str, e: BackendError) -> OpError {
     match e.kind {
-        FailureKind::NodeUnreachable => {
-            OpError::prereq(format!("{what}: {}", e.message), ErrorCode::EnvironmentError)
-        }
+        FailureKind::NodeUnreachable => OpError::prereq(
+            format!("{what}: {}", e.message),
+            ErrorCode::EnvironmentError,
+        ),
         FailureKind::InsufficientResources => {
             OpError::prereq(e.message, ErrorCode::InsufficientResources)
         }
@@ -118,7 +119,8 @@ pub struct Ctx {
     pub jobs: Arc<dyn JobSubmitter>,
 }
 
-pub const DRY_RUN_NOTICE: &str = " - INFO: dry-run mode requested, not actually executing the operation";
+pub const DRY_RUN_NOTICE: &str =
+    " - INFO: dry-run mode requested, not actually executing the operation";
 
 impl Ctx {
     pub fn log(&self, text: impl Into<String>) {
@@ -216,7 +218,10 @@ pub fn find_instance<'a>(cfg: &'a Config, name: &str) -> Result<&'a Instance, Op
     expand_name(cfg.instances.keys(), name)
         .and_then(|full| cfg.instances.get(&full))
         .ok_or_else(|| {
-            OpError::prereq(format!("Instance '{name}' not known"), ErrorCode::UnknownEntity)
+            OpError::prereq(
+                format!("Instance '{name}' not known"),
+                ErrorCode::UnknownEntity,
+            )
         })
 }
 
@@ -224,14 +229,19 @@ pub fn find_node<'a>(cfg: &'a Config, name: &str) -> Result<&'a Node, OpError> {
     expand_name(cfg.nodes.keys(), name)
         .and_then(|full| cfg.nodes.get(&full))
         .or_else(|| cfg.node_by_uuid(name))
-        .ok_or_else(|| OpError::prereq(format!("Node '{name}' not known"), ErrorCode::UnknownEntity))
+        .ok_or_else(|| {
+            OpError::prereq(format!("Node '{name}' not known"), ErrorCode::UnknownEntity)
+        })
 }
 
 pub fn find_group_uuid(cfg: &Config, name: &str) -> Result<String, OpError> {
     cfg.group_by_name(name)
         .map(|g| g.meta.uuid.clone())
         .ok_or_else(|| {
-            OpError::prereq(format!("Node group '{name}' not found"), ErrorCode::UnknownEntity)
+            OpError::prereq(
+                format!("Node group '{name}' not found"),
+                ErrorCode::UnknownEntity,
+            )
         })
 }
 
@@ -239,7 +249,10 @@ pub fn find_network_uuid(cfg: &Config, name: &str) -> Result<String, OpError> {
     cfg.network_by_name(name)
         .map(|n| n.meta.uuid.clone())
         .ok_or_else(|| {
-            OpError::prereq(format!("Network '{name}' not found"), ErrorCode::UnknownEntity)
+            OpError::prereq(
+                format!("Network '{name}' not found"),
+                ErrorCode::UnknownEntity,
+            )
         })
 }
 
@@ -327,27 +340,42 @@ mod tests {
         let e = OpError::prereq("Instance 'web9' not known", ErrorCode::UnknownEntity);
         assert_eq!(
             e.to_json(),
-            json!(["OpPrereqError", ["Instance 'web9' not known", "unknown_entity"]])
+            json!([
+                "OpPrereqError",
+                ["Instance 'web9' not known", "unknown_entity"]
+            ])
         );
         assert_eq!(
             OpError::prereq_bare("Duration must be greater than zero").to_json(),
             json!(["OpPrereqError", ["Duration must be greater than zero"]])
         );
-        assert_eq!(OpError::exec("boom").to_json(), json!(["OpExecError", ["boom"]]));
+        assert_eq!(
+            OpError::exec("boom").to_json(),
+            json!(["OpExecError", ["boom"]])
+        );
     }
 
     #[test]
     fn tag_syntax() {
         assert!(check_tag("env:prod").is_ok());
         assert_eq!(check_tag("").unwrap_err().message, "Tags cannot be empty");
-        assert_eq!(check_tag("a b").unwrap_err().message, "Tag contains invalid characters");
+        assert_eq!(
+            check_tag("a b").unwrap_err().message,
+            "Tag contains invalid characters"
+        );
         assert!(check_tag(&"x".repeat(129)).is_err());
     }
 
     #[test]
     fn short_names_expand_when_unique() {
-        let names = ["web1.example.com".to_string(), "web10.example.com".to_string()];
-        assert_eq!(expand_name(names.iter(), "web1").as_deref(), Some("web1.example.com"));
+        let names = [
+            "web1.example.com".to_string(),
+            "web10.example.com".to_string(),
+        ];
+        assert_eq!(
+            expand_name(names.iter(), "web1").as_deref(),
+            Some("web1.example.com")
+        );
         assert_eq!(expand_name(names.iter(), "web").as_deref(), None);
     }
 }

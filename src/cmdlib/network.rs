@@ -40,7 +40,8 @@ pub fn free_address(net: &Network) -> Option<String> {
 
 pub fn pool_counts(net: &Network) -> (u64, u64) {
     let size = parse_cidr(&net.network).map_or(0, |(_, len)| 1u64 << (32 - len));
-    let reserved = net.used.len() + net.external_reservations.len() + 2 + usize::from(net.gateway.is_some());
+    let reserved =
+        net.used.len() + net.external_reservations.len() + 2 + usize::from(net.gateway.is_some());
     (size.saturating_sub(reserved as u64), reserved as u64)
 }
 
@@ -90,7 +91,10 @@ pub async fn execute(ctx: &Ctx) -> Result<Value, OpError> {
         "OP_NETWORK_ADD" => {
             let cidr = op.str("network").unwrap_or_default();
             if parse_cidr(cidr).is_none() {
-                return Err(OpError::prereq(format!("Invalid network '{cidr}'"), ErrorCode::WrongInput));
+                return Err(OpError::prereq(
+                    format!("Invalid network '{cidr}'"),
+                    ErrorCode::WrongInput,
+                ));
             }
             let mut net = Network {
                 name: name.clone(),
@@ -105,10 +109,15 @@ pub async fn execute(ctx: &Ctx) -> Result<Value, OpError> {
             };
             if let Some(gw) = &net.gateway {
                 if !contains(&net, gw) {
-                    return Err(OpError::prereq(format!("Gateway {gw} does not belong to network {cidr}"), ErrorCode::WrongInput));
+                    return Err(OpError::prereq(
+                        format!("Gateway {gw} does not belong to network {cidr}"),
+                        ErrorCode::WrongInput,
+                    ));
                 }
             }
-            net.external_reservations = check_ip_list(&net, op, "add_reserved_ips")?.into_iter().collect();
+            net.external_reservations = check_ip_list(&net, op, "add_reserved_ips")?
+                .into_iter()
+                .collect();
             for t in op.strings("tags") {
                 check_tag(&t)?;
                 net.meta.tags.insert(t);
@@ -116,15 +125,25 @@ pub async fn execute(ctx: &Ctx) -> Result<Value, OpError> {
             if ctx.stop_for_dry_run() {
                 return Ok(Value::Null);
             }
-            ctx.cluster.update(|cfg| cfg.networks.insert(net.meta.uuid.clone(), net)).await?;
+            ctx.cluster
+                .update(|cfg| cfg.networks.insert(net.meta.uuid.clone(), net))
+                .await?;
             Ok(Value::Null)
         }
         "OP_NETWORK_REMOVE" => {
             let uuid = find_network_uuid(&cfg, &name)?;
-            let groups: Vec<&str> = cfg.groups.values().filter(|g| g.networks.contains_key(&uuid)).map(|g| g.name.as_str()).collect();
+            let groups: Vec<&str> = cfg
+                .groups
+                .values()
+                .filter(|g| g.networks.contains_key(&uuid))
+                .map(|g| g.name.as_str())
+                .collect();
             if !groups.is_empty() {
                 return Err(OpError::prereq(
-                    format!("Network '{name}' is connected to the following node groups: {}. Please disconnect the network first.", groups.join(", ")),
+                    format!(
+                        "Network '{name}' is connected to the following node groups: {}. Please disconnect the network first.",
+                        groups.join(", ")
+                    ),
                     ErrorCode::WrongState,
                 ));
             }
@@ -138,7 +157,10 @@ pub async fn execute(ctx: &Ctx) -> Result<Value, OpError> {
             let uuid = find_network_uuid(&cfg, &name)?;
             let new = op.str("new_name").unwrap_or_default().to_string();
             if cfg.network_by_name(&new).is_some() {
-                return Err(OpError::prereq(format!("Network '{new}' already exists"), ErrorCode::AlreadyExists));
+                return Err(OpError::prereq(
+                    format!("Network '{new}' already exists"),
+                    ErrorCode::AlreadyExists,
+                ));
             }
             if ctx.stop_for_dry_run() {
                 return Ok(Value::Null);
@@ -183,7 +205,9 @@ pub async fn execute(ctx: &Ctx) -> Result<Value, OpError> {
                 return Ok(Value::Null);
             }
             net.meta.touch(now());
-            ctx.cluster.update(|cfg| cfg.networks.insert(uuid, net)).await?;
+            ctx.cluster
+                .update(|cfg| cfg.networks.insert(uuid, net))
+                .await?;
             Ok(Value::Null)
         }
         "OP_NETWORK_CONNECT" => {
@@ -215,7 +239,12 @@ pub async fn execute(ctx: &Ctx) -> Result<Value, OpError> {
             let uuid = find_network_uuid(&cfg, &name)?;
             let group = find_group_uuid(&cfg, op.str("group_name").unwrap_or_default())?;
             let nodes = cfg.group_nodes(&group);
-            if let Some(i) = cfg.instances.values().find(|i| nodes.contains(&i.pnode) && i.nics.iter().any(|n| n.network.as_deref() == Some(uuid.as_str()))) {
+            if let Some(i) = cfg.instances.values().find(|i| {
+                nodes.contains(&i.pnode)
+                    && i.nics
+                        .iter()
+                        .any(|n| n.network.as_deref() == Some(uuid.as_str()))
+            }) {
                 return Err(OpError::prereq(
                     format!("Instance {} uses network '{name}' in this group", i.name),
                     ErrorCode::WrongState,

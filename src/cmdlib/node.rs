@@ -25,7 +25,11 @@ pub fn plan(op: &OpCode, cfg: &Config) -> Result<LockPlan, OpError> {
     match op.id() {
         "OP_NODE_QUERY_STORAGE" => {
             for n in op.strings("nodes") {
-                p.add(LockLevel::Node, find_node(cfg, &n)?.name.clone(), LockMode::Shared);
+                p.add(
+                    LockLevel::Node,
+                    find_node(cfg, &n)?.name.clone(),
+                    LockMode::Shared,
+                );
             }
         }
         "OP_NODE_POWERCYCLE" => {
@@ -67,7 +71,16 @@ pub async fn execute(ctx: &Ctx) -> Result<Value, OpError> {
 
 fn storage_type(op: &OpCode) -> Result<&str, OpError> {
     let t = op.str("storage_type").unwrap_or("lvm-vg");
-    if !["lvm-vg", "lvm-pv", "file", "sharedfile", "gluster", "diskless"].contains(&t) {
+    if ![
+        "lvm-vg",
+        "lvm-pv",
+        "file",
+        "sharedfile",
+        "gluster",
+        "diskless",
+    ]
+    .contains(&t)
+    {
         return Err(OpError::prereq(
             format!("Unknown or unsupported storage type '{t}'"),
             ErrorCode::WrongInput,
@@ -82,15 +95,28 @@ async fn set_params(ctx: &Ctx) -> Result<Value, OpError> {
     let node = op_node(op, &cfg)?.clone();
     let flag = |k: &str| op.get(k).and_then(Value::as_bool);
     let (mc, off, dr) = (flag("master_candidate"), flag("offline"), flag("drained"));
-    let any = [mc, off, dr, flag("master_capable"), flag("vm_capable"), flag("powered")]
-        .iter()
-        .any(Option::is_some)
-        || op.get("ndparams").and_then(Value::as_object).is_some_and(|o| !o.is_empty())
+    let any = [
+        mc,
+        off,
+        dr,
+        flag("master_capable"),
+        flag("vm_capable"),
+        flag("powered"),
+    ]
+    .iter()
+    .any(Option::is_some)
+        || op
+            .get("ndparams")
+            .and_then(Value::as_object)
+            .is_some_and(|o| !o.is_empty())
         || op.get("secondary_ip").is_some()
         || op.get("hv_state").is_some()
         || op.get("disk_state").is_some();
     if !any {
-        return Err(OpError::prereq("Please pass at least one modification", ErrorCode::WrongInput));
+        return Err(OpError::prereq(
+            "Please pass at least one modification",
+            ErrorCode::WrongInput,
+        ));
     }
     if [mc, off, dr].iter().filter(|f| **f == Some(true)).count() > 1 {
         return Err(OpError::prereq(
@@ -101,7 +127,10 @@ async fn set_params(ctx: &Ctx) -> Result<Value, OpError> {
     let is_master = node.name == cfg.cluster.master;
     if is_master && (off == Some(true) || dr == Some(true) || mc == Some(false)) {
         return Err(OpError::prereq(
-            format!("The master role can be changed only via master-failover; node {} is the master", node.name),
+            format!(
+                "The master role can be changed only via master-failover; node {} is the master",
+                node.name
+            ),
             ErrorCode::WrongInput,
         ));
     }
@@ -109,11 +138,18 @@ async fn set_params(ctx: &Ctx) -> Result<Value, OpError> {
         let primaries = cfg.primary_instances(&node.name);
         let running: Vec<_> = primaries
             .iter()
-            .filter(|i| cfg.instances.get(*i).is_some_and(|i| i.admin_state == crate::cluster::model::AdminState::Up))
+            .filter(|i| {
+                cfg.instances
+                    .get(*i)
+                    .is_some_and(|i| i.admin_state == crate::cluster::model::AdminState::Up)
+            })
             .collect();
         if off == Some(true) && !running.is_empty() {
             return Err(OpError::prereq(
-                format!("Instance {} is running on node {}, cannot offline it", running[0], node.name),
+                format!(
+                    "Instance {} is running on node {}, cannot offline it",
+                    running[0], node.name
+                ),
                 ErrorCode::WrongState,
             ));
         }
@@ -123,20 +159,33 @@ async fn set_params(ctx: &Ctx) -> Result<Value, OpError> {
     let mut set = |field: &str, target: &mut bool, value: Option<bool>| {
         if let Some(v) = value {
             *target = v;
-            changed.push(json!([field, v.to_string().to_uppercase().replace("TRUE", "True").replace("FALSE", "False")]));
+            changed.push(json!([
+                field,
+                v.to_string()
+                    .to_uppercase()
+                    .replace("TRUE", "True")
+                    .replace("FALSE", "False")
+            ]));
         }
     };
     set("master_candidate", &mut updated.master_candidate, mc);
     set("offline", &mut updated.offline, off);
     set("drained", &mut updated.drained, dr);
-    set("master_capable", &mut updated.master_capable, flag("master_capable"));
+    set(
+        "master_capable",
+        &mut updated.master_capable,
+        flag("master_capable"),
+    );
     set("vm_capable", &mut updated.vm_capable, flag("vm_capable"));
     set("powered", &mut updated.powered, flag("powered"));
     // Going offline or drained drops candidacy; coming back online from offline does too.
     if off == Some(true) || dr == Some(true) {
         if updated.master_candidate && mc.is_none() {
             updated.master_candidate = false;
-            changed.push(json!(["master_candidate", "auto-demotion due to offline/drain"]));
+            changed.push(json!([
+                "master_candidate",
+                "auto-demotion due to offline/drain"
+            ]));
         }
         if off == Some(true) {
             updated.drained = false;
@@ -186,11 +235,12 @@ async fn powercycle(ctx: &Ctx) -> Result<Value, OpError> {
     if ctx.stop_for_dry_run() {
         return Ok(Value::Null);
     }
-    let out = ctx
-        .backend
-        .powercycle(&node.name)
-        .await
-        .map_err(|e| exec_failure(&format!("Failed to schedule the reboot of node {}", node.name), e))?;
+    let out = ctx.backend.powercycle(&node.name).await.map_err(|e| {
+        exec_failure(
+            &format!("Failed to schedule the reboot of node {}", node.name),
+            e,
+        )
+    })?;
     Ok(Value::String(out))
 }
 
@@ -204,11 +254,17 @@ async fn evacuate(ctx: &Ctx) -> Result<Value, OpError> {
     let node = op_node(&ctx.op, &cfg)?.clone();
     let mode = ctx.op.str("mode").unwrap_or("all");
     if ctx.op.str("remote_node").is_some() && ctx.op.str("iallocator").is_some() {
-        return Err(OpError::prereq("Do not specify both, iallocator and node", ErrorCode::WrongInput));
+        return Err(OpError::prereq(
+            "Do not specify both, iallocator and node",
+            ErrorCode::WrongInput,
+        ));
     }
     if let Some(r) = ctx.op.str("remote_node") {
         if find_node(&cfg, r)?.name == node.name {
-            return Err(OpError::prereq("Can not use evacuated node as a new secondary node", ErrorCode::WrongInput));
+            return Err(OpError::prereq(
+                "Can not use evacuated node as a new secondary node",
+                ErrorCode::WrongInput,
+            ));
         }
     }
     let mut jobs = vec![];
@@ -216,7 +272,10 @@ async fn evacuate(ctx: &Ctx) -> Result<Value, OpError> {
         for name in cfg.primary_instances(&node.name) {
             let inst = &cfg.instances[&name];
             let op = if inst.admin_state == crate::cluster::model::AdminState::Up {
-                instance_op("OP_INSTANCE_MIGRATE", json!({"instance_name": name, "allow_failover": true}))?
+                instance_op(
+                    "OP_INSTANCE_MIGRATE",
+                    json!({"instance_name": name, "allow_failover": true}),
+                )?
             } else {
                 instance_op("OP_INSTANCE_FAILOVER", json!({"instance_name": name}))?
             };
@@ -246,7 +305,14 @@ async fn migrate(ctx: &Ctx) -> Result<Value, OpError> {
     let mut jobs = vec![];
     for name in cfg.primary_instances(&node.name) {
         let mut params = json!({"instance_name": name});
-        for key in ["mode", "live", "target_node", "iallocator", "allow_runtime_changes", "ignore_ipolicy"] {
+        for key in [
+            "mode",
+            "live",
+            "target_node",
+            "iallocator",
+            "allow_runtime_changes",
+            "ignore_ipolicy",
+        ] {
             if let Some(v) = ctx.op.get(key) {
                 params[key] = v.clone();
             }
@@ -264,18 +330,28 @@ async fn query_storage(ctx: &Ctx) -> Result<Value, OpError> {
     let cfg = ctx.cfg();
     let kind = storage_type(&ctx.op)?.to_string();
     let fields = ctx.op.strings("output_fields");
-    const KNOWN: &[&str] = &["node", "type", "name", "size", "used", "free", "allocatable"];
+    const KNOWN: &[&str] = &[
+        "node",
+        "type",
+        "name",
+        "size",
+        "used",
+        "free",
+        "allocatable",
+    ];
     if let Some(bad) = fields.iter().find(|f| !KNOWN.contains(&f.as_str())) {
-        return Err(OpError::prereq(format!("Unknown output fields selected: {bad}"), ErrorCode::WrongInput));
+        return Err(OpError::prereq(
+            format!("Unknown output fields selected: {bad}"),
+            ErrorCode::WrongInput,
+        ));
     }
     let mut rows = vec![];
     for n in ctx.op.strings("nodes") {
         let node = find_node(&cfg, &n)?;
-        let info = ctx
-            .backend
-            .node_info(&node.name)
-            .await
-            .map_err(|e| exec_failure(&format!("Error while querying node {}", node.name), e))?;
+        let info =
+            ctx.backend.node_info(&node.name).await.map_err(|e| {
+                exec_failure(&format!("Error while querying node {}", node.name), e)
+            })?;
         let row: Vec<Value> = fields
             .iter()
             .map(|f| match f.as_str() {

@@ -35,7 +35,11 @@ pub fn plan(op: &OpCode, cfg: &Config) -> Result<LockPlan, OpError> {
         return Ok(p);
     }
     if let (_, Some((level, name))) = target(op, cfg)? {
-        let mode = if op.id() == "OP_TAGS_GET" { LockMode::Shared } else { LockMode::Exclusive };
+        let mode = if op.id() == "OP_TAGS_GET" {
+            LockMode::Shared
+        } else {
+            LockMode::Exclusive
+        };
         p.add(level, name, mode);
     }
     Ok(p)
@@ -63,7 +67,9 @@ pub async fn execute(ctx: &Ctx) -> Result<Value, OpError> {
     let kind = op.str("kind").unwrap_or("cluster").to_string();
     let (key, _) = target(op, &cfg)?;
     let mut scratch = (*cfg).clone();
-    let current = tags_of(&mut scratch, &kind, &key).cloned().unwrap_or_default();
+    let current = tags_of(&mut scratch, &kind, &key)
+        .cloned()
+        .unwrap_or_default();
     let tags = op.strings("tags");
     match op.id() {
         "OP_TAGS_GET" => Ok(json!(current)),

@@ -233,7 +233,8 @@ impl Job {
     /// The value of one job field, `None` for an unknown field name.
     pub fn field(&self, name: &str) -> Option<Value> {
         let ts = |t: &Option<Timestamp>| json!(t);
-        let per_op = |f: &dyn Fn(&QueuedOp) -> Value| Value::Array(self.ops.iter().map(f).collect());
+        let per_op =
+            |f: &dyn Fn(&QueuedOp) -> Value| Value::Array(self.ops.iter().map(f).collect());
         Some(match name {
             "id" => json!(self.id.0),
             "status" => json!(self.status().as_str()),
@@ -303,6 +304,9 @@ mod tests {
     #[test]
     fn timestamps_and_logs_serialize_as_arrays() {
         let e = LogEntry(3, Timestamp(10, 5), "message".into(), json!("hi"));
-        assert_eq!(serde_json::to_value(&e).unwrap(), json!([3, [10, 5], "message", "hi"]));
+        assert_eq!(
+            serde_json::to_value(&e).unwrap(),
+            json!([3, [10, 5], "message", "hi"])
+        );
     }
 }

@@ -98,7 +98,9 @@ impl LockState {
             if !self.can_take(mode) {
                 return;
             }
-            let Some((_, waiter)) = self.waiters.pop_first() else { return };
+            let Some((_, waiter)) = self.waiters.pop_first() else {
+                return;
+            };
             if waiter.grant.send(()).is_ok() {
                 self.take(waiter.mode);
             }
@@ -292,11 +294,17 @@ mod tests {
             (LockLevel::Instance, "a", LockMode::Exclusive),
             (LockLevel::Node, "n1", LockMode::Exclusive),
         ]);
-        let holder = m.acquire(&plan(&[(LockLevel::Node, "n1", LockMode::Exclusive)]), 0).await;
+        let holder = m
+            .acquire(&plan(&[(LockLevel::Node, "n1", LockMode::Exclusive)]), 0)
+            .await;
         let attempt = tokio::time::timeout(Duration::from_millis(50), m.acquire(&x, 0)).await;
         assert!(attempt.is_err());
         drop(holder);
-        assert_eq!(m.tracked(), 0, "the canceled request released instance lock 'a'");
+        assert_eq!(
+            m.tracked(),
+            0,
+            "the canceled request released instance lock 'a'"
+        );
     }
 
     #[test]

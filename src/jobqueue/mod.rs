@@ -200,7 +200,9 @@ impl JobQueue {
         {
             let mut st = self.state();
             for id in accepted {
-                let Some(job) = st.jobs.get(&id) else { continue };
+                let Some(job) = st.jobs.get(&id) else {
+                    continue;
+                };
                 if job.status() == Status::Queued && job.start_ts.is_none() {
                     let prio = job.priority();
                     st.runnable.insert((prio, id));
@@ -374,7 +376,10 @@ impl JobQueue {
         previous_serial: Option<u64>,
         timeout: Duration,
     ) -> Result<Option<(Vec<Value>, Vec<LogEntry>)>, WaitError> {
-        if let Some(bad) = fields.iter().find(|f| !job::JOB_FIELDS.contains(&f.as_str())) {
+        if let Some(bad) = fields
+            .iter()
+            .find(|f| !job::JOB_FIELDS.contains(&f.as_str()))
+        {
             return Err(WaitError::UnknownField(bad.clone()));
         }
         let deadline = tokio::time::Instant::now() + timeout;
@@ -497,7 +502,13 @@ impl JobQueue {
     async fn schedule_loop(self) {
         loop {
             self.inner.wake_scheduler.notified().await;
-            let limit = self.inner.cluster.snapshot().cluster.max_running_jobs.max(1) as usize;
+            let limit = self
+                .inner
+                .cluster
+                .snapshot()
+                .cluster
+                .max_running_jobs
+                .max(1) as usize;
             let mut to_start = vec![];
             {
                 let mut st = self.state();
@@ -506,14 +517,19 @@ impl JobQueue {
                 }
                 let mut skipped = vec![];
                 while st.started.len() < limit {
-                    let Some(entry) = st.runnable.pop_first() else { break };
+                    let Some(entry) = st.runnable.pop_first() else {
+                        break;
+                    };
                     let id = entry.1;
                     let eligible = st.jobs.get(&id).is_some_and(|job| {
-                        job.ops.iter().flat_map(|o| o.input.depends()).all(|(dep, _)| {
-                            st.jobs
-                                .get(&JobId(dep.max(0) as u64))
-                                .is_none_or(|d| d.is_finalized())
-                        })
+                        job.ops
+                            .iter()
+                            .flat_map(|o| o.input.depends())
+                            .all(|(dep, _)| {
+                                st.jobs
+                                    .get(&JobId(dep.max(0) as u64))
+                                    .is_none_or(|d| d.is_finalized())
+                            })
                     });
                     if !eligible {
                         skipped.push(entry);
@@ -572,7 +588,11 @@ fn build_job(id: JobId, mut ops: Vec<OpCode>, received: Timestamp) -> Result<Job
             op.set("depends", Value::Array(resolved));
         }
         let source = op.reason_source();
-        op.append_reason(&source, &format!("job={id};index={index}"), received.as_nanos());
+        op.append_reason(
+            &source,
+            &format!("job={id};index={index}"),
+            received.as_nanos(),
+        );
     }
     Ok(Job::new(id, ops, received))
 }

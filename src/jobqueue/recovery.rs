@@ -26,7 +26,10 @@ pub(super) async fn recover(store: &Store, state: &mut State) -> Result<(), Stor
     store.set_next_id(state.next_id)?;
     store.durable().await?;
     if touched > 0 {
-        tracing::info!(jobs = touched, "recovered jobs interrupted by the previous process");
+        tracing::info!(
+            jobs = touched,
+            "recovered jobs interrupted by the previous process"
+        );
     }
     Ok(())
 }
@@ -96,7 +99,10 @@ mod tests {
         assert!(recover_job(&mut j, Timestamp::now()));
         assert_eq!(j.status(), Status::Error);
         assert_eq!(j.ops[0].status, Status::Success);
-        assert_eq!(j.ops[1].result, json!(["OpExecError", ["Unclean master daemon shutdown"]]));
+        assert_eq!(
+            j.ops[1].result,
+            json!(["OpExecError", ["Unclean master daemon shutdown"]])
+        );
         assert_eq!(j.ops[2].status, Status::Error);
         assert!(j.end_ts.is_some());
         let trail = j.ops[0].input.get("reason").unwrap().to_string();

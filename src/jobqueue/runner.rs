@@ -28,7 +28,9 @@ pub(super) async fn run_job(queue: JobQueue, id: JobId) {
             break;
         };
         let span = tracing::info_span!("opcode", job = %id, op = op.id(), index = idx);
-        let outcome = run_op(&queue, id, idx, op, &mut cancel).instrument(span).await;
+        let outcome = run_op(&queue, id, idx, op, &mut cancel)
+            .instrument(span)
+            .await;
         if !finish_op(&queue, id, idx, outcome).await {
             break;
         }
@@ -213,11 +215,16 @@ fn feedback_sink(queue: JobQueue, id: JobId, idx: usize) -> Arc<dyn Fn(&str, Val
     Arc::new(move |kind: &str, message: Value| {
         let snapshot = {
             let mut st = queue.state();
-            let Some(job) = st.jobs.get_mut(&id) else { return };
+            let Some(job) = st.jobs.get_mut(&id) else {
+                return;
+            };
             let serial = job.next_log_serial();
-            job.ops[idx]
-                .log
-                .push(LogEntry(serial, Timestamp::now(), kind.to_string(), message));
+            job.ops[idx].log.push(LogEntry(
+                serial,
+                Timestamp::now(),
+                kind.to_string(),
+                message,
+            ));
             job.clone()
         };
         if let Err(e) = queue.inner.store.put_job(&snapshot) {

@@ -47,7 +47,11 @@ impl Store {
 
     pub fn put_job(&self, job: &Job) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec(job).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let tree = if job.archived { &self.archive } else { &self.jobs };
+        let tree = if job.archived {
+            &self.archive
+        } else {
+            &self.jobs
+        };
         tree.insert(key(job.id), bytes)?;
         Ok(())
     }

@@ -51,7 +51,14 @@ pub struct ValidationError(pub String);
 pub const PRIORITIES: [i64; 3] = [-10, 0, 10];
 
 /// Parameters every opcode accepts besides its own.
-const COMMON: &[&str] = &["dry_run", "debug_level", "priority", "depends", "comment", "reason"];
+const COMMON: &[&str] = &[
+    "dry_run",
+    "debug_level",
+    "priority",
+    "depends",
+    "comment",
+    "reason",
+];
 
 /// A validated opcode: its definition and its parameters with defaults applied.
 #[derive(Debug, Clone)]
@@ -78,8 +85,8 @@ impl OpCode {
             .get("OP_ID")
             .and_then(Value::as_str)
             .ok_or_else(|| ValidationError("Opcode is missing the OP_ID field".into()))?;
-        let def =
-            definition(op_id).ok_or_else(|| ValidationError(format!("Unknown opcode '{op_id}'")))?;
+        let def = definition(op_id)
+            .ok_or_else(|| ValidationError(format!("Unknown opcode '{op_id}'")))?;
         let mut params = Map::new();
         for (key, val) in obj {
             if key == "OP_ID" {
@@ -115,7 +122,10 @@ impl OpCode {
     }
 
     fn fails(&self, name: &str) -> ValidationError {
-        ValidationError(format!("Parameter '{}.{name}' fails validation", self.def.id))
+        ValidationError(format!(
+            "Parameter '{}.{name}' fails validation",
+            self.def.id
+        ))
     }
 
     fn check_and_fill(&mut self) -> Result<(), ValidationError> {
@@ -187,9 +197,11 @@ impl OpCode {
             Some(Value::Array(deps)) => {
                 let mut normalized = Vec::with_capacity(deps.len());
                 for dep in &deps {
-                    normalized.push(normalize_dependency(dep).ok_or_else(|| self.fails("depends"))?);
+                    normalized
+                        .push(normalize_dependency(dep).ok_or_else(|| self.fails("depends"))?);
                 }
-                self.params.insert("depends".into(), Value::Array(normalized));
+                self.params
+                    .insert("depends".into(), Value::Array(normalized));
             }
             Some(_) => return Err(self.fails("depends")),
         }
@@ -275,7 +287,8 @@ impl OpCode {
         match self.params.get_mut("reason") {
             Some(Value::Array(list)) => list.push(entry),
             _ => {
-                self.params.insert("reason".into(), Value::Array(vec![entry]));
+                self.params
+                    .insert("reason".into(), Value::Array(vec![entry]));
             }
         }
     }
@@ -284,9 +297,15 @@ impl OpCode {
     pub fn summary(&self) -> String {
         let short = self.def.id.trim_start_matches("OP_");
         let value = match self.def.id {
-            "OP_INSTANCE_RENAME" | "OP_GROUP_RENAME" | "OP_NETWORK_RENAME"
-            | "OP_INSTANCE_MULTI_ALLOC" | "OP_TAGS_SET" | "OP_TAGS_DEL" | "OP_TAGS_GET"
-            | "OP_INSTANCE_QUERY_DATA" | "OP_NODE_QUERY_STORAGE" => None,
+            "OP_INSTANCE_RENAME"
+            | "OP_GROUP_RENAME"
+            | "OP_NETWORK_RENAME"
+            | "OP_INSTANCE_MULTI_ALLOC"
+            | "OP_TAGS_SET"
+            | "OP_TAGS_DEL"
+            | "OP_TAGS_GET"
+            | "OP_INSTANCE_QUERY_DATA"
+            | "OP_NODE_QUERY_STORAGE" => None,
             "OP_TEST_DELAY" => self
                 .get("duration")
                 .and_then(Value::as_f64)
@@ -388,8 +407,9 @@ mod tests {
 
     #[test]
     fn defaults_are_filled_and_unset_params_omitted() {
-        let op = OpCode::from_json(&json!({"OP_ID": "OP_INSTANCE_STARTUP", "instance_name": "web1"}))
-            .unwrap();
+        let op =
+            OpCode::from_json(&json!({"OP_ID": "OP_INSTANCE_STARTUP", "instance_name": "web1"}))
+                .unwrap();
         let v = op.to_json();
         assert_eq!(v["force"], json!(false));
         assert_eq!(v["shutdown_timeout"], json!(120));
@@ -403,7 +423,9 @@ mod tests {
 
     #[test]
     fn refusals_name_the_field() {
-        let unknown = OpCode::from_json(&json!({"OP_ID": "OP_INSTANCE_STARTUP", "instance_name": "a", "bogus": 1}));
+        let unknown = OpCode::from_json(
+            &json!({"OP_ID": "OP_INSTANCE_STARTUP", "instance_name": "a", "bogus": 1}),
+        );
         assert_eq!(
             unknown.unwrap_err().0,
             "Object OpInstanceStartup doesn't support the parameter 'bogus'"
@@ -413,9 +435,17 @@ mod tests {
             missing.unwrap_err().0,
             "Parameter 'OP_INSTANCE_STARTUP.instance_name' fails validation"
         );
-        let wrong = OpCode::from_json(&json!({"OP_ID": "OP_INSTANCE_REBOOT", "instance_name": "a", "reboot_type": "gentle"}));
-        assert!(wrong.unwrap_err().0.contains("OP_INSTANCE_REBOOT.reboot_type"));
-        let prio = OpCode::from_json(&json!({"OP_ID": "OP_TEST_DELAY", "duration": 1, "priority": 5}));
+        let wrong = OpCode::from_json(
+            &json!({"OP_ID": "OP_INSTANCE_REBOOT", "instance_name": "a", "reboot_type": "gentle"}),
+        );
+        assert!(
+            wrong
+                .unwrap_err()
+                .0
+                .contains("OP_INSTANCE_REBOOT.reboot_type")
+        );
+        let prio =
+            OpCode::from_json(&json!({"OP_ID": "OP_TEST_DELAY", "duration": 1, "priority": 5}));
         assert!(prio.unwrap_err().0.contains("priority"));
     }
 
@@ -424,7 +454,10 @@ mod tests {
         let op = OpCode::from_json(&json!({"OP_ID": "OP_TEST_DELAY", "duration": 0.1,
             "depends": [["12", ["success"]], [-1, []]]}))
         .unwrap();
-        assert_eq!(op.depends(), vec![(12, vec!["success".into()]), (-1, vec![])]);
+        assert_eq!(
+            op.depends(),
+            vec![(12, vec!["success".into()]), (-1, vec![])]
+        );
         let bad = OpCode::from_json(&json!({"OP_ID": "OP_TEST_DELAY", "duration": 0.1,
             "depends": [[1, ["running"]]]}));
         assert!(bad.is_err());
@@ -434,7 +467,10 @@ mod tests {
     fn summaries_follow_upstream_quirks() {
         let delay = OpCode::from_json(&json!({"OP_ID": "OP_TEST_DELAY", "duration": 2.5})).unwrap();
         assert_eq!(delay.summary(), "TEST_DELAY(2500000000 ns)");
-        let rename = OpCode::from_json(&json!({"OP_ID": "OP_INSTANCE_RENAME", "instance_name": "a", "new_name": "b"})).unwrap();
+        let rename = OpCode::from_json(
+            &json!({"OP_ID": "OP_INSTANCE_RENAME", "instance_name": "a", "new_name": "b"}),
+        )
+        .unwrap();
         assert_eq!(rename.summary(), "INSTANCE_RENAME");
         assert_eq!(rename.reason_source(), "gnt:opcode:instance_rename");
     }

@@ -61,7 +61,12 @@ pub fn parse_users(text: &str) -> HashMap<String, User> {
         let secret = parse_secret(parts[1]);
         let options = parts
             .get(2)
-            .map(|o| o.split(',').map(|s| s.trim().to_lowercase()).filter(|s| !s.is_empty()).collect())
+            .map(|o| {
+                o.split(',')
+                    .map(|s| s.trim().to_lowercase())
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            })
             .unwrap_or_default();
         users.insert(parts[0].to_string(), User { secret, options });
     }
@@ -148,7 +153,9 @@ pub fn basic_credentials(header: &str) -> Option<(String, String)> {
     if !scheme.eq_ignore_ascii_case("basic") {
         return None;
     }
-    let bytes = base64::engine::general_purpose::STANDARD.decode(value.trim()).ok()?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(value.trim())
+        .ok()?;
     let text = String::from_utf8(bytes).ok()?;
     let (u, p) = text.split_once(':')?;
     Some((u.to_string(), p.to_string()))
@@ -169,7 +176,9 @@ mod tests {
         assert!(users["alice"].can_write());
         assert!(users["bob"].can_read() && !users["bob"].can_write());
         assert!(!users["carol"].can_read());
-        let db = UserDb { users: Arc::new(RwLock::new(users)) };
+        let db = UserDb {
+            users: Arc::new(RwLock::new(users)),
+        };
         assert!(db.authenticate("alice", "secret").is_some());
         assert!(db.authenticate("alice", "Secret").is_none());
         assert!(db.authenticate("bob", "pw").is_some());
@@ -181,6 +190,9 @@ mod tests {
     fn ha1_matches_ganeti() {
         // md5("jack:Ganeti Remote API:abc123")
         assert_eq!(ha1("jack", "abc123").len(), 32);
-        assert_eq!(basic_credentials("Basic YTpiOmM="), Some(("a".into(), "b:c".into())));
+        assert_eq!(
+            basic_credentials("Basic YTpiOmM="),
+            Some(("a".into(), "b:c".into()))
+        );
     }
 }

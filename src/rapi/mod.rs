@@ -56,7 +56,9 @@ fn error_response(e: &ApiError) -> Response<Vec<u8>> {
     if e.code == 401 {
         resp.headers_mut().insert(
             "WWW-Authenticate",
-            format!("Basic realm=\"{REALM}\"").parse().expect("static header"),
+            format!("Basic realm=\"{REALM}\"")
+                .parse()
+                .expect("static header"),
         );
     }
     resp
@@ -66,7 +68,10 @@ fn check_auth(state: &State, headers: &HeaderMap, access: Access) -> Result<(), 
     let creds = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
-        .map(|h| auth::basic_credentials(h).ok_or_else(|| ApiError::new(401, "Unsupported authentication")));
+        .map(|h| {
+            auth::basic_credentials(h)
+                .ok_or_else(|| ApiError::new(401, "Unsupported authentication"))
+        });
     let user = match creds {
         Some(Ok((u, p))) => Some(
             state
@@ -129,11 +134,20 @@ fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
         .get("content-type")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/json");
-    let mime = ctype.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let mime = ctype
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     if mime != "application/json" && !mime.is_empty() {
-        return Err(ApiError::new(415, format!("Unsupported Content-Type '{ctype}'")));
+        return Err(ApiError::new(
+            415,
+            format!("Unsupported Content-Type '{ctype}'"),
+        ));
     }
-    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("Unable to parse JSON data: {e}")))
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("Unable to parse JSON data: {e}")))
 }
 
 fn percent_decode(s: &str) -> String {

@@ -8,27 +8,105 @@ use serde_json::{Map, Value, json};
 
 /// Ganeti's field lists for RAPI GETs (`lib/rapi/rlib2.py`), plus the aliases clients read.
 pub const I_FIELDS: &[&str] = &[
-    "name", "admin_state", "os", "pnode", "snodes", "disk_template", "nic.ips", "nic.macs",
-    "nic.modes", "nic.links", "nic.networks", "nic.bridges", "network_port", "disk.sizes",
-    "disk.spindles", "disk_usage", "beparams", "hvparams", "oper_state", "oper_ram",
-    "oper_vcpus", "status", "custom_hvparams", "custom_beparams", "custom_nicparams", "ctime",
-    "mtime", "uuid", "serial_no", "tags",
+    "name",
+    "admin_state",
+    "os",
+    "pnode",
+    "snodes",
+    "disk_template",
+    "nic.ips",
+    "nic.macs",
+    "nic.modes",
+    "nic.links",
+    "nic.networks",
+    "nic.bridges",
+    "network_port",
+    "disk.sizes",
+    "disk.spindles",
+    "disk_usage",
+    "beparams",
+    "hvparams",
+    "oper_state",
+    "oper_ram",
+    "oper_vcpus",
+    "status",
+    "custom_hvparams",
+    "custom_beparams",
+    "custom_nicparams",
+    "ctime",
+    "mtime",
+    "uuid",
+    "serial_no",
+    "tags",
 ];
 pub const N_FIELDS: &[&str] = &[
-    "name", "offline", "master_candidate", "drained", "dtotal", "dfree", "sptotal", "spfree",
-    "mtotal", "mnode", "mfree", "pinst_cnt", "sinst_cnt", "ctotal", "cnos", "cnodes", "csockets",
-    "pip", "sip", "role", "pinst_list", "sinst_list", "master_capable", "vm_capable", "ndparams",
-    "group.uuid", "ctime", "mtime", "uuid", "serial_no", "tags",
+    "name",
+    "offline",
+    "master_candidate",
+    "drained",
+    "dtotal",
+    "dfree",
+    "sptotal",
+    "spfree",
+    "mtotal",
+    "mnode",
+    "mfree",
+    "pinst_cnt",
+    "sinst_cnt",
+    "ctotal",
+    "cnos",
+    "cnodes",
+    "csockets",
+    "pip",
+    "sip",
+    "role",
+    "pinst_list",
+    "sinst_list",
+    "master_capable",
+    "vm_capable",
+    "ndparams",
+    "group.uuid",
+    "ctime",
+    "mtime",
+    "uuid",
+    "serial_no",
+    "tags",
 ];
 pub const G_FIELDS: &[&str] = &[
-    "alloc_policy", "name", "node_cnt", "node_list", "ipolicy", "custom_ipolicy", "diskparams",
-    "custom_diskparams", "ndparams", "custom_ndparams", "ctime", "mtime", "uuid", "serial_no",
+    "alloc_policy",
+    "name",
+    "node_cnt",
+    "node_list",
+    "ipolicy",
+    "custom_ipolicy",
+    "diskparams",
+    "custom_diskparams",
+    "ndparams",
+    "custom_ndparams",
+    "ctime",
+    "mtime",
+    "uuid",
+    "serial_no",
     "tags",
 ];
 pub const NET_FIELDS: &[&str] = &[
-    "name", "network", "gateway", "network6", "gateway6", "mac_prefix", "free_count",
-    "reserved_count", "map", "group_list", "inst_list", "external_reservations", "ctime",
-    "mtime", "uuid", "serial_no", "tags",
+    "name",
+    "network",
+    "gateway",
+    "network6",
+    "gateway6",
+    "mac_prefix",
+    "free_count",
+    "reserved_count",
+    "map",
+    "group_list",
+    "inst_list",
+    "external_reservations",
+    "ctime",
+    "mtime",
+    "uuid",
+    "serial_no",
+    "tags",
 ];
 
 /// Asks the backend for free resources and running instances.
@@ -40,7 +118,12 @@ pub async fn gather_live(state: &State, cfg: &Config) -> Live {
         }
     }
     for inst in cfg.instances.values() {
-        if let Ok(Some(s)) = state.queue.backend().instance_state(&inst.pnode, &inst.name).await {
+        if let Ok(Some(s)) = state
+            .queue
+            .backend()
+            .instance_state(&inst.pnode, &inst.name)
+            .await
+        {
             live.instances.insert(inst.name.clone(), s);
         }
     }

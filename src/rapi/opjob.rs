@@ -1,9 +1,9 @@
 //! Turning a request into an opcode job the way Ganeti's RAPI does: body parameters, renames,
 //! static parameters from the URL (which the body may not override), and the reason trail.
 
+use super::State;
 use super::error::ApiError;
 use super::request::Request;
-use super::State;
 use crate::jobqueue::job::Timestamp;
 use crate::opcodes::OpCode;
 use serde_json::{Map, Value, json};
@@ -30,7 +30,12 @@ pub fn build(req: &Request, spec: OpSpec) -> Result<OpCode, ApiError> {
             params.insert((*new).into(), v);
         }
     }
-    let mut clashes: Vec<String> = spec.statics.keys().filter(|k| params.contains_key(*k)).cloned().collect();
+    let mut clashes: Vec<String> = spec
+        .statics
+        .keys()
+        .filter(|k| params.contains_key(*k))
+        .cloned()
+        .collect();
     if params.contains_key("reason") && spec.resource.is_some() {
         clashes.push("reason".into());
     }
@@ -67,5 +72,8 @@ pub async fn submit_one(state: &State, req: &Request, spec: OpSpec<'_>) -> Resul
 }
 
 pub fn statics(pairs: &[(&str, Value)]) -> Map<String, Value> {
-    pairs.iter().map(|(k, v)| ((*k).to_string(), v.clone())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_string(), v.clone()))
+        .collect()
 }

@@ -23,7 +23,9 @@ impl Request {
         match self.query_str(name) {
             None | Some("") => Ok(false),
             Some(v) => v.parse::<i64>().map(|n| n != 0).map_err(|_| {
-                ApiError::bad_request(format!("Invalid value for '{name}': {v}, must be an integer"))
+                ApiError::bad_request(format!(
+                    "Invalid value for '{name}': {v}, must be an integer"
+                ))
             }),
         }
     }
@@ -37,7 +39,9 @@ impl Request {
         match &self.body {
             Value::Null => Ok(Map::new()),
             Value::Object(m) => Ok(m.clone()),
-            _ => Err(ApiError::bad_request("Invalid body contents, expected a dictionary")),
+            _ => Err(ApiError::bad_request(
+                "Invalid body contents, expected a dictionary",
+            )),
         }
     }
 }

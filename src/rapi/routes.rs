@@ -57,31 +57,61 @@ pub async fn dispatch(state: &State, req: &Request) -> R {
             only(m, &["PUT"])?;
             let body = req.body_object()?;
             if body.contains_key("compression_tools") {
-                return Err(ApiError::new(403, "The parameter compression_tools cannot be set via RAPI"));
+                return Err(ApiError::new(
+                    403,
+                    "The parameter compression_tools cannot be set via RAPI",
+                ));
             }
-            op(state, req, "OP_CLUSTER_SET_PARAMS", "cluster_modify", body, vec![]).await
+            op(
+                state,
+                req,
+                "OP_CLUSTER_SET_PARAMS",
+                "cluster_modify",
+                body,
+                vec![],
+            )
+            .await
         }
         ["2", "redistribute-config"] => {
             only(m, &["PUT"])?;
-            op(state, req, "OP_CLUSTER_REDIST_CONF", "redist_config", Map::new(), vec![]).await
+            op(
+                state,
+                req,
+                "OP_CLUSTER_REDIST_CONF",
+                "redist_config",
+                Map::new(),
+                vec![],
+            )
+            .await
         }
         ["2", "tags"] => tags(state, req, "cluster", None).await,
         ["2", "os"] => os_list(state, req).await,
         ["2", "jobs"] => jobs(state, req).await,
         ["2", "jobs", id] => job(state, req, id).await,
         ["2", "jobs", id, "wait"] => wait(state, req, id).await,
-        ["2", "filters"] | ["2", "filters", ..] => {
-            Err(ApiError::new(501, "Job filters are not implemented by gantry yet"))
-        }
+        ["2", "filters"] | ["2", "filters", ..] => Err(ApiError::new(
+            501,
+            "Job filters are not implemented by gantry yet",
+        )),
         ["2", "instances"] => instances(state, req).await,
         ["2", "instances-multi-alloc"] => multi_alloc(state, req).await,
         ["2", "instances", name] => instance(state, req, name).await,
         ["2", "instances", name, "tags"] => tags(state, req, "instance", Some(name)).await,
         ["2", "instances", name, "disk", idx, "grow"] => {
             only(m, &["POST"])?;
-            let idx: i64 = idx.parse().map_err(|_| ApiError::bad_request("Invalid disk index"))?;
+            let idx: i64 = idx
+                .parse()
+                .map_err(|_| ApiError::bad_request("Invalid disk index"))?;
             let s = vec![("instance_name", json!(name)), ("disk", json!(idx))];
-            op(state, req, "OP_INSTANCE_GROW_DISK", "instances_name_disk_grow", req.body_object()?, s).await
+            op(
+                state,
+                req,
+                "OP_INSTANCE_GROW_DISK",
+                "instances_name_disk_grow",
+                req.body_object()?,
+                s,
+            )
+            .await
         }
         ["2", "instances", name, action] => instance_action(state, req, name, action).await,
         ["2", "nodes"] => {
@@ -89,7 +119,12 @@ pub async fn dispatch(state: &State, req: &Request) -> R {
             let cfg = state.queue.cluster().snapshot();
             if req.flag("bulk")? {
                 let live = gather_live(state, &cfg).await;
-                Ok(Value::Array(cfg.nodes.values().map(|n| node_json(&cfg, &live, n)).collect()))
+                Ok(Value::Array(
+                    cfg.nodes
+                        .values()
+                        .map(|n| node_json(&cfg, &live, n))
+                        .collect(),
+                ))
             } else {
                 Ok(uri_list("nodes", cfg.nodes.keys()))
             }
@@ -121,7 +156,10 @@ fn only(method: &str, allowed: &[&str]) -> Result<(), ApiError> {
     if allowed.contains(&method) {
         Ok(())
     } else {
-        Err(ApiError::new(501, format!("Method {method} is unsupported")))
+        Err(ApiError::new(
+            501,
+            format!("Method {method} is unsupported"),
+        ))
     }
 }
 
@@ -157,10 +195,21 @@ async fn jobs(state: &State, req: &Request) -> R {
     match req.method.as_str() {
         "GET" => {
             if req.flag("bulk")? {
-                const BULK: &[&str] = &["id", "ops", "status", "summary", "opstatus", "received_ts", "start_ts", "end_ts"];
+                const BULK: &[&str] = &[
+                    "id",
+                    "ops",
+                    "status",
+                    "summary",
+                    "opstatus",
+                    "received_ts",
+                    "start_ts",
+                    "end_ts",
+                ];
                 Ok(Value::Array(state.queue.live_jobs(|j| job_fields(j, BULK))))
             } else {
-                Ok(Value::Array(state.queue.live_jobs(|j| json!({"id": j.id.0, "uri": format!("/2/jobs/{}", j.id)}))))
+                Ok(Value::Array(state.queue.live_jobs(
+                    |j| json!({"id": j.id.0, "uri": format!("/2/jobs/{}", j.id)}),
+                )))
             }
         }
         // gantry extension: submit raw opcodes, e.g. OP_TEST_DELAY (spec opcodes.md §10).
@@ -199,8 +248,22 @@ async fn job(state: &State, req: &Request, id: &str) -> R {
     let id = job_id(id)?;
     match req.method.as_str() {
         "GET" => {
-            const FIELDS: &[&str] = &["id", "ops", "status", "summary", "opstatus", "received_ts", "start_ts", "end_ts", "oplog", "opresult"];
-            let job = state.queue.job(id).ok_or_else(|| ApiError::not_found(format!("Job {id} not found")))?;
+            const FIELDS: &[&str] = &[
+                "id",
+                "ops",
+                "status",
+                "summary",
+                "opstatus",
+                "received_ts",
+                "start_ts",
+                "end_ts",
+                "oplog",
+                "opresult",
+            ];
+            let job = state
+                .queue
+                .job(id)
+                .ok_or_else(|| ApiError::not_found(format!("Job {id} not found")))?;
             Ok(job_fields(&job, FIELDS))
         }
         "DELETE" => {
@@ -216,15 +279,24 @@ async fn wait(state: &State, req: &Request, id: &str) -> R {
     let id = job_id(id)?;
     let body = req.body_object()?;
     let fields: Vec<String> = match body.get("fields") {
-        Some(Value::Array(a)) if a.iter().all(Value::is_string) => {
-            a.iter().filter_map(|v| v.as_str().map(String::from)).collect()
+        Some(Value::Array(a)) if a.iter().all(Value::is_string) => a
+            .iter()
+            .filter_map(|v| v.as_str().map(String::from))
+            .collect(),
+        _ => {
+            return Err(ApiError::bad_request(
+                "The 'fields' parameter should be a list",
+            ));
         }
-        _ => return Err(ApiError::bad_request("The 'fields' parameter should be a list")),
     };
     let previous = match body.get("previous_job_info") {
         None | Some(Value::Null) => None,
         Some(v @ Value::Array(_)) => Some(v.clone()),
-        Some(_) => return Err(ApiError::bad_request("The 'previous_job_info' parameter should be a list")),
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "The 'previous_job_info' parameter should be a list",
+            ));
+        }
     };
     let serial = match body.get("previous_log_serial") {
         None | Some(Value::Null) => None,
@@ -233,7 +305,9 @@ async fn wait(state: &State, req: &Request, id: &str) -> R {
         })?),
     };
     if let Some(bad) = fields.iter().find(|f| !JOB_FIELDS.contains(&f.as_str())) {
-        return Err(ApiError::bad_request(format!("Unknown output fields selected: {bad}")));
+        return Err(ApiError::bad_request(format!(
+            "Unknown output fields selected: {bad}"
+        )));
     }
     let answer = state
         .queue
@@ -255,7 +329,16 @@ async fn os_list(state: &State, req: &Request) -> R {
     only(&req.method, &["GET"])?;
     let bulk = req.flag("bulk")?;
     let fields: Vec<&str> = if bulk {
-        vec!["name", "valid", "variants", "parameters", "api_versions", "blacklisted", "hidden", "trusted"]
+        vec![
+            "name",
+            "valid",
+            "variants",
+            "parameters",
+            "api_versions",
+            "blacklisted",
+            "hidden",
+            "trusted",
+        ]
     } else {
         vec!["name", "variants"]
     };
@@ -266,11 +349,24 @@ async fn os_list(state: &State, req: &Request) -> R {
     let id = state.queue.submit(vec![opc]).await?;
     // Upstream waits for the job inside the request.
     let job = loop {
-        match state.queue.wait_for_change(id, &["status".into()], Some(&json!(["queued"])), None, Duration::from_secs(10)).await {
+        match state
+            .queue
+            .wait_for_change(
+                id,
+                &["status".into()],
+                Some(&json!(["queued"])),
+                None,
+                Duration::from_secs(10),
+            )
+            .await
+        {
             Ok(_) => {}
             Err(_) => return Err(ApiError::new(502, "Can't get OS list")),
         }
-        let job = state.queue.job(id).ok_or_else(|| ApiError::new(502, "Can't get OS list"))?;
+        let job = state
+            .queue
+            .job(id)
+            .ok_or_else(|| ApiError::new(502, "Can't get OS list"))?;
         if job.is_finalized() {
             break job;
         }
@@ -293,8 +389,18 @@ async fn os_list(state: &State, req: &Request) -> R {
     }
     let mut names = vec![];
     for r in rows {
-        let name = r.get(0).and_then(Value::as_str).unwrap_or_default().to_string();
-        let variants: Vec<String> = r.get(1).and_then(Value::as_array).into_iter().flatten().filter_map(|v| v.as_str().map(String::from)).collect();
+        let name = r
+            .get(0)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let variants: Vec<String> = r
+            .get(1)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str().map(String::from))
+            .collect();
         if variants.is_empty() {
             names.push(json!(name));
         } else {
@@ -308,10 +414,34 @@ async fn tags(state: &State, req: &Request, kind: &str, name: Option<&str>) -> R
     let cfg = state.queue.cluster().snapshot();
     let current: Vec<String> = match (kind, name) {
         ("cluster", _) => cfg.cluster.meta.tags.iter().cloned().collect(),
-        ("instance", Some(n)) => find(crate::cmdlib::find_instance(&cfg, n), "instance", n)?.meta.tags.iter().cloned().collect(),
-        ("node", Some(n)) => find(crate::cmdlib::find_node(&cfg, n), "node", n)?.meta.tags.iter().cloned().collect(),
-        ("nodegroup", Some(n)) => cfg.group_by_name(n).ok_or_else(|| unknown("group", n))?.meta.tags.iter().cloned().collect(),
-        (_, Some(n)) => cfg.network_by_name(n).ok_or_else(|| unknown("network", n))?.meta.tags.iter().cloned().collect(),
+        ("instance", Some(n)) => find(crate::cmdlib::find_instance(&cfg, n), "instance", n)?
+            .meta
+            .tags
+            .iter()
+            .cloned()
+            .collect(),
+        ("node", Some(n)) => find(crate::cmdlib::find_node(&cfg, n), "node", n)?
+            .meta
+            .tags
+            .iter()
+            .cloned()
+            .collect(),
+        ("nodegroup", Some(n)) => cfg
+            .group_by_name(n)
+            .ok_or_else(|| unknown("group", n))?
+            .meta
+            .tags
+            .iter()
+            .cloned()
+            .collect(),
+        (_, Some(n)) => cfg
+            .network_by_name(n)
+            .ok_or_else(|| unknown("network", n))?
+            .meta
+            .tags
+            .iter()
+            .cloned()
+            .collect(),
         _ => vec![],
     };
     let resource = match kind {
@@ -327,9 +457,16 @@ async fn tags(state: &State, req: &Request, kind: &str, name: Option<&str>) -> R
         "DELETE" => "OP_TAGS_DEL",
         m => return Err(ApiError::new(501, format!("Method {m} is unsupported"))),
     };
-    let tags: Vec<&str> = req.query.iter().filter(|(k, _)| k == "tag").map(|(_, v)| v.as_str()).collect();
+    let tags: Vec<&str> = req
+        .query
+        .iter()
+        .filter(|(k, _)| k == "tag")
+        .map(|(_, v)| v.as_str())
+        .collect();
     if op_id == "OP_TAGS_DEL" && tags.is_empty() {
-        return Err(ApiError::bad_request("To delete tags you must specify them with the 'tag' parameter"));
+        return Err(ApiError::bad_request(
+            "To delete tags you must specify them with the 'tag' parameter",
+        ));
     }
     let mut s = vec![("kind", json!(kind)), ("tags", json!(tags))];
     if let Some(n) = name {
@@ -346,7 +483,12 @@ async fn instances(state: &State, req: &Request) -> R {
             let cfg = state.queue.cluster().snapshot();
             if req.flag("bulk")? {
                 let live = gather_live(state, &cfg).await;
-                Ok(Value::Array(cfg.instances.values().map(|i| instance_json(&cfg, &live, i)).collect()))
+                Ok(Value::Array(
+                    cfg.instances
+                        .values()
+                        .map(|i| instance_json(&cfg, &live, i))
+                        .collect(),
+                ))
             } else {
                 Ok(uri_list("instances", cfg.instances.keys()))
             }
@@ -355,8 +497,16 @@ async fn instances(state: &State, req: &Request) -> R {
             let mut body = req.body_object()?;
             match body.remove("__version__") {
                 Some(v) if v == json!(1) => {}
-                None => return Err(ApiError::bad_request("Instance creation request version 0 is no longer supported")),
-                Some(v) if v == json!(0) => return Err(ApiError::bad_request("Instance creation request version 0 is no longer supported")),
+                None => {
+                    return Err(ApiError::bad_request(
+                        "Instance creation request version 0 is no longer supported",
+                    ));
+                }
+                Some(v) if v == json!(0) => {
+                    return Err(ApiError::bad_request(
+                        "Instance creation request version 0 is no longer supported",
+                    ));
+                }
                 Some(_) => return Err(ApiError::bad_request("Unsupported request data version")),
             }
             normalize_beparams(&mut body);
@@ -390,12 +540,16 @@ async fn multi_alloc(state: &State, req: &Request) -> R {
     only(&req.method, &["POST"])?;
     let mut body = req.body_object()?;
     let Some(Value::Array(list)) = body.remove("instances") else {
-        return Err(ApiError::bad_request("Missing or invalid 'instances' parameter"));
+        return Err(ApiError::bad_request(
+            "Missing or invalid 'instances' parameter",
+        ));
     };
     let mut ops = vec![];
     for inst in list {
         let Value::Object(mut m) = inst else {
-            return Err(ApiError::bad_request("Instance definitions must be objects"));
+            return Err(ApiError::bad_request(
+                "Instance definitions must be objects",
+            ));
         };
         for (old, new) in [("name", "instance_name"), ("os", "os_type")] {
             if let Some(v) = m.remove(old) {
@@ -409,7 +563,15 @@ async fn multi_alloc(state: &State, req: &Request) -> R {
         ops.push(Value::Object(m));
     }
     body.insert("instances".into(), Value::Array(ops));
-    op(state, req, "OP_INSTANCE_MULTI_ALLOC", "instances_multi_alloc", body, vec![]).await
+    op(
+        state,
+        req,
+        "OP_INSTANCE_MULTI_ALLOC",
+        "instances_multi_alloc",
+        body,
+        vec![],
+    )
+    .await
 }
 
 async fn instance(state: &State, req: &Request, name: &str) -> R {
@@ -421,8 +583,19 @@ async fn instance(state: &State, req: &Request, name: &str) -> R {
             Ok(instance_json(&cfg, &live, inst))
         }
         "DELETE" => {
-            let s = vec![("instance_name", json!(name)), ("ignore_failures", json!(false))];
-            op(state, req, "OP_INSTANCE_REMOVE", "instances_name", req.body_object()?, s).await
+            let s = vec![
+                ("instance_name", json!(name)),
+                ("ignore_failures", json!(false)),
+            ];
+            op(
+                state,
+                req,
+                "OP_INSTANCE_REMOVE",
+                "instances_name",
+                req.body_object()?,
+                s,
+            )
+            .await
         }
         m => Err(ApiError::new(501, format!("Method {m} is unsupported"))),
     }
@@ -435,29 +608,83 @@ async fn instance_action(state: &State, req: &Request, name: &str, action: &str)
     match action {
         "info" => {
             only(m, &["GET"])?;
-            let s = vec![("instances", json!([name])), ("static", json!(req.flag("static")?))];
-            op(state, req, "OP_INSTANCE_QUERY_DATA", "instances_name_info", Map::new(), s).await
+            let s = vec![
+                ("instances", json!([name])),
+                ("static", json!(req.flag("static")?)),
+            ];
+            op(
+                state,
+                req,
+                "OP_INSTANCE_QUERY_DATA",
+                "instances_name_info",
+                Map::new(),
+                s,
+            )
+            .await
         }
         "startup" => {
             only(m, &["PUT"])?;
-            let s = vec![("instance_name", n), ("force", json!(req.flag("force")?)), ("no_remember", json!(req.flag("no_remember")?))];
-            op(state, req, "OP_INSTANCE_STARTUP", "instances_name_startup", Map::new(), s).await
+            let s = vec![
+                ("instance_name", n),
+                ("force", json!(req.flag("force")?)),
+                ("no_remember", json!(req.flag("no_remember")?)),
+            ];
+            op(
+                state,
+                req,
+                "OP_INSTANCE_STARTUP",
+                "instances_name_startup",
+                Map::new(),
+                s,
+            )
+            .await
         }
         "shutdown" => {
             only(m, &["PUT"])?;
-            let s = vec![("instance_name", n), ("no_remember", json!(req.flag("no_remember")?))];
-            op(state, req, "OP_INSTANCE_SHUTDOWN", "instances_name_shutdown", body()?, s).await
+            let s = vec![
+                ("instance_name", n),
+                ("no_remember", json!(req.flag("no_remember")?)),
+            ];
+            op(
+                state,
+                req,
+                "OP_INSTANCE_SHUTDOWN",
+                "instances_name_shutdown",
+                body()?,
+                s,
+            )
+            .await
         }
         "reboot" => {
             only(m, &["POST"])?;
             let kind = req.query_str("type").unwrap_or("hard");
-            let s = vec![("instance_name", n), ("reboot_type", json!(kind)), ("ignore_secondaries", json!(req.flag("ignore_secondaries")?))];
-            op(state, req, "OP_INSTANCE_REBOOT", "instances_name_reboot", body()?, s).await
+            let s = vec![
+                ("instance_name", n),
+                ("reboot_type", json!(kind)),
+                ("ignore_secondaries", json!(req.flag("ignore_secondaries")?)),
+            ];
+            op(
+                state,
+                req,
+                "OP_INSTANCE_REBOOT",
+                "instances_name_reboot",
+                body()?,
+                s,
+            )
+            .await
         }
         "reinstall" => reinstall(state, req, name).await,
         "rename" => {
             only(m, &["PUT"])?;
-            op(state, req, "OP_INSTANCE_RENAME", "instances_name_rename", body()?, vec![("instance_name", n)]).await
+            op(
+                state,
+                req,
+                "OP_INSTANCE_RENAME",
+                "instances_name_rename",
+                body()?,
+                vec![("instance_name", n)],
+            )
+            .await
         }
         "modify" => {
             only(m, &["PUT"])?;
@@ -468,50 +695,139 @@ async fn instance_action(state: &State, req: &Request, name: &str, action: &str)
                 resource: Some("instances_name_modify"),
                 body: b,
                 statics: statics(&[("instance_name", n)]),
-                renames: &[("custom_beparams", "beparams"), ("custom_hvparams", "hvparams")],
+                renames: &[
+                    ("custom_beparams", "beparams"),
+                    ("custom_hvparams", "hvparams"),
+                ],
             };
             submit_one(state, req, spec).await
         }
         "migrate" => {
             only(m, &["PUT"])?;
-            op(state, req, "OP_INSTANCE_MIGRATE", "instances_name_migrate", body()?, vec![("instance_name", n)]).await
+            op(
+                state,
+                req,
+                "OP_INSTANCE_MIGRATE",
+                "instances_name_migrate",
+                body()?,
+                vec![("instance_name", n)],
+            )
+            .await
         }
         "failover" => {
             only(m, &["PUT"])?;
-            op(state, req, "OP_INSTANCE_FAILOVER", "instances_name_failover", body()?, vec![("instance_name", n)]).await
+            op(
+                state,
+                req,
+                "OP_INSTANCE_FAILOVER",
+                "instances_name_failover",
+                body()?,
+                vec![("instance_name", n)],
+            )
+            .await
         }
         "activate-disks" => {
             only(m, &["PUT"])?;
-            let s = vec![("instance_name", n), ("ignore_size", json!(req.flag("ignore_size")?))];
-            op(state, req, "OP_INSTANCE_ACTIVATE_DISKS", "instances_name_activate_disks", Map::new(), s).await
+            let s = vec![
+                ("instance_name", n),
+                ("ignore_size", json!(req.flag("ignore_size")?)),
+            ];
+            op(
+                state,
+                req,
+                "OP_INSTANCE_ACTIVATE_DISKS",
+                "instances_name_activate_disks",
+                Map::new(),
+                s,
+            )
+            .await
         }
         "deactivate-disks" => {
             only(m, &["PUT"])?;
             let s = vec![("instance_name", n), ("force", json!(req.flag("force")?))];
-            op(state, req, "OP_INSTANCE_DEACTIVATE_DISKS", "instances_name_deactivate_disks", Map::new(), s).await
+            op(
+                state,
+                req,
+                "OP_INSTANCE_DEACTIVATE_DISKS",
+                "instances_name_deactivate_disks",
+                Map::new(),
+                s,
+            )
+            .await
         }
         "recreate-disks" => {
             only(m, &["POST"])?;
-            op(state, req, "OP_INSTANCE_RECREATE_DISKS", "instances_name_recreate_disks", body()?, vec![("instance_name", n)]).await
+            op(
+                state,
+                req,
+                "OP_INSTANCE_RECREATE_DISKS",
+                "instances_name_recreate_disks",
+                body()?,
+                vec![("instance_name", n)],
+            )
+            .await
         }
         "replace-disks" => {
             only(m, &["POST"])?;
             let mut b = body()?;
             if let Some(Value::String(d)) = b.get("disks").cloned() {
-                let list: Result<Vec<i64>, _> = d.split(',').filter(|s| !s.is_empty()).map(|s| s.trim().parse()).collect();
-                b.insert("disks".into(), json!(list.map_err(|_| ApiError::bad_request("Invalid disk list"))?));
+                let list: Result<Vec<i64>, _> = d
+                    .split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(|s| s.trim().parse())
+                    .collect();
+                b.insert(
+                    "disks".into(),
+                    json!(list.map_err(|_| ApiError::bad_request("Invalid disk list"))?),
+                );
             }
-            op(state, req, "OP_INSTANCE_REPLACE_DISKS", "instances_name_replace_disks", b, vec![("instance_name", n)]).await
+            op(
+                state,
+                req,
+                "OP_INSTANCE_REPLACE_DISKS",
+                "instances_name_replace_disks",
+                b,
+                vec![("instance_name", n)],
+            )
+            .await
         }
         "prepare-export" => {
             only(m, &["PUT"])?;
             let mode = req.query_str("mode").unwrap_or("local");
             let s = vec![("instance_name", n), ("mode", json!(mode))];
-            op(state, req, "OP_BACKUP_PREPARE", "instances_name_prepare_export", Map::new(), s).await
+            op(
+                state,
+                req,
+                "OP_BACKUP_PREPARE",
+                "instances_name_prepare_export",
+                Map::new(),
+                s,
+            )
+            .await
         }
         "export" => match m {
-            "PUT" => op(state, req, "OP_BACKUP_EXPORT", "instances_name_export", body()?, vec![("instance_name", n)]).await,
-            "DELETE" => op(state, req, "OP_BACKUP_REMOVE", "instances_name_export", Map::new(), vec![("instance_name", n)]).await,
+            "PUT" => {
+                op(
+                    state,
+                    req,
+                    "OP_BACKUP_EXPORT",
+                    "instances_name_export",
+                    body()?,
+                    vec![("instance_name", n)],
+                )
+                .await
+            }
+            "DELETE" => {
+                op(
+                    state,
+                    req,
+                    "OP_BACKUP_REMOVE",
+                    "instances_name_export",
+                    Map::new(),
+                    vec![("instance_name", n)],
+                )
+                .await
+            }
             _ => Err(ApiError::new(501, format!("Method {m} is unsupported"))),
         },
         "console" => {
@@ -520,7 +836,10 @@ async fn instance_action(state: &State, req: &Request, name: &str, action: &str)
             let inst = find(crate::cmdlib::find_instance(&cfg, name), "instance", name)?;
             let running = matches!(state.queue.backend().instance_state(&inst.pnode, &inst.name).await, Ok(Some(s)) if s.running);
             if !running {
-                return Err(ApiError::new(503, format!("Instance {} is down", inst.name)));
+                return Err(ApiError::new(
+                    503,
+                    format!("Instance {} is down", inst.name),
+                ));
             }
             Ok(crate::cmdlib::console_info(inst))
         }
@@ -533,10 +852,16 @@ async fn reinstall(state: &State, req: &Request, name: &str) -> R {
     let body = req.body_object()?;
     let legacy = req.query_str("os").is_some() || req.query_str("nostartup").is_some();
     if legacy && !body.is_empty() {
-        return Err(ApiError::bad_request("Can't combine query and body parameters"));
+        return Err(ApiError::bad_request(
+            "Can't combine query and body parameters",
+        ));
     }
     let (os, start, osparams) = if legacy {
-        (req.query_str("os").map(|s| json!(s)), !req.flag("nostartup")?, None)
+        (
+            req.query_str("os").map(|s| json!(s)),
+            !req.flag("nostartup")?,
+            None,
+        )
     } else {
         (
             body.get("os").cloned().filter(|v| !v.is_null()),
@@ -545,7 +870,16 @@ async fn reinstall(state: &State, req: &Request, name: &str) -> R {
         )
     };
     let mk = |id: &str, pairs: Vec<(&str, Value)>| {
-        build(req, OpSpec { op_id: id, resource: None, body: Map::new(), statics: statics(&pairs), renames: &[] })
+        build(
+            req,
+            OpSpec {
+                op_id: id,
+                resource: None,
+                body: Map::new(),
+                statics: statics(&pairs),
+                renames: &[],
+            },
+        )
     };
     let mut reinstall = vec![("instance_name", json!(name))];
     if let Some(os) = os {
@@ -559,14 +893,23 @@ async fn reinstall(state: &State, req: &Request, name: &str) -> R {
         mk("OP_INSTANCE_REINSTALL", reinstall)?,
     ];
     if start {
-        ops.push(mk("OP_INSTANCE_STARTUP", vec![("instance_name", json!(name)), ("force", json!(false))])?);
+        ops.push(mk(
+            "OP_INSTANCE_STARTUP",
+            vec![("instance_name", json!(name)), ("force", json!(false))],
+        )?);
     }
     submit(state, ops).await
 }
 
 // ---- nodes ----
 
-const ROLES: &[(&str, &str)] = &[("M", "master"), ("C", "master-candidate"), ("R", "regular"), ("D", "drained"), ("O", "offline")];
+const ROLES: &[(&str, &str)] = &[
+    ("M", "master"),
+    ("C", "master-candidate"),
+    ("R", "regular"),
+    ("D", "drained"),
+    ("O", "offline"),
+];
 
 async fn node_action(state: &State, req: &Request, name: &str, rest: &[&str]) -> R {
     let n = json!(name);
@@ -577,34 +920,72 @@ async fn node_action(state: &State, req: &Request, name: &str, rest: &[&str]) ->
                 let cfg = state.queue.cluster().snapshot();
                 let node = find(crate::cmdlib::find_node(&cfg, name), "node", name)?;
                 let letter = views::node_role(&cfg, node);
-                Ok(json!(ROLES.iter().find(|(l, _)| *l == letter).map(|(_, r)| *r)))
+                Ok(json!(
+                    ROLES.iter().find(|(l, _)| *l == letter).map(|(_, r)| *r)
+                ))
             }
             "PUT" => {
-                let role = req.body.as_str().ok_or_else(|| ApiError::bad_request("Body contents must be a string"))?;
+                let role = req
+                    .body
+                    .as_str()
+                    .ok_or_else(|| ApiError::bad_request("Body contents must be a string"))?;
                 let (mc, off, dr) = match role {
                     "regular" => (json!(false), json!(false), json!(false)),
                     "master-candidate" => (json!(true), Value::Null, Value::Null),
                     "drained" => (Value::Null, Value::Null, json!(true)),
                     "offline" => (Value::Null, json!(true), Value::Null),
-                    other => return Err(ApiError::bad_request(format!("Can't set '{other}' role"))),
+                    other => {
+                        return Err(ApiError::bad_request(format!("Can't set '{other}' role")));
+                    }
                 };
-                let s = vec![("node_name", n), ("master_candidate", mc), ("offline", off), ("drained", dr), ("force", json!(req.flag("force")?)), ("auto_promote", json!(req.flag("auto-promote")?))];
-                op(state, req, "OP_NODE_SET_PARAMS", "nodes_name_role", Map::new(), s).await
+                let s = vec![
+                    ("node_name", n),
+                    ("master_candidate", mc),
+                    ("offline", off),
+                    ("drained", dr),
+                    ("force", json!(req.flag("force")?)),
+                    ("auto_promote", json!(req.flag("auto-promote")?)),
+                ];
+                op(
+                    state,
+                    req,
+                    "OP_NODE_SET_PARAMS",
+                    "nodes_name_role",
+                    Map::new(),
+                    s,
+                )
+                .await
             }
             _ => Err(ApiError::new(501, format!("Method {m} is unsupported"))),
         },
         ["evacuate"] => {
             only(m, &["POST"])?;
-            op(state, req, "OP_NODE_EVACUATE", "nodes_name_evacuate", req.body_object()?, vec![("node_name", n)]).await
+            op(
+                state,
+                req,
+                "OP_NODE_EVACUATE",
+                "nodes_name_evacuate",
+                req.body_object()?,
+                vec![("node_name", n)],
+            )
+            .await
         }
         ["migrate"] => {
             only(m, &["POST"])?;
             let body = if req.query_str("live").is_some() || req.query_str("mode").is_some() {
                 if req.query_str("live").is_some() && req.query_str("mode").is_some() {
-                    return Err(ApiError::bad_request("Only one of 'live' and 'mode' should be passed"));
+                    return Err(ApiError::bad_request(
+                        "Only one of 'live' and 'mode' should be passed",
+                    ));
                 }
                 let mode = match req.query_str("live") {
-                    Some(_) => if req.flag("live")? { "live" } else { "non-live" },
+                    Some(_) => {
+                        if req.flag("live")? {
+                            "live"
+                        } else {
+                            "non-live"
+                        }
+                    }
                     None => req.query_str("mode").unwrap_or("live"),
                 };
                 let mut b = Map::new();
@@ -613,29 +994,75 @@ async fn node_action(state: &State, req: &Request, name: &str, rest: &[&str]) ->
             } else {
                 req.body_object()?
             };
-            op(state, req, "OP_NODE_MIGRATE", "nodes_name_migrate", body, vec![("node_name", n)]).await
+            op(
+                state,
+                req,
+                "OP_NODE_MIGRATE",
+                "nodes_name_migrate",
+                body,
+                vec![("node_name", n)],
+            )
+            .await
         }
         ["modify"] => {
             only(m, &["POST"])?;
-            op(state, req, "OP_NODE_SET_PARAMS", "nodes_name_modify", req.body_object()?, vec![("node_name", n)]).await
+            op(
+                state,
+                req,
+                "OP_NODE_SET_PARAMS",
+                "nodes_name_modify",
+                req.body_object()?,
+                vec![("node_name", n)],
+            )
+            .await
         }
         ["powercycle"] => {
             only(m, &["POST"])?;
             let s = vec![("node_name", n), ("force", json!(req.flag("force")?))];
-            op(state, req, "OP_NODE_POWERCYCLE", "nodes_name_powercycle", req.body_object()?, s).await
+            op(
+                state,
+                req,
+                "OP_NODE_POWERCYCLE",
+                "nodes_name_powercycle",
+                req.body_object()?,
+                s,
+            )
+            .await
         }
         ["storage"] => {
             only(m, &["GET"])?;
-            let fields = req.query_str("output_fields").filter(|s| !s.is_empty()).ok_or_else(|| ApiError::bad_request("Missing the required 'output_fields' parameter"))?;
-            let mut s = vec![("nodes", json!([name])), ("output_fields", json!(fields.split(',').collect::<Vec<_>>()))];
+            let fields = req
+                .query_str("output_fields")
+                .filter(|s| !s.is_empty())
+                .ok_or_else(|| {
+                    ApiError::bad_request("Missing the required 'output_fields' parameter")
+                })?;
+            let mut s = vec![
+                ("nodes", json!([name])),
+                (
+                    "output_fields",
+                    json!(fields.split(',').collect::<Vec<_>>()),
+                ),
+            ];
             if let Some(t) = req.query_str("storage_type") {
                 s.push(("storage_type", json!(t)));
             }
-            op(state, req, "OP_NODE_QUERY_STORAGE", "nodes_name_storage", Map::new(), s).await
+            op(
+                state,
+                req,
+                "OP_NODE_QUERY_STORAGE",
+                "nodes_name_storage",
+                Map::new(),
+                s,
+            )
+            .await
         }
         ["storage", "modify"] | ["storage", "repair"] => {
             only(m, &["PUT"])?;
-            let sname = req.query_str("name").filter(|s| !s.is_empty()).ok_or_else(|| ApiError::bad_request("Missing the required 'name' parameter"))?;
+            let sname = req
+                .query_str("name")
+                .filter(|s| !s.is_empty())
+                .ok_or_else(|| ApiError::bad_request("Missing the required 'name' parameter"))?;
             let mut s = vec![("node_name", n), ("name", json!(sname))];
             if let Some(t) = req.query_str("storage_type") {
                 s.push(("storage_type", json!(t)));
@@ -646,12 +1073,28 @@ async fn node_action(state: &State, req: &Request, name: &str, rest: &[&str]) ->
                     changes.insert("allocatable".into(), json!(req.flag("allocatable")?));
                 }
                 s.push(("changes", Value::Object(changes)));
-                op(state, req, "OP_NODE_MODIFY_STORAGE", "nodes_name_storage_modify", Map::new(), s).await
+                op(
+                    state,
+                    req,
+                    "OP_NODE_MODIFY_STORAGE",
+                    "nodes_name_storage_modify",
+                    Map::new(),
+                    s,
+                )
+                .await
             } else {
                 if req.query_str("ignore_consistency").is_some() {
                     s.push(("ignore_consistency", json!(req.flag("ignore_consistency")?)));
                 }
-                op(state, req, "OP_REPAIR_NODE_STORAGE", "nodes_name_storage_repair", Map::new(), s).await
+                op(
+                    state,
+                    req,
+                    "OP_REPAIR_NODE_STORAGE",
+                    "nodes_name_storage_repair",
+                    Map::new(),
+                    s,
+                )
+                .await
             }
         }
         _ => Err(ApiError::not_found("Not Found")),
@@ -667,7 +1110,9 @@ async fn groups(state: &State, req: &Request) -> R {
             let mut list: Vec<_> = cfg.groups.values().collect();
             list.sort_by(|a, b| a.name.cmp(&b.name));
             if req.flag("bulk")? {
-                Ok(Value::Array(list.iter().map(|g| group_json(&cfg, g)).collect()))
+                Ok(Value::Array(
+                    list.iter().map(|g| group_json(&cfg, g)).collect(),
+                ))
             } else {
                 Ok(uri_list("groups", list.iter().map(|g| &g.name)))
             }
@@ -681,7 +1126,13 @@ async fn groups(state: &State, req: &Request) -> R {
             if req.dry_run()? {
                 stat.push(("dry_run", json!(true)));
             }
-            let spec = OpSpec { op_id: "OP_GROUP_ADD", resource: Some("groups"), body, statics: statics(&stat), renames: &[("name", "group_name")] };
+            let spec = OpSpec {
+                op_id: "OP_GROUP_ADD",
+                resource: Some("groups"),
+                body,
+                statics: statics(&stat),
+                renames: &[("name", "group_name")],
+            };
             submit_one(state, req, spec).await
         }
         m => Err(ApiError::new(501, format!("Method {m} is unsupported"))),
@@ -692,10 +1143,22 @@ async fn group(state: &State, req: &Request, name: &str) -> R {
     match req.method.as_str() {
         "GET" => {
             let cfg = state.queue.cluster().snapshot();
-            let g = cfg.group_by_name(name).ok_or_else(|| unknown("group", name))?;
+            let g = cfg
+                .group_by_name(name)
+                .ok_or_else(|| unknown("group", name))?;
             Ok(group_json(&cfg, g))
         }
-        "DELETE" => op(state, req, "OP_GROUP_REMOVE", "groups_name", Map::new(), vec![("group_name", json!(name))]).await,
+        "DELETE" => {
+            op(
+                state,
+                req,
+                "OP_GROUP_REMOVE",
+                "groups_name",
+                Map::new(),
+                vec![("group_name", json!(name))],
+            )
+            .await
+        }
         m => Err(ApiError::new(501, format!("Method {m} is unsupported"))),
     }
 }
@@ -709,12 +1172,38 @@ async fn group_action(state: &State, req: &Request, name: &str, action: &str) ->
             if b.get("alloc_policy") == Some(&Value::Null) {
                 b.remove("alloc_policy");
             }
-            op(state, req, "OP_GROUP_SET_PARAMS", "groups_name_modify", b, vec![("group_name", g)]).await
+            op(
+                state,
+                req,
+                "OP_GROUP_SET_PARAMS",
+                "groups_name_modify",
+                b,
+                vec![("group_name", g)],
+            )
+            .await
         }
-        "rename" => op(state, req, "OP_GROUP_RENAME", "groups_name_rename", req.body_object()?, vec![("group_name", g)]).await,
+        "rename" => {
+            op(
+                state,
+                req,
+                "OP_GROUP_RENAME",
+                "groups_name_rename",
+                req.body_object()?,
+                vec![("group_name", g)],
+            )
+            .await
+        }
         "assign-nodes" => {
             let s = vec![("group_name", g), ("force", json!(req.flag("force")?))];
-            op(state, req, "OP_GROUP_ASSIGN_NODES", "groups_name_assign_nodes", req.body_object()?, s).await
+            op(
+                state,
+                req,
+                "OP_GROUP_ASSIGN_NODES",
+                "groups_name_assign_nodes",
+                req.body_object()?,
+                s,
+            )
+            .await
         }
         _ => Err(ApiError::not_found("Not Found")),
     }
@@ -729,19 +1218,38 @@ async fn networks(state: &State, req: &Request) -> R {
             let mut list: Vec<_> = cfg.networks.values().collect();
             list.sort_by(|a, b| a.name.cmp(&b.name));
             if req.flag("bulk")? {
-                Ok(Value::Array(list.iter().map(|n| network_json(&cfg, n)).collect()))
+                Ok(Value::Array(
+                    list.iter().map(|n| network_json(&cfg, n)).collect(),
+                ))
             } else {
                 Ok(uri_list("networks", list.iter().map(|n| &n.name)))
             }
         }
         "POST" => {
             let mut body = req.body_object()?;
-            body.retain(|k, v| !(v.is_null() && ["gateway6", "network6", "mac_prefix", "add_reserved_ips", "tags", "gateway"].contains(&k.as_str())));
+            body.retain(|k, v| {
+                !(v.is_null()
+                    && [
+                        "gateway6",
+                        "network6",
+                        "mac_prefix",
+                        "add_reserved_ips",
+                        "tags",
+                        "gateway",
+                    ]
+                    .contains(&k.as_str()))
+            });
             let mut stat = vec![];
             if req.dry_run()? {
                 stat.push(("dry_run", json!(true)));
             }
-            let spec = OpSpec { op_id: "OP_NETWORK_ADD", resource: Some("networks"), body, statics: statics(&stat), renames: &[("name", "network_name")] };
+            let spec = OpSpec {
+                op_id: "OP_NETWORK_ADD",
+                resource: Some("networks"),
+                body,
+                statics: statics(&stat),
+                renames: &[("name", "network_name")],
+            };
             submit_one(state, req, spec).await
         }
         m => Err(ApiError::new(501, format!("Method {m} is unsupported"))),
@@ -752,10 +1260,22 @@ async fn network(state: &State, req: &Request, name: &str) -> R {
     match req.method.as_str() {
         "GET" => {
             let cfg = state.queue.cluster().snapshot();
-            let n = cfg.network_by_name(name).ok_or_else(|| unknown("network", name))?;
+            let n = cfg
+                .network_by_name(name)
+                .ok_or_else(|| unknown("network", name))?;
             Ok(network_json(&cfg, n))
         }
-        "DELETE" => op(state, req, "OP_NETWORK_REMOVE", "networks_name", Map::new(), vec![("network_name", json!(name))]).await,
+        "DELETE" => {
+            op(
+                state,
+                req,
+                "OP_NETWORK_REMOVE",
+                "networks_name",
+                Map::new(),
+                vec![("network_name", json!(name))],
+            )
+            .await
+        }
         m => Err(ApiError::new(501, format!("Method {m} is unsupported"))),
     }
 }
@@ -770,5 +1290,13 @@ async fn network_action(state: &State, req: &Request, name: &str, action: &str) 
         "disconnect" => ("OP_NETWORK_DISCONNECT", "networks_name_disconnect"),
         _ => return Err(ApiError::not_found("Not Found")),
     };
-    op(state, req, op_id, resource, req.body_object()?, vec![("network_name", n)]).await
+    op(
+        state,
+        req,
+        op_id,
+        resource,
+        req.body_object()?,
+        vec![("network_name", n)],
+    )
+    .await
 }

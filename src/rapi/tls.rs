@@ -14,10 +14,14 @@ pub fn load_or_create(
             let c = data_dir.join("rapi.pem");
             let k = data_dir.join("rapi.key");
             if !c.exists() || !k.exists() {
-                let generated = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
-                    .map_err(|e| format!("cannot generate a certificate: {e}"))?;
+                let generated = rcgen::generate_simple_self_signed(vec![
+                    "localhost".into(),
+                    "127.0.0.1".into(),
+                ])
+                .map_err(|e| format!("cannot generate a certificate: {e}"))?;
                 std::fs::write(&c, generated.cert.pem()).map_err(|e| e.to_string())?;
-                std::fs::write(&k, generated.signing_key.serialize_pem()).map_err(|e| e.to_string())?;
+                std::fs::write(&k, generated.signing_key.serialize_pem())
+                    .map_err(|e| e.to_string())?;
                 tracing::info!(path = %c.display(), "generated a self-signed certificate");
             }
             (c, k)

@@ -29,7 +29,15 @@ pub fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> Server {
         std::fs::write(&users, "admin {cleartext}admin write\nviewer viewer read\n").unwrap();
     }
     let mut child = Command::new(env!("CARGO_BIN_EXE_gantry"))
-        .args(["serve", "--port", "0", "--bind", "127.0.0.1", "--no-ssl", "--data-dir"])
+        .args([
+            "serve",
+            "--port",
+            "0",
+            "--bind",
+            "127.0.0.1",
+            "--no-ssl",
+            "--data-dir",
+        ])
         .arg(dir.path())
         .args(extra)
         .stdout(Stdio::piped())
@@ -37,14 +45,22 @@ pub fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> Server {
         .spawn()
         .expect("spawn gantry");
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
     let base = line.trim().rsplit(' ').next().unwrap().to_string();
     assert!(base.starts_with("http://"), "unexpected banner: {line}");
     Server { child, base, dir }
 }
 
 /// Runs curl; returns (HTTP status, parsed JSON body).
-pub fn curl(server: &Server, method: &str, path: &str, user: Option<&str>, body: Option<&str>) -> (u16, Value) {
+pub fn curl(
+    server: &Server,
+    method: &str,
+    path: &str,
+    user: Option<&str>,
+    body: Option<&str>,
+) -> (u16, Value) {
     let mut cmd = Command::new("curl");
     cmd.args(["-s", "-o", "-", "-w", "\n%{http_code}", "-X", method]);
     if let Some(u) = user {
@@ -57,7 +73,10 @@ pub fn curl(server: &Server, method: &str, path: &str, user: Option<&str>, body:
     let out = cmd.output().expect("curl runs");
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (code.trim().parse().unwrap_or(0), serde_json::from_str(body).unwrap_or(Value::Null))
+    (
+        code.trim().parse().unwrap_or(0),
+        serde_json::from_str(body).unwrap_or(Value::Null),
+    )
 }
 
 /// Polls a job until it is finalized.

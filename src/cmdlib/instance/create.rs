@@ -34,7 +34,10 @@ fn check_arguments(op: &OpCode, cfg: &Config) -> Result<(), OpError> {
     }
     let name = instance_name(op);
     if !valid_hostname(&name) {
-        return Err(OpError::prereq(format!("Invalid hostname '{name}'"), ErrorCode::WrongInput));
+        return Err(OpError::prereq(
+            format!("Invalid hostname '{name}'"),
+            ErrorCode::WrongInput,
+        ));
     }
     if op.bool("ip_check") && !op.bool("name_check") {
         return wrong("Cannot do IP address check without a name check");
@@ -42,11 +45,21 @@ fn check_arguments(op: &OpCode, cfg: &Config) -> Result<(), OpError> {
     if op.str("iallocator").is_some() && op.str("pnode").is_some() {
         return wrong("Do not specify both, iallocator and node");
     }
-    if op.str("pnode").is_none() && op.str("iallocator").is_none() && cfg.cluster.default_iallocator.is_empty() {
-        return wrong("No iallocator or node given and no cluster-wide default iallocator found; please specify either an iallocator or a node, or set a cluster-wide default iallocator");
+    if op.str("pnode").is_none()
+        && op.str("iallocator").is_none()
+        && cfg.cluster.default_iallocator.is_empty()
+    {
+        return wrong(
+            "No iallocator or node given and no cluster-wide default iallocator found; please specify either an iallocator or a node, or set a cluster-wide default iallocator",
+        );
     }
-    if op.bool("opportunistic_locking") && op.str("iallocator").is_none() && op.str("pnode").is_some() {
-        return wrong("Opportunistic locking is only available in combination with an instance allocator");
+    if op.bool("opportunistic_locking")
+        && op.str("iallocator").is_none()
+        && op.str("pnode").is_some()
+    {
+        return wrong(
+            "Opportunistic locking is only available in combination with an instance allocator",
+        );
     }
     let tmpl = template(op, cfg);
     if tmpl == "drbd" && op.str("pnode").is_some() && op.str("snode").is_none() {
@@ -56,10 +69,18 @@ fn check_arguments(op: &OpCode, cfg: &Config) -> Result<(), OpError> {
         return wrong("No guest OS or OS image specified");
     }
     let mut names = std::collections::HashSet::new();
-    for d in op.get("disks").and_then(Value::as_array).into_iter().flatten() {
+    for d in op
+        .get("disks")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         if let Some(n) = d.get("name").and_then(Value::as_str) {
             if !names.insert(format!("disk:{n}")) {
-                return Err(OpError::prereq(format!("Duplicated disk name '{n}'"), ErrorCode::WrongInput));
+                return Err(OpError::prereq(
+                    format!("Duplicated disk name '{n}'"),
+                    ErrorCode::WrongInput,
+                ));
             }
         }
     }
@@ -155,12 +176,20 @@ pub async fn execute(ctx: &Ctx) -> Result<Value, OpError> {
         )));
     }
     let hv = match op.str("hypervisor") {
-        None | Some("auto") => cfg.cluster.enabled_hypervisors.first().cloned().unwrap_or_default(),
+        None | Some("auto") => cfg
+            .cluster
+            .enabled_hypervisors
+            .first()
+            .cloned()
+            .unwrap_or_default(),
         Some(h) => h.to_string(),
     };
     if !cfg.cluster.enabled_hypervisors.contains(&hv) {
         return Err(OpError::prereq(
-            format!("Selected hypervisor ({hv}) not enabled in the cluster ({})", cfg.cluster.enabled_hypervisors.join(",")),
+            format!(
+                "Selected hypervisor ({hv}) not enabled in the cluster ({})",
+                cfg.cluster.enabled_hypervisors.join(",")
+            ),
             ErrorCode::WrongState,
         ));
     }
@@ -178,24 +207,39 @@ pub async fn execute(ctx: &Ctx) -> Result<Value, OpError> {
         .map(|(i, d)| disk_from_json(d, &tmpl, i))
         .collect::<Result<_, _>>()?;
     if tmpl == "diskless" && !disks.is_empty() {
-        return Err(OpError::prereq("Diskless instances cannot have disks", ErrorCode::WrongInput));
+        return Err(OpError::prereq(
+            "Diskless instances cannot have disks",
+            ErrorCode::WrongInput,
+        ));
     }
     let mut macs = vec![];
     let mut nics = vec![];
-    for n in op.get("nics").and_then(Value::as_array).cloned().unwrap_or_default() {
+    for n in op
+        .get("nics")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default()
+    {
         let nic = nic_from_json(&cfg, &n, &macs)?;
         macs.push(nic.mac.clone());
         nics.push(nic);
     }
-    let mut beparams = op.get("beparams").and_then(Value::as_object).cloned().unwrap_or_default();
+    let mut beparams = op
+        .get("beparams")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
     if let Some(mem) = beparams.remove("memory") {
-        let mib = parse_size_mib(&mem).ok_or_else(|| OpError::prereq("Invalid memory size", ErrorCode::WrongInput))?;
+        let mib = parse_size_mib(&mem)
+            .ok_or_else(|| OpError::prereq("Invalid memory size", ErrorCode::WrongInput))?;
         beparams.insert("maxmem".into(), json!(mib));
         beparams.insert("minmem".into(), json!(mib));
     }
     for key in ["maxmem", "minmem"] {
         if let Some(v) = beparams.get(key).cloned() {
-            let mib = parse_size_mib(&v).ok_or_else(|| OpError::prereq(format!("Invalid {key} value"), ErrorCode::WrongInput))?;
+            let mib = parse_size_mib(&v).ok_or_else(|| {
+                OpError::prereq(format!("Invalid {key} value"), ErrorCode::WrongInput)
+            })?;
             beparams.insert(key.into(), json!(mib));
         }
     }
@@ -211,8 +255,16 @@ pub async fn execute(ctx: &Ctx) -> Result<Value, OpError> {
         disks,
         nics,
         beparams,
-        hvparams: op.get("hvparams").and_then(Value::as_object).cloned().unwrap_or_default(),
-        osparams: op.get("osparams").and_then(Value::as_object).cloned().unwrap_or_default(),
+        hvparams: op
+            .get("hvparams")
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default(),
+        osparams: op
+            .get("osparams")
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default(),
         admin_state: AdminState::Down,
         admin_state_source: "admin".into(),
         network_port: None,
@@ -262,7 +314,13 @@ pub async fn execute(ctx: &Ctx) -> Result<Value, OpError> {
     Ok(json!(nodes))
 }
 
-async fn check_placement(ctx: &Ctx, cfg: &Config, nodes: &[String], memory: u64, disk: u64) -> Result<(), OpError> {
+async fn check_placement(
+    ctx: &Ctx,
+    cfg: &Config,
+    nodes: &[String],
+    memory: u64,
+    disk: u64,
+) -> Result<(), OpError> {
     if nodes.len() == 2 && nodes[0] == nodes[1] {
         return Err(OpError::prereq(
             "The secondary node cannot be the primary node",
@@ -273,13 +331,22 @@ async fn check_placement(ctx: &Ctx, cfg: &Config, nodes: &[String], memory: u64,
         let node = find_node(cfg, n)?;
         let role = if i == 0 { "primary" } else { "secondary" };
         if node.offline {
-            return Err(OpError::prereq(format!("Cannot use offline {role} node '{n}'"), ErrorCode::WrongState));
+            return Err(OpError::prereq(
+                format!("Cannot use offline {role} node '{n}'"),
+                ErrorCode::WrongState,
+            ));
         }
         if node.drained {
-            return Err(OpError::prereq(format!("Cannot use drained {role} node '{n}'"), ErrorCode::WrongState));
+            return Err(OpError::prereq(
+                format!("Cannot use drained {role} node '{n}'"),
+                ErrorCode::WrongState,
+            ));
         }
         if !node.vm_capable {
-            return Err(OpError::prereq(format!("Cannot use non-vm_capable {role} node '{n}'"), ErrorCode::WrongState));
+            return Err(OpError::prereq(
+                format!("Cannot use non-vm_capable {role} node '{n}'"),
+                ErrorCode::WrongState,
+            ));
         }
         let info = ctx
             .backend
@@ -299,7 +366,8 @@ async fn check_placement(ctx: &Ctx, cfg: &Config, nodes: &[String], memory: u64,
             return Err(OpError::prereq(
                 format!(
                     "Not enough memory on node {n} for starting instance {}: needed {memory} MiB, available {} MiB",
-                    instance_name(&ctx.op), info.memory_free
+                    instance_name(&ctx.op),
+                    info.memory_free
                 ),
                 ErrorCode::InsufficientResources,
             ));
@@ -310,26 +378,45 @@ async fn check_placement(ctx: &Ctx, cfg: &Config, nodes: &[String], memory: u64,
 
 /// NICs on a network take mode/link from the group's connection; `ip: pool` takes a free address.
 fn check_nic_networks(cfg: &Config, inst: &mut Instance, pnode: &str) -> Result<(), OpError> {
-    let group = cfg.nodes.get(pnode).map(|n| n.group.clone()).unwrap_or_default();
+    let group = cfg
+        .nodes
+        .get(pnode)
+        .map(|n| n.group.clone())
+        .unwrap_or_default();
     for nic in &mut inst.nics {
-        let Some(net_uuid) = nic.network.clone() else { continue };
+        let Some(net_uuid) = nic.network.clone() else {
+            continue;
+        };
         let net = &cfg.networks[&net_uuid];
-        let link = cfg.groups.get(&group).and_then(|g| g.networks.get(&net_uuid)).ok_or_else(|| {
-            OpError::prereq(
-                format!("Network '{}' is not connected to node group of node {pnode}", net.name),
-                ErrorCode::WrongInput,
-            )
-        })?;
+        let link = cfg
+            .groups
+            .get(&group)
+            .and_then(|g| g.networks.get(&net_uuid))
+            .ok_or_else(|| {
+                OpError::prereq(
+                    format!(
+                        "Network '{}' is not connected to node group of node {pnode}",
+                        net.name
+                    ),
+                    ErrorCode::WrongInput,
+                )
+            })?;
         nic.mode = link.mode.clone();
         nic.link = link.link.clone();
         if nic.ip.as_deref() == Some("pool") {
             nic.ip = Some(super::super::network::free_address(net).ok_or_else(|| {
-                OpError::prereq(format!("Network '{}' has no free addresses", net.name), ErrorCode::WrongState)
+                OpError::prereq(
+                    format!("Network '{}' has no free addresses", net.name),
+                    ErrorCode::WrongState,
+                )
             })?);
         } else if let Some(ip) = &nic.ip {
             if net.used.contains_key(ip) || net.external_reservations.contains(ip) {
                 return Err(OpError::prereq(
-                    format!("IP address {ip} already in use or does not belong to network {}", net.name),
+                    format!(
+                        "IP address {ip} already in use or does not belong to network {}",
+                        net.name
+                    ),
                     ErrorCode::ResourceNotUnique,
                 ));
             }
@@ -338,7 +425,12 @@ fn check_nic_networks(cfg: &Config, inst: &mut Instance, pnode: &str) -> Result<
     Ok(())
 }
 
-async fn create_instance(ctx: &Ctx, cfg: &Config, mut inst: Instance, nodes: &[String]) -> Result<(), OpError> {
+async fn create_instance(
+    ctx: &Ctx,
+    cfg: &Config,
+    mut inst: Instance,
+    nodes: &[String],
+) -> Result<(), OpError> {
     let spec = vm_spec(cfg, &inst);
     if !inst.forthcoming {
         ctx.log("* creating instance disks...");
@@ -370,11 +462,22 @@ async fn create_instance(ctx: &Ctx, cfg: &Config, mut inst: Instance, nodes: &[S
         })
         .await?;
     if inst_needs_install(ctx) {
-        ctx.log(format!("* running the instance OS create scripts ({})...", spec.os));
+        ctx.log(format!(
+            "* running the instance OS create scripts ({})...",
+            spec.os
+        ));
         ctx.backend
             .install_os(&nodes[0], &spec)
             .await
-            .map_err(|e| exec_failure(&format!("Could not add os for instance {} on node {}", spec.name, nodes[0]), e))?;
+            .map_err(|e| {
+                exec_failure(
+                    &format!(
+                        "Could not add os for instance {} on node {}",
+                        spec.name, nodes[0]
+                    ),
+                    e,
+                )
+            })?;
     }
     if start {
         set_admin_state(ctx, &spec.name, AdminState::Up, "admin").await?;
@@ -388,38 +491,62 @@ async fn create_instance(ctx: &Ctx, cfg: &Config, mut inst: Instance, nodes: &[S
 }
 
 fn inst_needs_install(ctx: &Ctx) -> bool {
-    !ctx.op.bool("no_install") && !ctx.op.bool("forthcoming") && ctx.op.str("mode") == Some("create")
+    !ctx.op.bool("no_install")
+        && !ctx.op.bool("forthcoming")
+        && ctx.op.str("mode") == Some("create")
 }
 
 pub async fn multi_alloc(ctx: &Ctx) -> Result<Value, OpError> {
     let cfg = ctx.cfg();
-    let insts = ctx.op.get("instances").and_then(Value::as_array).cloned().unwrap_or_default();
+    let insts = ctx
+        .op
+        .get("instances")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     let mut ops = vec![];
     let mut seen = std::collections::HashSet::new();
     for v in &insts {
         let op = OpCode::from_json(v).map_err(|e| OpError::prereq(e.0, ErrorCode::WrongInput))?;
         if op.id() != "OP_INSTANCE_CREATE" {
-            return Err(OpError::prereq("Only OP_INSTANCE_CREATE opcodes can be allocated", ErrorCode::WrongInput));
+            return Err(OpError::prereq(
+                "Only OP_INSTANCE_CREATE opcodes can be allocated",
+                ErrorCode::WrongInput,
+            ));
         }
         if op.str("iallocator").is_some() {
-            return Err(OpError::prereq("iallocator are not allowed to be set on instance objects", ErrorCode::WrongInput));
+            return Err(OpError::prereq(
+                "iallocator are not allowed to be set on instance objects",
+                ErrorCode::WrongInput,
+            ));
         }
         if !seen.insert(instance_name(&op)) {
-            return Err(OpError::prereq("There are instance objects with the same name", ErrorCode::WrongInput));
+            return Err(OpError::prereq(
+                "There are instance objects with the same name",
+                ErrorCode::WrongInput,
+            ));
         }
         ops.push(op);
     }
     let with_nodes = ops.iter().filter(|o| o.str("pnode").is_some()).count();
     if with_nodes != 0 && with_nodes != ops.len() {
-        return Err(OpError::prereq("There are instance objects providing pnode/snode while others do not", ErrorCode::WrongInput));
+        return Err(OpError::prereq(
+            "There are instance objects providing pnode/snode while others do not",
+            ErrorCode::WrongInput,
+        ));
     }
     let (mut allocatable, mut failed, mut jobs) = (vec![], vec![], vec![]);
     for mut op in ops {
         let name = instance_name(&op);
         if op.str("pnode").is_none() {
             let tmpl = template(&op, &cfg);
-            let probe_disks: u64 = op.get("disks").and_then(Value::as_array).into_iter().flatten()
-                .filter_map(|d| d.get("size").and_then(parse_size_mib)).sum();
+            let probe_disks: u64 = op
+                .get("disks")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|d| d.get("size").and_then(parse_size_mib))
+                .sum();
             let count = if tmpl == "drbd" { 2 } else { 1 };
             match allocate(ctx, &cfg, None, count, 0, probe_disks).await {
                 Ok(nodes) => {

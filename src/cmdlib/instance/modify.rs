@@ -8,11 +8,15 @@ type Modification = (String, Value, Value);
 /// Accepts both forms of spec opcodes.md §2.4.
 fn parse_mods(list: &Value, kind: &str) -> Result<Vec<Modification>, OpError> {
     let wrong = |m: String| OpError::prereq(m, ErrorCode::WrongInput);
-    let items = list.as_array().ok_or_else(|| wrong(format!("Invalid {kind} modification list")))?;
+    let items = list
+        .as_array()
+        .ok_or_else(|| wrong(format!("Invalid {kind} modification list")))?;
     let mut out = vec![];
     let mut legacy_adds = 0;
     for item in items {
-        let parts = item.as_array().ok_or_else(|| wrong(format!("Invalid {kind} modification")))?;
+        let parts = item
+            .as_array()
+            .ok_or_else(|| wrong(format!("Invalid {kind} modification")))?;
         match parts.len() {
             3 => out.push((
                 parts[0].as_str().unwrap_or_default().to_string(),
@@ -24,7 +28,9 @@ fn parse_mods(list: &Value, kind: &str) -> Result<Vec<Modification>, OpError> {
                     legacy_adds += 1;
                     out.push((a.clone(), json!(-1), parts[1].clone()));
                 }
-                Value::Number(n) => out.push(("modify".into(), Value::Number(n.clone()), parts[1].clone())),
+                Value::Number(n) => {
+                    out.push(("modify".into(), Value::Number(n.clone()), parts[1].clone()))
+                }
                 _ => return Err(wrong(format!("Invalid {kind} modification"))),
             },
             _ => return Err(wrong(format!("Invalid {kind} modification"))),
@@ -37,12 +43,16 @@ fn parse_mods(list: &Value, kind: &str) -> Result<Vec<Modification>, OpError> {
     }
     for (action, _, params) in &out {
         if !["add", "attach", "remove", "detach", "modify"].contains(&action.as_str()) {
-            return Err(wrong(format!("Invalid {kind} modification action '{action}'")));
+            return Err(wrong(format!(
+                "Invalid {kind} modification action '{action}'"
+            )));
         }
         if (action == "remove" || action == "detach")
             && params.as_object().is_some_and(|p| !p.is_empty())
         {
-            return Err(wrong(format!("No settings should be passed when removing a {kind}")));
+            return Err(wrong(format!(
+                "No settings should be passed when removing a {kind}"
+            )));
         }
     }
     Ok(out)
@@ -61,7 +71,10 @@ fn resolve<T>(
             ErrorCode::UnknownEntity,
         )
     };
-    if let Some(i) = ident.as_i64().or_else(|| ident.as_str().and_then(|s| s.parse().ok())) {
+    if let Some(i) = ident
+        .as_i64()
+        .or_else(|| ident.as_str().and_then(|s| s.parse().ok()))
+    {
         let idx = if i == -1 { items.len() as i64 - 1 } else { i };
         return if idx >= 0 && (idx as usize) < items.len() {
             Ok(idx as usize)
@@ -80,7 +93,9 @@ fn resolve<T>(
 }
 
 fn ident_text(v: &Value) -> String {
-    v.as_str().map(String::from).unwrap_or_else(|| v.to_string())
+    v.as_str()
+        .map(String::from)
+        .unwrap_or_else(|| v.to_string())
 }
 
 fn merge_params(target: &mut Params, changes: &Params, prefix: &str, log: &mut Vec<Value>) {
@@ -100,15 +115,44 @@ pub async fn execute(ctx: &Ctx) -> Result<Value, OpError> {
     let op = &ctx.op;
     let mut inst = op_instance(op, &cfg)?.clone();
     let mut changes = vec![];
-    let obj = |k: &str| op.get(k).and_then(Value::as_object).filter(|o| !o.is_empty()).cloned();
-    let any = ["nics", "disks"].iter().any(|k| op.get(k).and_then(Value::as_array).is_some_and(|a| !a.is_empty()))
-        || ["beparams", "hvparams", "osparams", "osparams_private"].iter().any(|k| obj(k).is_some())
-        || ["disk_template", "os_name", "pnode", "runtime_mem", "offline"].iter().any(|k| op.get(k).is_some());
+    let obj = |k: &str| {
+        op.get(k)
+            .and_then(Value::as_object)
+            .filter(|o| !o.is_empty())
+            .cloned()
+    };
+    let any = ["nics", "disks"].iter().any(|k| {
+        op.get(k)
+            .and_then(Value::as_array)
+            .is_some_and(|a| !a.is_empty())
+    }) || ["beparams", "hvparams", "osparams", "osparams_private"]
+        .iter()
+        .any(|k| obj(k).is_some())
+        || [
+            "disk_template",
+            "os_name",
+            "pnode",
+            "runtime_mem",
+            "offline",
+        ]
+        .iter()
+        .any(|k| op.get(k).is_some());
     if !any {
-        return Err(OpError::prereq("No changes submitted", ErrorCode::WrongInput));
+        return Err(OpError::prereq(
+            "No changes submitted",
+            ErrorCode::WrongInput,
+        ));
     }
-    if op.get("disk_template").is_some() && op.get("disks").and_then(Value::as_array).is_some_and(|a| !a.is_empty()) {
-        return Err(OpError::prereq("Disk template conversion and other disk changes not supported at the same time", ErrorCode::WrongInput));
+    if op.get("disk_template").is_some()
+        && op
+            .get("disks")
+            .and_then(Value::as_array)
+            .is_some_and(|a| !a.is_empty())
+    {
+        return Err(OpError::prereq(
+            "Disk template conversion and other disk changes not supported at the same time",
+            ErrorCode::WrongInput,
+        ));
     }
     let running = is_running(ctx, &inst).await?;
     if let Some(mut be) = obj("beparams") {
@@ -117,8 +161,14 @@ pub async fn execute(ctx: &Ctx) -> Result<Value, OpError> {
             be.insert("minmem".into(), mem);
         }
         for key in ["maxmem", "minmem"] {
-            if let Some(v) = be.get(key).cloned().filter(|v| v.as_str() != Some("default")) {
-                let mib = parse_size_mib(&v).ok_or_else(|| OpError::prereq(format!("Invalid {key} value"), ErrorCode::WrongInput))?;
+            if let Some(v) = be
+                .get(key)
+                .cloned()
+                .filter(|v| v.as_str() != Some("default"))
+            {
+                let mib = parse_size_mib(&v).ok_or_else(|| {
+                    OpError::prereq(format!("Invalid {key} value"), ErrorCode::WrongInput)
+                })?;
                 be.insert(key.into(), json!(mib));
             }
         }
@@ -137,31 +187,53 @@ pub async fn execute(ctx: &Ctx) -> Result<Value, OpError> {
     }
     if let Some(mem) = op.get("runtime_mem").and_then(parse_size_mib) {
         if !running {
-            return Err(OpError::prereq(format!("Instance {} is not running", inst.name), ErrorCode::WrongState));
+            return Err(OpError::prereq(
+                format!("Instance {} is not running", inst.name),
+                ErrorCode::WrongState,
+            ));
         }
         changes.push(json!(["runtime_memory", mem]));
     }
     if let Some(off) = op.get("offline").and_then(Value::as_bool) {
         if off && running {
             return Err(OpError::prereq(
-                format!("Instance '{}' is running, can't change to offline without being down first", inst.name),
+                format!(
+                    "Instance '{}' is running, can't change to offline without being down first",
+                    inst.name
+                ),
                 ErrorCode::WrongState,
             ));
         }
         if off != (inst.admin_state == AdminState::Offline) {
-            inst.admin_state = if off { AdminState::Offline } else { AdminState::Down };
+            inst.admin_state = if off {
+                AdminState::Offline
+            } else {
+                AdminState::Down
+            };
             changes.push(json!(["admin_state", inst.admin_state.as_str()]));
         }
     }
     if let Some(t) = op.str("disk_template") {
         if t == inst.disk_template {
-            return Err(OpError::prereq(format!("Instance already has disk template {t}"), ErrorCode::WrongInput));
+            return Err(OpError::prereq(
+                format!("Instance already has disk template {t}"),
+                ErrorCode::WrongInput,
+            ));
         }
         if !cfg.cluster.enabled_disk_templates.iter().any(|e| e == t) {
-            return Err(OpError::prereq(format!("Disk template '{t}' is not enabled in cluster"), ErrorCode::WrongState));
+            return Err(OpError::prereq(
+                format!("Disk template '{t}' is not enabled in cluster"),
+                ErrorCode::WrongState,
+            ));
         }
         if running {
-            return Err(OpError::prereq(format!("Instance {} is running, cannot change disk template", inst.name), ErrorCode::WrongState));
+            return Err(OpError::prereq(
+                format!(
+                    "Instance {} is running, cannot change disk template",
+                    inst.name
+                ),
+                ErrorCode::WrongState,
+            ));
         }
         if t == "drbd" {
             let remote = op.str("remote_node").ok_or_else(|| OpError::prereq("Changing the disk template to a mirrored one requires specifying a secondary node", ErrorCode::WrongInput))?;
@@ -170,7 +242,9 @@ pub async fn execute(ctx: &Ctx) -> Result<Value, OpError> {
             inst.snodes.clear();
         }
         inst.disk_template = t.to_string();
-        inst.disks.iter_mut().for_each(|d| d.dev_type = t.to_string());
+        inst.disks
+            .iter_mut()
+            .for_each(|d| d.dev_type = t.to_string());
         changes.push(json!(["disk_template", t]));
     }
     let mut new_disks = vec![];
@@ -179,27 +253,45 @@ pub async fn execute(ctx: &Ctx) -> Result<Value, OpError> {
             match action.as_str() {
                 "add" | "attach" => {
                     if inst.disks.len() >= 16 {
-                        return Err(OpError::prereq("Instance has too many disks (16), cannot add more", ErrorCode::WrongState));
+                        return Err(OpError::prereq(
+                            "Instance has too many disks (16), cannot add more",
+                            ErrorCode::WrongState,
+                        ));
                     }
                     let disk = disk_from_json(&params, &inst.disk_template, inst.disks.len())?;
-                    let pos = ident.as_i64().filter(|i| *i >= 0).map_or(inst.disks.len(), |i| (i as usize).min(inst.disks.len()));
-                    changes.push(json!([format!("disk/{pos}"), format!("add:size={},mode={}", disk.size, disk.mode)]));
+                    let pos = ident
+                        .as_i64()
+                        .filter(|i| *i >= 0)
+                        .map_or(inst.disks.len(), |i| (i as usize).min(inst.disks.len()));
+                    changes.push(json!([
+                        format!("disk/{pos}"),
+                        format!("add:size={},mode={}", disk.size, disk.mode)
+                    ]));
                     new_disks.push(disk.size);
                     inst.disks.insert(pos, disk);
                 }
                 "remove" | "detach" => {
-                    let idx = resolve(&inst.disks, &ident, "disk", |d| (d.name.as_deref(), &d.uuid))?;
+                    let idx = resolve(&inst.disks, &ident, "disk", |d| {
+                        (d.name.as_deref(), &d.uuid)
+                    })?;
                     if running {
-                        ctx.warn("Disk removal from a running instance takes effect at the next start");
+                        ctx.warn(
+                            "Disk removal from a running instance takes effect at the next start",
+                        );
                     }
                     inst.disks.remove(idx);
                     changes.push(json!([format!("disk/{idx}"), action]));
                 }
                 _ => {
-                    let idx = resolve(&inst.disks, &ident, "disk", |d| (d.name.as_deref(), &d.uuid))?;
+                    let idx = resolve(&inst.disks, &ident, "disk", |d| {
+                        (d.name.as_deref(), &d.uuid)
+                    })?;
                     let p = params.as_object().cloned().unwrap_or_default();
                     if p.contains_key("size") {
-                        return Err(OpError::prereq("Disk size change not possible, use grow-disk", ErrorCode::WrongInput));
+                        return Err(OpError::prereq(
+                            "Disk size change not possible, use grow-disk",
+                            ErrorCode::WrongInput,
+                        ));
                     }
                     if let Some(m) = p.get("mode").and_then(Value::as_str) {
                         inst.disks[idx].mode = m.into();
@@ -218,12 +310,25 @@ pub async fn execute(ctx: &Ctx) -> Result<Value, OpError> {
             match action.as_str() {
                 "add" | "attach" => {
                     if inst.nics.len() >= 8 {
-                        return Err(OpError::prereq("Instance has too many network interfaces (8), cannot add more", ErrorCode::WrongState));
+                        return Err(OpError::prereq(
+                            "Instance has too many network interfaces (8), cannot add more",
+                            ErrorCode::WrongState,
+                        ));
                     }
                     let taken: Vec<String> = inst.nics.iter().map(|n| n.mac.clone()).collect();
                     let nic = nic_from_json(&cfg, &params, &taken)?;
                     let idx = inst.nics.len();
-                    changes.push(json!([format!("nic.{idx}"), format!("add:mac={},ip={},mode={},link={},network={}", nic.mac, nic.ip.clone().unwrap_or("None".into()), nic.mode, nic.link, nic.network.clone().unwrap_or("None".into()))]));
+                    changes.push(json!([
+                        format!("nic.{idx}"),
+                        format!(
+                            "add:mac={},ip={},mode={},link={},network={}",
+                            nic.mac,
+                            nic.ip.clone().unwrap_or("None".into()),
+                            nic.mode,
+                            nic.link,
+                            nic.network.clone().unwrap_or("None".into())
+                        )
+                    ]));
                     inst.nics.push(nic);
                 }
                 "remove" | "detach" => {
@@ -244,7 +349,12 @@ pub async fn execute(ctx: &Ctx) -> Result<Value, OpError> {
                             "link" => nic.link = s.unwrap_or_default(),
                             "vlan" => nic.vlan = s.unwrap_or_default(),
                             "name" => nic.name = s,
-                            other => return Err(OpError::prereq(format!("Invalid NIC parameter '{other}'"), ErrorCode::WrongInput)),
+                            other => {
+                                return Err(OpError::prereq(
+                                    format!("Invalid NIC parameter '{other}'"),
+                                    ErrorCode::WrongInput,
+                                ));
+                            }
                         }
                         changes.push(json!([format!("nic.{k}/{idx}"), v]));
                     }
@@ -255,7 +365,10 @@ pub async fn execute(ctx: &Ctx) -> Result<Value, OpError> {
     if let Some(pn) = op.str("pnode") {
         let target = find_node(&cfg, pn)?.name.clone();
         if running && !op.bool("force") {
-            return Err(OpError::prereq(format!("Instance is still running on {}", inst.pnode), ErrorCode::WrongState));
+            return Err(OpError::prereq(
+                format!("Instance is still running on {}", inst.pnode),
+                ErrorCode::WrongState,
+            ));
         }
         inst.pnode = target.clone();
         changes.push(json!(["pnode", target]));
@@ -266,7 +379,10 @@ pub async fn execute(ctx: &Ctx) -> Result<Value, OpError> {
     if !new_disks.is_empty() || op.get("disks").is_some() {
         let spec = vm_spec(&cfg, &inst);
         for node in std::iter::once(&inst.pnode).chain(inst.snodes.iter()) {
-            ctx.backend.create_disks(node, &spec).await.map_err(|e| exec_failure("Failed to create disks", e))?;
+            ctx.backend
+                .create_disks(node, &spec)
+                .await
+                .map_err(|e| exec_failure("Failed to create disks", e))?;
         }
     }
     let t = now();
