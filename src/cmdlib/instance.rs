@@ -95,10 +95,10 @@ pub fn plan(op: &OpCode, cfg: &Config) -> Result<LockPlan, OpError> {
             p.add_all(NodeGroup, cfg.groups.keys().cloned(), Shared);
         }
         "OP_BACKUP_EXPORT" => {
-            if let Some(t) = op.get("target_node").and_then(Value::as_str) {
-                if let Ok(n) = find_node(cfg, t) {
-                    p.add(Node, n.name.clone(), Exclusive);
-                }
+            if let Some(t) = op.get("target_node").and_then(Value::as_str)
+                && let Ok(n) = find_node(cfg, t)
+            {
+                p.add(Node, n.name.clone(), Exclusive);
             }
         }
         _ => {}
@@ -815,7 +815,7 @@ async fn replace_disks(ctx: &Ctx) -> Result<Value, OpError> {
     let inst = op_instance(&ctx.op, &cfg)?.clone();
     if !MIRRORED.contains(&inst.disk_template.as_str()) {
         return Err(OpError::prereq(
-            format!("Can only run replace disks for DRBD8-based instances"),
+            "Can only run replace disks for DRBD8-based instances".to_string(),
             ErrorCode::WrongInput,
         ));
     }

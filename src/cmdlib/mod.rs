@@ -109,13 +109,16 @@ pub trait JobSubmitter: Send + Sync {
     fn submit_jobs(&self, jobs: Vec<Vec<OpCode>>) -> BoxFuture<'_, Result<Vec<Value>, OpError>>;
 }
 
+/// Appends a log entry `(type, message)` to the running opcode.
+pub type Feedback = Arc<dyn Fn(&str, Value) + Send + Sync>;
+
 /// What an executing opcode may use.
 pub struct Ctx {
     pub op: OpCode,
     pub job_id: u64,
     pub cluster: ClusterStore,
     pub backend: Arc<dyn Backend>,
-    pub feedback: Arc<dyn Fn(&str, Value) + Send + Sync>,
+    pub feedback: Feedback,
     pub jobs: Arc<dyn JobSubmitter>,
 }
 
@@ -276,16 +279,16 @@ fn expand_name<'a>(names: impl Iterator<Item = &'a String>, name: &str) -> Optio
 /// The instance named by the opcode, with the UUID guard applied.
 pub fn op_instance<'a>(op: &OpCode, cfg: &'a Config) -> Result<&'a Instance, OpError> {
     let inst = find_instance(cfg, op.str("instance_name").unwrap_or_default())?;
-    if let Some(uuid) = op.str("instance_uuid") {
-        if uuid != inst.meta.uuid {
-            return Err(OpError::prereq(
-                format!(
-                    "The instances UUID '{uuid}' does not match the expected UUID '{}' for instance '{}'. Maybe the instance changed since you submitted this job.",
-                    inst.meta.uuid, inst.name
-                ),
-                ErrorCode::ResourceNotUnique,
-            ));
-        }
+    if let Some(uuid) = op.str("instance_uuid")
+        && uuid != inst.meta.uuid
+    {
+        return Err(OpError::prereq(
+            format!(
+                "The instances UUID '{uuid}' does not match the expected UUID '{}' for instance '{}'. Maybe the instance changed since you submitted this job.",
+                inst.meta.uuid, inst.name
+            ),
+            ErrorCode::ResourceNotUnique,
+        ));
     }
     Ok(inst)
 }

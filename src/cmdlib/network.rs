@@ -107,13 +107,13 @@ pub async fn execute(ctx: &Ctx) -> Result<Value, OpError> {
                 used: Default::default(),
                 external_reservations: Default::default(),
             };
-            if let Some(gw) = &net.gateway {
-                if !contains(&net, gw) {
-                    return Err(OpError::prereq(
-                        format!("Gateway {gw} does not belong to network {cidr}"),
-                        ErrorCode::WrongInput,
-                    ));
-                }
+            if let Some(gw) = &net.gateway
+                && !contains(&net, gw)
+            {
+                return Err(OpError::prereq(
+                    format!("Gateway {gw} does not belong to network {cidr}"),
+                    ErrorCode::WrongInput,
+                ));
             }
             net.external_reservations = check_ip_list(&net, op, "add_reserved_ips")?
                 .into_iter()

@@ -6,16 +6,16 @@ use crate::jobqueue::locks::{LockLevel, LockMode};
 
 fn op_node<'a>(op: &OpCode, cfg: &'a Config) -> Result<&'a Node, OpError> {
     let node = find_node(cfg, op.str("node_name").unwrap_or_default())?;
-    if let Some(uuid) = op.str("node_uuid") {
-        if uuid != node.meta.uuid {
-            return Err(OpError::prereq(
-                format!(
-                    "The nodes UUID '{uuid}' does not match the expected UUID '{}' for node '{}'. Maybe the node changed since you submitted this job.",
-                    node.meta.uuid, node.name
-                ),
-                ErrorCode::ResourceNotUnique,
-            ));
-        }
+    if let Some(uuid) = op.str("node_uuid")
+        && uuid != node.meta.uuid
+    {
+        return Err(OpError::prereq(
+            format!(
+                "The nodes UUID '{uuid}' does not match the expected UUID '{}' for node '{}'. Maybe the node changed since you submitted this job.",
+                node.meta.uuid, node.name
+            ),
+            ErrorCode::ResourceNotUnique,
+        ));
     }
     Ok(node)
 }
@@ -259,13 +259,13 @@ async fn evacuate(ctx: &Ctx) -> Result<Value, OpError> {
             ErrorCode::WrongInput,
         ));
     }
-    if let Some(r) = ctx.op.str("remote_node") {
-        if find_node(&cfg, r)?.name == node.name {
-            return Err(OpError::prereq(
-                "Can not use evacuated node as a new secondary node",
-                ErrorCode::WrongInput,
-            ));
-        }
+    if let Some(r) = ctx.op.str("remote_node")
+        && find_node(&cfg, r)?.name == node.name
+    {
+        return Err(OpError::prereq(
+            "Can not use evacuated node as a new secondary node",
+            ErrorCode::WrongInput,
+        ));
     }
     let mut jobs = vec![];
     if mode != "secondary-only" {

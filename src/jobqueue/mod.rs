@@ -438,10 +438,10 @@ impl JobQueue {
             st.versions.remove(&job.id);
             done += 1;
         }
-        if done > 0 {
-            if let Err(e) = self.inner.store.durable().await {
-                tracing::error!("flush after archiving failed: {e}");
-            }
+        if done > 0
+            && let Err(e) = self.inner.store.durable().await
+        {
+            tracing::error!("flush after archiving failed: {e}");
         }
         done
     }
@@ -485,10 +485,8 @@ impl JobQueue {
         if let Err(e) = self.inner.store.put_job(job) {
             tracing::error!(job = %job.id, "writing job failed: {e}");
         }
-        if flush {
-            if let Err(e) = self.inner.store.durable().await {
-                tracing::error!(job = %job.id, "flushing job failed: {e}");
-            }
+        if flush && let Err(e) = self.inner.store.durable().await {
+            tracing::error!(job = %job.id, "flushing job failed: {e}");
         }
         self.bump(job.id);
     }

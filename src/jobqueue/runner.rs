@@ -4,7 +4,7 @@
 use super::job::{ERROR_MSG_CANCELED, JobId, LogEntry, Status, Timestamp};
 use super::{JobQueue, SubmitError};
 use crate::backends::BoxFuture;
-use crate::cmdlib::{self, Ctx, JobSubmitter, OpError};
+use crate::cmdlib::{self, Ctx, Feedback, JobSubmitter, OpError};
 use crate::opcodes::OpCode;
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -211,7 +211,7 @@ async fn finish_op(queue: &JobQueue, id: JobId, idx: usize, outcome: Outcome) ->
 }
 
 /// The feedback channel handed to opcodes: appends log entries and wakes waiters at once.
-fn feedback_sink(queue: JobQueue, id: JobId, idx: usize) -> Arc<dyn Fn(&str, Value) + Send + Sync> {
+fn feedback_sink(queue: JobQueue, id: JobId, idx: usize) -> Feedback {
     Arc::new(move |kind: &str, message: Value| {
         let snapshot = {
             let mut st = queue.state();

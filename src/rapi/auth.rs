@@ -74,13 +74,13 @@ pub fn parse_users(text: &str) -> HashMap<String, User> {
 }
 
 fn parse_secret(text: &str) -> Secret {
-    if let Some(rest) = text.strip_prefix('{') {
-        if let Some((scheme, value)) = rest.split_once('}') {
-            match scheme.to_ascii_lowercase().as_str() {
-                "ha1" => return Secret::Ha1(value.to_ascii_lowercase()),
-                "cleartext" => return Secret::Cleartext(value.to_string()),
-                _ => {}
-            }
+    if let Some(rest) = text.strip_prefix('{')
+        && let Some((scheme, value)) = rest.split_once('}')
+    {
+        match scheme.to_ascii_lowercase().as_str() {
+            "ha1" => return Secret::Ha1(value.to_ascii_lowercase()),
+            "cleartext" => return Secret::Cleartext(value.to_string()),
+            _ => {}
         }
     }
     Secret::Cleartext(text.to_string())

@@ -529,10 +529,10 @@ async fn instances(state: &State, req: &Request) -> R {
 
 /// `hvparams.usb_devices` spaces become commas, as upstream does.
 fn normalize_beparams(body: &mut Map<String, Value>) {
-    if let Some(Value::Object(hv)) = body.get_mut("hvparams") {
-        if let Some(Value::String(usb)) = hv.get_mut("usb_devices") {
-            *usb = usb.replace(' ', ",");
-        }
+    if let Some(Value::Object(hv)) = body.get_mut("hvparams")
+        && let Some(Value::String(usb)) = hv.get_mut("usb_devices")
+    {
+        *usb = usb.replace(' ', ",");
     }
 }
 

@@ -75,13 +75,13 @@ fn check_arguments(op: &OpCode, cfg: &Config) -> Result<(), OpError> {
         .into_iter()
         .flatten()
     {
-        if let Some(n) = d.get("name").and_then(Value::as_str) {
-            if !names.insert(format!("disk:{n}")) {
-                return Err(OpError::prereq(
-                    format!("Duplicated disk name '{n}'"),
-                    ErrorCode::WrongInput,
-                ));
-            }
+        if let Some(n) = d.get("name").and_then(Value::as_str)
+            && !names.insert(format!("disk:{n}"))
+        {
+            return Err(OpError::prereq(
+                format!("Duplicated disk name '{n}'"),
+                ErrorCode::WrongInput,
+            ));
         }
     }
     if !op.bool("commit") && cfg.instances.contains_key(&name) {
@@ -144,10 +144,11 @@ async fn allocate(
         if group.is_some_and(|g| g != node.group) {
             continue;
         }
-        if let Ok(info) = ctx.backend.node_info(&node.name).await {
-            if info.memory_free >= memory && info.disk_free >= disk {
-                candidates.push((info.memory_free, info.disk_free, node.name.clone()));
-            }
+        if let Ok(info) = ctx.backend.node_info(&node.name).await
+            && info.memory_free >= memory
+            && info.disk_free >= disk
+        {
+            candidates.push((info.memory_free, info.disk_free, node.name.clone()));
         }
     }
     candidates.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.cmp(&a.1)).then(a.2.cmp(&b.2)));
@@ -410,16 +411,16 @@ fn check_nic_networks(cfg: &Config, inst: &mut Instance, pnode: &str) -> Result<
                     ErrorCode::WrongState,
                 )
             })?);
-        } else if let Some(ip) = &nic.ip {
-            if net.used.contains_key(ip) || net.external_reservations.contains(ip) {
-                return Err(OpError::prereq(
-                    format!(
-                        "IP address {ip} already in use or does not belong to network {}",
-                        net.name
-                    ),
-                    ErrorCode::ResourceNotUnique,
-                ));
-            }
+        } else if let Some(ip) = &nic.ip
+            && (net.used.contains_key(ip) || net.external_reservations.contains(ip))
+        {
+            return Err(OpError::prereq(
+                format!(
+                    "IP address {ip} already in use or does not belong to network {}",
+                    net.name
+                ),
+                ErrorCode::ResourceNotUnique,
+            ));
         }
     }
     Ok(())
