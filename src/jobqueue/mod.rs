@@ -222,6 +222,19 @@ impl JobQueue {
         self.inner.store.archived_job(id).ok().flatten()
     }
 
+    /// A job's derived status, live or archived, without copying the job.
+    pub fn job_status(&self, id: JobId) -> Option<Status> {
+        if let Some(job) = self.state().jobs.get(&id) {
+            return Some(job.status());
+        }
+        self.inner
+            .store
+            .archived_job(id)
+            .ok()
+            .flatten()
+            .map(|j| j.status())
+    }
+
     /// Non-archived jobs in id order, mapped through `f` while the queue is locked.
     pub fn live_jobs<T>(&self, mut f: impl FnMut(&Job) -> T) -> Vec<T> {
         self.state().jobs.values().map(&mut f).collect()
@@ -306,8 +319,8 @@ impl JobQueue {
         };
         let deadline = tokio::time::Instant::now() + CANCEL_WAIT;
         loop {
-            if let Some(job) = self.job(id).filter(|j| j.is_finalized()) {
-                return match job.status() {
+            if let Some(status) = self.job_status(id).filter(|s| s.is_finalized()) {
+                return match status {
                     Status::Canceled => (true, "Job successfully cancelled".into()),
                     s => (
                         false,
@@ -415,19 +428,27 @@ impl JobQueue {
 
     /// Archives one finalized job; false if unknown, already archived or not finalized.
     pub async fn archive(&self, id: JobId) -> bool {
-        let job = {
-            let st = self.state();
-            match st.jobs.get(&id) {
-                Some(j) if j.is_finalized() => j.clone(),
-                _ => return false,
-            }
+        let job = match self.state().jobs.get(&id) {
+            Some(j) if j.is_finalized() => j.clone(),
+            _ => return false,
         };
-        self.archive_jobs(vec![job]).await > 0
+        self.archive_jobs(vec![job], None).await.0 > 0
     }
 
-    async fn archive_jobs(&self, jobs: Vec<Job>) -> usize {
+    /// Moves jobs to the archive, stopping at `deadline`; one flush covers the whole batch.
+    /// Answers (archived, left unchecked).
+    async fn archive_jobs(
+        &self,
+        jobs: Vec<Job>,
+        deadline: Option<tokio::time::Instant>,
+    ) -> (usize, usize) {
+        let total = jobs.len();
         let mut done = 0;
-        for mut job in jobs {
+        for (i, mut job) in jobs.into_iter().enumerate() {
+            if deadline.is_some_and(|d| tokio::time::Instant::now() > d) {
+                self.flush_archive(done).await;
+                return (done, total - i);
+            }
             job.archived = true;
             if let Err(e) = self.inner.store.archive_job(&job) {
                 tracing::error!(job = %job.id, "archiving failed: {e}");
@@ -438,34 +459,34 @@ impl JobQueue {
             st.versions.remove(&job.id);
             done += 1;
         }
-        if done > 0
+        self.flush_archive(done).await;
+        (done, 0)
+    }
+
+    async fn flush_archive(&self, archived: usize) {
+        if archived > 0
             && let Err(e) = self.inner.store.durable().await
         {
             tracing::error!("flush after archiving failed: {e}");
         }
-        done
     }
 
     /// Archives finalized jobs older than `age` (negative: all), in id order, within `timeout`;
     /// answers `(archived, left unchecked)` like upstream's AutoArchiveJobs.
     pub async fn auto_archive(&self, age: f64, timeout: Duration) -> (usize, usize) {
-        let started = tokio::time::Instant::now();
+        let deadline = tokio::time::Instant::now() + timeout;
         let now = Timestamp::now().as_secs_f64();
-        let candidates: Vec<JobId> = self.live_jobs(|j| j.id);
-        let mut archived = 0;
-        for (i, id) in candidates.iter().enumerate() {
-            if started.elapsed() > timeout {
-                return (archived, candidates.len() - i);
-            }
-            let old_enough = self.state().jobs.get(id).is_some_and(|j| {
+        let old: Vec<Job> = self
+            .state()
+            .jobs
+            .values()
+            .filter(|j| {
                 let when = j.end_ts.or(j.start_ts).map_or(0.0, |t| t.as_secs_f64());
                 j.is_finalized() && (age < 0.0 || now - when > age)
-            });
-            if old_enough && self.archive(*id).await {
-                archived += 1;
-            }
-        }
-        (archived, 0)
+            })
+            .cloned()
+            .collect();
+        self.archive_jobs(old, Some(deadline)).await
     }
 
     async fn archive_loop(self) {

@@ -142,9 +142,9 @@ async fn check_dependencies(
         }
         let final_status = loop {
             let rx = queue.state().versions.get(&dep_id).map(|v| v.subscribe());
-            match queue.job(dep_id) {
+            match queue.job_status(dep_id) {
                 None => return exec_error(format!("Dependency error: Job {dep_id} not found")),
-                Some(j) if j.is_finalized() => break j.status(),
+                Some(s) if s.is_finalized() => break s,
                 Some(_) => {}
             }
             let Some(mut rx) = rx else { continue };

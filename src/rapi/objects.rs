@@ -2,7 +2,7 @@
 
 use super::State;
 use super::error::ApiError;
-use crate::cluster::model::Config;
+use crate::cluster::model::{Config, Instance, Node};
 use crate::cluster::views::{self, Live};
 use serde_json::{Map, Value, json};
 
@@ -109,21 +109,23 @@ pub const NET_FIELDS: &[&str] = &[
     "tags",
 ];
 
-/// Asks the backend for free resources and running instances.
-pub async fn gather_live(state: &State, cfg: &Config) -> Live {
+/// Asks the backend about these nodes only (instance views need no node data).
+pub async fn live_nodes<'a>(state: &State, nodes: impl Iterator<Item = &'a Node>) -> Live {
     let mut live = Live::default();
-    for node in cfg.nodes.values().filter(|n| !n.offline) {
+    for node in nodes.filter(|n| !n.offline) {
         if let Ok(info) = state.queue.backend().node_info(&node.name).await {
             live.nodes.insert(node.name.clone(), info);
         }
     }
-    for inst in cfg.instances.values() {
-        if let Ok(Some(s)) = state
-            .queue
-            .backend()
-            .instance_state(&inst.pnode, &inst.name)
-            .await
-        {
+    live
+}
+
+/// Asks the backend about these instances only (node views need no instance data).
+pub async fn live_instances<'a>(state: &State, insts: impl Iterator<Item = &'a Instance>) -> Live {
+    let mut live = Live::default();
+    let backend = state.queue.backend();
+    for inst in insts {
+        if let Ok(Some(s)) = backend.instance_state(&inst.pnode, &inst.name).await {
             live.instances.insert(inst.name.clone(), s);
         }
     }

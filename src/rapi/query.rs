@@ -3,7 +3,7 @@
 
 use super::State;
 use super::error::ApiError;
-use super::objects::gather_live;
+use super::objects::{live_instances, live_nodes};
 use super::request::Request;
 use crate::cluster::views;
 use serde_json::{Value, json};
@@ -93,14 +93,14 @@ pub async fn query(state: &State, req: &Request, what: &str) -> Result<Value, Ap
     };
     let data: Vec<Value> = match what {
         "instance" => {
-            let live = gather_live(state, &cfg).await;
+            let live = live_instances(state, cfg.instances.values()).await;
             cfg.instances
                 .values()
                 .map(|i| row(&|f| views::instance_field(&cfg, &live, i, f)))
                 .collect()
         }
         "node" => {
-            let live = gather_live(state, &cfg).await;
+            let live = live_nodes(state, cfg.nodes.values()).await;
             cfg.nodes
                 .values()
                 .map(|n| row(&|f| views::node_field(&cfg, &live, n, f)))

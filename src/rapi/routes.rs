@@ -118,7 +118,7 @@ pub async fn dispatch(state: &State, req: &Request) -> R {
             only(m, &["GET"])?;
             let cfg = state.queue.cluster().snapshot();
             if req.flag("bulk")? {
-                let live = gather_live(state, &cfg).await;
+                let live = live_nodes(state, cfg.nodes.values()).await;
                 Ok(Value::Array(
                     cfg.nodes
                         .values()
@@ -133,7 +133,7 @@ pub async fn dispatch(state: &State, req: &Request) -> R {
             only(m, &["GET"])?;
             let cfg = state.queue.cluster().snapshot();
             let node = find(crate::cmdlib::find_node(&cfg, name), "node", name)?;
-            let live = gather_live(state, &cfg).await;
+            let live = live_nodes(state, std::iter::once(node)).await;
             Ok(node_json(&cfg, &live, node))
         }
         ["2", "nodes", name, "tags"] => tags(state, req, "node", Some(name)).await,
@@ -482,7 +482,7 @@ async fn instances(state: &State, req: &Request) -> R {
         "GET" => {
             let cfg = state.queue.cluster().snapshot();
             if req.flag("bulk")? {
-                let live = gather_live(state, &cfg).await;
+                let live = live_instances(state, cfg.instances.values()).await;
                 Ok(Value::Array(
                     cfg.instances
                         .values()
@@ -579,7 +579,7 @@ async fn instance(state: &State, req: &Request, name: &str) -> R {
         "GET" => {
             let cfg = state.queue.cluster().snapshot();
             let inst = find(crate::cmdlib::find_instance(&cfg, name), "instance", name)?;
-            let live = gather_live(state, &cfg).await;
+            let live = live_instances(state, std::iter::once(inst)).await;
             Ok(instance_json(&cfg, &live, inst))
         }
         "DELETE" => {
