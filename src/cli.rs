@@ -212,7 +212,6 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         if tls.is_some() { "https" } else { "http" }
     );
     let opts = ServerOptions {
-        require_authentication: args.require_authentication,
         header_timeout: Duration::from_secs(args.header_timeout.max(1)),
         max_connections: args.max_connections.max(1),
         tls,

@@ -13,7 +13,7 @@ pub struct Live {
     pub instances: HashMap<String, crate::backends::VmState>,
 }
 
-pub fn cluster_info(cfg: &Config, _with_live: bool) -> Value {
+pub fn cluster_info(cfg: &Config) -> Value {
     let c = &cfg.cluster;
     json!({
         "software_version": "3.1.0",

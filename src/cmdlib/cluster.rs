@@ -72,7 +72,7 @@ pub async fn execute(ctx: &Ctx) -> Result<Value, OpError> {
     match ctx.op.id() {
         "OP_TEST_DELAY" => test_delay(ctx).await,
         "OP_CLUSTER_SET_PARAMS" => set_params(ctx).await,
-        "OP_CLUSTER_QUERY" => Ok(crate::cluster::views::cluster_info(&ctx.cfg(), false)),
+        "OP_CLUSTER_QUERY" => Ok(crate::cluster::views::cluster_info(&ctx.cfg())),
         "OP_OS_DIAGNOSE" => os_diagnose(ctx),
         "OP_QUERY" | "OP_QUERY_FIELDS" => Err(OpError::prereq(
             "Queries are answered directly by /2/query, not through jobs",
@@ -107,49 +107,23 @@ async fn test_delay(ctx: &Ctx) -> Result<Value, OpError> {
             );
         }
         if on_nodes {
-            let waits = nodes.iter().map(|n| ctx.backend.delay(n, duration));
-            for (n, r) in nodes.iter().zip(futures_join(waits).await) {
-                r.map_err(|e| OpError::exec(format!("Failure during rpc call to node {n}: {e}")))?;
+            // Every node sleeps at once; dropping the set on error aborts the others.
+            let mut waits = tokio::task::JoinSet::new();
+            for node in &nodes {
+                let (backend, node) = (ctx.backend.clone(), node.clone());
+                waits.spawn(async move { (backend.delay(&node, duration).await, node) });
+            }
+            while let Some(joined) = waits.join_next().await {
+                let (result, node) = joined.map_err(|e| OpError::exec(e.to_string()))?;
+                result.map_err(|e| {
+                    OpError::exec(format!("Failure during rpc call to node {node}: {e}"))
+                })?;
             }
         } else {
             tokio::time::sleep(Duration::from_secs_f64(duration)).await;
         }
     }
     Ok(Value::Null)
-}
-
-/// Runs futures concurrently and collects their outputs in order.
-async fn futures_join<F: std::future::Future>(futs: impl Iterator<Item = F>) -> Vec<F::Output> {
-    let mut set = vec![];
-    for f in futs {
-        set.push(Box::pin(f));
-    }
-    let mut out = Vec::with_capacity(set.len());
-    // Sequential awaits of already-started sleeps would not overlap; poll them together instead.
-    let mut pending: Vec<Option<_>> = set.into_iter().map(Some).collect();
-    let mut results: Vec<Option<F::Output>> = (0..pending.len()).map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut done = true;
-        for (i, slot) in pending.iter_mut().enumerate() {
-            if let Some(f) = slot {
-                match f.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => {
-                        results[i] = Some(v);
-                        *slot = None;
-                    }
-                    std::task::Poll::Pending => done = false,
-                }
-            }
-        }
-        if done {
-            std::task::Poll::Ready(())
-        } else {
-            std::task::Poll::Pending
-        }
-    })
-    .await;
-    out.extend(results.into_iter().flatten());
-    out
 }
 
 const HYPERVISORS: &[&str] = &["kvm", "xen-pvm", "xen-hvm", "chroot", "lxc", "fake"];

@@ -52,7 +52,7 @@ pub fn plan(op: &OpCode, cfg: &Config) -> Result<LockPlan, OpError> {
 }
 
 fn check_alloc_policy(op: &OpCode) -> Result<(), OpError> {
-    Ok(()).and_then(|_| match op.str("alloc_policy") {
+    match op.str("alloc_policy") {
         Some(p) if !["preferred", "last_resort", "unallocable"].contains(&p) => {
             Err(OpError::prereq(
                 format!("Invalid allocation policy '{p}'"),
@@ -60,7 +60,7 @@ fn check_alloc_policy(op: &OpCode) -> Result<(), OpError> {
             ))
         }
         _ => Ok(()),
-    })
+    }
 }
 
 fn obj(op: &OpCode, key: &str) -> Option<crate::cluster::model::Params> {
@@ -240,9 +240,6 @@ pub async fn execute(ctx: &Ctx) -> Result<Value, OpError> {
             let uuid = find_group_uuid(&cfg, &name)?;
             for g in op.strings("target_groups") {
                 find_group_uuid(&cfg, &g)?;
-            }
-            if ctx.stop_for_dry_run() {
-                return Ok(json!({"jobs": []}));
             }
             let nodes = cfg.group_nodes(&uuid);
             let jobs: Vec<Vec<OpCode>> = cfg

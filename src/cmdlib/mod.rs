@@ -151,7 +151,11 @@ impl Ctx {
     }
 
     /// Submits follow-up jobs: they inherit priority, a comment and the parent's reason trail.
+    /// In dry-run nothing is submitted and the answer is empty (spec jobs.md §18.2).
     pub async fn submit_children(&self, jobs: Vec<Vec<OpCode>>) -> Result<Vec<Value>, OpError> {
+        if self.stop_for_dry_run() {
+            return Ok(vec![]);
+        }
         let parent_reason = self.op.get("reason").cloned().unwrap_or(json!([]));
         let comment = format!("Submitted by {}", self.op.id());
         let jobs = jobs
@@ -279,18 +283,33 @@ fn expand_name<'a>(names: impl Iterator<Item = &'a String>, name: &str) -> Optio
 /// The instance named by the opcode, with the UUID guard applied.
 pub fn op_instance<'a>(op: &OpCode, cfg: &'a Config) -> Result<&'a Instance, OpError> {
     let inst = find_instance(cfg, op.str("instance_name").unwrap_or_default())?;
-    if let Some(uuid) = op.str("instance_uuid")
-        && uuid != inst.meta.uuid
-    {
-        return Err(OpError::prereq(
+    uuid_guard(
+        "instance",
+        op.str("instance_uuid"),
+        &inst.meta.uuid,
+        &inst.name,
+    )?;
+    Ok(inst)
+}
+
+/// The node named by the opcode, with the UUID guard applied.
+pub fn op_node<'a>(op: &OpCode, cfg: &'a Config) -> Result<&'a Node, OpError> {
+    let node = find_node(cfg, op.str("node_name").unwrap_or_default())?;
+    uuid_guard("node", op.str("node_uuid"), &node.meta.uuid, &node.name)?;
+    Ok(node)
+}
+
+/// A `*_uuid` parameter must match the object found by name (spec opcodes.md §1.2).
+fn uuid_guard(kind: &str, given: Option<&str>, actual: &str, name: &str) -> Result<(), OpError> {
+    match given {
+        Some(uuid) if uuid != actual => Err(OpError::prereq(
             format!(
-                "The instances UUID '{uuid}' does not match the expected UUID '{}' for instance '{}'. Maybe the instance changed since you submitted this job.",
-                inst.meta.uuid, inst.name
+                "The {kind}s UUID '{uuid}' does not match the expected UUID '{actual}' for {kind} '{name}'. Maybe the {kind} changed since you submitted this job."
             ),
             ErrorCode::ResourceNotUnique,
-        ));
+        )),
+        _ => Ok(()),
     }
-    Ok(inst)
 }
 
 pub fn vm_spec(cfg: &Config, inst: &Instance) -> VmSpec {

@@ -4,22 +4,6 @@
 use super::*;
 use crate::jobqueue::locks::{LockLevel, LockMode};
 
-fn op_node<'a>(op: &OpCode, cfg: &'a Config) -> Result<&'a Node, OpError> {
-    let node = find_node(cfg, op.str("node_name").unwrap_or_default())?;
-    if let Some(uuid) = op.str("node_uuid")
-        && uuid != node.meta.uuid
-    {
-        return Err(OpError::prereq(
-            format!(
-                "The nodes UUID '{uuid}' does not match the expected UUID '{}' for node '{}'. Maybe the node changed since you submitted this job.",
-                node.meta.uuid, node.name
-            ),
-            ErrorCode::ResourceNotUnique,
-        ));
-    }
-    Ok(node)
-}
-
 pub fn plan(op: &OpCode, cfg: &Config) -> Result<LockPlan, OpError> {
     let mut p = LockPlan::default();
     match op.id() {
@@ -292,11 +276,7 @@ async fn evacuate(ctx: &Ctx) -> Result<Value, OpError> {
             jobs.push(vec![instance_op("OP_INSTANCE_REPLACE_DISKS", params)?]);
         }
     }
-    if ctx.stop_for_dry_run() {
-        return Ok(json!({"jobs": []}));
-    }
-    let submitted = ctx.submit_children(jobs).await?;
-    Ok(json!({"jobs": submitted}))
+    Ok(json!({"jobs": ctx.submit_children(jobs).await?}))
 }
 
 async fn migrate(ctx: &Ctx) -> Result<Value, OpError> {
@@ -319,11 +299,7 @@ async fn migrate(ctx: &Ctx) -> Result<Value, OpError> {
         }
         jobs.push(vec![instance_op("OP_INSTANCE_MIGRATE", params)?]);
     }
-    if ctx.stop_for_dry_run() {
-        return Ok(json!({"jobs": []}));
-    }
-    let submitted = ctx.submit_children(jobs).await?;
-    Ok(json!({"jobs": submitted}))
+    Ok(json!({"jobs": ctx.submit_children(jobs).await?}))
 }
 
 async fn query_storage(ctx: &Ctx) -> Result<Value, OpError> {

@@ -47,11 +47,7 @@ impl Status {
 
     /// Upstream's constant name, used in some cancel replies (`JOB_STATUS_SUCCESS`).
     pub fn constant_name(self) -> String {
-        let word = match self {
-            Status::Waiting => "waiting",
-            other => other.as_str(),
-        };
-        format!("JOB_STATUS_{}", word.to_uppercase())
+        format!("JOB_STATUS_{}", self.as_str().to_uppercase())
     }
 }
 

@@ -28,7 +28,6 @@ use warp::http::{HeaderMap, Method, Response, StatusCode};
 pub const MAX_BODY: u64 = 4 * 1024 * 1024;
 
 pub struct ServerOptions {
-    pub require_authentication: bool,
     pub header_timeout: Duration,
     pub max_connections: usize,
     pub tls: Option<Arc<rustls::ServerConfig>>,
@@ -103,7 +102,7 @@ async fn handle(
         .as_str()
         .split('/')
         .filter(|s| !s.is_empty())
-        .map(percent_decode)
+        .map(|s| percent_decode(s, false))
         .collect();
     let seg_refs: Vec<&str> = segments.iter().map(String::as_str).collect();
     let access = routes::access_for(method.as_str(), &seg_refs);
@@ -150,7 +149,8 @@ fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
         .map_err(|e| ApiError::bad_request(format!("Unable to parse JSON data: {e}")))
 }
 
-fn percent_decode(s: &str) -> String {
+/// Decodes `%XX`; `+` means a space only in query strings (form encoding), not in paths.
+fn percent_decode(s: &str, plus_is_space: bool) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -163,7 +163,11 @@ fn percent_decode(s: &str) -> String {
             i += 3;
             continue;
         }
-        out.push(if bytes[i] == b'+' { b' ' } else { bytes[i] });
+        out.push(if plus_is_space && bytes[i] == b'+' {
+            b' '
+        } else {
+            bytes[i]
+        });
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
@@ -173,8 +177,8 @@ fn parse_query(q: &str) -> Vec<(String, String)> {
     q.split('&')
         .filter(|p| !p.is_empty())
         .map(|p| match p.split_once('=') {
-            Some((k, v)) => (percent_decode(k), percent_decode(v)),
-            None => (percent_decode(p), String::new()),
+            Some((k, v)) => (percent_decode(k, true), percent_decode(v, true)),
+            None => (percent_decode(p, true), String::new()),
         })
         .collect()
 }
@@ -265,4 +269,26 @@ pub async fn serve(
     }
     drop(listener);
     let _ = tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plus_is_literal_in_paths_and_a_space_in_queries() {
+        assert_eq!(
+            percent_decode("debootstrap+default", false),
+            "debootstrap+default"
+        );
+        assert_eq!(percent_decode("a%2Fb", false), "a/b");
+        assert_eq!(
+            parse_query("os=debootstrap%2Bdefault&reason=two+words&bulk"),
+            vec![
+                ("os".into(), "debootstrap+default".into()),
+                ("reason".into(), "two words".into()),
+                ("bulk".into(), String::new()),
+            ]
+        );
+    }
 }

@@ -6,7 +6,8 @@ use super::error::ApiError;
 use super::objects::*;
 use super::opjob::{OpSpec, build, statics, submit, submit_one};
 use super::request::Request;
-use crate::cluster::views;
+use crate::cluster::model::{Group, Instance, Network, Node};
+use crate::cluster::views::{self, Live};
 use crate::jobqueue::job::{JOB_FIELDS, JobId};
 use crate::opcodes::OpCode;
 use serde_json::{Map, Value, json};
@@ -48,7 +49,7 @@ pub async fn dispatch(state: &State, req: &Request) -> R {
         ["version"] => only(m, &["GET"]).map(|_| json!(2)),
         ["2", "info"] => {
             only(m, &["GET"])?;
-            let mut info = views::cluster_info(&state.queue.cluster().snapshot(), true);
+            let mut info = views::cluster_info(&state.queue.cluster().snapshot());
             info["drain_flag"] = json!(state.queue.drained());
             Ok(info)
         }
@@ -117,17 +118,13 @@ pub async fn dispatch(state: &State, req: &Request) -> R {
         ["2", "nodes"] => {
             only(m, &["GET"])?;
             let cfg = state.queue.cluster().snapshot();
-            if req.flag("bulk")? {
-                let live = live_nodes(state, cfg.nodes.values()).await;
-                Ok(Value::Array(
-                    cfg.nodes
-                        .values()
-                        .map(|n| node_json(&cfg, &live, n))
-                        .collect(),
-                ))
-            } else {
-                Ok(uri_list("nodes", cfg.nodes.keys()))
-            }
+            let bulk = req.flag("bulk")?;
+            let live = match bulk {
+                true => live_nodes(state, cfg.nodes.values()).await,
+                false => Live::default(),
+            };
+            let full = |n: &Node| node_json(&cfg, &live, n);
+            collection(bulk, "nodes", cfg.nodes.values(), |n| &n.name, full)
         }
         ["2", "nodes", name] => {
             only(m, &["GET"])?;
@@ -156,10 +153,28 @@ fn only(method: &str, allowed: &[&str]) -> Result<(), ApiError> {
     if allowed.contains(&method) {
         Ok(())
     } else {
-        Err(ApiError::new(
-            501,
-            format!("Method {method} is unsupported"),
-        ))
+        Err(unsupported(method))
+    }
+}
+
+fn unsupported(method: &str) -> ApiError {
+    ApiError::new(501, format!("Method {method} is unsupported"))
+}
+
+/// `GET` on a collection: `[{"id", "uri"}]` sorted by name, or every object in full with `bulk`.
+fn collection<'a, T: 'a>(
+    bulk: bool,
+    kind: &str,
+    items: impl Iterator<Item = &'a T>,
+    name: impl Fn(&T) -> &String,
+    full: impl Fn(&T) -> Value,
+) -> R {
+    let mut items: Vec<&T> = items.collect();
+    items.sort_by(|a, b| name(a).cmp(name(b)));
+    if bulk {
+        Ok(Value::Array(items.into_iter().map(full).collect()))
+    } else {
+        Ok(uri_list(kind, items.into_iter().map(name)))
     }
 }
 
@@ -174,7 +189,20 @@ async fn op(
     op_id: &str,
     resource: &str,
     body: Map<String, Value>,
+    stat: Vec<(&str, Value)>,
+) -> R {
+    op_renamed(state, req, op_id, resource, body, stat, &[]).await
+}
+
+/// As `op`, with body keys renamed first (`name` → `group_name`, ...).
+async fn op_renamed(
+    state: &State,
+    req: &Request,
+    op_id: &str,
+    resource: &str,
+    body: Map<String, Value>,
     mut stat: Vec<(&str, Value)>,
+    renames: &[(&str, &str)],
 ) -> R {
     if req.dry_run()? {
         stat.push(("dry_run", json!(true)));
@@ -184,7 +212,7 @@ async fn op(
         resource: Some(resource),
         body,
         statics: statics(&stat),
-        renames: &[],
+        renames,
     };
     submit_one(state, req, spec).await
 }
@@ -226,7 +254,7 @@ async fn jobs(state: &State, req: &Request) -> R {
                 .map_err(|e| ApiError::bad_request(format!("Invalid body parameters: {}", e.0)))?;
             submit(state, ops).await
         }
-        m => Err(ApiError::new(501, format!("Method {m} is unsupported"))),
+        m => Err(unsupported(m)),
     }
 }
 
@@ -270,7 +298,7 @@ async fn job(state: &State, req: &Request, id: &str) -> R {
             let (ok, msg) = state.queue.cancel(id).await;
             Ok(json!([ok, msg]))
         }
-        m => Err(ApiError::new(501, format!("Method {m} is unsupported"))),
+        m => Err(unsupported(m)),
     }
 }
 
@@ -455,7 +483,7 @@ async fn tags(state: &State, req: &Request, kind: &str, name: Option<&str>) -> R
         "GET" => return Ok(json!(current)),
         "PUT" => "OP_TAGS_SET",
         "DELETE" => "OP_TAGS_DEL",
-        m => return Err(ApiError::new(501, format!("Method {m} is unsupported"))),
+        m => return Err(unsupported(m)),
     };
     let tags: Vec<&str> = req
         .query
@@ -481,17 +509,13 @@ async fn instances(state: &State, req: &Request) -> R {
     match req.method.as_str() {
         "GET" => {
             let cfg = state.queue.cluster().snapshot();
-            if req.flag("bulk")? {
-                let live = live_instances(state, cfg.instances.values()).await;
-                Ok(Value::Array(
-                    cfg.instances
-                        .values()
-                        .map(|i| instance_json(&cfg, &live, i))
-                        .collect(),
-                ))
-            } else {
-                Ok(uri_list("instances", cfg.instances.keys()))
-            }
+            let bulk = req.flag("bulk")?;
+            let live = match bulk {
+                true => live_instances(state, cfg.instances.values()).await,
+                false => Live::default(),
+            };
+            let full = |i: &Instance| instance_json(&cfg, &live, i);
+            collection(bulk, "instances", cfg.instances.values(), |i| &i.name, full)
         }
         "POST" => {
             let mut body = req.body_object()?;
@@ -509,26 +533,25 @@ async fn instances(state: &State, req: &Request) -> R {
                 }
                 Some(_) => return Err(ApiError::bad_request("Unsupported request data version")),
             }
-            normalize_beparams(&mut body);
-            let mut stat = vec![];
-            if req.dry_run()? {
-                stat.push(("dry_run", json!(true)));
-            }
-            let spec = OpSpec {
-                op_id: "OP_INSTANCE_CREATE",
-                resource: Some("instances"),
+            normalize_hvparams(&mut body);
+            let renames = &[("name", "instance_name"), ("os", "os_type")];
+            op_renamed(
+                state,
+                req,
+                "OP_INSTANCE_CREATE",
+                "instances",
                 body,
-                statics: statics(&stat),
-                renames: &[("name", "instance_name"), ("os", "os_type")],
-            };
-            submit_one(state, req, spec).await
+                vec![],
+                renames,
+            )
+            .await
         }
-        m => Err(ApiError::new(501, format!("Method {m} is unsupported"))),
+        m => Err(unsupported(m)),
     }
 }
 
 /// `hvparams.usb_devices` spaces become commas, as upstream does.
-fn normalize_beparams(body: &mut Map<String, Value>) {
+fn normalize_hvparams(body: &mut Map<String, Value>) {
     if let Some(Value::Object(hv)) = body.get_mut("hvparams")
         && let Some(Value::String(usb)) = hv.get_mut("usb_devices")
     {
@@ -597,7 +620,7 @@ async fn instance(state: &State, req: &Request, name: &str) -> R {
             )
             .await
         }
-        m => Err(ApiError::new(501, format!("Method {m} is unsupported"))),
+        m => Err(unsupported(m)),
     }
 }
 
@@ -689,7 +712,7 @@ async fn instance_action(state: &State, req: &Request, name: &str, action: &str)
         "modify" => {
             only(m, &["PUT"])?;
             let mut b = body()?;
-            normalize_beparams(&mut b);
+            normalize_hvparams(&mut b);
             let spec = OpSpec {
                 op_id: "OP_INSTANCE_SET_PARAMS",
                 resource: Some("instances_name_modify"),
@@ -828,7 +851,7 @@ async fn instance_action(state: &State, req: &Request, name: &str, action: &str)
                 )
                 .await
             }
-            _ => Err(ApiError::new(501, format!("Method {m} is unsupported"))),
+            _ => Err(unsupported(m)),
         },
         "console" => {
             only(m, &["GET"])?;
@@ -956,7 +979,7 @@ async fn node_action(state: &State, req: &Request, name: &str, rest: &[&str]) ->
                 )
                 .await
             }
-            _ => Err(ApiError::new(501, format!("Method {m} is unsupported"))),
+            _ => Err(unsupported(m)),
         },
         ["evacuate"] => {
             only(m, &["POST"])?;
@@ -1107,35 +1130,29 @@ async fn groups(state: &State, req: &Request) -> R {
     match req.method.as_str() {
         "GET" => {
             let cfg = state.queue.cluster().snapshot();
-            let mut list: Vec<_> = cfg.groups.values().collect();
-            list.sort_by(|a, b| a.name.cmp(&b.name));
-            if req.flag("bulk")? {
-                Ok(Value::Array(
-                    list.iter().map(|g| group_json(&cfg, g)).collect(),
-                ))
-            } else {
-                Ok(uri_list("groups", list.iter().map(|g| &g.name)))
-            }
+            let full = |g: &Group| group_json(&cfg, g);
+            collection(
+                req.flag("bulk")?,
+                "groups",
+                cfg.groups.values(),
+                |g| &g.name,
+                full,
+            )
         }
         "POST" => {
-            let mut body = req.body_object()?;
-            if body.get("alloc_policy") == Some(&Value::Null) {
-                body.remove("alloc_policy");
-            }
-            let mut stat = vec![];
-            if req.dry_run()? {
-                stat.push(("dry_run", json!(true)));
-            }
-            let spec = OpSpec {
-                op_id: "OP_GROUP_ADD",
-                resource: Some("groups"),
-                body,
-                statics: statics(&stat),
-                renames: &[("name", "group_name")],
-            };
-            submit_one(state, req, spec).await
+            let renames = &[("name", "group_name")];
+            op_renamed(
+                state,
+                req,
+                "OP_GROUP_ADD",
+                "groups",
+                req.body_object()?,
+                vec![],
+                renames,
+            )
+            .await
         }
-        m => Err(ApiError::new(501, format!("Method {m} is unsupported"))),
+        m => Err(unsupported(m)),
     }
 }
 
@@ -1159,7 +1176,7 @@ async fn group(state: &State, req: &Request, name: &str) -> R {
             )
             .await
         }
-        m => Err(ApiError::new(501, format!("Method {m} is unsupported"))),
+        m => Err(unsupported(m)),
     }
 }
 
@@ -1168,10 +1185,7 @@ async fn group_action(state: &State, req: &Request, name: &str, action: &str) ->
     let g = json!(name);
     match action {
         "modify" => {
-            let mut b = req.body_object()?;
-            if b.get("alloc_policy") == Some(&Value::Null) {
-                b.remove("alloc_policy");
-            }
+            let b = req.body_object()?;
             op(
                 state,
                 req,
@@ -1215,44 +1229,30 @@ async fn networks(state: &State, req: &Request) -> R {
     match req.method.as_str() {
         "GET" => {
             let cfg = state.queue.cluster().snapshot();
-            let mut list: Vec<_> = cfg.networks.values().collect();
-            list.sort_by(|a, b| a.name.cmp(&b.name));
-            if req.flag("bulk")? {
-                Ok(Value::Array(
-                    list.iter().map(|n| network_json(&cfg, n)).collect(),
-                ))
-            } else {
-                Ok(uri_list("networks", list.iter().map(|n| &n.name)))
-            }
+            let full = |n: &Network| network_json(&cfg, n);
+            collection(
+                req.flag("bulk")?,
+                "networks",
+                cfg.networks.values(),
+                |n| &n.name,
+                full,
+            )
         }
         "POST" => {
-            let mut body = req.body_object()?;
-            body.retain(|k, v| {
-                !(v.is_null()
-                    && [
-                        "gateway6",
-                        "network6",
-                        "mac_prefix",
-                        "add_reserved_ips",
-                        "tags",
-                        "gateway",
-                    ]
-                    .contains(&k.as_str()))
-            });
-            let mut stat = vec![];
-            if req.dry_run()? {
-                stat.push(("dry_run", json!(true)));
-            }
-            let spec = OpSpec {
-                op_id: "OP_NETWORK_ADD",
-                resource: Some("networks"),
+            let body = req.body_object()?;
+            let renames = &[("name", "network_name")];
+            op_renamed(
+                state,
+                req,
+                "OP_NETWORK_ADD",
+                "networks",
                 body,
-                statics: statics(&stat),
-                renames: &[("name", "network_name")],
-            };
-            submit_one(state, req, spec).await
+                vec![],
+                renames,
+            )
+            .await
         }
-        m => Err(ApiError::new(501, format!("Method {m} is unsupported"))),
+        m => Err(unsupported(m)),
     }
 }
 
@@ -1276,7 +1276,7 @@ async fn network(state: &State, req: &Request, name: &str) -> R {
             )
             .await
         }
-        m => Err(ApiError::new(501, format!("Method {m} is unsupported"))),
+        m => Err(unsupported(m)),
     }
 }
 

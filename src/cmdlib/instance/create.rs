@@ -565,9 +565,6 @@ pub async fn multi_alloc(ctx: &Ctx) -> Result<Value, OpError> {
         allocatable.push(name);
         jobs.push(vec![op]);
     }
-    if ctx.stop_for_dry_run() {
-        return Ok(json!({"allocatable": allocatable, "failed": failed, "jobs": []}));
-    }
     let submitted = ctx.submit_children(jobs).await?;
     Ok(json!({"allocatable": allocatable, "failed": failed, "jobs": submitted}))
 }
