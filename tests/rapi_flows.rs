@@ -245,3 +245,93 @@ fn submitted_jobs_survive_kill_9() {
         "ids continue above the old ones"
     );
 }
+
+#[test]
+fn groups_and_networks_accept_null_optionals() {
+    let s = start(&[]);
+    let body = r#"{"name": "rack2", "alloc_policy": null}"#;
+    let (code, id) = curl(&s, "POST", "/2/groups", ADMIN, Some(body));
+    assert_eq!(code, 200, "{id}");
+    assert_eq!(wait_job(&s, id.as_u64().unwrap())["status"], "success");
+    let (_, groups) = curl(&s, "GET", "/2/groups", None, None);
+    let names: Vec<&str> = groups
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["default", "rack2"], "sorted by name");
+    let (_, bulk) = curl(&s, "GET", "/2/groups?bulk=1", None, None);
+    assert_eq!(bulk[1]["alloc_policy"], "preferred");
+
+    let body = r#"{"name": "lan", "network": "10.0.0.0/24", "gateway6": null, "tags": null}"#;
+    let (_, id) = curl(&s, "POST", "/2/networks", ADMIN, Some(body));
+    assert_eq!(wait_job(&s, id.as_u64().unwrap())["status"], "success");
+    let (_, net) = curl(&s, "GET", "/2/networks/lan", None, None);
+    assert_eq!(net["network"], "10.0.0.0/24");
+    assert_eq!(net["free_count"], 254);
+}
+
+#[test]
+fn users_file_changes_apply_without_restart() {
+    let s = start(&[]);
+    let users = s.dir.path().join("users");
+    let (code, _) = curl(&s, "PUT", "/2/redistribute-config", Some("newbie:pw"), None);
+    assert_eq!(code, 401);
+    std::fs::write(
+        &users,
+        "admin {cleartext}admin write\nnewbie {CLEARTEXT}pw write\n",
+    )
+    .unwrap();
+    let login = |user: &str| {
+        (0..40).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            curl(&s, "PUT", "/2/redistribute-config", Some(user), None).0 == 200
+        })
+    };
+    assert!(
+        login("newbie:pw"),
+        "a new user can log in within a few seconds"
+    );
+    std::fs::write(&users, "admin {cleartext}admin write\n").unwrap();
+    let refused = (0..40).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        curl(&s, "PUT", "/2/redistribute-config", Some("newbie:pw"), None).0 == 401
+    });
+    assert!(refused, "a removed user is refused within a few seconds");
+}
+
+#[test]
+fn wait_answers_null_when_nothing_changes() {
+    let s = start(&["--wait-timeout", "1"]);
+    let id = delay_job(&s, 5.0, json!({}));
+    let fields = json!(["status"]);
+    // Take the current state (once the delay runs), then ask again with it as "previous".
+    let mut previous = serde_json::Value::Null;
+    for _ in 0..50 {
+        let body =
+            json!({"fields": fields, "previous_job_info": null, "previous_log_serial": null});
+        let (_, a) = curl(
+            &s,
+            "GET",
+            &format!("/2/jobs/{id}/wait"),
+            ADMIN,
+            Some(&body.to_string()),
+        );
+        if a["job_info"] == json!(["running"]) {
+            previous = a["job_info"].clone();
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(previous, json!(["running"]));
+    let body = json!({"fields": fields, "previous_job_info": previous, "previous_log_serial": 0});
+    let (code, answer) = curl(
+        &s,
+        "GET",
+        &format!("/2/jobs/{id}/wait"),
+        ADMIN,
+        Some(&body.to_string()),
+    );
+    assert_eq!((code, answer), (200, serde_json::Value::Null));
+}
