@@ -1,5 +1,6 @@
 //! Test helpers: start the real `gantry` binary on a free port with a temp data dir, talk to it
-//! with curl like a user would.
+//! with curl like a user would. Servers speak HTTPS with their self-signed certificate unless a
+//! test passes `--no-ssl`.
 
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
@@ -29,15 +30,7 @@ pub fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> Server {
         std::fs::write(&users, "admin {cleartext}admin write\nviewer viewer read\n").unwrap();
     }
     let mut child = Command::new(env!("CARGO_BIN_EXE_gantry"))
-        .args([
-            "serve",
-            "--port",
-            "0",
-            "--bind",
-            "127.0.0.1",
-            "--no-ssl",
-            "--data-dir",
-        ])
+        .args(["serve", "--port", "0", "--bind", "127.0.0.1", "--data-dir"])
         .arg(dir.path())
         .args(extra)
         .stdout(Stdio::piped())
@@ -49,7 +42,7 @@ pub fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> Server {
         .read_line(&mut line)
         .unwrap();
     let base = line.trim().rsplit(' ').next().unwrap().to_string();
-    assert!(base.starts_with("http://"), "unexpected banner: {line}");
+    assert!(base.starts_with("http"), "unexpected banner: {line}");
     Server { child, base, dir }
 }
 
@@ -61,8 +54,23 @@ pub fn curl(
     user: Option<&str>,
     body: Option<&str>,
 ) -> (u16, Value) {
+    let (code, _, body) = curl_full(server, method, path, user, body);
+    (code, body)
+}
+
+/// Like `curl`, plus the response headers as one lower-cased string.
+pub fn curl_full(
+    server: &Server,
+    method: &str,
+    path: &str,
+    user: Option<&str>,
+    body: Option<&str>,
+) -> (u16, String, Value) {
+    let headers = tempfile::NamedTempFile::new().unwrap();
     let mut cmd = Command::new("curl");
-    cmd.args(["-s", "-o", "-", "-w", "\n%{http_code}", "-X", method]);
+    // -k: the server's certificate is self-signed; the CA bundle variables would not matter then.
+    cmd.args(["-s", "-k", "-o", "-", "-w", "\n%{http_code}", "-X", method]);
+    cmd.arg("-D").arg(headers.path());
     if let Some(u) = user {
         cmd.args(["-u", u]);
     }
@@ -75,6 +83,9 @@ pub fn curl(
     let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
     (
         code.trim().parse().unwrap_or(0),
+        std::fs::read_to_string(headers.path())
+            .unwrap_or_default()
+            .to_lowercase(),
         serde_json::from_str(body).unwrap_or(Value::Null),
     )
 }

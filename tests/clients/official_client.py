@@ -1,0 +1,77 @@
+"""Drives gantry with Ganeti's own RAPI client (Debian's python3-ganeti-rapi).
+
+Usage: official_client.py HOST PORT USER PASSWORD
+Every step asserts what a Ganeti cluster would answer; exits non-zero on the first difference.
+"""
+import sys
+
+from ganeti.rapi import client
+
+host, port, user, password = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+# No curl_config_fn: the official client then does not verify the self-signed certificate.
+rapi = client.GanetiRapiClient(host, port=port, username=user, password=password)
+NAME = "official1.example.com"
+
+
+def finished_ok(job_id, what):
+    assert isinstance(job_id, int), (what, job_id)
+    assert rapi.WaitForJobCompletion(job_id, period=1, retries=60), what
+    status = rapi.GetJobStatus(job_id)
+    assert status["status"] == "success", (what, status)
+    return status
+
+
+assert rapi.GetVersion() == 2
+features = rapi.GetFeatures()
+for needed in (client._INST_CREATE_REQV1, client._INST_REINSTALL_REQV1,
+               client._NODE_MIGRATE_REQV1, client._NODE_EVAC_RES1):
+    assert needed in features, (needed, features)
+info = rapi.GetInfo()
+assert info["name"] and "default_hypervisor" in info, info
+nodes = rapi.GetNodes(bulk=True)
+assert len(nodes) >= 2 and all("mfree" in n for n in nodes), nodes
+assert "debootstrap+default" in rapi.GetOperatingSystems()
+
+create = dict(mode="create", name=NAME, disk_template="drbd",
+              disks=[{"size": 1024}], nics=[{}], os="debootstrap+default",
+              beparams={"memory": 256})
+dry = finished_ok(rapi.CreateInstance(dry_run=True, **create), "dry-run create")
+assert len(dry["opresult"][0]) == 2, dry["opresult"]
+assert NAME not in rapi.GetInstances(), "a dry run created nothing"
+
+finished_ok(rapi.CreateInstance(**create), "create")
+inst = rapi.GetInstance(NAME)
+assert inst["status"] == "running" and inst["disk_template"] == "drbd", inst
+assert inst["beparams"]["memory"] == 256, inst["beparams"]
+primary = inst["pnode"]
+
+# WaitForJobChange is what `gnt-*` style tools poll with.
+job = rapi.RebootInstance(NAME, reboot_type="hard")
+change = rapi.WaitForJobChange(job, ["status"], None, None)
+assert change is None or "job_info" in change, change
+finished_ok(job, "reboot")
+
+finished_ok(rapi.MigrateInstance(NAME, mode="live"), "migrate")
+assert rapi.GetInstance(NAME)["pnode"] != primary, "migration moved the primary"
+
+finished_ok(rapi.AddInstanceTags(NAME, ["web", "prod"]), "tags")
+assert sorted(rapi.GetInstanceTags(NAME)) == ["prod", "web"]
+
+info_job = rapi.GetInstanceInfo(NAME)
+info = finished_ok(info_job, "instance info")["opresult"][0]
+assert info[NAME]["run_state"] == "up", info
+
+finished_ok(rapi.ShutdownInstance(NAME, timeout=10), "shutdown")
+assert rapi.GetInstance(NAME)["oper_state"] is False
+finished_ok(rapi.DeleteInstance(NAME), "remove")
+assert NAME not in rapi.GetInstances()
+
+try:
+    rapi.GetInstance(NAME)
+    raise AssertionError("a removed instance is still readable")
+except client.GanetiApiError as err:
+    assert err.code == 404, err.code
+
+jobs = rapi.GetJobs(bulk=True)
+assert all(isinstance(j["id"], int) for j in jobs), jobs
+print("official client: all steps passed")
