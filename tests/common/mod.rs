@@ -1,6 +1,8 @@
 //! Test helpers: start the real `gantry` binary on a free port with a temp data dir, talk to it
 //! with curl like a user would. Servers speak HTTPS with their self-signed certificate unless a
 //! test passes `--no-ssl`.
+// Each test binary uses a different subset of these helpers.
+#![allow(dead_code)]
 
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
