@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod cmdlib;
 pub mod jobqueue;
 pub mod opcodes;
+pub mod qlang;
 pub mod rapi;
 pub mod storage;
 pub mod util;

@@ -151,22 +151,6 @@ fn errors_and_auth() {
     );
 }
 
-fn delay_job(s: &Server, duration: f64, extra: serde_json::Value) -> u64 {
-    let mut op = json!({"OP_ID": "OP_TEST_DELAY", "duration": duration});
-    op.as_object_mut()
-        .unwrap()
-        .extend(extra.as_object().unwrap().clone());
-    let (code, id) = curl(
-        s,
-        "POST",
-        "/2/jobs",
-        ADMIN,
-        Some(&json!({"ops": [op]}).to_string()),
-    );
-    assert_eq!(code, 200, "{id}");
-    id.as_u64().unwrap()
-}
-
 #[test]
 fn cancel_dependencies_and_wait() {
     let s = start(&[]);

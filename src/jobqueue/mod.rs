@@ -2,6 +2,7 @@
 //! and dependencies, cancel, priority change, wait-for-change, archiving and crash recovery.
 //! The per-job runner lives in `runner.rs`.
 
+pub mod filters;
 pub mod job;
 pub mod locks;
 mod recovery;
@@ -11,10 +12,11 @@ mod store;
 use crate::backends::Backend;
 use crate::cluster::ClusterStore;
 use crate::opcodes::OpCode;
+use filters::{Action, CompiledRule, FilterRule};
 use job::{Job, JobId, LogEntry, Status, Timestamp};
 use locks::LockManager;
 use serde_json::Value;
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use thiserror::Error;
@@ -42,6 +44,16 @@ pub enum WaitError {
     NotFound(JobId),
     #[error("Unknown output fields selected: {0}")]
     UnknownField(String),
+}
+
+#[derive(Debug, Error)]
+pub enum FilterError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("Filter rule {0} not found")]
+    NotFound(String),
+    #[error(transparent)]
+    Storage(#[from] StoreError),
 }
 
 #[derive(Debug, Clone)]
@@ -75,6 +87,8 @@ struct State {
     next_id: u64,
     drained: bool,
     closing: bool,
+    /// Job filter rules in the order they are consulted.
+    filters: Vec<CompiledRule>,
 }
 
 struct Inner {
@@ -103,8 +117,17 @@ impl JobQueue {
         backend: Arc<dyn Backend>,
         opts: QueueOptions,
     ) -> Result<JobQueue, StoreError> {
+        let mut filters = vec![];
+        for rule in store.filter_rules()? {
+            match CompiledRule::compile(rule) {
+                Ok(rule) => filters.push(rule),
+                Err(e) => tracing::error!("ignoring a stored filter rule: {e}"),
+            }
+        }
+        filters::sort_rules(&mut filters);
         let mut state = State {
             drained: store.drain_flag()?,
+            filters,
             ..State::default()
         };
         recovery::recover(&store, &mut state).await?;
@@ -238,6 +261,14 @@ impl JobQueue {
     /// Non-archived jobs in id order, mapped through `f` while the queue is locked.
     pub fn live_jobs<T>(&self, mut f: impl FnMut(&Job) -> T) -> Vec<T> {
         self.state().jobs.values().map(&mut f).collect()
+    }
+
+    /// Every archived job, in id order (for queries that ask for them explicitly).
+    pub fn archived_jobs(&self) -> Vec<Job> {
+        self.inner.store.archived_jobs().unwrap_or_else(|e| {
+            tracing::error!("reading archived jobs failed: {e}");
+            vec![]
+        })
     }
 
     pub fn drained(&self) -> bool {
@@ -528,42 +559,83 @@ impl JobQueue {
                 .cluster
                 .max_running_jobs
                 .max(1) as usize;
-            let mut to_start = vec![];
-            {
-                let mut st = self.state();
-                if st.closing {
+            let (to_start, to_reject) = {
+                let mut guard = self.state();
+                if guard.closing {
                     continue;
                 }
-                let mut skipped = vec![];
-                while st.started.len() < limit {
-                    let Some(entry) = st.runnable.pop_first() else {
-                        break;
-                    };
-                    let id = entry.1;
-                    let eligible = st.jobs.get(&id).is_some_and(|job| {
-                        job.ops
-                            .iter()
-                            .flat_map(|o| o.input.depends())
-                            .all(|(dep, _)| {
-                                st.jobs
-                                    .get(&JobId(dep.max(0) as u64))
-                                    .is_none_or(|d| d.is_finalized())
-                            })
-                    });
-                    if !eligible {
-                        skipped.push(entry);
-                        continue;
-                    }
-                    st.started.insert(id);
-                    st.cancels.insert(id, watch::channel(false).0);
-                    to_start.push(id);
-                }
-                st.runnable.extend(skipped);
-            }
+                pick_jobs(&mut guard, limit)
+            };
             for id in to_start {
                 tokio::spawn(runner::run_job(self.clone(), id));
             }
+            for id in to_reject {
+                let queue = self.clone();
+                tokio::spawn(async move {
+                    let (_, msg) = queue.cancel(id).await;
+                    tracing::info!(job = %id, "rejected by a filter rule: {msg}");
+                });
+            }
         }
+    }
+
+    /// The filter rules, in the order they are consulted.
+    pub fn filter_rules(&self) -> Vec<FilterRule> {
+        self.state()
+            .filters
+            .iter()
+            .map(|r| r.rule.clone())
+            .collect()
+    }
+
+    /// Inserts (no uuid) or replaces a filter rule; answers its uuid. The watermark is the highest
+    /// job id allocated so far; the reason trail gets a `luxid` entry.
+    pub async fn replace_filter(
+        &self,
+        uuid: Option<String>,
+        priority: i64,
+        predicates: Vec<Value>,
+        action: Value,
+        mut reason_trail: Vec<Value>,
+    ) -> Result<String, FilterError> {
+        let uuid = uuid.unwrap_or_else(crate::util::new_uuid);
+        {
+            let mut st = self.state();
+            reason_trail.push(serde_json::json!([
+                "luxid",
+                "",
+                Timestamp::now().as_nanos() as u64
+            ]));
+            let rule = CompiledRule::compile(FilterRule {
+                uuid: uuid.clone(),
+                priority,
+                watermark: st.next_id.saturating_sub(1),
+                predicates,
+                action,
+                reason_trail,
+            })
+            .map_err(FilterError::Invalid)?;
+            self.inner.store.put_filter_rule(&rule.rule)?;
+            st.filters.retain(|r| r.rule.uuid != uuid);
+            st.filters.push(rule);
+            filters::sort_rules(&mut st.filters);
+        }
+        self.inner.store.durable().await?;
+        self.inner.wake_scheduler.notify_one();
+        Ok(uuid)
+    }
+
+    pub async fn delete_filter(&self, uuid: &str) -> Result<(), FilterError> {
+        {
+            let mut st = self.state();
+            if !self.inner.store.delete_filter_rule(uuid)? {
+                return Err(FilterError::NotFound(uuid.to_string()));
+            }
+            st.filters.retain(|r| r.rule.uuid != uuid);
+        }
+        self.inner.store.durable().await?;
+        self.inner.wake_scheduler.notify_one();
+        Ok(())
     }
 
     fn job_finished(&self, id: JobId) {
@@ -587,6 +659,74 @@ impl JobQueue {
             tracing::error!("final flush failed: {e}");
         }
     }
+}
+
+/// One scheduling pass: takes runnable jobs in (priority, id) order while fewer than `limit` run,
+/// skipping jobs whose dependencies are not finalized and applying the filter rules and the
+/// ad-hoc rate limits. Answers the jobs to start and the jobs a REJECT rule matched.
+fn pick_jobs(st: &mut State, limit: usize) -> (Vec<JobId>, Vec<JobId>) {
+    let mut per_rule: HashMap<String, usize> = HashMap::new();
+    let mut per_bucket: HashMap<String, usize> = HashMap::new();
+    for job in st.started.iter().filter_map(|id| st.jobs.get(id)) {
+        if let (Action::RateLimit(_), Some(uuid)) = filters::decide(&st.filters, job) {
+            *per_rule.entry(uuid.to_string()).or_default() += 1;
+        }
+        for (bucket, _) in filters::rate_limit_buckets(job) {
+            *per_bucket.entry(bucket).or_default() += 1;
+        }
+    }
+    let (mut to_start, mut to_reject, mut skipped) = (vec![], vec![], vec![]);
+    while st.started.len() < limit {
+        let Some(entry) = st.runnable.pop_first() else {
+            break;
+        };
+        let id = entry.1;
+        let Some(job) = st.jobs.get(&id) else {
+            continue;
+        };
+        let dependencies_done = job
+            .ops
+            .iter()
+            .flat_map(|o| o.input.depends())
+            .all(|(dep, _)| {
+                st.jobs
+                    .get(&JobId(dep.max(0) as u64))
+                    .is_none_or(|d| d.is_finalized())
+            });
+        let allowed = dependencies_done
+            && match filters::decide(&st.filters, job) {
+                (Action::Pause, _) => false,
+                (Action::Reject, _) => {
+                    to_reject.push(id);
+                    false
+                }
+                (Action::RateLimit(n), Some(uuid)) => {
+                    let running = per_rule.entry(uuid.to_string()).or_default();
+                    *running < n && {
+                        *running += 1;
+                        true
+                    }
+                }
+                _ => true,
+            };
+        let buckets = filters::rate_limit_buckets(job);
+        let allowed = allowed
+            && buckets
+                .iter()
+                .all(|(b, n)| per_bucket.get(b).copied().unwrap_or(0) < *n);
+        if !allowed {
+            skipped.push(entry);
+            continue;
+        }
+        for (bucket, _) in buckets {
+            *per_bucket.entry(bucket).or_default() += 1;
+        }
+        st.started.insert(id);
+        st.cancels.insert(id, watch::channel(false).0);
+        to_start.push(id);
+    }
+    st.runnable.extend(skipped);
+    (to_start, to_reject)
 }
 
 /// Builds a job: reason trail entries, relative dependencies resolved to absolute ids.

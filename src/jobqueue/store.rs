@@ -1,5 +1,6 @@
 //! Durable job storage in sled: live jobs, archived jobs, the id counter and the drain flag.
 
+use super::filters::FilterRule;
 use super::job::{Job, JobId};
 use crate::storage::{GroupCommit, StorageError};
 use thiserror::Error;
@@ -20,6 +21,7 @@ pub struct Store {
     jobs: sled::Tree,
     archive: sled::Tree,
     meta: sled::Tree,
+    filters: sled::Tree,
 }
 
 const NEXT_ID: &[u8] = b"next_job_id";
@@ -36,6 +38,7 @@ impl Store {
             jobs: db.open_tree("jobs")?,
             archive: db.open_tree("archive")?,
             meta: db.open_tree("meta")?,
+            filters: db.open_tree("filters")?,
             commit: commit.clone(),
         })
     }
@@ -77,6 +80,10 @@ impl Store {
         }
     }
 
+    pub fn archived_jobs(&self) -> Result<Vec<Job>, StoreError> {
+        self.archive.iter().values().map(|v| decode(&v?)).collect()
+    }
+
     pub fn live_jobs(&self) -> Result<Vec<Job>, StoreError> {
         self.jobs.iter().values().map(|v| decode(&v?)).collect()
     }
@@ -108,6 +115,27 @@ impl Store {
     pub fn set_drain_flag(&self, on: bool) -> Result<(), StoreError> {
         self.meta.insert(DRAIN, &[u8::from(on)])?;
         Ok(())
+    }
+}
+
+impl Store {
+    pub fn filter_rules(&self) -> Result<Vec<FilterRule>, StoreError> {
+        self.filters
+            .iter()
+            .values()
+            .map(|v| serde_json::from_slice(&v?).map_err(|e| StoreError::Corrupt(e.to_string())))
+            .collect()
+    }
+
+    pub fn put_filter_rule(&self, rule: &FilterRule) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(rule).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.filters.insert(rule.uuid.as_bytes(), bytes)?;
+        Ok(())
+    }
+
+    /// Answers whether the rule existed.
+    pub fn delete_filter_rule(&self, uuid: &str) -> Result<bool, StoreError> {
+        Ok(self.filters.remove(uuid.as_bytes())?.is_some())
     }
 }
 

@@ -4,6 +4,7 @@
 
 pub mod auth;
 mod error;
+mod filters;
 mod objects;
 mod opjob;
 mod query;

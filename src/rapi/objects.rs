@@ -182,3 +182,16 @@ pub fn unknown(kind: &str, name: &str) -> ApiError {
     };
     ApiError::not_found(what)
 }
+
+/// The Python type name of a JSON value, for upstream's "Type is 'X'" messages.
+pub fn python_type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "NoneType",
+        Value::Bool(_) => "bool",
+        Value::Number(n) if n.is_f64() => "float",
+        Value::Number(_) => "int",
+        Value::String(_) => "str",
+        Value::Array(_) => "list",
+        Value::Object(_) => "dict",
+    }
+}

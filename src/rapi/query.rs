@@ -1,11 +1,12 @@
 //! `/2/query/<resource>` and `/2/query/<resource>/fields`: new-style `[status, value]` cells.
-//! Query filters are not evaluated yet: a request with a filter is refused with 501.
+//! `PUT` takes a query filter (`qfilter`, or the pre-2.7 `filter`) in Ganeti's list language.
 
 use super::State;
 use super::error::ApiError;
 use super::objects::{live_instances, live_nodes};
 use super::request::Request;
 use crate::cluster::views;
+use crate::qlang::Filter;
 use serde_json::{Value, json};
 
 fn known_fields(what: &str) -> Result<Vec<&'static str>, ApiError> {
@@ -27,23 +28,46 @@ fn definition(name: &str) -> Value {
     json!({"name": name, "title": name.to_uppercase(), "kind": "other", "doc": name})
 }
 
+/// GET reads `fields` from the query string only; PUT from the body, then the query string.
 fn requested(req: &Request) -> Result<Vec<String>, ApiError> {
-    if let Some(f) = req.query_str("fields") {
-        return Ok(f
-            .split(',')
-            .filter(|s| !s.is_empty())
-            .map(String::from)
-            .collect());
+    if req.method == "PUT"
+        && let Some(f) = req.body.get("fields")
+    {
+        return match f {
+            Value::Array(a) if a.iter().all(Value::is_string) => Ok(a
+                .iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()),
+            _ => Err(ApiError::bad_request(
+                "The 'fields' parameter should be a list of strings",
+            )),
+        };
     }
-    match req.body.get("fields") {
-        Some(Value::Array(a)) => Ok(a
-            .iter()
-            .filter_map(|v| v.as_str().map(String::from))
-            .collect()),
-        _ => Err(ApiError::bad_request(
-            "Missing the required 'fields' parameter",
-        )),
+    match req.query_str("fields") {
+        Some(f) => Ok(f.split(',').map(|s| s.trim().to_string()).collect()),
+        None => Err(ApiError::bad_request("Missing 'fields' query argument")),
     }
+}
+
+fn query_filter(req: &Request, known: &[&str]) -> Result<Option<Filter>, ApiError> {
+    if req.method != "PUT" {
+        return Ok(None);
+    }
+    let raw = match req.body.get("qfilter") {
+        None | Some(Value::Null) => req.body.get("filter"),
+        given => given,
+    };
+    let Some(raw) = raw.filter(|v| !v.is_null()) else {
+        return Ok(None);
+    };
+    let filter = Filter::parse(raw)
+        .map_err(|e| ApiError::bad_request(format!("Invalid query filter: {e}")))?;
+    if let Some(f) = filter.fields().into_iter().find(|f| !known.contains(f)) {
+        return Err(ApiError::bad_request(format!(
+            "Invalid query filter: unknown field '{f}'"
+        )));
+    }
+    Ok(Some(filter))
 }
 
 pub fn fields(req: &Request, what: &str) -> Result<Value, ApiError> {
@@ -66,12 +90,7 @@ pub async fn query(state: &State, req: &Request, what: &str) -> Result<Value, Ap
     }
     let known = known_fields(what)?;
     let fields = requested(req)?;
-    if req.body.get("qfilter").is_some_and(|f| !f.is_null()) || req.query_str("qfilter").is_some() {
-        return Err(ApiError::new(
-            501,
-            "Query filters are not implemented by gantry yet",
-        ));
-    }
+    let filter = query_filter(req, &known)?;
     let cell = |v: Option<Value>| match v {
         Some(Value::Null) => json!([2, null]),
         Some(v) => json!([0, v]),
@@ -88,10 +107,16 @@ pub async fn query(state: &State, req: &Request, what: &str) -> Result<Value, Ap
         })
         .collect();
     let cfg = state.queue.cluster().snapshot();
-    let row = |get: &dyn Fn(&str) -> Option<Value>| -> Value {
-        Value::Array(fields.iter().map(|f| cell(get(f))).collect())
+    // A row is kept when the filter matches; `None` rows are dropped below.
+    let row = |get: &dyn Fn(&str) -> Option<Value>| -> Option<Value> {
+        if let Some(f) = &filter
+            && !f.matches(get)
+        {
+            return None;
+        }
+        Some(Value::Array(fields.iter().map(|f| cell(get(f))).collect()))
     };
-    let data: Vec<Value> = match what {
+    let data: Vec<Option<Value>> = match what {
         "instance" => {
             let live = live_instances(state, cfg.instances.values()).await;
             cfg.instances
@@ -116,7 +141,31 @@ pub async fn query(state: &State, req: &Request, what: &str) -> Result<Value, Ap
             .values()
             .map(|n| row(&|f| views::network_field(&cfg, n, f)))
             .collect(),
-        _ => state.queue.live_jobs(|j| row(&|f| j.field(f))),
+        _ => {
+            let mut rows = state.queue.live_jobs(|j| row(&|f| j.field(f)));
+            // Archived jobs appear only when asked for: by id in the filter, or by the field.
+            let named: Vec<u64> = filter
+                .as_ref()
+                .map(|f| {
+                    f.equality_literals("id")
+                        .into_iter()
+                        .filter_map(Value::as_u64)
+                        .collect()
+                })
+                .unwrap_or_default();
+            if !named.is_empty() || fields.iter().any(|f| f == "archived") {
+                rows.extend(
+                    state
+                        .queue
+                        .archived_jobs()
+                        .iter()
+                        .filter(|j| named.is_empty() || named.contains(&j.id.0))
+                        .map(|j| row(&|f| j.field(f))),
+                );
+            }
+            rows
+        }
     };
+    let data: Vec<Value> = data.into_iter().flatten().collect();
     Ok(json!({"fields": defs, "data": data}))
 }

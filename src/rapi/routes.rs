@@ -90,10 +90,8 @@ pub async fn dispatch(state: &State, req: &Request) -> R {
         ["2", "jobs"] => jobs(state, req).await,
         ["2", "jobs", id] => job(state, req, id).await,
         ["2", "jobs", id, "wait"] => wait(state, req, id).await,
-        ["2", "filters"] | ["2", "filters", ..] => Err(ApiError::new(
-            501,
-            "Job filters are not implemented by gantry yet",
-        )),
+        ["2", "filters"] => super::filters::collection(state, req).await,
+        ["2", "filters", uuid] => super::filters::item(state, req, uuid).await,
         ["2", "instances"] => instances(state, req).await,
         ["2", "instances-multi-alloc"] => multi_alloc(state, req).await,
         ["2", "instances", name] => instance(state, req, name).await,
@@ -157,7 +155,7 @@ fn only(method: &str, allowed: &[&str]) -> Result<(), ApiError> {
     }
 }
 
-fn unsupported(method: &str) -> ApiError {
+pub fn unsupported(method: &str) -> ApiError {
     ApiError::new(501, format!("Method {method} is unsupported"))
 }
 
@@ -793,16 +791,27 @@ async fn instance_action(state: &State, req: &Request, name: &str, action: &str)
         "replace-disks" => {
             only(m, &["POST"])?;
             let mut b = body()?;
-            if let Some(Value::String(d)) = b.get("disks").cloned() {
-                let list: Result<Vec<i64>, _> = d
-                    .split(',')
-                    .filter(|s| !s.is_empty())
-                    .map(|s| s.trim().parse())
-                    .collect();
-                b.insert(
-                    "disks".into(),
-                    json!(list.map_err(|_| ApiError::bad_request("Invalid disk list"))?),
-                );
+            // The legacy interface (and the official client) passes everything in the query.
+            if b.is_empty() {
+                for key in ["remote_node", "mode", "disks", "iallocator"] {
+                    if let Some(v) = req.query_str(key) {
+                        b.insert(key.into(), json!(v));
+                    }
+                }
+            }
+            match b.remove("disks") {
+                Some(Value::String(d)) if !d.is_empty() => {
+                    let list: Result<Vec<i64>, _> =
+                        d.split(',').map(|s| s.trim().parse::<i64>()).collect();
+                    let list = list.map_err(|e| {
+                        ApiError::bad_request(format!("Invalid disk index passed: {e}"))
+                    })?;
+                    b.insert("disks".into(), json!(list));
+                }
+                Some(Value::String(_)) | None => {}
+                Some(other) => {
+                    b.insert("disks".into(), other);
+                }
             }
             op(
                 state,
@@ -816,8 +825,11 @@ async fn instance_action(state: &State, req: &Request, name: &str, action: &str)
         }
         "prepare-export" => {
             only(m, &["PUT"])?;
-            let mode = req.query_str("mode").unwrap_or("local");
-            let s = vec![("instance_name", n), ("mode", json!(mode))];
+            // Like upstream, a missing mode is not defaulted: the opcode refuses it.
+            let mut s = vec![("instance_name", n)];
+            if let Some(mode) = req.query_str("mode") {
+                s.push(("mode", json!(mode)));
+            }
             op(
                 state,
                 req,
@@ -828,31 +840,19 @@ async fn instance_action(state: &State, req: &Request, name: &str, action: &str)
             )
             .await
         }
-        "export" => match m {
-            "PUT" => {
-                op(
-                    state,
-                    req,
-                    "OP_BACKUP_EXPORT",
-                    "instances_name_export",
-                    body()?,
-                    vec![("instance_name", n)],
-                )
-                .await
-            }
-            "DELETE" => {
-                op(
-                    state,
-                    req,
-                    "OP_BACKUP_REMOVE",
-                    "instances_name_export",
-                    Map::new(),
-                    vec![("instance_name", n)],
-                )
-                .await
-            }
-            _ => Err(unsupported(m)),
-        },
+        "export" => {
+            only(m, &["PUT"])?;
+            op_renamed(
+                state,
+                req,
+                "OP_BACKUP_EXPORT",
+                "instances_name_export",
+                body()?,
+                vec![("instance_name", n)],
+                &[("destination", "target_node")],
+            )
+            .await
+        }
         "console" => {
             only(m, &["GET"])?;
             let cfg = state.queue.cluster().snapshot();

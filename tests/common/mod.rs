@@ -4,7 +4,7 @@
 // Each test binary uses a different subset of these helpers.
 #![allow(dead_code)]
 
-use serde_json::Value;
+use serde_json::{Value, json};
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
@@ -102,4 +102,21 @@ pub fn wait_job(server: &Server, id: u64) -> Value {
         std::thread::sleep(std::time::Duration::from_millis(25));
     }
     panic!("job {id} did not finish");
+}
+
+/// Submits an OP_TEST_DELAY job through POST /2/jobs; `extra` adds opcode parameters.
+pub fn delay_job(s: &Server, duration: f64, extra: serde_json::Value) -> u64 {
+    let mut op = json!({"OP_ID": "OP_TEST_DELAY", "duration": duration});
+    op.as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    let (code, id) = curl(
+        s,
+        "POST",
+        "/2/jobs",
+        Some("admin:admin"),
+        Some(&json!({"ops": [op]}).to_string()),
+    );
+    assert_eq!(code, 200, "{id}");
+    id.as_u64().unwrap()
 }
