@@ -188,6 +188,35 @@ fn parse_query(q: &str) -> Vec<(String, String)> {
 struct TooLarge;
 impl warp::reject::Reject for TooLarge {}
 
+#[derive(Debug)]
+struct BrokenBody;
+impl warp::reject::Reject for BrokenBody {}
+
+/// Collects a request body, refusing it once it grows past `MAX_BODY`. The Content-Length check
+/// above refuses announced oversize bodies early; this catches chunked ones.
+async fn read_limited<S, B>(stream: S) -> Result<bytes::Bytes, warp::Rejection>
+where
+    S: futures_util::Stream<Item = Result<B, warp::Error>>,
+    B: bytes::Buf,
+{
+    use futures_util::StreamExt;
+    let mut stream = std::pin::pin!(stream);
+    let mut body = bytes::BytesMut::new();
+    while let Some(chunk) = stream.next().await {
+        let mut chunk = chunk.map_err(|_| warp::reject::custom(BrokenBody))?;
+        if body.len() + chunk.remaining() > MAX_BODY as usize {
+            return Err(warp::reject::custom(TooLarge));
+        }
+        while chunk.has_remaining() {
+            let part = chunk.chunk();
+            body.extend_from_slice(part);
+            let n = part.len();
+            chunk.advance(n);
+        }
+    }
+    Ok(body.freeze())
+}
+
 /// Serves RAPI until `shutdown` resolves.
 pub async fn serve(
     listener: TcpListener,
@@ -211,7 +240,7 @@ pub async fn serve(
                 })
                 .untuple_one(),
         )
-        .and(warp::body::bytes())
+        .and(warp::body::stream().and_then(read_limited))
         .and_then(handle)
         .recover(|rej: warp::Rejection| async move {
             let e = if rej.find::<TooLarge>().is_some() {
