@@ -223,7 +223,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
 }
 
 /// Tells the backend about nodes and instances, so a restart reports running VMs as running.
-async fn adopt(backend: &dyn Backend, cluster: &ClusterStore) {
+pub async fn adopt(backend: &dyn Backend, cluster: &ClusterStore) {
     let cfg = cluster.snapshot();
     let nodes = cfg
         .nodes

@@ -1,7 +1,7 @@
 //! The cluster model: one configuration document in sled, read as snapshots and changed only
 //! through `update`, atomically per opcode, with a serial number that grows on every change.
 
-mod bootstrap;
+pub mod bootstrap;
 pub mod model;
 pub mod views;
 

@@ -573,10 +573,11 @@ async fn migrate(ctx: &Ctx) -> Result<Value, OpError> {
     let inst = op_instance(&ctx.op, &cfg)?.clone();
     let failover = ctx.op.id() == "OP_INSTANCE_FAILOVER";
     let verb = if failover { "failover" } else { "migrate" };
+    let action = if failover { "failovers" } else { "migrations" };
     let template = inst.disk_template.as_str();
     if !MIRRORED.contains(&template) && !SHARED.contains(&template) {
         return Err(OpError::prereq(
-            format!("Instance's disk layout '{template}' does not allow {verb}s"),
+            format!("Instance's disk layout '{template}' does not allow {action}"),
             ErrorCode::WrongState,
         ));
     }
