@@ -18,7 +18,8 @@ use std::time::Duration;
 struct Engine {
     queue: JobQueue,
     backend: Arc<FakeBackend>,
-    dir: tempfile::TempDir,
+    // Kept so the data dir lives as long as the engine.
+    _dir: tempfile::TempDir,
 }
 
 async fn engine_in(dir: tempfile::TempDir, delay_ms: u64, opts: QueueOptions) -> Engine {
@@ -33,7 +34,7 @@ async fn engine_in(dir: tempfile::TempDir, delay_ms: u64, opts: QueueOptions) ->
     Engine {
         queue,
         backend,
-        dir,
+        _dir: dir,
     }
 }
 
