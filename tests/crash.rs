@@ -1,0 +1,132 @@
+//! Kill -9 at random moments while many clients submit: every job id a client was given must
+//! exist after the restart in a valid state, interrupted jobs are failed as Ganeti does, queued
+//! ones run, and new ids continue above all old ones. Repeated several times on one data dir.
+
+mod common;
+use common::*;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+const CLIENTS: usize = 8;
+const ROUNDS: usize = 4;
+
+/// A kill delay between 300 and 1300 ms, different each round.
+fn random_delay() -> Duration {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64;
+    Duration::from_millis(300 + (nanos / 7 % 1000))
+}
+
+#[test]
+fn kill_9_under_concurrent_submissions_loses_nothing() {
+    let mut dir = tempfile::tempdir().unwrap();
+    let mut acked: BTreeMap<u64, usize> = BTreeMap::new();
+    for round in 0..ROUNDS {
+        let mut s = start_in(dir, &["--no-ssl"]);
+        // Everything acknowledged in earlier rounds survived the previous kill.
+        for (id, from_round) in &acked {
+            let (code, job) = curl(&s, "GET", &format!("/2/jobs/{id}"), None, None);
+            assert_eq!(
+                code, 200,
+                "job {id} (round {from_round}) lost in round {round}"
+            );
+            check_valid(&job);
+        }
+        let highest_before = acked.keys().max().copied().unwrap_or(0);
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let got = Arc::new(Mutex::new(vec![]));
+        let base = s.base.clone();
+        let clients: Vec<_> = (0..CLIENTS)
+            .map(|c| {
+                let (stop, got, base) = (stop.clone(), got.clone(), base.clone());
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        // Every other job has two opcodes, so some are killed between opcodes.
+                        let mut ops = vec![json!({"OP_ID": "OP_TEST_DELAY", "duration": 0.15})];
+                        if c % 2 == 0 {
+                            ops.push(json!({"OP_ID": "OP_TEST_DELAY", "duration": 0.05}));
+                        }
+                        if let Some(id) = submit_raw(&base, &json!({"ops": ops})) {
+                            got.lock().unwrap().push(id);
+                        }
+                    }
+                })
+            })
+            .collect();
+        std::thread::sleep(random_delay());
+        let _ = s.child.kill(); // SIGKILL
+        let _ = s.child.wait();
+        stop.store(true, Ordering::Relaxed);
+        for c in clients {
+            c.join().unwrap();
+        }
+        let new_ids = got.lock().unwrap().clone();
+        assert!(!new_ids.is_empty(), "round {round}: clients got job ids");
+        assert!(
+            new_ids.iter().all(|id| *id > highest_before),
+            "round {round}: ids continue above the old ones"
+        );
+        for id in new_ids {
+            acked.insert(id, round);
+        }
+        dir = std::mem::replace(&mut s.dir, tempfile::tempdir().unwrap());
+        drop(s);
+    }
+
+    // Final restart: every acknowledged job exists, and everything not interrupted finishes.
+    let s = start_in(dir, &["--no-ssl"]);
+    let mut interrupted = 0;
+    for id in acked.keys() {
+        let job = wait_job(&s, *id);
+        check_valid(&job);
+        if job["status"] == "error" {
+            interrupted += 1;
+        }
+    }
+    let next = delay_job(&s, 0.01, json!({}));
+    assert!(next > *acked.keys().max().unwrap());
+    eprintln!(
+        "{} acknowledged jobs over {ROUNDS} kills, {interrupted} interrupted",
+        acked.len()
+    );
+}
+
+/// POST /2/jobs with curl; answers the id only when the server acknowledged it.
+fn submit_raw(base: &str, body: &Value) -> Option<u64> {
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-m", "5", "-u", "admin:admin", "-X", "POST"])
+        .args(["-H", "Content-Type: application/json", "--data-binary"])
+        .arg(body.to_string())
+        .arg(format!("{base}/2/jobs"))
+        .output()
+        .ok()?;
+    serde_json::from_slice::<Value>(&out.stdout).ok()?.as_u64()
+}
+
+/// A job is whole and in a state the spec allows after a crash.
+fn check_valid(job: &Value) {
+    let status = job["status"].as_str().expect("status");
+    assert!(
+        ["queued", "waiting", "running", "success", "error"].contains(&status),
+        "{job}"
+    );
+    let opstatus = job["opstatus"].as_array().unwrap();
+    assert_eq!(opstatus.len(), job["ops"].as_array().unwrap().len());
+    if status == "error" {
+        let first_error = opstatus.iter().position(|s| s == "error").unwrap();
+        assert_eq!(
+            job["opresult"][first_error],
+            json!(["OpExecError", ["Unclean master daemon shutdown"]]),
+            "only the crash can fail a delay: {job}"
+        );
+        for later in &opstatus[first_error..] {
+            assert_eq!(later, "error", "{job}");
+        }
+    }
+}
