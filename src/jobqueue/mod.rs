@@ -81,6 +81,9 @@ struct State {
     jobs: BTreeMap<JobId, Job>,
     /// Durable, queued, not yet picked up: ordered by (priority, id).
     runnable: BTreeSet<(i64, JobId)>,
+    /// Queued jobs a PAUSE rule holds: set aside until the rules change, so a large paused
+    /// backlog costs nothing per scheduling pass.
+    paused: BTreeSet<(i64, JobId)>,
     started: HashSet<JobId>,
     versions: BTreeMap<JobId, watch::Sender<u64>>,
     cancels: BTreeMap<JobId, watch::Sender<bool>>,
@@ -324,7 +327,11 @@ impl JobQueue {
         let mut version = match step {
             Step::Reply(ok, msg) => return (ok, msg),
             Step::Dequeued(job) => {
-                self.state().runnable.retain(|(_, j)| *j != id);
+                {
+                    let mut st = self.state();
+                    st.runnable.retain(|(_, j)| *j != id);
+                    st.paused.retain(|(_, j)| *j != id);
+                }
                 self.persist(&job, true).await;
                 return (true, format!("Dequeued job {id}"));
             }
@@ -399,6 +406,9 @@ impl JobQueue {
             let snapshot = job.clone();
             if queued_not_started && st.runnable.remove(&(old, id)) {
                 st.runnable.insert((prio, id));
+            }
+            if queued_not_started && st.paused.remove(&(old, id)) {
+                st.paused.insert((prio, id));
             }
             snapshot
         };
@@ -619,6 +629,7 @@ impl JobQueue {
             st.filters.retain(|r| r.rule.uuid != uuid);
             st.filters.push(rule);
             filters::sort_rules(&mut st.filters);
+            release_paused(&mut st);
         }
         self.inner.store.durable().await?;
         self.inner.wake_scheduler.notify_one();
@@ -632,6 +643,7 @@ impl JobQueue {
                 return Err(FilterError::NotFound(uuid.to_string()));
             }
             st.filters.retain(|r| r.rule.uuid != uuid);
+            release_paused(&mut st);
         }
         self.inner.store.durable().await?;
         self.inner.wake_scheduler.notify_one();
@@ -659,6 +671,12 @@ impl JobQueue {
             tracing::error!("final flush failed: {e}");
         }
     }
+}
+
+/// Rules changed: paused jobs are judged again in the next pass.
+fn release_paused(st: &mut State) {
+    let paused = std::mem::take(&mut st.paused);
+    st.runnable.extend(paused);
 }
 
 /// One scheduling pass: takes runnable jobs in (priority, id) order while fewer than `limit` run,
@@ -695,7 +713,10 @@ fn pick_jobs(st: &mut State, limit: usize) -> (Vec<JobId>, Vec<JobId>) {
             });
         let allowed = dependencies_done
             && match filters::decide(&st.filters, job) {
-                (Action::Pause, _) => false,
+                (Action::Pause, _) => {
+                    st.paused.insert(entry);
+                    continue;
+                }
                 (Action::Reject, _) => {
                     to_reject.push(id);
                     false
