@@ -4,6 +4,7 @@
 //! 1. a plain fdatasync loop (one write + fdatasync per record): the one-fsync-per-job floor;
 //! 2. sled with gantry's group commit (`GroupCommit::durable`) from 1, 8 and 32 writers;
 //! 3. `JobQueue::submit` (a real job, durable before the id comes back) from 1, 8 and 32 tasks.
+//!
 //! Results go to stdout; doc/benchmarks.md records a run.
 
 use gantry::backends::fake::FakeBackend;
