@@ -1,4 +1,5 @@
-//! Command line: `gantry serve` (RAPI + queue + executor in one process) and `gantry users hash`.
+//! Command line: `gantry serve` (RAPI + queue + executor in one process), `gantry users hash` and
+//! `gantry queue drain|undrain|info`.
 
 use crate::backends::{Backend, NodeSpec, fake::FakeBackend};
 use crate::cluster::{ClusterStore, InitOptions};
@@ -32,6 +33,24 @@ enum Command {
         #[command(subcommand)]
         command: UsersCommand,
     },
+    /// The job queue's drain flag, like `gnt-cluster queue`; works while the server runs.
+    Queue {
+        #[command(subcommand)]
+        command: QueueCommand,
+        /// The server's data directory.
+        #[arg(long, default_value = "gantry-data", global = true)]
+        data_dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum QueueCommand {
+    /// Refuse new job submissions (queued and running jobs go on).
+    Drain,
+    /// Accept submissions again.
+    Undrain,
+    /// Print whether the queue is drained.
+    Info,
 }
 
 #[derive(Subcommand)]
@@ -131,6 +150,27 @@ pub fn main() -> ExitCode {
                 rapi::auth::ha1(&user, &password)
             );
             ExitCode::SUCCESS
+        }
+        Command::Queue { command, data_dir } => {
+            let file = data_dir.join(crate::jobqueue::DRAIN_FILE);
+            let result = match command {
+                QueueCommand::Drain => crate::jobqueue::set_drain_file(&file, true),
+                QueueCommand::Undrain => crate::jobqueue::set_drain_file(&file, false),
+                QueueCommand::Info => {
+                    println!(
+                        "The drain flag is {}",
+                        if file.exists() { "set" } else { "unset" }
+                    );
+                    Ok(())
+                }
+            };
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("gantry: {}: {e}", file.display());
+                    ExitCode::FAILURE
+                }
+            }
         }
         Command::Serve(args) => {
             tracing_subscriber::fmt()

@@ -4,7 +4,7 @@
 //! sled 0.34's `flush_async` deadlocks when many tasks call it at once (sled #1308), so nothing but
 //! the flusher thread ever flushes while the server runs.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use thiserror::Error;
@@ -30,6 +30,7 @@ struct Flusher {
 #[derive(Clone)]
 pub struct GroupCommit {
     db: sled::Db,
+    path: PathBuf,
     flusher: Arc<Flusher>,
 }
 
@@ -50,11 +51,23 @@ impl GroupCommit {
             .name("sled-flusher".into())
             .spawn(move || flush_loop(thread_db, thread_flusher))
             .map_err(|e| StorageError::Open(e.to_string()))?;
-        Ok(GroupCommit { db, flusher })
+        Ok(GroupCommit {
+            db,
+            path: path.to_path_buf(),
+            flusher,
+        })
     }
 
     pub fn db(&self) -> &sled::Db {
         &self.db
+    }
+
+    /// The directory holding the database (the server's data dir).
+    pub fn data_dir(&self) -> PathBuf {
+        self.path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."))
     }
 
     /// Waits until everything written before this call is on stable storage.

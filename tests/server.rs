@@ -299,3 +299,39 @@ fn sigterm_lets_running_jobs_finish() {
         "the running job finished before exit: {job}"
     );
 }
+
+fn queue_cli(dir: &std::path::Path, action: &str) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_gantry"))
+        .args(["queue", action, "--data-dir"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+#[test]
+fn drain_flag_set_while_running_and_kept_across_restarts() {
+    let mut s = start(&[]);
+    let dir = s.dir.path().to_path_buf();
+    assert!(queue_cli(&dir, "info").contains("is unset"));
+    queue_cli(&dir, "drain");
+    let body = r#"{"ops": [{"OP_ID": "OP_TEST_DELAY", "duration": 0.01}]}"#;
+    let (code, answer) = curl(&s, "POST", "/2/jobs", Some("admin:admin"), Some(body));
+    assert_eq!(code, 503);
+    assert_eq!(answer["explain"], "Job queue is drained, cannot submit");
+    assert_eq!(curl(&s, "GET", "/2/info", None, None).1["drain_flag"], true);
+
+    let _ = s.child.kill();
+    let _ = s.child.wait();
+    let kept = std::mem::replace(&mut s.dir, tempfile::tempdir().unwrap());
+    drop(s);
+    let s = start_in(kept, &[]);
+    assert!(queue_cli(&dir, "info").contains("is set"));
+    let (code, _) = curl(&s, "POST", "/2/jobs", Some("admin:admin"), Some(body));
+    assert_eq!(code, 503, "the flag survives a restart");
+    queue_cli(&dir, "undrain");
+    let (code, id) = curl(&s, "POST", "/2/jobs", Some("admin:admin"), Some(body));
+    assert_eq!(code, 200, "{id}");
+    assert_eq!(wait_job(&s, id.as_u64().unwrap())["status"], "success");
+}

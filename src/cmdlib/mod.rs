@@ -378,6 +378,31 @@ mod tests {
     }
 
     #[test]
+    fn every_ecode_has_its_wire_name() {
+        let all = [
+            (ErrorCode::ResolverError, "resolver_error"),
+            (ErrorCode::InsufficientResources, "insufficient_resources"),
+            (
+                ErrorCode::TempInsufficientResources,
+                "temp_insufficient_resources",
+            ),
+            (ErrorCode::WrongInput, "wrong_input"),
+            (ErrorCode::WrongState, "wrong_state"),
+            (ErrorCode::UnknownEntity, "unknown_entity"),
+            (ErrorCode::AlreadyExists, "already_exists"),
+            (ErrorCode::ResourceNotUnique, "resource_not_unique"),
+            (ErrorCode::InternalError, "internal_error"),
+            (ErrorCode::EnvironmentError, "environment_error"),
+        ];
+        for (code, wire) in all {
+            assert_eq!(
+                OpError::prereq("m", code).to_json(),
+                json!(["OpPrereqError", ["m", wire]])
+            );
+        }
+    }
+
+    #[test]
     fn tag_syntax() {
         assert!(check_tag("env:prod").is_ok());
         assert_eq!(check_tag("").unwrap_err().message, "Tags cannot be empty");

@@ -22,7 +22,7 @@ use std::time::Duration;
 use thiserror::Error;
 use tokio::sync::{Notify, watch};
 
-pub use store::{Store, StoreError};
+pub use store::{DRAIN_FILE, Store, StoreError, set_drain_file};
 
 #[derive(Debug, Error)]
 pub enum SubmitError {
@@ -88,7 +88,6 @@ struct State {
     versions: BTreeMap<JobId, watch::Sender<u64>>,
     cancels: BTreeMap<JobId, watch::Sender<bool>>,
     next_id: u64,
-    drained: bool,
     closing: bool,
     /// Job filter rules in the order they are consulted.
     filters: Vec<CompiledRule>,
@@ -129,7 +128,6 @@ impl JobQueue {
         }
         filters::sort_rules(&mut filters);
         let mut state = State {
-            drained: store.drain_flag()?,
             filters,
             ..State::default()
         };
@@ -184,7 +182,7 @@ impl JobQueue {
             if st.closing {
                 return Err(SubmitError::ShuttingDown);
             }
-            if st.drained {
+            if self.drained() {
                 return Err(SubmitError::Drained);
             }
             if st.jobs.len() + jobs.len() > self.inner.opts.hard_limit {
@@ -274,15 +272,13 @@ impl JobQueue {
         })
     }
 
+    /// Read from the drain file on every call, so `gantry queue drain` applies at once.
     pub fn drained(&self) -> bool {
-        self.state().drained
+        self.inner.store.drain_flag().unwrap_or(false)
     }
 
     pub fn set_drained(&self, on: bool) -> Result<(), StoreError> {
-        let mut st = self.state();
-        self.inner.store.set_drain_flag(on)?;
-        st.drained = on;
-        Ok(())
+        self.inner.store.set_drain_flag(on)
     }
 
     /// Cancels a job where Ganeti allows it (spec jobs.md §18.3); answers `(success, message)`.

@@ -1,4 +1,6 @@
-//! Durable job storage in sled: live jobs, archived jobs, the id counter and the drain flag.
+//! Durable job storage in sled: live jobs, archived jobs, the id counter, filter rules; and the
+//! drain flag, which is a file in the data dir (as upstream keeps it in the queue dir) so an admin
+//! can set it while the server runs: `gantry queue drain`, or just creating the file.
 
 use super::filters::FilterRule;
 use super::job::{Job, JobId};
@@ -22,10 +24,12 @@ pub struct Store {
     archive: sled::Tree,
     meta: sled::Tree,
     filters: sled::Tree,
+    drain_file: std::path::PathBuf,
 }
 
 const NEXT_ID: &[u8] = b"next_job_id";
-const DRAIN: &[u8] = b"drain_flag";
+/// The drain flag's file name in the data dir.
+pub const DRAIN_FILE: &str = "queue-drained";
 
 fn key(id: JobId) -> [u8; 8] {
     id.0.to_be_bytes()
@@ -39,6 +43,7 @@ impl Store {
             archive: db.open_tree("archive")?,
             meta: db.open_tree("meta")?,
             filters: db.open_tree("filters")?,
+            drain_file: commit.data_dir().join(DRAIN_FILE),
             commit: commit.clone(),
         })
     }
@@ -109,12 +114,11 @@ impl Store {
     }
 
     pub fn drain_flag(&self) -> Result<bool, StoreError> {
-        Ok(self.meta.get(DRAIN)?.is_some_and(|v| v.as_ref() == [1]))
+        Ok(self.drain_file.exists())
     }
 
     pub fn set_drain_flag(&self, on: bool) -> Result<(), StoreError> {
-        self.meta.insert(DRAIN, &[u8::from(on)])?;
-        Ok(())
+        set_drain_file(&self.drain_file, on).map_err(|e| StoreError::Corrupt(e.to_string()))
     }
 }
 
@@ -141,4 +145,19 @@ impl Store {
 
 fn decode(bytes: &[u8]) -> Result<Job, StoreError> {
     serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+/// Creates or removes the drain file durably (the file, then its directory, are synced).
+pub fn set_drain_file(path: &std::path::Path, on: bool) -> std::io::Result<()> {
+    if on {
+        std::fs::File::create(path)?.sync_all()?;
+    } else if let Err(e) = std::fs::remove_file(path)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        return Err(e);
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
