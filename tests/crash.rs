@@ -27,7 +27,7 @@ fn kill_9_under_concurrent_submissions_loses_nothing() {
     let mut dir = tempfile::tempdir().unwrap();
     let mut acked: BTreeMap<u64, usize> = BTreeMap::new();
     for round in 0..ROUNDS {
-        let mut s = start_in(dir, &["--no-ssl"]);
+        let s = start_in(dir, &["--no-ssl"]);
         // Everything acknowledged in earlier rounds survived the previous kill.
         for (id, from_round) in &acked {
             let (code, job) = curl(&s, "GET", &format!("/2/jobs/{id}"), None, None);
@@ -60,8 +60,7 @@ fn kill_9_under_concurrent_submissions_loses_nothing() {
             })
             .collect();
         std::thread::sleep(random_delay());
-        let _ = s.child.kill(); // SIGKILL
-        let _ = s.child.wait();
+        dir = kill_9(s);
         stop.store(true, Ordering::Relaxed);
         for c in clients {
             c.join().unwrap();
@@ -75,8 +74,6 @@ fn kill_9_under_concurrent_submissions_loses_nothing() {
         for id in new_ids {
             acked.insert(id, round);
         }
-        dir = std::mem::replace(&mut s.dir, tempfile::tempdir().unwrap());
-        drop(s);
     }
 
     // Final restart: every acknowledged job exists, and everything not interrupted finishes.

@@ -202,12 +202,7 @@ fn cancel_dependencies_and_wait() {
 fn submitted_jobs_survive_kill_9() {
     let s = start(&[]);
     let ids: Vec<u64> = (0..20).map(|_| delay_job(&s, 5.0, json!({}))).collect();
-    let mut s = s;
-    let _ = s.child.kill();
-    let _ = s.child.wait();
-    let dir = std::mem::replace(&mut s.dir, tempfile::tempdir().unwrap());
-    drop(s);
-    let s = start_in(dir, &[]);
+    let s = restart_after_kill_9(s, &[]);
     for id in &ids {
         let (code, job) = curl(&s, "GET", &format!("/2/jobs/{id}"), None, None);
         assert_eq!(code, 200, "job {id} survived");

@@ -895,7 +895,7 @@ fn filter_rules_pause_reject_and_rate_limit_jobs() {
 
 #[test]
 fn filter_rules_survive_a_restart() {
-    let mut s = start(&[]);
+    let s = start(&[]);
     let uuid = call(
         &s,
         "POST",
@@ -904,11 +904,7 @@ fn filter_rules_survive_a_restart() {
         200,
     );
     let held = delay_job(&s, 0.05, json!({}));
-    let _ = s.child.kill();
-    let _ = s.child.wait();
-    let dir = std::mem::replace(&mut s.dir, tempfile::tempdir().unwrap());
-    drop(s);
-    let s = start_in(dir, &[]);
+    let s = restart_after_kill_9(s, &[]);
     assert_eq!(
         call(&s, "GET", "/2/filters", None, 200)[0]["uuid"],
         uuid,

@@ -124,15 +124,11 @@ fn certificate_fingerprint(base: &str) -> String {
 
 #[test]
 fn tls_certificate_is_generated_once_and_can_be_given() {
-    let mut s = start(&[]);
+    let s = start(&[]);
     assert!(s.base.starts_with("https://"));
     let first = certificate_fingerprint(&s.base);
     assert!(s.dir.path().join("rapi.pem").exists());
-    let _ = s.child.kill();
-    let _ = s.child.wait();
-    let dir = std::mem::replace(&mut s.dir, tempfile::tempdir().unwrap());
-    drop(s);
-    let s = start_in(dir, &[]);
+    let s = restart_after_kill_9(s, &[]);
     assert_eq!(
         certificate_fingerprint(&s.base),
         first,
@@ -312,7 +308,7 @@ fn queue_cli(dir: &std::path::Path, action: &str) -> String {
 
 #[test]
 fn drain_flag_set_while_running_and_kept_across_restarts() {
-    let mut s = start(&[]);
+    let s = start(&[]);
     let dir = s.dir.path().to_path_buf();
     assert!(queue_cli(&dir, "info").contains("is unset"));
     queue_cli(&dir, "drain");
@@ -322,11 +318,7 @@ fn drain_flag_set_while_running_and_kept_across_restarts() {
     assert_eq!(answer["explain"], "Job queue is drained, cannot submit");
     assert_eq!(curl(&s, "GET", "/2/info", None, None).1["drain_flag"], true);
 
-    let _ = s.child.kill();
-    let _ = s.child.wait();
-    let kept = std::mem::replace(&mut s.dir, tempfile::tempdir().unwrap());
-    drop(s);
-    let s = start_in(kept, &[]);
+    let s = restart_after_kill_9(s, &[]);
     assert!(queue_cli(&dir, "info").contains("is set"));
     let (code, _) = curl(&s, "POST", "/2/jobs", Some("admin:admin"), Some(body));
     assert_eq!(code, 503, "the flag survives a restart");

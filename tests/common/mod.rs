@@ -120,3 +120,15 @@ pub fn delay_job(s: &Server, duration: f64, extra: serde_json::Value) -> u64 {
     assert_eq!(code, 200, "{id}");
     id.as_u64().unwrap()
 }
+
+/// SIGKILLs the server and hands back its data dir, for a restart on the same data.
+pub fn kill_9(mut s: Server) -> tempfile::TempDir {
+    let _ = s.child.kill();
+    let _ = s.child.wait();
+    std::mem::replace(&mut s.dir, tempfile::tempdir().unwrap())
+}
+
+/// SIGKILLs the server and starts a new one on the same data dir.
+pub fn restart_after_kill_9(s: Server, extra: &[&str]) -> Server {
+    start_in(kill_9(s), extra)
+}
