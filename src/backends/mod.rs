@@ -2,6 +2,7 @@
 //! an in-memory cluster, and a QEMU backend or a remote node agent can implement the same calls.
 
 pub mod fake;
+pub mod qemu;
 
 use std::future::Future;
 use std::pin::Pin;
