@@ -27,7 +27,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the master daemon: RAPI, job queue and executor.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Users file helpers.
     Users {
         #[command(subcommand)]
@@ -93,6 +93,19 @@ struct ServeArgs {
     /// Every fake-hypervisor operation takes this long (to observe parallelism).
     #[arg(long, default_value_t = 0)]
     fake_delay_ms: u64,
+    /// Hypervisor for a new cluster: `fake` (in memory) or `kvm` (real QEMU processes).
+    #[arg(long, default_value = "fake", value_parser = ["fake", "kvm"])]
+    hypervisor: String,
+    /// QEMU accelerator for the kvm hypervisor (`tcg`; `kvm` only when the host really supports it).
+    #[arg(long, default_value = "tcg")]
+    qemu_accel: String,
+    /// Ganeti OS definition directories, colon separated (kvm hypervisor).
+    #[arg(long, default_value = "/srv/ganeti/os")]
+    os_search_path: String,
+    /// Where QEMU sockets and pidfiles live; short, as unix socket paths are limited to 107 bytes
+    /// (default: /tmp/gantry-<id of the data dir>).
+    #[arg(long)]
+    run_dir: Option<PathBuf>,
     /// Node names for a new cluster (comma separated).
     #[arg(
         long,
@@ -187,7 +200,7 @@ pub fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match rt.block_on(serve(args)) {
+            match rt.block_on(serve(*args)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e}");
@@ -204,6 +217,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         .map_err(|e| format!("{}: {e}", args.data_dir.display()))?;
     let commit = GroupCommit::open(&args.data_dir.join("db")).map_err(|e| e.to_string())?;
     let init = InitOptions {
+        hypervisor: args.hypervisor.clone(),
         cluster_name: args.cluster_name.clone(),
         node_names: args.nodes.clone(),
         node_memory_mib: args.node_memory,
@@ -211,7 +225,29 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         ..InitOptions::default()
     };
     let cluster = ClusterStore::open(&commit, &init).map_err(|e| e.to_string())?;
-    let backend = Arc::new(FakeBackend::new(Duration::from_millis(args.fake_delay_ms)));
+    // The hypervisor is fixed when the cluster is created; the flag only matters the first time.
+    let backend: Arc<dyn Backend> = if cluster
+        .snapshot()
+        .cluster
+        .enabled_hypervisors
+        .iter()
+        .any(|h| h == "kvm")
+    {
+        let qemu = qemu_backend(&args)?;
+        let installed = qemu.operating_systems();
+        cluster
+            .update(|c| {
+                c.os = installed
+                    .into_values()
+                    .map(|o| (o.def.name.clone(), o.def))
+                    .collect()
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        Arc::new(qemu)
+    } else {
+        Arc::new(FakeBackend::new(Duration::from_millis(args.fake_delay_ms)))
+    };
     adopt(&*backend, &cluster).await;
     let store = Store::open(&commit).map_err(|e| e.to_string())?;
     let opts = QueueOptions {
@@ -260,6 +296,38 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     tracing::info!("shutting down: waiting for running jobs");
     queue.shutdown(Duration::from_secs(10)).await;
     Ok(())
+}
+
+fn find_tool(name: &str) -> Result<PathBuf, String> {
+    std::env::var_os("PATH")
+        .and_then(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join(name))
+                .find(|p| p.exists())
+        })
+        .ok_or_else(|| format!("{name} not found in PATH; the kvm hypervisor needs QEMU"))
+}
+
+fn qemu_backend(args: &ServeArgs) -> Result<crate::backends::qemu::QemuBackend, String> {
+    let data_dir = std::fs::canonicalize(&args.data_dir).map_err(|e| e.to_string())?;
+    let run_root = args.run_dir.clone().unwrap_or_else(|| {
+        use md5::{Digest, Md5};
+        let id: String = Md5::digest(data_dir.display().to_string().as_bytes())[..4]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        PathBuf::from(format!("/tmp/gantry-{id}"))
+    });
+    Ok(crate::backends::qemu::QemuBackend::new(
+        crate::backends::qemu::QemuSettings {
+            qemu: find_tool("qemu-system-x86_64")?,
+            qemu_img: find_tool("qemu-img")?,
+            storage_dir: data_dir.join("storage"),
+            run_root,
+            accel: args.qemu_accel.clone(),
+            os_search_path: std::env::split_paths(&args.os_search_path).collect(),
+        },
+    ))
 }
 
 /// Tells the backend about nodes and instances, so a restart reports running VMs as running.

@@ -31,6 +31,7 @@ fn config(dir: &Path, name: &str, disks: Vec<PathBuf>) -> VmConfig {
         memory_mib: 64,
         vcpus: 1,
         disks,
+        macs: vec!["aa:00:00:12:34:56".into()],
         accel: "tcg".into(),
         incoming: None,
     }
@@ -66,7 +67,7 @@ async fn a_vm_starts_grows_a_disk_hot_adds_one_and_stops_leaving_nothing() {
     let vm = Vm::launch(&qemu, config(dir.path(), "vm1", vec![disk0.clone()]))
         .await
         .unwrap();
-    let pid = vm.pid().unwrap();
+    let pid = vm.pid();
     assert!(alive(pid));
     assert_eq!(vm.status().await.unwrap(), "running");
 

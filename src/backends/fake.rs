@@ -234,13 +234,17 @@ impl Backend for FakeBackend {
         })
     }
 
-    fn install_os<'a>(&'a self, node: &'a str, vm: &'a VmSpec) -> BoxFuture<'a, BackendResult<()>> {
+    fn install_os<'a>(
+        &'a self,
+        node: &'a str,
+        vm: &'a VmSpec,
+    ) -> BoxFuture<'a, BackendResult<Vec<String>>> {
         Box::pin(async move {
             self.enter("install_os", node).await?;
             self.with_vm(node, &vm.name, |n, name| {
                 n.vms
                     .get(name)
-                    .map(|_| ())
+                    .map(|_| vec![])
                     .ok_or_else(|| missing(name, node))
             })
         })

@@ -62,13 +62,19 @@ pub struct NodeSpec {
 }
 
 /// Everything a backend needs to run one instance.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct VmSpec {
     pub name: String,
+    pub uuid: String,
     pub memory_mib: u64,
     pub vcpus: u64,
     pub disks_mib: Vec<u64>,
+    pub macs: Vec<String>,
     pub os: String,
+    /// The instance's OS parameters, as the OS scripts see them (`OSP_<NAME>`).
+    pub osparams: std::collections::BTreeMap<String, String>,
+    /// Set for the OS `create` script of a reinstall (`INSTANCE_REINSTALL=1`).
+    pub reinstall: bool,
 }
 
 /// What a backend reports about one instance on one node.
@@ -103,7 +109,12 @@ pub trait Backend: Send + Sync {
         index: usize,
         new_size: u64,
     ) -> BoxFuture<'a, BackendResult<()>>;
-    fn install_os<'a>(&'a self, node: &'a str, vm: &'a VmSpec) -> BoxFuture<'a, BackendResult<()>>;
+    /// Installs the OS onto the VM's disks; answers the install's output lines for the job log.
+    fn install_os<'a>(
+        &'a self,
+        node: &'a str,
+        vm: &'a VmSpec,
+    ) -> BoxFuture<'a, BackendResult<Vec<String>>>;
     fn start<'a>(&'a self, node: &'a str, vm: &'a VmSpec) -> BoxFuture<'a, BackendResult<()>>;
     fn stop<'a>(
         &'a self,
@@ -136,6 +147,14 @@ pub trait Backend: Send + Sync {
         old: &'a str,
         new: &'a str,
     ) -> BoxFuture<'a, BackendResult<()>>;
+    /// Console connection info in Ganeti's `InstanceConsole` shape; None to use the default.
+    fn console<'a>(
+        &'a self,
+        _node: &'a str,
+        _name: &'a str,
+    ) -> BoxFuture<'a, Option<serde_json::Value>> {
+        Box::pin(async { None })
+    }
     fn powercycle<'a>(&'a self, node: &'a str) -> BoxFuture<'a, BackendResult<String>>;
     /// Pauses for `seconds` on a node (OP_TEST_DELAY with nodes).
     fn delay<'a>(&'a self, node: &'a str, seconds: f64) -> BoxFuture<'a, BackendResult<()>>;

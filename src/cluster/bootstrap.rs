@@ -119,12 +119,18 @@ pub fn initial_config(opts: &InitOptions) -> Config {
             meta: Meta::new(new_uuid(), now),
             master,
             enabled_hypervisors: vec![opts.hypervisor.clone()],
-            enabled_disk_templates: vec![
-                "plain".into(),
-                "drbd".into(),
-                "file".into(),
-                "diskless".into(),
-            ],
+            // The kvm backend keeps disks as files on storage every node sees (sharedfile);
+            // the fake one simulates node-local and DRBD-mirrored disks too.
+            enabled_disk_templates: if opts.hypervisor == "kvm" {
+                vec!["sharedfile".into(), "file".into(), "plain".into()]
+            } else {
+                vec![
+                    "plain".into(),
+                    "drbd".into(),
+                    "file".into(),
+                    "diskless".into(),
+                ]
+            },
             hvparams: obj(json!({
                 "fake": {"migration_mode": "live"},
                 "kvm": {"kernel_path": "", "acpi": true, "serial_console": true,

@@ -494,10 +494,13 @@ async fn reinstall(ctx: &Ctx) -> Result<Value, OpError> {
     ));
     let mut spec = vm_spec(&cfg, &inst);
     spec.os = os;
-    ctx.backend
+    spec.reinstall = true;
+    let output = ctx
+        .backend
         .install_os(&inst.pnode, &spec)
         .await
         .map_err(|e| exec_failure("Could not install OS for instance", e))?;
+    output.into_iter().for_each(|line| ctx.log(line));
     Ok(Value::Null)
 }
 

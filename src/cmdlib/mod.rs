@@ -315,10 +315,24 @@ fn uuid_guard(kind: &str, given: Option<&str>, actual: &str, name: &str) -> Resu
 pub fn vm_spec(cfg: &Config, inst: &Instance) -> VmSpec {
     VmSpec {
         name: inst.name.clone(),
+        uuid: inst.meta.uuid.clone(),
         memory_mib: crate::cluster::model::instance_memory(cfg, inst),
         vcpus: crate::cluster::model::instance_vcpus(cfg, inst),
         disks_mib: inst.disks.iter().map(|d| d.size).collect(),
+        macs: inst.nics.iter().map(|n| n.mac.clone()).collect(),
         os: inst.os.clone(),
+        osparams: inst
+            .osparams
+            .iter()
+            .map(|(k, v)| {
+                let text = v
+                    .as_str()
+                    .map(String::from)
+                    .unwrap_or_else(|| v.to_string());
+                (k.clone(), text)
+            })
+            .collect(),
+        reinstall: false,
     }
 }
 

@@ -864,7 +864,10 @@ async fn instance_action(state: &State, req: &Request, name: &str, action: &str)
                     format!("Instance {} is down", inst.name),
                 ));
             }
-            Ok(crate::cmdlib::console_info(inst))
+            match state.queue.backend().console(&inst.pnode, &inst.name).await {
+                Some(console) => Ok(console),
+                None => Ok(crate::cmdlib::console_info(inst)),
+            }
         }
         _ => Err(ApiError::not_found("Not Found")),
     }

@@ -1,5 +1,9 @@
-//! The QEMU backend's building blocks (issue 3, in progress): a QMP client and single-VM process
-//! control. Not yet wired to the `Backend` trait or selectable by `enabled_hypervisors`.
+//! The `kvm` hypervisor: QEMU processes driven over QMP (no libvirt), Ganeti OS definitions for
+//! installs, and the `Backend` implementation that ties them together.
 
+pub mod backend;
+pub mod os;
 pub mod qmp;
 pub mod vm;
+
+pub use backend::{QemuBackend, QemuSettings};

@@ -20,14 +20,17 @@ pub enum VmError {
 }
 
 /// What a VM is started with. Disks are qcow2 files, attached as virtio-blk.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct VmConfig {
     pub name: String,
     /// Short directory for sockets, pidfile and logs (unix socket paths must stay < 108 bytes).
     pub run_dir: PathBuf,
     pub memory_mib: u64,
     pub vcpus: u32,
+    /// Disk images; `.qcow2` files are qcow2, anything else raw.
     pub disks: Vec<PathBuf>,
+    /// One user-mode virtio NIC per MAC.
+    pub macs: Vec<String>,
     /// `tcg` unless asked otherwise: nested KVM on these machines hangs Linux guests.
     pub accel: String,
     /// `-incoming` URI for a migration target.
@@ -90,9 +93,28 @@ impl VmConfig {
                 disk.display()
             ));
             args.push("-blockdev".into());
-            args.push(format!("driver=qcow2,file=disk{n}-file,node-name=disk{n}"));
+            let format = if disk.extension().is_some_and(|e| e == "qcow2") {
+                "qcow2"
+            } else {
+                "raw"
+            };
+            args.push(format!(
+                "driver={format},file=disk{n}-file,node-name=disk{n}"
+            ));
             args.push("-device".into());
-            args.push(format!("virtio-blk-pci,drive=disk{n},id=disk{n}"));
+            args.push(format!(
+                "virtio-blk-pci,drive=disk{n},id=disk{n},addr={}",
+                disk_slot(n)
+            ));
+        }
+        for (n, mac) in self.macs.iter().enumerate() {
+            args.push("-netdev".into());
+            args.push(format!("user,id=net{n}"));
+            args.push("-device".into());
+            args.push(format!(
+                "virtio-net-pci,netdev=net{n},mac={mac},id=nic{n},addr={:#x}",
+                0x08 + n
+            ));
         }
         if let Some(uri) = &self.incoming {
             args.push("-incoming".into());
@@ -102,10 +124,18 @@ impl VmConfig {
     }
 }
 
+/// Fixed PCI slots (NICs from 0x08, disks from 0x10): a disk hot-added later sits where a fresh
+/// QEMU with the same disks would put it, so migration targets match their source.
+pub fn disk_slot(index: usize) -> String {
+    format!("{:#x}", 0x10 + index)
+}
+
 pub struct Vm {
     pub config: VmConfig,
     pub qmp: Qmp,
-    child: Child,
+    pid: u32,
+    /// Set when this process started QEMU; an adopted VM (after a gantry restart) has none.
+    child: tokio::sync::Mutex<Option<Child>>,
 }
 
 pub const START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -142,7 +172,11 @@ impl Vm {
         let connect = Qmp::connect(&socket, START_TIMEOUT);
         let failure = tokio::select! {
             qmp = connect => match qmp {
-                Ok(qmp) => return Ok(Vm { config, qmp, child }),
+                Ok(qmp) => {
+                    let pid = child.id().unwrap_or(0);
+                    let child = tokio::sync::Mutex::new(Some(child));
+                    return Ok(Vm { config, qmp, pid, child });
+                }
                 Err(e) => e,
             },
             _ = child.wait() => QmpError::Closed,
@@ -162,8 +196,54 @@ impl Vm {
         }))
     }
 
-    pub fn pid(&self) -> Option<u32> {
-        self.child.id()
+    /// Re-attaches to a QEMU started by an earlier gantry process: alive if the pidfile names a
+    /// live process that still runs with our QMP socket, and QMP answers.
+    pub async fn adopt(config: VmConfig) -> Option<Vm> {
+        let pid: u32 = std::fs::read_to_string(config.pidfile())
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let socket = config.qmp_socket().display().to_string();
+        if !String::from_utf8_lossy(&cmdline).contains(&socket) {
+            return None;
+        }
+        let qmp = Qmp::connect(&config.qmp_socket(), Duration::from_secs(5))
+            .await
+            .ok()?;
+        Some(Vm {
+            config,
+            qmp,
+            pid,
+            child: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Waits for the process to be gone; SIGKILL after `grace`.
+    pub async fn reap(&self, grace: Duration) {
+        match &mut *self.child.lock().await {
+            Some(child) => {
+                if tokio::time::timeout(grace, child.wait()).await.is_err() {
+                    let _ = child.kill().await;
+                }
+            }
+            None => {
+                let proc = format!("/proc/{}", self.pid);
+                let deadline = tokio::time::Instant::now() + grace;
+                while Path::new(&proc).exists() && tokio::time::Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                if Path::new(&proc).exists() {
+                    // SAFETY: kill(2) with a pid we read from QEMU's own pidfile.
+                    unsafe { libc::kill(self.pid as i32, libc::SIGKILL) };
+                }
+            }
+        }
     }
 
     /// QMP `query-status`: "running", "paused", "shutdown", ...
@@ -174,7 +254,7 @@ impl Vm {
 
     /// ACPI powerdown, waiting up to `timeout` for the guest; then `quit`; then SIGKILL. Answers
     /// true when the guest shut down by itself.
-    pub async fn stop(mut self, timeout: Duration) -> Result<bool, VmError> {
+    pub async fn stop(&self, timeout: Duration) -> Result<bool, VmError> {
         let mut events = self.qmp.events();
         let mut clean = false;
         if !timeout.is_zero()
@@ -192,12 +272,7 @@ impl Vm {
             .qmp
             .execute_within("quit", Value::Null, Duration::from_secs(5))
             .await;
-        if tokio::time::timeout(Duration::from_secs(5), self.child.wait())
-            .await
-            .is_err()
-        {
-            let _ = self.child.kill().await;
-        }
+        self.reap(Duration::from_secs(5)).await;
         Ok(clean)
     }
 

@@ -467,7 +467,8 @@ async fn create_instance(
             "* running the instance OS create scripts ({})...",
             spec.os
         ));
-        ctx.backend
+        let output = ctx
+            .backend
             .install_os(&nodes[0], &spec)
             .await
             .map_err(|e| {
@@ -479,6 +480,7 @@ async fn create_instance(
                     e,
                 )
             })?;
+        output.into_iter().for_each(|line| ctx.log(line));
     }
     if start {
         set_admin_state(ctx, &spec.name, AdminState::Up, "admin").await?;

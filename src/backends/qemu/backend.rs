@@ -1,0 +1,658 @@
+//! The `kvm` hypervisor on one host: every node this backend serves is local. Instance disks are
+//! raw sparse files in a shared storage directory (Ganeti's `file`/`sharedfile` model: every node
+//! sees the same path, so migration moves only memory). Each running VM has a runtime record
+//! (`runtime.json`, the exact VM config) so a restarted gantry re-adopts it, and a supervisor
+//! task that notices when it dies.
+
+use super::os::{self, InstalledOs};
+use super::vm::{Vm, VmConfig, VmError};
+use crate::backends::*;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::process::Command;
+
+#[derive(Debug, Clone)]
+pub struct QemuSettings {
+    pub qemu: PathBuf,
+    pub qemu_img: PathBuf,
+    /// Instance disks and runtime records: `<storage>/<instance>/disk<N>.img`, `runtime.json`.
+    pub storage_dir: PathBuf,
+    /// Sockets, pidfiles and logs; keep it short (unix socket paths must stay < 108 bytes).
+    pub run_root: PathBuf,
+    pub accel: String,
+    pub os_search_path: Vec<PathBuf>,
+}
+
+/// What `runtime.json` holds: where the VM runs and exactly how it was started.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct RuntimeRecord {
+    node: String,
+    config: VmConfig,
+}
+
+struct Running {
+    node: String,
+    vm: Arc<Vm>,
+    /// The VM as it is now: its start configuration plus hot-added disks.
+    config: VmConfig,
+}
+
+type VmMap = Arc<tokio::sync::Mutex<HashMap<String, Running>>>;
+
+pub struct QemuBackend {
+    settings: QemuSettings,
+    nodes: std::sync::Mutex<BTreeMap<String, NodeSpec>>,
+    vms: VmMap,
+}
+
+fn failed(e: impl std::fmt::Display) -> BackendError {
+    BackendError::failed(e.to_string())
+}
+
+/// A short, stable directory name for an instance's sockets.
+fn short_id(name: &str) -> String {
+    use md5::{Digest, Md5};
+    let digest = Md5::digest(name.as_bytes());
+    digest[..4].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl QemuBackend {
+    pub fn new(settings: QemuSettings) -> QemuBackend {
+        QemuBackend {
+            settings,
+            nodes: Default::default(),
+            vms: Default::default(),
+        }
+    }
+
+    /// The OS definitions installed in the search path.
+    pub fn operating_systems(&self) -> BTreeMap<String, InstalledOs> {
+        os::scan(&self.settings.os_search_path)
+    }
+
+    fn instance_dir(&self, name: &str) -> PathBuf {
+        self.settings.storage_dir.join(name)
+    }
+
+    fn disk_path(&self, name: &str, index: usize) -> PathBuf {
+        self.instance_dir(name).join(format!("disk{index}.img"))
+    }
+
+    fn disk_paths(&self, name: &str, count: usize) -> Vec<PathBuf> {
+        (0..count).map(|i| self.disk_path(name, i)).collect()
+    }
+
+    fn record_path(&self, name: &str) -> PathBuf {
+        self.instance_dir(name).join("runtime.json")
+    }
+
+    fn vm_config(&self, vm: &VmSpec, incoming: Option<String>) -> VmConfig {
+        let suffix = if incoming.is_some() { "-in" } else { "" };
+        VmConfig {
+            name: vm.name.clone(),
+            run_dir: self
+                .settings
+                .run_root
+                .join(format!("{}{suffix}", short_id(&vm.name))),
+            memory_mib: vm.memory_mib,
+            vcpus: vm.vcpus.max(1) as u32,
+            disks: self.disk_paths(&vm.name, vm.disks_mib.len()),
+            macs: vm.macs.clone(),
+            accel: self.settings.accel.clone(),
+            incoming,
+        }
+    }
+
+    fn write_record(&self, node: &str, config: &VmConfig) -> BackendResult<()> {
+        let record = RuntimeRecord {
+            node: node.to_string(),
+            config: config.clone(),
+        };
+        let text = serde_json::to_vec_pretty(&record).map_err(failed)?;
+        std::fs::write(self.record_path(&config.name), text).map_err(failed)
+    }
+
+    /// Registers a running VM and starts its supervisor: a guest poweroff (QEMU stays in
+    /// `shutdown` because of -no-shutdown) is turned into `quit`, and a VM whose QMP connection
+    /// ends without gantry stopping it is dropped from the map and logged.
+    async fn register(&self, node: &str, vm: Vm) {
+        let name = vm.config.name.clone();
+        let config = vm.config.clone();
+        let vm = Arc::new(vm);
+        self.vms.lock().await.insert(
+            name.clone(),
+            Running {
+                node: node.to_string(),
+                vm: vm.clone(),
+                config,
+            },
+        );
+        let vms = self.vms.clone();
+        tokio::spawn(async move {
+            let mut events = vm.qmp.events();
+            loop {
+                tokio::select! {
+                    _ = vm.qmp.closed() => break,
+                    event = events.recv() => match event {
+                        Ok(e) if e.name == "SHUTDOWN" && e.data["guest"] == true => {
+                            tracing::info!(instance = %name, "guest powered off");
+                            let _ = vm.qmp.execute("quit", Value::Null).await;
+                        }
+                        Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(_) => break,
+                    },
+                }
+            }
+            let mut map = vms.lock().await;
+            let died = map.get(&name).is_some_and(|r| Arc::ptr_eq(&r.vm, &vm));
+            if died {
+                map.remove(&name);
+                tracing::warn!(instance = %name, "QEMU exited without being stopped by gantry");
+            }
+            drop(map);
+            vm.reap(Duration::from_secs(5)).await;
+            if died {
+                // What QEMU logged stays readable in the run dir; only the sockets go.
+                let _ = std::fs::remove_file(vm.config.qmp_socket());
+                let _ = std::fs::remove_file(vm.config.serial_socket());
+            }
+        });
+    }
+
+    async fn running(&self, name: &str) -> Option<(String, Arc<Vm>)> {
+        self.vms
+            .lock()
+            .await
+            .get(name)
+            .filter(|r| !r.vm.qmp.is_closed())
+            .map(|r| (r.node.clone(), r.vm.clone()))
+    }
+
+    /// The current configuration of a running VM (with hot-added disks).
+    async fn current_config(&self, name: &str) -> Option<VmConfig> {
+        self.vms.lock().await.get(name).map(|r| r.config.clone())
+    }
+
+    async fn qemu_img(&self, args: &[&str]) -> BackendResult<()> {
+        let out = Command::new(&self.settings.qemu_img)
+            .args(args)
+            .output()
+            .await
+            .map_err(|e| failed(format!("cannot run qemu-img: {e}")))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(failed(format!(
+                "qemu-img {} failed: {}",
+                args.first().unwrap_or(&""),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )))
+        }
+    }
+
+    /// Hot-adds disk files the running VM does not have yet, and records them.
+    async fn hot_add_disks(&self, vm: &Vm, from: usize, to: usize) -> BackendResult<()> {
+        for n in from..to {
+            let path = self.disk_path(&vm.config.name, n);
+            let id = format!("disk{n}");
+            vm.qmp
+                .execute(
+                    "blockdev-add",
+                    json!({"driver": "file", "filename": path, "node-name": format!("{id}-file")}),
+                )
+                .await
+                .map_err(failed)?;
+            vm.qmp
+                .execute(
+                    "blockdev-add",
+                    json!({"driver": "raw", "file": format!("{id}-file"), "node-name": id}),
+                )
+                .await
+                .map_err(failed)?;
+            vm.qmp
+                .execute(
+                    "device_add",
+                    json!({"driver": "virtio-blk-pci", "drive": id, "id": id,
+                           "addr": super::vm::disk_slot(n)}),
+                )
+                .await
+                .map_err(failed)?;
+            let mut map = self.vms.lock().await;
+            if let Some(running) = map.get_mut(&vm.config.name) {
+                running.config.disks.push(path.clone());
+                let (node, config) = (running.node.clone(), running.config.clone());
+                drop(map);
+                self.write_record(&node, &config)?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn stop_vm(&self, name: &str, timeout: Duration) -> BackendResult<()> {
+        let entry = self.vms.lock().await.remove(name);
+        if let Some(running) = entry {
+            running.vm.stop(timeout).await.map_err(failed)?;
+            let _ = std::fs::remove_dir_all(&running.vm.config.run_dir);
+        }
+        let _ = std::fs::remove_file(self.record_path(name));
+        Ok(())
+    }
+
+    async fn launch(&self, node: &str, config: VmConfig) -> BackendResult<Vm> {
+        Vm::launch(&self.settings.qemu, config)
+            .await
+            .map_err(|e| match e {
+                VmError::Launch(m) | VmError::Io(m) => failed(m),
+                other => failed(other),
+            })
+            .map_err(|e| failed(format!("on node {node}: {e}")))
+    }
+
+    /// Memory migration to a second QEMU started with `-incoming`; the disks are shared.
+    async fn migrate_running(
+        &self,
+        dst: &str,
+        name: &str,
+        source: Arc<Vm>,
+        live: bool,
+    ) -> BackendResult<()> {
+        let mut config = self
+            .current_config(name)
+            .await
+            .unwrap_or_else(|| source.config.clone());
+        let socket = self
+            .settings
+            .run_root
+            .join(format!("{}-mig.sock", short_id(name)));
+        let _ = std::fs::remove_file(&socket);
+        config.incoming = Some(format!("unix:{}", socket.display()));
+        config.run_dir =
+            self.settings
+                .run_root
+                .join(format!("{}-{}", short_id(name), short_id(dst)));
+        let target = self.launch(dst, config).await?;
+        if !live {
+            source
+                .qmp
+                .execute("stop", Value::Null)
+                .await
+                .map_err(failed)?;
+        }
+        let outcome = async {
+            source
+                .qmp
+                .execute(
+                    "migrate",
+                    json!({"uri": format!("unix:{}", socket.display())}),
+                )
+                .await
+                .map_err(failed)?;
+            loop {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let state = source
+                    .qmp
+                    .execute("query-migrate", Value::Null)
+                    .await
+                    .map_err(failed)?;
+                match state["status"].as_str().unwrap_or("") {
+                    "completed" => return Ok(()),
+                    "failed" | "cancelled" => {
+                        return Err(failed(format!(
+                            "migration {}: {}",
+                            state["status"],
+                            state["error-desc"].as_str().unwrap_or("no reason given")
+                        )));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        .await;
+        let _ = std::fs::remove_file(&socket);
+        if let Err(e) = outcome {
+            // The source keeps running; the half-started target goes away.
+            let _ = target.stop(Duration::ZERO).await;
+            if !live {
+                let _ = source.qmp.execute("cont", Value::Null).await;
+            }
+            return Err(e);
+        }
+        // A non-live migration leaves the target paused like the source was.
+        if !live {
+            let _ = target.qmp.execute("cont", Value::Null).await;
+        }
+        self.vms.lock().await.remove(name);
+        let _ = source.stop(Duration::ZERO).await;
+        let _ = std::fs::remove_dir_all(&source.config.run_dir);
+        self.write_record(dst, &target.config)?;
+        self.register(dst, target).await;
+        Ok(())
+    }
+}
+
+impl Backend for QemuBackend {
+    fn adopt(&self, nodes: Vec<NodeSpec>, _vms: Vec<(String, VmSpec, bool)>) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            *self.nodes.lock().unwrap_or_else(|e| e.into_inner()) =
+                nodes.into_iter().map(|n| (n.name.clone(), n)).collect();
+            let _ = std::fs::create_dir_all(&self.settings.storage_dir);
+            let _ = std::fs::create_dir_all(&self.settings.run_root);
+            let Ok(entries) = std::fs::read_dir(&self.settings.storage_dir) else {
+                return;
+            };
+            for entry in entries.flatten() {
+                let path = entry.path().join("runtime.json");
+                let Ok(text) = std::fs::read(&path) else {
+                    continue;
+                };
+                let Ok(record) = serde_json::from_slice::<RuntimeRecord>(&text) else {
+                    tracing::warn!("unreadable runtime record {}", path.display());
+                    continue;
+                };
+                let name = record.config.name.clone();
+                match Vm::adopt(record.config.clone()).await {
+                    Some(vm) => {
+                        tracing::info!(instance = %name, pid = vm.pid(), "re-adopted running VM");
+                        self.register(&record.node, vm).await;
+                    }
+                    None => {
+                        tracing::warn!(instance = %name, "VM is gone; cleaning its run files");
+                        let _ = std::fs::remove_dir_all(&record.config.run_dir);
+                        let _ = std::fs::remove_file(&path);
+                    }
+                }
+            }
+        })
+    }
+
+    fn node_info<'a>(&'a self, node: &'a str) -> BoxFuture<'a, BackendResult<NodeInfo>> {
+        Box::pin(async move {
+            let spec = self
+                .nodes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(node)
+                .cloned()
+                .ok_or_else(|| BackendError {
+                    kind: FailureKind::NodeUnreachable,
+                    message: format!("Node {node} is not served by this host"),
+                })?;
+            let used_memory: u64 = self
+                .vms
+                .lock()
+                .await
+                .values()
+                .filter(|r| r.node == node)
+                .map(|r| r.vm.config.memory_mib)
+                .sum();
+            let used_disk: u64 = std::fs::read_dir(&self.settings.storage_dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .flat_map(|d| std::fs::read_dir(d.path()).into_iter().flatten().flatten())
+                .filter(|f| f.path().extension().is_some_and(|e| e == "img"))
+                .filter_map(|f| f.metadata().ok())
+                .map(|m| m.len() / (1024 * 1024))
+                .sum();
+            let host = 512;
+            Ok(NodeInfo {
+                memory_total: spec.memory_mib,
+                memory_free: spec.memory_mib.saturating_sub(host + used_memory),
+                memory_node: host,
+                disk_total: spec.disk_mib,
+                disk_free: spec.disk_mib.saturating_sub(used_disk),
+                cpus: spec.cpus,
+                sockets: 1,
+            })
+        })
+    }
+
+    fn create_disks<'a>(
+        &'a self,
+        _node: &'a str,
+        vm: &'a VmSpec,
+    ) -> BoxFuture<'a, BackendResult<()>> {
+        Box::pin(async move {
+            std::fs::create_dir_all(self.instance_dir(&vm.name)).map_err(failed)?;
+            let mut created = 0;
+            for (n, size) in vm.disks_mib.iter().enumerate() {
+                let path = self.disk_path(&vm.name, n);
+                if path.exists() {
+                    continue;
+                }
+                let path_text = path.display().to_string();
+                self.qemu_img(&["create", "-q", "-f", "raw", &path_text, &format!("{size}M")])
+                    .await?;
+                created += 1;
+            }
+            // Disks added to a running VM are hot-plugged.
+            if created > 0
+                && let Some((_, running)) = self.running(&vm.name).await
+            {
+                let had = self
+                    .current_config(&vm.name)
+                    .await
+                    .map_or(running.config.disks.len(), |c| c.disks.len());
+                self.hot_add_disks(&running, had, vm.disks_mib.len())
+                    .await?;
+            }
+            Ok(())
+        })
+    }
+
+    fn remove_disks<'a>(
+        &'a self,
+        _node: &'a str,
+        name: &'a str,
+    ) -> BoxFuture<'a, BackendResult<()>> {
+        Box::pin(async move {
+            self.stop_vm(name, Duration::ZERO).await?;
+            // Run dirs of this instance left by a VM that died (they keep QEMU's log until now).
+            let prefix = short_id(name);
+            for entry in std::fs::read_dir(&self.settings.run_root)
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                if entry.file_name().to_string_lossy().starts_with(&prefix) {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
+            match std::fs::remove_dir_all(self.instance_dir(name)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(failed(e)),
+                _ => Ok(()),
+            }
+        })
+    }
+
+    fn grow_disk<'a>(
+        &'a self,
+        _node: &'a str,
+        name: &'a str,
+        index: usize,
+        new_size: u64,
+    ) -> BoxFuture<'a, BackendResult<()>> {
+        Box::pin(async move {
+            let bytes = new_size * 1024 * 1024;
+            // Absolute sizes make this idempotent: it is called once per node of the instance.
+            if let Some((_, vm)) = self.running(name).await {
+                return vm.resize_disk(index, bytes).await.map_err(failed);
+            }
+            let path = self.disk_path(name, index).display().to_string();
+            self.qemu_img(&["resize", "-q", "-f", "raw", &path, &format!("{new_size}M")])
+                .await
+        })
+    }
+
+    fn install_os<'a>(
+        &'a self,
+        node: &'a str,
+        vm: &'a VmSpec,
+    ) -> BoxFuture<'a, BackendResult<Vec<String>>> {
+        Box::pin(async move {
+            if self.running(&vm.name).await.is_some() {
+                return Err(failed(format!("Instance {} is running", vm.name)));
+            }
+            let name = vm.os.split('+').next().unwrap_or("");
+            let installed = self.operating_systems();
+            let Some(os) = installed.get(name) else {
+                return Err(failed(format!("OS '{name}' not found on node {node}")));
+            };
+            let disks = self.disk_paths(&vm.name, vm.disks_mib.len());
+            let env = os::instance_env(os, vm, &disks);
+            os::run_script(os, "create", &env).await.map_err(failed)
+        })
+    }
+
+    fn start<'a>(&'a self, node: &'a str, vm: &'a VmSpec) -> BoxFuture<'a, BackendResult<()>> {
+        Box::pin(async move {
+            if self.running(&vm.name).await.is_some() {
+                return Ok(());
+            }
+            let config = self.vm_config(vm, None);
+            let _ = std::fs::remove_dir_all(&config.run_dir);
+            std::fs::create_dir_all(self.instance_dir(&vm.name)).map_err(failed)?;
+            self.write_record(node, &config)?;
+            match self.launch(node, config).await {
+                Ok(running) => {
+                    self.register(node, running).await;
+                    Ok(())
+                }
+                Err(e) => {
+                    let _ = std::fs::remove_file(self.record_path(&vm.name));
+                    Err(e)
+                }
+            }
+        })
+    }
+
+    fn stop<'a>(
+        &'a self,
+        _node: &'a str,
+        name: &'a str,
+        timeout_s: u64,
+    ) -> BoxFuture<'a, BackendResult<()>> {
+        Box::pin(async move { self.stop_vm(name, Duration::from_secs(timeout_s)).await })
+    }
+
+    fn reboot<'a>(
+        &'a self,
+        node: &'a str,
+        name: &'a str,
+        kind: RebootKind,
+    ) -> BoxFuture<'a, BackendResult<()>> {
+        Box::pin(async move {
+            let Some((_, vm)) = self.running(name).await else {
+                return Err(failed(format!("Instance {name} is not running")));
+            };
+            match kind {
+                // A soft reboot resets the guest in place, keeping the process.
+                RebootKind::Soft => vm
+                    .qmp
+                    .execute("system_reset", Value::Null)
+                    .await
+                    .map(|_| ())
+                    .map_err(failed),
+                // A hard one is a new QEMU process with the same configuration.
+                RebootKind::Hard => {
+                    let mut config = self
+                        .current_config(name)
+                        .await
+                        .unwrap_or_else(|| vm.config.clone());
+                    config.incoming = None;
+                    self.stop_vm(name, Duration::ZERO).await?;
+                    self.write_record(node, &config)?;
+                    let fresh = self.launch(node, config).await?;
+                    self.register(node, fresh).await;
+                    Ok(())
+                }
+            }
+        })
+    }
+
+    fn instance_state<'a>(
+        &'a self,
+        _node: &'a str,
+        name: &'a str,
+    ) -> BoxFuture<'a, BackendResult<Option<VmState>>> {
+        Box::pin(async move {
+            let Some((_, vm)) = self.running(name).await else {
+                return Ok(None);
+            };
+            let status = vm.status().await.unwrap_or_default();
+            Ok(Some(VmState {
+                running: status == "running",
+                memory_mib: vm.config.memory_mib,
+                vcpus: vm.config.vcpus as u64,
+            }))
+        })
+    }
+
+    fn migrate<'a>(
+        &'a self,
+        _src: &'a str,
+        dst: &'a str,
+        name: &'a str,
+        live: bool,
+    ) -> BoxFuture<'a, BackendResult<()>> {
+        Box::pin(async move {
+            match self.running(name).await {
+                Some((_, vm)) => self.migrate_running(dst, name, vm, live).await,
+                // A stopped instance on shared storage moves by configuration alone.
+                None => Ok(()),
+            }
+        })
+    }
+
+    fn rename<'a>(
+        &'a self,
+        _node: &'a str,
+        old: &'a str,
+        new: &'a str,
+    ) -> BoxFuture<'a, BackendResult<()>> {
+        Box::pin(async move {
+            if self.running(old).await.is_some() {
+                return Err(failed(format!("Instance {old} is running")));
+            }
+            let (from, to) = (self.instance_dir(old), self.instance_dir(new));
+            if from.exists() && from != to {
+                std::fs::rename(&from, &to).map_err(failed)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn console<'a>(&'a self, node: &'a str, name: &'a str) -> BoxFuture<'a, Option<Value>> {
+        Box::pin(async move {
+            let (_, vm) = self.running(name).await?;
+            let socket = vm.config.serial_socket().display().to_string();
+            Some(json!({
+                "instance": name,
+                "kind": "ssh",
+                "host": node,
+                "port": 22,
+                "user": "root",
+                "command": ["socat", "STDIO,raw,echo=0,escape=0x1d", format!("UNIX-CONNECT:{socket}")],
+            }))
+        })
+    }
+
+    fn powercycle<'a>(&'a self, node: &'a str) -> BoxFuture<'a, BackendResult<String>> {
+        Box::pin(async move {
+            Err(failed(format!(
+                "Powercycling node {node} is not supported by the kvm backend"
+            )))
+        })
+    }
+
+    fn delay<'a>(&'a self, _node: &'a str, seconds: f64) -> BoxFuture<'a, BackendResult<()>> {
+        Box::pin(async move {
+            tokio::time::sleep(Duration::from_secs_f64(seconds.max(0.0))).await;
+            Ok(())
+        })
+    }
+}
