@@ -326,6 +326,7 @@ fn qemu_backend(args: &ServeArgs) -> Result<crate::backends::qemu::QemuBackend, 
             run_root,
             accel: args.qemu_accel.clone(),
             os_search_path: std::env::split_paths(&args.os_search_path).collect(),
+            migration_host: None,
         },
     ))
 }
@@ -341,6 +342,7 @@ pub async fn adopt(backend: &dyn Backend, cluster: &ClusterStore) {
             let get = |k: &str, d: u64| nd.get(k).and_then(Value::as_u64).unwrap_or(d);
             NodeSpec {
                 name: n.name.clone(),
+                address: nd.get("agent_address").and_then(Value::as_str).map(String::from),
                 memory_mib: get("fake_memory_mib", 16384),
                 disk_mib: get("fake_disk_mib", 512 * 1024),
                 cpus: get("fake_cpus", 8),

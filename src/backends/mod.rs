@@ -11,7 +11,7 @@ use thiserror::Error;
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// How a backend failure should be reported to the client (mapped to Ganeti error classes).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum FailureKind {
     /// The node did not answer: `OpPrereqError` with `environment_error` during checks.
     NodeUnreachable,
@@ -21,7 +21,7 @@ pub enum FailureKind {
     InsufficientResources,
 }
 
-#[derive(Debug, Clone, Error, PartialEq)]
+#[derive(Debug, Clone, Error, PartialEq, serde::Serialize, serde::Deserialize)]
 #[error("{message}")]
 pub struct BackendError {
     pub kind: FailureKind,
@@ -40,7 +40,7 @@ impl BackendError {
 pub type BackendResult<T> = Result<T, BackendError>;
 
 /// A node's capacity and what is free right now.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub struct NodeInfo {
     pub memory_total: u64,
     pub memory_free: u64,
@@ -53,16 +53,19 @@ pub struct NodeInfo {
 }
 
 /// Static description of a node handed to the backend at start-up.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct NodeSpec {
     pub name: String,
+    /// A node agent's URL (`https://host:port`) when the node is another machine.
+    #[serde(default)]
+    pub address: Option<String>,
     pub memory_mib: u64,
     pub disk_mib: u64,
     pub cpus: u64,
 }
 
 /// Everything a backend needs to run one instance.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub struct VmSpec {
     pub name: String,
     pub uuid: String,
@@ -78,14 +81,14 @@ pub struct VmSpec {
 }
 
 /// What a backend reports about one instance on one node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct VmState {
     pub running: bool,
     pub memory_mib: u64,
     pub vcpus: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum RebootKind {
     Soft,
     Hard,
@@ -156,6 +159,61 @@ pub trait Backend: Send + Sync {
         Box::pin(async { None })
     }
     fn powercycle<'a>(&'a self, node: &'a str) -> BoxFuture<'a, BackendResult<String>>;
+    /// A node joins the cluster (`gnt-node add`): the backend checks it can reach and use it.
+    fn add_node<'a>(&'a self, node: NodeSpec) -> BoxFuture<'a, BackendResult<()>> {
+        Box::pin(async move {
+            let _ = node;
+            Ok(())
+        })
+    }
+
+    // Migration between two backends (two hosts) in steps the master drives; see
+    // `backends::cluster`. A backend serving both ends uses `migrate` instead.
+
+    /// The running VM's exact configuration, None when it is not running.
+    fn running_config<'a>(
+        &'a self,
+        _node: &'a str,
+        _name: &'a str,
+    ) -> BoxFuture<'a, BackendResult<Option<serde_json::Value>>> {
+        Box::pin(async { Ok(None) })
+    }
+    /// Starts a paused copy waiting for the memory stream; answers the URI to send it to.
+    fn prepare_incoming<'a>(
+        &'a self,
+        node: &'a str,
+        _name: &'a str,
+        _config: serde_json::Value,
+    ) -> BoxFuture<'a, BackendResult<String>> {
+        Box::pin(async move {
+            Err(BackendError::failed(format!(
+                "node {node} cannot receive migrations"
+            )))
+        })
+    }
+    /// Streams the running VM to `uri`; on success the source process is gone.
+    fn send_migration<'a>(
+        &'a self,
+        node: &'a str,
+        _name: &'a str,
+        _uri: &'a str,
+        _live: bool,
+    ) -> BoxFuture<'a, BackendResult<()>> {
+        Box::pin(async move {
+            Err(BackendError::failed(format!(
+                "node {node} cannot send migrations"
+            )))
+        })
+    }
+    /// Adopts the received VM (`success`) or discards the half-started copy.
+    fn finish_incoming<'a>(
+        &'a self,
+        _node: &'a str,
+        _name: &'a str,
+        _success: bool,
+    ) -> BoxFuture<'a, BackendResult<()>> {
+        Box::pin(async { Ok(()) })
+    }
     /// Pauses for `seconds` on a node (OP_TEST_DELAY with nodes).
     fn delay<'a>(&'a self, node: &'a str, seconds: f64) -> BoxFuture<'a, BackendResult<()>>;
 }

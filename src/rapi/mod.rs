@@ -250,6 +250,20 @@ pub async fn serve(
             };
             Ok::<_, std::convert::Infallible>(error_response(&e))
         });
+    serve_filter(listener, routes, opts, shutdown).await;
+}
+
+/// Serves any warp filter with gantry's connection handling: keep-alive, a header-read
+/// timeout, a cap on open connections, optional TLS, graceful shutdown. Also used by node agents.
+pub async fn serve_filter<F>(
+    listener: TcpListener,
+    routes: F,
+    opts: ServerOptions,
+    shutdown: impl std::future::Future<Output = ()>,
+) where
+    F: warp::Filter + Clone + Send + Sync + 'static,
+    F::Extract: warp::Reply,
+{
     let service = warp::service(routes);
     let slots = Arc::new(Semaphore::new(opts.max_connections));
     let acceptor = opts.tls.map(tokio_rustls::TlsAcceptor::from);

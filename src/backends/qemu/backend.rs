@@ -25,6 +25,9 @@ pub struct QemuSettings {
     pub run_root: PathBuf,
     pub accel: String,
     pub os_search_path: Vec<PathBuf>,
+    /// Address other hosts reach this one at for incoming migrations (TCP); None: this host
+    /// only migrates to itself, over unix sockets.
+    pub migration_host: Option<String>,
 }
 
 /// What `runtime.json` holds: where the VM runs and exactly how it was started.
@@ -47,6 +50,8 @@ pub struct QemuBackend {
     settings: QemuSettings,
     nodes: std::sync::Mutex<BTreeMap<String, NodeSpec>>,
     vms: VmMap,
+    /// Migration targets started with `-incoming`, until the migration ends.
+    incoming: tokio::sync::Mutex<HashMap<String, Vm>>,
 }
 
 fn failed(e: impl std::fmt::Display) -> BackendError {
@@ -66,6 +71,7 @@ impl QemuBackend {
             settings,
             nodes: Default::default(),
             vms: Default::default(),
+            incoming: Default::default(),
         }
     }
 
@@ -252,43 +258,48 @@ impl QemuBackend {
             .map_err(|e| failed(format!("on node {node}: {e}")))
     }
 
-    /// Memory migration to a second QEMU started with `-incoming`; the disks are shared.
-    async fn migrate_running(
-        &self,
-        dst: &str,
-        name: &str,
-        source: Arc<Vm>,
-        live: bool,
-    ) -> BackendResult<()> {
-        let mut config = self
-            .current_config(name)
-            .await
-            .unwrap_or_else(|| source.config.clone());
-        let socket = self
+    /// Starts the migration target: the source's configuration, this host's paths, `-incoming`.
+    async fn start_incoming(&self, dst: &str, name: &str, source: VmConfig) -> BackendResult<String> {
+        let mut config = source;
+        config.disks = self.disk_paths(name, config.disks.len());
+        config.accel = self.settings.accel.clone();
+        config.run_dir = self
             .settings
             .run_root
-            .join(format!("{}-mig.sock", short_id(name)));
-        let _ = std::fs::remove_file(&socket);
-        config.incoming = Some(format!("unix:{}", socket.display()));
-        config.run_dir =
-            self.settings
-                .run_root
-                .join(format!("{}-{}", short_id(name), short_id(dst)));
+            .join(format!("{}-{}", short_id(name), short_id(dst)));
+        let _ = std::fs::remove_dir_all(&config.run_dir);
+        let uri = match &self.settings.migration_host {
+            Some(host) => {
+                // A free port: bind, note it, release it for QEMU.
+                let port = std::net::TcpListener::bind((host.as_str(), 0))
+                    .and_then(|l| l.local_addr())
+                    .map_err(failed)?
+                    .port();
+                format!("tcp:{host}:{port}")
+            }
+            None => format!("unix:{}", config.run_dir.join("migrate.sock").display()),
+        };
+        config.incoming = Some(uri.clone());
         let target = self.launch(dst, config).await?;
+        if let Some(stale) = self.incoming.lock().await.insert(name.to_string(), target) {
+            let _ = stale.stop(Duration::ZERO).await;
+        }
+        Ok(uri)
+    }
+
+    /// Streams memory to a waiting target; the disks are shared. On failure the source keeps
+    /// running; on success it quits.
+    async fn send(&self, name: &str, uri: &str, live: bool) -> BackendResult<()> {
+        let Some((_, source)) = self.running(name).await else {
+            return Err(failed(format!("Instance {name} is not running")));
+        };
         if !live {
-            source
-                .qmp
-                .execute("stop", Value::Null)
-                .await
-                .map_err(failed)?;
+            source.qmp.execute("stop", Value::Null).await.map_err(failed)?;
         }
         let outcome = async {
             source
                 .qmp
-                .execute(
-                    "migrate",
-                    json!({"uri": format!("unix:{}", socket.display())}),
-                )
+                .execute("migrate", json!({"uri": uri}))
                 .await
                 .map_err(failed)?;
             loop {
@@ -312,22 +323,35 @@ impl QemuBackend {
             }
         }
         .await;
-        let _ = std::fs::remove_file(&socket);
         if let Err(e) = outcome {
-            // The source keeps running; the half-started target goes away.
-            let _ = target.stop(Duration::ZERO).await;
             if !live {
                 let _ = source.qmp.execute("cont", Value::Null).await;
             }
             return Err(e);
         }
-        // A non-live migration leaves the target paused like the source was.
-        if !live {
-            let _ = target.qmp.execute("cont", Value::Null).await;
-        }
         self.vms.lock().await.remove(name);
         let _ = source.stop(Duration::ZERO).await;
         let _ = std::fs::remove_dir_all(&source.config.run_dir);
+        Ok(())
+    }
+
+    /// Takes over a received VM (resuming it if the source was paused), or discards it.
+    async fn finish(&self, dst: &str, name: &str, success: bool) -> BackendResult<()> {
+        let Some(target) = self.incoming.lock().await.remove(name) else {
+            return if success {
+                Err(failed(format!("no incoming migration of {name}")))
+            } else {
+                Ok(())
+            };
+        };
+        if !success {
+            let _ = target.stop(Duration::ZERO).await;
+            let _ = std::fs::remove_dir_all(&target.config.run_dir);
+            return Ok(());
+        }
+        if target.status().await.map_err(failed)? != "running" {
+            target.qmp.execute("cont", Value::Null).await.map_err(failed)?;
+        }
         self.write_record(dst, &target.config)?;
         self.register(dst, target).await;
         Ok(())
@@ -600,11 +624,14 @@ impl Backend for QemuBackend {
         live: bool,
     ) -> BoxFuture<'a, BackendResult<()>> {
         Box::pin(async move {
-            match self.running(name).await {
-                Some((_, vm)) => self.migrate_running(dst, name, vm, live).await,
-                // A stopped instance on shared storage moves by configuration alone.
-                None => Ok(()),
-            }
+            // A stopped instance on shared storage moves by configuration alone.
+            let Some(config) = self.current_config(name).await else {
+                return Ok(());
+            };
+            let uri = self.start_incoming(dst, name, config).await?;
+            let sent = self.send(name, &uri, live).await;
+            self.finish(dst, name, sent.is_ok()).await?;
+            sent
         })
     }
 
@@ -639,6 +666,50 @@ impl Backend for QemuBackend {
                 "command": ["socat", "STDIO,raw,echo=0,escape=0x1d", format!("UNIX-CONNECT:{socket}")],
             }))
         })
+    }
+
+    fn running_config<'a>(
+        &'a self,
+        _node: &'a str,
+        name: &'a str,
+    ) -> BoxFuture<'a, BackendResult<Option<Value>>> {
+        Box::pin(async move {
+            Ok(self
+                .current_config(name)
+                .await
+                .map(|c| serde_json::to_value(c).unwrap_or(Value::Null)))
+        })
+    }
+
+    fn prepare_incoming<'a>(
+        &'a self,
+        node: &'a str,
+        name: &'a str,
+        config: Value,
+    ) -> BoxFuture<'a, BackendResult<String>> {
+        Box::pin(async move {
+            let config: VmConfig = serde_json::from_value(config).map_err(failed)?;
+            self.start_incoming(node, name, config).await
+        })
+    }
+
+    fn send_migration<'a>(
+        &'a self,
+        _node: &'a str,
+        name: &'a str,
+        uri: &'a str,
+        live: bool,
+    ) -> BoxFuture<'a, BackendResult<()>> {
+        Box::pin(async move { self.send(name, uri, live).await })
+    }
+
+    fn finish_incoming<'a>(
+        &'a self,
+        node: &'a str,
+        name: &'a str,
+        success: bool,
+    ) -> BoxFuture<'a, BackendResult<()>> {
+        Box::pin(async move { self.finish(node, name, success).await })
     }
 
     fn powercycle<'a>(&'a self, node: &'a str) -> BoxFuture<'a, BackendResult<String>> {
