@@ -33,6 +33,8 @@ enum Command {
         #[command(subcommand)]
         command: UsersCommand,
     },
+    /// Run a node agent: this host's QEMU backend, served to the master over HTTPS.
+    Node(Box<NodeArgs>),
     /// The job queue's drain flag, like `gnt-cluster queue`; works while the server runs.
     Queue {
         #[command(subcommand)]
@@ -64,6 +66,29 @@ enum UsersCommand {
         #[arg(long, default_value = "")]
         options: String,
     },
+}
+
+#[derive(Parser)]
+struct NodeArgs {
+    /// Address and port to listen on (Ganeti's node daemon uses 1811).
+    #[arg(long, default_value = "0.0.0.0:1811")]
+    listen: String,
+    /// Address the master and other nodes reach this host at (migration streams come here).
+    #[arg(long, default_value = "127.0.0.1")]
+    advertise: String,
+    /// Holds cluster.pem, cluster.key and cluster.secret, copied from the master's data dir.
+    #[arg(long)]
+    cluster_dir: PathBuf,
+    /// Instance disks; the same shared file system on every node (NFS or similar).
+    #[arg(long)]
+    storage_dir: PathBuf,
+    /// Sockets, pidfiles, runtime records; short and local to this host.
+    #[arg(long)]
+    run_dir: PathBuf,
+    #[arg(long, default_value = "/srv/ganeti/os")]
+    os_search_path: String,
+    #[arg(long, default_value = "tcg")]
+    qemu_accel: String,
 }
 
 #[derive(Parser)]
@@ -164,6 +189,23 @@ pub fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
+        Command::Node(args) => {
+            init_logging();
+            let rt = match tokio::runtime::Runtime::new() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(node_agent(*args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("gantry: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Queue { command, data_dir } => {
             let file = data_dir.join(crate::jobqueue::DRAIN_FILE);
             let result = match command {
@@ -186,13 +228,7 @@ pub fn main() -> ExitCode {
             }
         }
         Command::Serve(args) => {
-            tracing_subscriber::fmt()
-                .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_default_env()
-                        .unwrap_or_else(|_| "info".into()),
-                )
-                .with_writer(std::io::stderr)
-                .init();
+            init_logging();
             let rt = match tokio::runtime::Runtime::new() {
                 Ok(rt) => rt,
                 Err(e) => {
@@ -210,6 +246,35 @@ pub fn main() -> ExitCode {
             }
         }
     }
+}
+
+fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn node_agent(args: NodeArgs) -> Result<(), String> {
+    for dir in [&args.storage_dir, &args.run_dir] {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    let opts = crate::agent::AgentOptions {
+        listen: args.listen.clone(),
+        cluster_dir: args.cluster_dir.clone(),
+        qemu: crate::backends::qemu::QemuSettings {
+            qemu: find_tool("qemu-system-x86_64")?,
+            qemu_img: find_tool("qemu-img")?,
+            storage_dir: args.storage_dir.clone(),
+            run_root: args.run_dir.clone(),
+            accel: args.qemu_accel.clone(),
+            os_search_path: std::env::split_paths(&args.os_search_path).collect(),
+            migration_host: Some(args.advertise.clone()),
+        },
+    };
+    crate::agent::run(opts, shutdown_signal()).await
 }
 
 async fn serve(args: ServeArgs) -> Result<(), String> {
@@ -244,7 +309,13 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
             })
             .await
             .map_err(|e| e.to_string())?;
-        Arc::new(qemu)
+        // Nodes on other machines are reached through their agents with these.
+        let creds = rapi::tls::cluster_credentials(&args.data_dir, true)?;
+        Arc::new(crate::backends::cluster::ClusterBackend::new(
+            Arc::new(qemu),
+            creds.secret,
+            creds.cert_der,
+        ))
     } else {
         Arc::new(FakeBackend::new(Duration::from_millis(args.fake_delay_ms)))
     };
@@ -342,7 +413,10 @@ pub async fn adopt(backend: &dyn Backend, cluster: &ClusterStore) {
             let get = |k: &str, d: u64| nd.get(k).and_then(Value::as_u64).unwrap_or(d);
             NodeSpec {
                 name: n.name.clone(),
-                address: nd.get("agent_address").and_then(Value::as_str).map(String::from),
+                address: nd
+                    .get("agent_address")
+                    .and_then(Value::as_str)
+                    .map(String::from),
                 memory_mib: get("fake_memory_mib", 16384),
                 disk_mib: get("fake_disk_mib", 512 * 1024),
                 cpus: get("fake_cpus", 8),

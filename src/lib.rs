@@ -3,6 +3,7 @@
 //!
 //! A request travels RAPI → opcode → job → executor → backend; the modules follow that flow.
 
+pub mod agent;
 pub mod backends;
 pub mod cli;
 pub mod cluster;

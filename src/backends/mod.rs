@@ -1,8 +1,10 @@
 //! What the executor asks of nodes and hypervisors. The executor calls only this trait; `fake` is
 //! an in-memory cluster, and a QEMU backend or a remote node agent can implement the same calls.
 
+pub mod cluster;
 pub mod fake;
 pub mod qemu;
+pub mod remote;
 
 use std::future::Future;
 use std::pin::Pin;

@@ -28,6 +28,11 @@ pub fn plan(op: &OpCode, cfg: &Config) -> Result<LockPlan, OpError> {
             let node = op_node(op, cfg)?;
             p.add(LockLevel::Node, node.name.clone(), LockMode::Shared);
         }
+        "OP_NODE_ADD" => {
+            let name = op.str("node_name").unwrap_or_default().to_string();
+            p.add(LockLevel::Node, name.clone(), LockMode::Exclusive);
+            p.add(LockLevel::NodeRes, name, LockMode::Exclusive);
+        }
         _ => {
             let node = op_node(op, cfg)?;
             p.add(LockLevel::Node, node.name.clone(), LockMode::Exclusive);
@@ -43,6 +48,7 @@ pub async fn execute(ctx: &Ctx) -> Result<Value, OpError> {
         "OP_NODE_EVACUATE" => evacuate(ctx).await,
         "OP_NODE_MIGRATE" => migrate(ctx).await,
         "OP_NODE_QUERY_STORAGE" => query_storage(ctx).await,
+        "OP_NODE_ADD" => add(ctx).await,
         _ => {
             let cfg = ctx.cfg();
             op_node(&ctx.op, &cfg)?;
@@ -343,4 +349,81 @@ async fn query_storage(ctx: &Ctx) -> Result<Value, OpError> {
         rows.push(Value::Array(row));
     }
     Ok(Value::Array(rows))
+}
+
+/// `gnt-node add`: the backend must reach the node (for a node on another machine, its agent
+/// at `ndparams.agent_address`, which must present the cluster certificate) before it joins.
+async fn add(ctx: &Ctx) -> Result<Value, OpError> {
+    let cfg = ctx.cfg();
+    let op = &ctx.op;
+    let name = op.str("node_name").unwrap_or_default().to_string();
+    if cfg.nodes.contains_key(&name) && !op.bool("readd") {
+        return Err(OpError::prereq(
+            format!("Node {name} is already in the configuration"),
+            ErrorCode::AlreadyExists,
+        ));
+    }
+    let group = match op.str("group") {
+        Some(g) => find_group_uuid(&cfg, g)?,
+        None => cfg.groups.keys().next().cloned().unwrap_or_default(),
+    };
+    let ndparams = match op.get("ndparams") {
+        Some(Value::Object(m)) => m.clone(),
+        _ => Default::default(),
+    };
+    let address = ndparams
+        .get("agent_address")
+        .and_then(Value::as_str)
+        .map(String::from);
+    if let Some(a) = &address
+        && !a.starts_with("https://")
+    {
+        return Err(OpError::prereq(
+            format!("The agent address must be an https:// URL, not '{a}'"),
+            ErrorCode::WrongInput,
+        ));
+    }
+    let number = |k: &str, d: u64| ndparams.get(k).and_then(Value::as_u64).unwrap_or(d);
+    let spec = crate::backends::NodeSpec {
+        name: name.clone(),
+        address,
+        memory_mib: number("fake_memory_mib", 16384),
+        disk_mib: number("fake_disk_mib", 512 * 1024),
+        cpus: number("fake_cpus", 8),
+    };
+    if ctx.stop_for_dry_run() {
+        return Ok(Value::Null);
+    }
+    ctx.backend
+        .add_node(spec)
+        .await
+        .map_err(|e| check_failure(&format!("Cannot add node {name}"), e))?;
+    let primary_ip = op.str("primary_ip").unwrap_or("127.0.0.1").to_string();
+    let node = Node {
+        name: name.clone(),
+        meta: crate::cluster::model::Meta::new(crate::util::new_uuid(), now()),
+        group,
+        secondary_ip: op.str("secondary_ip").unwrap_or(&primary_ip).to_string(),
+        primary_ip,
+        offline: false,
+        drained: false,
+        master_candidate: false,
+        master_capable: op
+            .get("master_capable")
+            .and_then(Value::as_bool)
+            .unwrap_or(true),
+        vm_capable: op
+            .get("vm_capable")
+            .and_then(Value::as_bool)
+            .unwrap_or(true),
+        ndparams,
+        powered: true,
+    };
+    ctx.log(format!("* node {name} added"));
+    ctx.cluster
+        .update(|cfg| {
+            cfg.nodes.insert(name, node);
+        })
+        .await?;
+    Ok(Value::Null)
 }

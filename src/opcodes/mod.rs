@@ -2,6 +2,7 @@
 //! the spec, with Ganeti's wire names (`OP_ID`, parameter names) kept at the serde edge.
 
 mod catalog;
+mod extra;
 pub mod schema;
 
 use serde::{Deserialize, Serialize};
@@ -68,7 +69,10 @@ pub struct OpCode {
 }
 
 pub fn definition(op_id: &str) -> Option<&'static OpDef> {
-    catalog::OPCODES.iter().find(|d| d.id == op_id)
+    catalog::OPCODES
+        .iter()
+        .chain(extra::EXTRA_OPCODES)
+        .find(|d| d.id == op_id)
 }
 
 pub fn all_definitions() -> &'static [OpDef] {

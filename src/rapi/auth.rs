@@ -37,7 +37,7 @@ pub fn ha1(user: &str, password: &str) -> String {
 }
 
 /// Compares without an early exit, so timing does not reveal how much of a secret matched.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     let mut diff = a.len() ^ b.len();
     for i in 0..a.len().max(b.len()) {
         diff |= (a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0)) as usize;

@@ -1,7 +1,18 @@
-//! TLS for RAPI: the admin's certificate, or a self-signed one generated once into the data dir.
+//! TLS: the admin's certificate, or a self-signed one generated once into the data dir; and the
+//! cluster credentials node agents share with the master (like Ganeti's `server.pem`).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+fn generate_self_signed(cert: &Path, key: &Path) -> Result<(), String> {
+    let generated =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
+            .map_err(|e| format!("cannot generate a certificate: {e}"))?;
+    std::fs::write(cert, generated.cert.pem()).map_err(|e| e.to_string())?;
+    std::fs::write(key, generated.signing_key.serialize_pem()).map_err(|e| e.to_string())?;
+    tracing::info!(path = %cert.display(), "generated a self-signed certificate");
+    Ok(())
+}
 
 pub fn load_or_create(
     cert: Option<&Path>,
@@ -14,27 +25,30 @@ pub fn load_or_create(
             let c = data_dir.join("rapi.pem");
             let k = data_dir.join("rapi.key");
             if !c.exists() || !k.exists() {
-                let generated = rcgen::generate_simple_self_signed(vec![
-                    "localhost".into(),
-                    "127.0.0.1".into(),
-                ])
-                .map_err(|e| format!("cannot generate a certificate: {e}"))?;
-                std::fs::write(&c, generated.cert.pem()).map_err(|e| e.to_string())?;
-                std::fs::write(&k, generated.signing_key.serialize_pem())
-                    .map_err(|e| e.to_string())?;
-                tracing::info!(path = %c.display(), "generated a self-signed certificate");
+                generate_self_signed(&c, &k)?;
             }
             (c, k)
         }
         _ => return Err("--ssl-cert and --ssl-key go together".into()),
     };
-    let certs = rustls_pemfile::certs(&mut std::io::BufReader::new(
-        std::fs::File::open(&cert_path).map_err(|e| format!("{}: {e}", cert_path.display()))?,
+    server_config(&cert_path, &key_path)
+}
+
+fn read_certs(path: &Path) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
+    rustls_pemfile::certs(&mut std::io::BufReader::new(
+        std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?,
     ))
     .collect::<Result<Vec<_>, _>>()
-    .map_err(|e| format!("{}: {e}", cert_path.display()))?;
+    .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+pub fn server_config(
+    cert_path: &Path,
+    key_path: &Path,
+) -> Result<Arc<rustls::ServerConfig>, String> {
+    let certs = read_certs(cert_path)?;
     let key = rustls_pemfile::private_key(&mut std::io::BufReader::new(
-        std::fs::File::open(&key_path).map_err(|e| format!("{}: {e}", key_path.display()))?,
+        std::fs::File::open(key_path).map_err(|e| format!("{}: {e}", key_path.display()))?,
     ))
     .map_err(|e| format!("{}: {e}", key_path.display()))?
     .ok_or_else(|| format!("{}: no private key found", key_path.display()))?;
@@ -46,4 +60,54 @@ pub fn load_or_create(
         .with_single_cert(certs, key)
         .map_err(|e| format!("bad certificate or key: {e}"))?;
     Ok(Arc::new(config))
+}
+
+/// What the master and its node agents share: a certificate the agents serve (the master
+/// accepts no other) and a secret every master request carries.
+pub struct ClusterCredentials {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub cert_der: Vec<u8>,
+    pub secret: String,
+}
+
+pub const CLUSTER_FILES: [&str; 3] = ["cluster.pem", "cluster.key", "cluster.secret"];
+
+/// Loads the cluster credentials from `dir`; `create` makes them first if they are missing
+/// (the master does; an agent must be given the master's copies).
+pub fn cluster_credentials(dir: &Path, create: bool) -> Result<ClusterCredentials, String> {
+    let [cert, key, secret] = CLUSTER_FILES.map(|f| dir.join(f));
+    if create && !(cert.exists() && key.exists() && secret.exists()) {
+        generate_self_signed(&cert, &key)?;
+        let random: String = crate::util::random_bytes::<32>()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        std::fs::write(&secret, random).map_err(|e| e.to_string())?;
+        use std::os::unix::fs::PermissionsExt;
+        for private in [&key, &secret] {
+            let _ = std::fs::set_permissions(private, std::fs::Permissions::from_mode(0o600));
+        }
+    }
+    let der = read_certs(&cert)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| format!("{}: no certificate", cert.display()))?
+        .to_vec();
+    let secret_text = std::fs::read_to_string(&secret)
+        .map_err(|e| format!("{}: {e}", secret.display()))?
+        .trim()
+        .to_string();
+    if secret_text.len() < 16 {
+        return Err(format!(
+            "{}: the cluster secret is too short",
+            secret.display()
+        ));
+    }
+    Ok(ClusterCredentials {
+        cert,
+        key,
+        cert_der: der,
+        secret: secret_text,
+    })
 }

@@ -1,8 +1,8 @@
 //! The `kvm` hypervisor on one host: every node this backend serves is local. Instance disks are
 //! raw sparse files in a shared storage directory (Ganeti's `file`/`sharedfile` model: every node
 //! sees the same path, so migration moves only memory). Each running VM has a runtime record
-//! (`runtime.json`, the exact VM config) so a restarted gantry re-adopts it, and a supervisor
-//! task that notices when it dies.
+//! (`runtime.json` in its run dir, which is per host: the exact VM config) so a restarted gantry
+//! or node agent re-adopts it, and a supervisor task that notices when it dies.
 
 use super::os::{self, InstalledOs};
 use super::vm::{Vm, VmConfig, VmError};
@@ -92,10 +92,6 @@ impl QemuBackend {
         (0..count).map(|i| self.disk_path(name, i)).collect()
     }
 
-    fn record_path(&self, name: &str) -> PathBuf {
-        self.instance_dir(name).join("runtime.json")
-    }
-
     fn vm_config(&self, vm: &VmSpec, incoming: Option<String>) -> VmConfig {
         let suffix = if incoming.is_some() { "-in" } else { "" };
         VmConfig {
@@ -119,7 +115,8 @@ impl QemuBackend {
             config: config.clone(),
         };
         let text = serde_json::to_vec_pretty(&record).map_err(failed)?;
-        std::fs::write(self.record_path(&config.name), text).map_err(failed)
+        std::fs::create_dir_all(&config.run_dir).map_err(failed)?;
+        std::fs::write(config.run_dir.join("runtime.json"), text).map_err(failed)
     }
 
     /// Registers a running VM and starts its supervisor: a guest poweroff (QEMU stays in
@@ -244,7 +241,6 @@ impl QemuBackend {
             running.vm.stop(timeout).await.map_err(failed)?;
             let _ = std::fs::remove_dir_all(&running.vm.config.run_dir);
         }
-        let _ = std::fs::remove_file(self.record_path(name));
         Ok(())
     }
 
@@ -259,14 +255,19 @@ impl QemuBackend {
     }
 
     /// Starts the migration target: the source's configuration, this host's paths, `-incoming`.
-    async fn start_incoming(&self, dst: &str, name: &str, source: VmConfig) -> BackendResult<String> {
+    async fn start_incoming(
+        &self,
+        dst: &str,
+        name: &str,
+        source: VmConfig,
+    ) -> BackendResult<String> {
         let mut config = source;
         config.disks = self.disk_paths(name, config.disks.len());
         config.accel = self.settings.accel.clone();
-        config.run_dir = self
-            .settings
-            .run_root
-            .join(format!("{}-{}", short_id(name), short_id(dst)));
+        config.run_dir =
+            self.settings
+                .run_root
+                .join(format!("{}-{}", short_id(name), short_id(dst)));
         let _ = std::fs::remove_dir_all(&config.run_dir);
         let uri = match &self.settings.migration_host {
             Some(host) => {
@@ -294,7 +295,11 @@ impl QemuBackend {
             return Err(failed(format!("Instance {name} is not running")));
         };
         if !live {
-            source.qmp.execute("stop", Value::Null).await.map_err(failed)?;
+            source
+                .qmp
+                .execute("stop", Value::Null)
+                .await
+                .map_err(failed)?;
         }
         let outcome = async {
             source
@@ -350,7 +355,11 @@ impl QemuBackend {
             return Ok(());
         }
         if target.status().await.map_err(failed)? != "running" {
-            target.qmp.execute("cont", Value::Null).await.map_err(failed)?;
+            target
+                .qmp
+                .execute("cont", Value::Null)
+                .await
+                .map_err(failed)?;
         }
         self.write_record(dst, &target.config)?;
         self.register(dst, target).await;
@@ -365,7 +374,7 @@ impl Backend for QemuBackend {
                 nodes.into_iter().map(|n| (n.name.clone(), n)).collect();
             let _ = std::fs::create_dir_all(&self.settings.storage_dir);
             let _ = std::fs::create_dir_all(&self.settings.run_root);
-            let Ok(entries) = std::fs::read_dir(&self.settings.storage_dir) else {
+            let Ok(entries) = std::fs::read_dir(&self.settings.run_root) else {
                 return;
             };
             for entry in entries.flatten() {
@@ -385,8 +394,7 @@ impl Backend for QemuBackend {
                     }
                     None => {
                         tracing::warn!(instance = %name, "VM is gone; cleaning its run files");
-                        let _ = std::fs::remove_dir_all(&record.config.run_dir);
-                        let _ = std::fs::remove_file(&path);
+                        let _ = std::fs::remove_dir_all(entry.path());
                     }
                 }
             }
@@ -405,6 +413,11 @@ impl Backend for QemuBackend {
                     kind: FailureKind::NodeUnreachable,
                     message: format!("Node {node} is not served by this host"),
                 })?;
+            let spec = if spec.address.is_some() {
+                host_spec(node, &self.settings.storage_dir)
+            } else {
+                spec
+            };
             let used_memory: u64 = self
                 .vms
                 .lock()
@@ -541,13 +554,14 @@ impl Backend for QemuBackend {
             let _ = std::fs::remove_dir_all(&config.run_dir);
             std::fs::create_dir_all(self.instance_dir(&vm.name)).map_err(failed)?;
             self.write_record(node, &config)?;
+            let run_dir = config.run_dir.clone();
             match self.launch(node, config).await {
                 Ok(running) => {
                     self.register(node, running).await;
                     Ok(())
                 }
                 Err(e) => {
-                    let _ = std::fs::remove_file(self.record_path(&vm.name));
+                    let _ = std::fs::remove_dir_all(run_dir);
                     Err(e)
                 }
             }
@@ -668,6 +682,16 @@ impl Backend for QemuBackend {
         })
     }
 
+    fn add_node<'a>(&'a self, node: NodeSpec) -> BoxFuture<'a, BackendResult<()>> {
+        Box::pin(async move {
+            self.nodes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(node.name.clone(), node);
+            Ok(())
+        })
+    }
+
     fn running_config<'a>(
         &'a self,
         _node: &'a str,
@@ -725,5 +749,31 @@ impl Backend for QemuBackend {
             tokio::time::sleep(Duration::from_secs_f64(seconds.max(0.0))).await;
             Ok(())
         })
+    }
+}
+
+/// A real host's capacity: memory from /proc/meminfo, CPUs, and the storage file system.
+fn host_spec(node: &str, storage: &std::path::Path) -> NodeSpec {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let memory_kib: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    let disk_mib = std::ffi::CString::new(storage.display().to_string())
+        .ok()
+        .and_then(|path| {
+            let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+            // SAFETY: a valid C string and a zeroed out-parameter of the right type.
+            (unsafe { libc::statvfs(path.as_ptr(), &mut stat) } == 0)
+                .then(|| stat.f_blocks as u64 * stat.f_frsize as u64 / (1024 * 1024))
+        })
+        .unwrap_or(0);
+    NodeSpec {
+        name: node.to_string(),
+        address: None,
+        memory_mib: memory_kib / 1024,
+        disk_mib,
+        cpus: std::thread::available_parallelism().map_or(1, |n| n.get() as u64),
     }
 }

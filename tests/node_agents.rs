@@ -1,0 +1,296 @@
+//! Two node agents on 127.0.0.1 (different ports and run dirs, one shared storage dir) standing
+//! in for two hosts: nodes join by address, an instance runs on one, live-migrates to the other
+//! (the destination QEMU runs, the source is gone), and agents refuse strangers. Skipped without
+//! QEMU unless GANTRY_REQUIRE_QEMU=1.
+
+mod common;
+use common::*;
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+const ADMIN: Option<&str> = Some("admin:admin");
+const NAME: &str = "vm1.example.com";
+
+struct Agent {
+    child: Child,
+    url: String,
+    run_dir: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        for pid in qemu_pids(&self.run_dir) {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
+    }
+}
+
+/// Starts `gantry node` with the given cluster files (copied into its own dir).
+fn agent(cluster_files: &Path, storage: &Path) -> Agent {
+    let dir = tempfile::Builder::new()
+        .prefix("ga")
+        .tempdir_in("/tmp")
+        .unwrap();
+    for f in ["cluster.pem", "cluster.key", "cluster.secret"] {
+        std::fs::copy(cluster_files.join(f), dir.path().join(f)).unwrap();
+    }
+    let run_dir = dir.path().join("r");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gantry"))
+        .args(["node", "--listen", "127.0.0.1:0", "--cluster-dir"])
+        .arg(dir.path())
+        .arg("--storage-dir")
+        .arg(storage)
+        .arg("--run-dir")
+        .arg(&run_dir)
+        .args([
+            "--os-search-path",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/os"),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line.trim().rsplit(' ').next().unwrap().to_string();
+    assert!(url.starts_with("https://"), "agent banner: {line}");
+    Agent {
+        child,
+        url,
+        run_dir,
+        _dir: dir,
+    }
+}
+
+fn qemu_pids(run_dir: &Path) -> Vec<u32> {
+    let needle = run_dir.display().to_string();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_string_lossy().parse().ok()?;
+            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            let text = String::from_utf8_lossy(&cmd).to_string();
+            (text.contains("qemu-system") && text.contains(&needle) && !stat.contains(") Z "))
+                .then_some(pid)
+        })
+        .collect()
+}
+
+fn job(s: &Server, method: &str, path: &str, body: Value) -> Value {
+    let (code, id) = curl(s, method, path, ADMIN, Some(&body.to_string()));
+    assert_eq!(code, 200, "{method} {path}: {id}");
+    wait_job(s, id.as_u64().unwrap())
+}
+
+fn ok(s: &Server, method: &str, path: &str, body: Value) {
+    let finished = job(s, method, path, body);
+    assert_eq!(finished["status"], "success", "{method} {path}: {finished}");
+}
+
+fn add_node(s: &Server, name: &str, url: &str) -> Value {
+    job(
+        s,
+        "POST",
+        "/2/jobs",
+        json!({"ops": [{"OP_ID": "OP_NODE_ADD", "node_name": name, "primary_ip": "127.0.0.1",
+                        "ndparams": {"agent_address": url}}]}),
+    )
+}
+
+fn have_qemu() -> bool {
+    let found = Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(
+            std::env::var("GANTRY_REQUIRE_QEMU").as_deref() != Ok("1"),
+            "QEMU is required (GANTRY_REQUIRE_QEMU=1) but not installed"
+        );
+        eprintln!("SKIPPED: qemu-system-x86_64 not installed");
+    }
+    found
+}
+
+#[test]
+fn live_migration_between_two_node_agents() {
+    if !have_qemu() {
+        return;
+    }
+    let run = tempfile::Builder::new()
+        .prefix("gr")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let master = start(&[
+        "--hypervisor",
+        "kvm",
+        "--os-search-path",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/os"),
+        "--run-dir",
+        run.path().to_str().unwrap(),
+    ]);
+    let data = master.dir.path().to_path_buf();
+    let storage = data.join("storage");
+    let (a, b) = (agent(&data, &storage), agent(&data, &storage));
+
+    assert_eq!(
+        add_node(&master, "hosta.example.com", &a.url)["status"],
+        "success"
+    );
+    assert_eq!(
+        add_node(&master, "hostb.example.com", &b.url)["status"],
+        "success"
+    );
+    let (_, node) = curl(&master, "GET", "/2/nodes/hosta.example.com", None, None);
+    assert!(
+        node["mtotal"].as_u64().unwrap() > 0,
+        "the agent reports its host: {node}"
+    );
+
+    ok(
+        &master,
+        "POST",
+        "/2/instances",
+        json!({"__version__": 1, "mode": "create", "name": NAME,
+        "disk_template": "sharedfile", "disks": [{"size": 32}], "nics": [{}],
+        "os_type": "gantry-demo+default", "pnode": "hosta.example.com"}),
+    );
+    let on_a = qemu_pids(&a.run_dir);
+    assert_eq!(on_a.len(), 1, "the VM runs under agent A");
+    assert!(qemu_pids(&b.run_dir).is_empty());
+
+    ok(
+        &master,
+        "PUT",
+        &format!("/2/instances/{NAME}/migrate"),
+        json!({"mode": "live", "target_node": "hostb.example.com"}),
+    );
+    let (_, inst) = curl(&master, "GET", &format!("/2/instances/{NAME}"), None, None);
+    assert_eq!(inst["pnode"], "hostb.example.com");
+    assert_eq!(inst["oper_state"], true, "the destination QEMU runs");
+    assert_eq!(
+        qemu_pids(&b.run_dir).len(),
+        1,
+        "the VM now runs under agent B"
+    );
+    assert!(qemu_pids(&a.run_dir).is_empty(), "the source QEMU is gone");
+    let (_, console) = curl(
+        &master,
+        "GET",
+        &format!("/2/instances/{NAME}/console"),
+        ADMIN,
+        None,
+    );
+    assert_eq!(console["host"], "hostb.example.com");
+
+    // And back, non-live this time.
+    ok(
+        &master,
+        "PUT",
+        &format!("/2/instances/{NAME}/migrate"),
+        json!({"mode": "non-live", "target_node": "hosta.example.com"}),
+    );
+    assert_eq!(qemu_pids(&a.run_dir).len(), 1);
+    assert!(qemu_pids(&b.run_dir).is_empty());
+
+    ok(
+        &master,
+        "DELETE",
+        &format!("/2/instances/{NAME}"),
+        json!({"shutdown_timeout": 1}),
+    );
+    assert!(qemu_pids(&a.run_dir).is_empty() && qemu_pids(&b.run_dir).is_empty());
+    assert!(!storage.join(NAME).exists(), "disks removed");
+}
+
+#[test]
+fn agents_and_master_refuse_strangers() {
+    if !have_qemu() {
+        return;
+    }
+    let run = tempfile::Builder::new()
+        .prefix("gr")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let master = start(&[
+        "--hypervisor",
+        "kvm",
+        "--run-dir",
+        run.path().to_str().unwrap(),
+    ]);
+    let data = master.dir.path().to_path_buf();
+
+    // An agent with another cluster's secret: the master's requests are refused.
+    let wrong_secret = tempfile::tempdir().unwrap();
+    for f in ["cluster.pem", "cluster.key"] {
+        std::fs::copy(data.join(f), wrong_secret.path().join(f)).unwrap();
+    }
+    std::fs::write(
+        wrong_secret.path().join("cluster.secret"),
+        "0123456789abcdef0123456789abcdef",
+    )
+    .unwrap();
+    let stranger = agent(wrong_secret.path(), &data.join("storage"));
+    let refused = add_node(&master, "hostx.example.com", &stranger.url);
+    assert_eq!(refused["status"], "error");
+    assert_eq!(
+        refused["opresult"][0][1][1], "environment_error",
+        "{refused}"
+    );
+    assert!(
+        refused["opresult"]
+            .to_string()
+            .contains("refused the cluster secret"),
+        "{refused}"
+    );
+
+    // An agent with another certificate: the master does not talk to it at all.
+    let other = tempfile::tempdir().unwrap();
+    let other_master = tempfile::tempdir().unwrap();
+    let _ = gantry::rapi::tls::cluster_credentials(other_master.path(), true).unwrap();
+    for f in ["cluster.pem", "cluster.key"] {
+        std::fs::copy(other_master.path().join(f), other.path().join(f)).unwrap();
+    }
+    std::fs::copy(
+        data.join("cluster.secret"),
+        other.path().join("cluster.secret"),
+    )
+    .unwrap();
+    let impostor = agent(other.path(), &data.join("storage"));
+    let refused = add_node(&master, "hosty.example.com", &impostor.url);
+    assert_eq!(refused["status"], "error", "{refused}");
+    let (code, _) = curl(&master, "GET", "/2/nodes/hosty.example.com", None, None);
+    assert_eq!(code, 404, "a refused node does not join");
+
+    // Requests without the secret never reach the backend.
+    let out = Command::new("curl")
+        .args([
+            "-sk",
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            "{\"node\": \"x\"}",
+        ])
+        .arg(format!("{}/agent/v1/node_info", stranger.url))
+        .output()
+        .unwrap();
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("refused"),
+        "{answer}"
+    );
+}
