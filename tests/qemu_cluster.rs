@@ -268,6 +268,23 @@ fn an_instance_lives_its_whole_life_on_real_qemu() {
     );
     assert_eq!(label(&storage.join("disk0.img")), NAME, "reinstalled");
 
+    // Rename runs the OS rename script (the demo OS relabels the filesystem), and back.
+    ok(
+        &s,
+        "PUT",
+        &format!("/2/instances/{NAME}/rename"),
+        json!({"new_name": "vm2.example.com", "name_check": false, "ip_check": false}),
+    );
+    let renamed = s.dir.path().join("storage").join("vm2.example.com");
+    assert_eq!(label(&renamed.join("disk0.img")), "vm2.example.com");
+    ok(
+        &s,
+        "PUT",
+        "/2/instances/vm2.example.com/rename",
+        json!({"new_name": NAME, "name_check": false, "ip_check": false}),
+    );
+    assert_eq!(label(&storage.join("disk0.img")), NAME);
+
     // Remove: no process, no socket, no disk, no run dir.
     ok(
         &s,

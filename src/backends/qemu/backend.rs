@@ -541,7 +541,12 @@ impl Backend for QemuBackend {
             };
             let disks = self.disk_paths(&vm.name, vm.disks_mib.len());
             let env = os::instance_env(os, vm, &disks);
-            os::run_script(os, "create", &env).await.map_err(failed)
+            let output = os::run_script(os, "create", &env).await.map_err(failed)?;
+            // Remembered for the OS rename script, which needs the same environment.
+            let installed = serde_json::to_vec(vm).map_err(failed)?;
+            std::fs::write(self.instance_dir(&vm.name).join("os.json"), installed)
+                .map_err(failed)?;
+            Ok(output)
         })
     }
 
@@ -663,6 +668,25 @@ impl Backend for QemuBackend {
             if from.exists() && from != to {
                 std::fs::rename(&from, &to).map_err(failed)?;
             }
+            // Run the OS's rename script if an OS was installed.
+            let Ok(text) = std::fs::read(to.join("os.json")) else {
+                return Ok(());
+            };
+            let mut vm: VmSpec = serde_json::from_slice(&text).map_err(failed)?;
+            vm.name = new.to_string();
+            vm.reinstall = false;
+            let installed = self.operating_systems();
+            let Some(os) = installed.get(vm.os.split('+').next().unwrap_or("")) else {
+                return Ok(());
+            };
+            let mut env = os::instance_env(os, &vm, &self.disk_paths(new, vm.disks_mib.len()));
+            env.push(("OLD_INSTANCE_NAME".into(), old.to_string()));
+            // As upstream: the instance is renamed either way; a failed script is a warning.
+            if let Err(e) = os::run_script(os, "rename", &env).await {
+                tracing::warn!(instance = %new, "OS rename script failed: {e}");
+            }
+            let updated = serde_json::to_vec(&vm).map_err(failed)?;
+            std::fs::write(to.join("os.json"), updated).map_err(failed)?;
             Ok(())
         })
     }
