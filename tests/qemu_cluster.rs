@@ -82,6 +82,25 @@ fn instance(s: &Server) -> Value {
     curl(s, "GET", &format!("/2/instances/{NAME}"), None, None).1
 }
 
+/// Disk `n`'s file: named by the disk's UUID under the instance's storage dir.
+fn disk_file(s: &Server, instance: &str, n: usize) -> PathBuf {
+    let (_, inst) = curl(s, "GET", &format!("/2/instances/{instance}"), None, None);
+    let query = format!("/2/query/instance?fields=name,disk.uuids");
+    let (_, q) = curl(s, "GET", &query, ADMIN, None);
+    let uuid = q["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|row| row[0][1] == instance)
+        .map(|row| row[1][1][n].as_str().unwrap().to_string())
+        .unwrap_or_else(|| panic!("{instance} not found: {inst}"));
+    s.dir
+        .path()
+        .join("storage")
+        .join(instance)
+        .join(format!("disk-{uuid}.img"))
+}
+
 fn label(disk: &Path) -> String {
     let out = std::process::Command::new("e2label")
         .arg(disk)
@@ -137,7 +156,7 @@ fn an_instance_lives_its_whole_life_on_real_qemu() {
         log.contains("gantry-demo: formatting"),
         "OS output in the job log: {log}"
     );
-    assert_eq!(label(&storage.join("disk0.img")), NAME, "a real ext4 image");
+    assert_eq!(label(&disk_file(&s, NAME, 0)), NAME, "a real ext4 image");
     assert_eq!(qemu_pids(&run_root).len(), 1, "one QEMU runs the instance");
     let inst = instance(&s);
     assert_eq!(
@@ -190,7 +209,7 @@ fn an_instance_lives_its_whole_life_on_real_qemu() {
         json!({"amount": 64}),
     );
     assert_eq!(
-        std::fs::metadata(storage.join("disk0.img")).unwrap().len(),
+        std::fs::metadata(disk_file(&s, NAME, 0)).unwrap().len(),
         128 << 20
     );
     ok(
@@ -200,7 +219,7 @@ fn an_instance_lives_its_whole_life_on_real_qemu() {
         json!({"disks": [["add", {"size": 32}]]}),
     );
     assert_eq!(
-        std::fs::metadata(storage.join("disk1.img")).unwrap().len(),
+        std::fs::metadata(disk_file(&s, NAME, 1)).unwrap().len(),
         32 << 20
     );
 
@@ -256,7 +275,7 @@ fn an_instance_lives_its_whole_life_on_real_qemu() {
     assert!(qemu_pids(&run_root).is_empty());
     assert_eq!(instance(&s)["oper_state"], false);
     std::process::Command::new("e2label")
-        .arg(storage.join("disk0.img"))
+        .arg(disk_file(&s, NAME, 0))
         .arg("scratched")
         .status()
         .unwrap();
@@ -266,7 +285,7 @@ fn an_instance_lives_its_whole_life_on_real_qemu() {
         &format!("/2/instances/{NAME}/reinstall"),
         json!({"start": false}),
     );
-    assert_eq!(label(&storage.join("disk0.img")), NAME, "reinstalled");
+    assert_eq!(label(&disk_file(&s, NAME, 0)), NAME, "reinstalled");
 
     // Rename runs the OS rename script (the demo OS relabels the filesystem), and back.
     ok(
@@ -275,15 +294,28 @@ fn an_instance_lives_its_whole_life_on_real_qemu() {
         &format!("/2/instances/{NAME}/rename"),
         json!({"new_name": "vm2.example.com", "name_check": false, "ip_check": false}),
     );
-    let renamed = s.dir.path().join("storage").join("vm2.example.com");
-    assert_eq!(label(&renamed.join("disk0.img")), "vm2.example.com");
+    assert_eq!(
+        label(&disk_file(&s, "vm2.example.com", 0)),
+        "vm2.example.com"
+    );
     ok(
         &s,
         "PUT",
         "/2/instances/vm2.example.com/rename",
         json!({"new_name": NAME, "name_check": false, "ip_check": false}),
     );
-    assert_eq!(label(&storage.join("disk0.img")), NAME);
+    assert_eq!(label(&disk_file(&s, NAME, 0)), NAME);
+
+    // Remove the second disk while stopped: its file goes, the first keeps its content.
+    let second = disk_file(&s, NAME, 1);
+    ok(
+        &s,
+        "PUT",
+        &format!("/2/instances/{NAME}/modify"),
+        json!({"disks": [["remove", 1, {}]]}),
+    );
+    assert!(!second.exists(), "the removed disk's file is gone");
+    assert_eq!(label(&disk_file(&s, NAME, 0)), NAME);
 
     // Remove: no process, no socket, no disk, no run dir.
     ok(
@@ -338,7 +370,8 @@ fn a_failing_qemu_operation_fails_the_job_clearly_and_leaves_no_process() {
         "os_type": "gantry-demo+default"}),
     );
     // Break the disk path under the instance, then start it.
-    std::fs::remove_file(s.dir.path().join("storage").join(NAME).join("disk0.img")).unwrap();
+    let disk = disk_file(&s, NAME, 0);
+    std::fs::remove_file(&disk).unwrap();
     let (_, id) = curl(
         &s,
         "PUT",
@@ -350,7 +383,8 @@ fn a_failing_qemu_operation_fails_the_job_clearly_and_leaves_no_process() {
     assert_eq!(job["status"], "error", "{job}");
     let message = job["opresult"][0].to_string();
     assert!(
-        message.contains("OpExecError") && message.contains("disk0.img"),
+        message.contains("OpExecError")
+            && message.contains(&*disk.file_name().unwrap().to_string_lossy()),
         "{message}"
     );
     assert!(qemu_pids(run.path()).is_empty(), "no orphan QEMU");

@@ -74,6 +74,9 @@ pub struct VmSpec {
     pub memory_mib: u64,
     pub vcpus: u64,
     pub disks_mib: Vec<u64>,
+    /// The disks' UUIDs, in the same order: stable file names when disks come and go.
+    #[serde(default)]
+    pub disk_ids: Vec<String>,
     pub macs: Vec<String>,
     pub os: String,
     /// The instance's OS parameters, as the OS scripts see them (`OSP_<NAME>`).

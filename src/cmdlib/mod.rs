@@ -319,6 +319,7 @@ pub fn vm_spec(cfg: &Config, inst: &Instance) -> VmSpec {
         memory_mib: crate::cluster::model::instance_memory(cfg, inst),
         vcpus: crate::cluster::model::instance_vcpus(cfg, inst),
         disks_mib: inst.disks.iter().map(|d| d.size).collect(),
+        disk_ids: inst.disks.iter().map(|d| d.uuid.clone()).collect(),
         macs: inst.nics.iter().map(|n| n.mac.clone()).collect(),
         os: inst.os.clone(),
         osparams: inst

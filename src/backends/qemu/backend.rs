@@ -84,12 +84,29 @@ impl QemuBackend {
         self.settings.storage_dir.join(name)
     }
 
-    fn disk_path(&self, name: &str, index: usize) -> PathBuf {
-        self.instance_dir(name).join(format!("disk{index}.img"))
+    /// Disk files are named by disk UUID, so removing a disk never shifts another's file.
+    fn disk_paths(&self, vm: &VmSpec) -> Vec<PathBuf> {
+        (0..vm.disks_mib.len())
+            .map(|n| {
+                let file = match vm.disk_ids.get(n) {
+                    Some(id) => format!("disk-{id}.img"),
+                    None => format!("disk{n}.img"),
+                };
+                self.instance_dir(&vm.name).join(file)
+            })
+            .collect()
     }
 
-    fn disk_paths(&self, name: &str, count: usize) -> Vec<PathBuf> {
-        (0..count).map(|i| self.disk_path(name, i)).collect()
+    /// The last specification this host was given for an instance (for calls that name the
+    /// instance only, such as growing a disk of a stopped one).
+    fn saved_spec(&self, name: &str) -> Option<VmSpec> {
+        let text = std::fs::read(self.instance_dir(name).join("spec.json")).ok()?;
+        serde_json::from_slice(&text).ok()
+    }
+
+    fn save_spec(&self, vm: &VmSpec) -> BackendResult<()> {
+        let text = serde_json::to_vec_pretty(vm).map_err(failed)?;
+        std::fs::write(self.instance_dir(&vm.name).join("spec.json"), text).map_err(failed)
     }
 
     fn vm_config(&self, vm: &VmSpec, incoming: Option<String>) -> VmConfig {
@@ -102,7 +119,7 @@ impl QemuBackend {
                 .join(format!("{}{suffix}", short_id(&vm.name))),
             memory_mib: vm.memory_mib,
             vcpus: vm.vcpus.max(1) as u32,
-            disks: self.disk_paths(&vm.name, vm.disks_mib.len()),
+            disks: self.disk_paths(vm),
             macs: vm.macs.clone(),
             accel: self.settings.accel.clone(),
             incoming,
@@ -198,9 +215,8 @@ impl QemuBackend {
     }
 
     /// Hot-adds disk files the running VM does not have yet, and records them.
-    async fn hot_add_disks(&self, vm: &Vm, from: usize, to: usize) -> BackendResult<()> {
-        for n in from..to {
-            let path = self.disk_path(&vm.config.name, n);
+    async fn hot_add_disks(&self, vm: &Vm, paths: &[PathBuf], from: usize) -> BackendResult<()> {
+        for (n, path) in paths.iter().enumerate().skip(from) {
             let id = format!("disk{n}");
             vm.qmp
                 .execute(
@@ -262,7 +278,15 @@ impl QemuBackend {
         source: VmConfig,
     ) -> BackendResult<String> {
         let mut config = source;
-        config.disks = self.disk_paths(name, config.disks.len());
+        // Same files, seen through this host's mount of the shared storage.
+        config.disks = config
+            .disks
+            .iter()
+            .map(|d| {
+                self.instance_dir(name)
+                    .join(d.file_name().unwrap_or_default())
+            })
+            .collect();
         config.accel = self.settings.accel.clone();
         config.run_dir =
             self.settings
@@ -454,10 +478,12 @@ impl Backend for QemuBackend {
         vm: &'a VmSpec,
     ) -> BoxFuture<'a, BackendResult<()>> {
         Box::pin(async move {
+            // Makes the disk files match the specification: missing ones are created (and
+            // hot-plugged into a running VM); files of removed disks go once the VM is stopped.
             std::fs::create_dir_all(self.instance_dir(&vm.name)).map_err(failed)?;
+            let paths = self.disk_paths(vm);
             let mut created = 0;
-            for (n, size) in vm.disks_mib.iter().enumerate() {
-                let path = self.disk_path(&vm.name, n);
+            for (path, size) in paths.iter().zip(&vm.disks_mib) {
                 if path.exists() {
                     continue;
                 }
@@ -466,16 +492,29 @@ impl Backend for QemuBackend {
                     .await?;
                 created += 1;
             }
-            // Disks added to a running VM are hot-plugged.
-            if created > 0
-                && let Some((_, running)) = self.running(&vm.name).await
-            {
-                let had = self
-                    .current_config(&vm.name)
-                    .await
-                    .map_or(running.config.disks.len(), |c| c.disks.len());
-                self.hot_add_disks(&running, had, vm.disks_mib.len())
-                    .await?;
+            self.save_spec(vm)?;
+            match self.running(&vm.name).await {
+                Some((_, running)) if created > 0 => {
+                    let had = self
+                        .current_config(&vm.name)
+                        .await
+                        .map_or(running.config.disks.len(), |c| c.disks.len());
+                    self.hot_add_disks(&running, &paths, had).await?;
+                }
+                Some(_) => {}
+                None => {
+                    let stale = std::fs::read_dir(self.instance_dir(&vm.name))
+                        .into_iter()
+                        .flatten()
+                        .flatten()
+                        .map(|e| e.path())
+                        .filter(|p| {
+                            p.extension().is_some_and(|e| e == "img") && !paths.contains(p)
+                        });
+                    for path in stale {
+                        let _ = std::fs::remove_file(path);
+                    }
+                }
             }
             Ok(())
         })
@@ -519,7 +558,15 @@ impl Backend for QemuBackend {
             if let Some((_, vm)) = self.running(name).await {
                 return vm.resize_disk(index, bytes).await.map_err(failed);
             }
-            let path = self.disk_path(name, index).display().to_string();
+            let spec = self
+                .saved_spec(name)
+                .ok_or_else(|| failed(format!("no disks known for instance {name}")))?;
+            let path = self
+                .disk_paths(&spec)
+                .get(index)
+                .cloned()
+                .ok_or_else(|| failed(format!("instance {name} has no disk {index}")))?;
+            let path = path.display().to_string();
             self.qemu_img(&["resize", "-q", "-f", "raw", &path, &format!("{new_size}M")])
                 .await
         })
@@ -539,7 +586,8 @@ impl Backend for QemuBackend {
             let Some(os) = installed.get(name) else {
                 return Err(failed(format!("OS '{name}' not found on node {node}")));
             };
-            let disks = self.disk_paths(&vm.name, vm.disks_mib.len());
+            let disks = self.disk_paths(vm);
+            self.save_spec(vm)?;
             let env = os::instance_env(os, vm, &disks);
             let output = os::run_script(os, "create", &env).await.map_err(failed)?;
             // Remembered for the OS rename script, which needs the same environment.
@@ -668,25 +716,23 @@ impl Backend for QemuBackend {
             if from.exists() && from != to {
                 std::fs::rename(&from, &to).map_err(failed)?;
             }
-            // Run the OS's rename script if an OS was installed.
-            let Ok(text) = std::fs::read(to.join("os.json")) else {
+            // The saved specification follows the name; then the OS's rename script runs.
+            let Some(mut vm) = self.saved_spec(new) else {
                 return Ok(());
             };
-            let mut vm: VmSpec = serde_json::from_slice(&text).map_err(failed)?;
             vm.name = new.to_string();
             vm.reinstall = false;
+            self.save_spec(&vm)?;
             let installed = self.operating_systems();
             let Some(os) = installed.get(vm.os.split('+').next().unwrap_or("")) else {
                 return Ok(());
             };
-            let mut env = os::instance_env(os, &vm, &self.disk_paths(new, vm.disks_mib.len()));
+            let mut env = os::instance_env(os, &vm, &self.disk_paths(&vm));
             env.push(("OLD_INSTANCE_NAME".into(), old.to_string()));
             // As upstream: the instance is renamed either way; a failed script is a warning.
             if let Err(e) = os::run_script(os, "rename", &env).await {
                 tracing::warn!(instance = %new, "OS rename script failed: {e}");
             }
-            let updated = serde_json::to_vec(&vm).map_err(failed)?;
-            std::fs::write(to.join("os.json"), updated).map_err(failed)?;
             Ok(())
         })
     }
