@@ -85,8 +85,13 @@ fn instance(s: &Server) -> Value {
 /// Disk `n`'s file: named by the disk's UUID under the instance's storage dir.
 fn disk_file(s: &Server, instance: &str, n: usize) -> PathBuf {
     let (_, inst) = curl(s, "GET", &format!("/2/instances/{instance}"), None, None);
-    let query = format!("/2/query/instance?fields=name,disk.uuids");
-    let (_, q) = curl(s, "GET", &query, ADMIN, None);
+    let (_, q) = curl(
+        s,
+        "GET",
+        "/2/query/instance?fields=name,disk.uuids",
+        ADMIN,
+        None,
+    );
     let uuid = q["data"]
         .as_array()
         .unwrap()
