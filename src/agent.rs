@@ -104,6 +104,19 @@ async fn dispatch(backend: &QemuBackend, op: &str, args: Value) -> Result<Value,
             let seconds = args["seconds"].as_f64().unwrap_or(0.0);
             to_value(backend.delay(&node(), seconds).await)
         }
+        "export_instance" => {
+            let vm: VmSpec = arg(&args["vm"])?;
+            to_value(backend.export_instance(&node(), &vm).await)
+        }
+        "import_instance" => {
+            let vm: VmSpec = arg(&args["vm"])?;
+            let source = args["source"].as_str().unwrap_or_default();
+            to_value(backend.import_instance(&node(), &vm, source).await)
+        }
+        "remove_export" => {
+            let a: Named = arg(&args)?;
+            to_value(backend.remove_export(&a.node, &a.name).await)
+        }
         "add_node" => {
             let spec: NodeSpec = arg(&args["node"])?;
             to_value(backend.add_node(spec).await)

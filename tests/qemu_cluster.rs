@@ -311,6 +311,47 @@ fn an_instance_lives_its_whole_life_on_real_qemu() {
     );
     assert_eq!(label(&disk_file(&s, NAME, 0)), NAME);
 
+    // Export (OS export script per disk), then a new instance imported from it.
+    ok(
+        &s,
+        "PUT",
+        &format!("/2/instances/{NAME}/export"),
+        json!({"mode": "local", "destination": "node1.example.com"}),
+    );
+    let export = s.dir.path().join("storage").join(".export").join(NAME);
+    assert!(
+        export.join("disk0.dump").exists(),
+        "the export holds the disk dump"
+    );
+    let imported = ok(
+        &s,
+        "POST",
+        "/2/instances",
+        json!({"__version__": 1, "mode": "import",
+        "name": "copy.example.com", "disk_template": "sharedfile", "disks": [{"size": 128}, {"size": 32}],
+        "nics": [], "os_type": "gantry-demo+default", "src_node": "node1.example.com",
+        "src_path": NAME, "start": false}),
+    );
+    assert_eq!(
+        label(&disk_file(&s, "copy.example.com", 0)),
+        NAME,
+        "imported content: {}",
+        imported["oplog"]
+    );
+    ok(
+        &s,
+        "DELETE",
+        "/2/instances/copy.example.com",
+        json!({"shutdown_timeout": 1}),
+    );
+    ok(
+        &s,
+        "POST",
+        "/2/jobs",
+        json!({"ops": [{"OP_ID": "OP_BACKUP_REMOVE", "instance_name": NAME}]}),
+    );
+    assert!(!export.exists(), "the export is removed");
+
     // Remove the second disk while stopped: its file goes, the first keeps its content.
     let second = disk_file(&s, NAME, 1);
     ok(

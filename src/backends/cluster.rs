@@ -197,6 +197,31 @@ impl Backend for ClusterBackend {
         Box::pin(async move { self.for_node(node).delay(node, seconds).await })
     }
 
+    fn export_instance<'a>(
+        &'a self,
+        node: &'a str,
+        vm: &'a VmSpec,
+    ) -> BoxFuture<'a, BackendResult<Vec<String>>> {
+        Box::pin(async move { self.for_node(node).export_instance(node, vm).await })
+    }
+
+    fn import_instance<'a>(
+        &'a self,
+        node: &'a str,
+        vm: &'a VmSpec,
+        source: &'a str,
+    ) -> BoxFuture<'a, BackendResult<Vec<String>>> {
+        Box::pin(async move { self.for_node(node).import_instance(node, vm, source).await })
+    }
+
+    fn remove_export<'a>(
+        &'a self,
+        node: &'a str,
+        name: &'a str,
+    ) -> BoxFuture<'a, BackendResult<()>> {
+        Box::pin(async move { self.for_node(node).remove_export(node, name).await })
+    }
+
     fn add_node<'a>(&'a self, node: NodeSpec) -> BoxFuture<'a, BackendResult<()>> {
         Box::pin(async move {
             match self.connect(&node)? {

@@ -164,6 +164,32 @@ pub trait Backend: Send + Sync {
         Box::pin(async { None })
     }
     fn powercycle<'a>(&'a self, node: &'a str) -> BoxFuture<'a, BackendResult<String>>;
+    /// Exports an instance's disks (OS `export` script) into the export area; answers the
+    /// script output for the job log. The fake backend copies nothing.
+    fn export_instance<'a>(
+        &'a self,
+        _node: &'a str,
+        _vm: &'a VmSpec,
+    ) -> BoxFuture<'a, BackendResult<Vec<String>>> {
+        Box::pin(async { Ok(vec![]) })
+    }
+    /// Fills a new instance's disks from an export (OS `import` script).
+    fn import_instance<'a>(
+        &'a self,
+        _node: &'a str,
+        _vm: &'a VmSpec,
+        _source: &'a str,
+    ) -> BoxFuture<'a, BackendResult<Vec<String>>> {
+        Box::pin(async { Ok(vec![]) })
+    }
+    /// Deletes an instance's export.
+    fn remove_export<'a>(
+        &'a self,
+        _node: &'a str,
+        _name: &'a str,
+    ) -> BoxFuture<'a, BackendResult<()>> {
+        Box::pin(async { Ok(()) })
+    }
     /// A node joins the cluster (`gnt-node add`): the backend checks it can reach and use it.
     fn add_node<'a>(&'a self, node: NodeSpec) -> BoxFuture<'a, BackendResult<()>> {
         Box::pin(async move {

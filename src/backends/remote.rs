@@ -261,6 +261,34 @@ impl Backend for RemoteBackend {
         Box::pin(self.call("add_node", json!({"node": node})))
     }
 
+    fn export_instance<'a>(
+        &'a self,
+        node: &'a str,
+        vm: &'a VmSpec,
+    ) -> BoxFuture<'a, BackendResult<Vec<String>>> {
+        Box::pin(self.call("export_instance", json!({"node": node, "vm": vm})))
+    }
+
+    fn import_instance<'a>(
+        &'a self,
+        node: &'a str,
+        vm: &'a VmSpec,
+        source: &'a str,
+    ) -> BoxFuture<'a, BackendResult<Vec<String>>> {
+        Box::pin(self.call(
+            "import_instance",
+            json!({"node": node, "vm": vm, "source": source}),
+        ))
+    }
+
+    fn remove_export<'a>(
+        &'a self,
+        node: &'a str,
+        name: &'a str,
+    ) -> BoxFuture<'a, BackendResult<()>> {
+        Box::pin(self.call("remove_export", json!({"node": node, "name": name})))
+    }
+
     fn running_config<'a>(
         &'a self,
         node: &'a str,

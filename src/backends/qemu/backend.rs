@@ -97,6 +97,18 @@ impl QemuBackend {
             .collect()
     }
 
+    /// Exports live next to the instances, on the shared storage, so any node can import them.
+    fn export_dir(&self, name: &str) -> PathBuf {
+        self.settings.storage_dir.join(".export").join(name)
+    }
+
+    fn find_os(&self, vm: &VmSpec) -> BackendResult<InstalledOs> {
+        let name = vm.os.split('+').next().unwrap_or("");
+        self.operating_systems()
+            .remove(name)
+            .ok_or_else(|| failed(format!("OS '{name}' not found")))
+    }
+
     /// The last specification this host was given for an instance (for calls that name the
     /// instance only, such as growing a disk of a stopped one).
     fn saved_spec(&self, name: &str) -> Option<VmSpec> {
@@ -749,6 +761,99 @@ impl Backend for QemuBackend {
                 "user": "root",
                 "command": ["socat", "STDIO,raw,echo=0,escape=0x1d", format!("UNIX-CONNECT:{socket}")],
             }))
+        })
+    }
+
+    fn export_instance<'a>(
+        &'a self,
+        _node: &'a str,
+        vm: &'a VmSpec,
+    ) -> BoxFuture<'a, BackendResult<Vec<String>>> {
+        Box::pin(async move {
+            let os = self.find_os(vm)?;
+            let dir = self.export_dir(&vm.name);
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).map_err(failed)?;
+            let disks = self.disk_paths(vm);
+            let mut log = vec![];
+            for (n, disk) in disks.iter().enumerate() {
+                let mut env = os::instance_env(&os, vm, &disks);
+                let path = disk.display().to_string();
+                env.extend([
+                    ("EXPORT_INDEX".to_string(), n.to_string()),
+                    ("EXPORT_DISK_PATH".to_string(), path.clone()),
+                    ("EXPORT_DEVICE".to_string(), path),
+                ]);
+                let dump =
+                    std::fs::File::create(dir.join(format!("disk{n}.dump"))).map_err(failed)?;
+                log.extend(
+                    os::run_script_io(&os, "export", &env, None, Some(dump))
+                        .await
+                        .map_err(failed)?,
+                );
+            }
+            let spec = serde_json::to_vec_pretty(vm).map_err(failed)?;
+            std::fs::write(dir.join("spec.json"), spec).map_err(failed)?;
+            log.push(format!(
+                "exported {} disk(s) to {}",
+                disks.len(),
+                dir.display()
+            ));
+            Ok(log)
+        })
+    }
+
+    fn import_instance<'a>(
+        &'a self,
+        _node: &'a str,
+        vm: &'a VmSpec,
+        source: &'a str,
+    ) -> BoxFuture<'a, BackendResult<Vec<String>>> {
+        Box::pin(async move {
+            let os = self.find_os(vm)?;
+            // An absolute export path, or the name of an exported instance.
+            let dir = if source.starts_with('/') {
+                PathBuf::from(source)
+            } else {
+                self.export_dir(source)
+            };
+            let disks = self.disk_paths(vm);
+            let mut log = vec![];
+            for (n, disk) in disks.iter().enumerate() {
+                let dump = dir.join(format!("disk{n}.dump"));
+                let Ok(input) = std::fs::File::open(&dump) else {
+                    return Err(failed(format!("export {} has no disk {n}", dir.display())));
+                };
+                let mut env = os::instance_env(&os, vm, &disks);
+                let path = disk.display().to_string();
+                env.extend([
+                    ("IMPORT_INDEX".to_string(), n.to_string()),
+                    ("IMPORT_DISK_PATH".to_string(), path.clone()),
+                    ("IMPORT_DEVICE".to_string(), path),
+                ]);
+                log.extend(
+                    os::run_script_io(&os, "import", &env, Some(input), None)
+                        .await
+                        .map_err(failed)?,
+                );
+            }
+            self.save_spec(vm)?;
+            Ok(log)
+        })
+    }
+
+    fn remove_export<'a>(
+        &'a self,
+        _node: &'a str,
+        name: &'a str,
+    ) -> BoxFuture<'a, BackendResult<()>> {
+        Box::pin(async move {
+            match std::fs::remove_dir_all(self.export_dir(name)) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    Err(failed(format!("no export of {name}")))
+                }
+                other => other.map_err(failed),
+            }
         })
     }
 

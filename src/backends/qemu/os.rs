@@ -152,20 +152,45 @@ pub async fn run_script(
     script: &str,
     env: &[(String, String)],
 ) -> Result<Vec<String>, String> {
+    run_script_io(os, script, env, None, None).await
+}
+
+/// Like `run_script`, with stdin read from a file and/or stdout written to one (export and
+/// import stream disk images that way); the answer then holds stderr only.
+pub async fn run_script_io(
+    os: &InstalledOs,
+    script: &str,
+    env: &[(String, String)],
+    stdin: Option<std::fs::File>,
+    stdout: Option<std::fs::File>,
+) -> Result<Vec<String>, String> {
     let path = os.dir.join(script);
-    let out = Command::new(&path)
+    let mut command = Command::new(&path);
+    command
         .current_dir(&os.dir)
         .env_clear()
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .stdin(Stdio::null())
-        .output()
+        .stdin(stdin.map_or_else(Stdio::null, Stdio::from));
+    let to_file = stdout.is_some();
+    // spawn + wait_with_output: tokio's `output()` would replace a stdout set here with a pipe.
+    command
+        .stdout(stdout.map_or_else(Stdio::piped, Stdio::from))
+        .stderr(Stdio::piped());
+    let out = command
+        .spawn()
+        .map_err(|e| format!("cannot run {}: {e}", path.display()))?
+        .wait_with_output()
         .await
-        .map_err(|e| format!("cannot run {}: {e}", path.display()))?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let text = if to_file {
+        String::from_utf8_lossy(&out.stderr).to_string()
+    } else {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
     let lines: Vec<String> = text.lines().map(String::from).collect();
     if out.status.success() {
         Ok(lines)

@@ -482,6 +482,20 @@ async fn create_instance(
             })?;
         output.into_iter().for_each(|line| ctx.log(line));
     }
+    if ctx.op.str("mode") == Some("import") && !ctx.op.bool("no_install") {
+        let source = ctx
+            .op
+            .str("src_path")
+            .unwrap_or(spec.name.as_str())
+            .to_string();
+        ctx.log(format!("* importing instance disks from {source}..."));
+        let output = ctx
+            .backend
+            .import_instance(&nodes[0], &spec, &source)
+            .await
+            .map_err(|e| exec_failure(&format!("Could not import instance {}", spec.name), e))?;
+        output.into_iter().for_each(|line| ctx.log(line));
+    }
     if start {
         set_admin_state(ctx, &spec.name, AdminState::Up, "admin").await?;
         ctx.log("* starting instance...");
