@@ -147,3 +147,33 @@ async fn launch_failures_carry_qemus_message_and_leave_no_process() {
     .unwrap();
     assert!(err.to_string().contains("cannot run"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_qemu_that_never_answers_qmp_is_killed_with_a_clear_error() {
+    // Stands in for a hung QEMU: it runs but never opens its QMP socket.
+    let dir = tempfile::Builder::new()
+        .prefix("gq")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let fake = dir.path().join("hung-qemu");
+    // A sleep with an unusual duration, so the test can look for it afterwards.
+    std::fs::write(&fake, "#!/bin/sh\necho starting >&2\nexec sleep 601.25\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let err = Vm::launch(&fake, config(dir.path(), "hung", vec![]))
+        .await
+        .err()
+        .expect("no QMP, no VM");
+    let text = err.to_string();
+    assert!(text.contains("did not answer on QMP"), "{text}");
+    assert!(
+        text.contains("starting"),
+        "the process's own output is kept: {text}"
+    );
+    let left = std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+        std::fs::read(e.path().join("cmdline"))
+            .map(|c| String::from_utf8_lossy(&c).contains("601.25"))
+            .unwrap_or(false)
+    });
+    assert!(!left, "the hung process was killed");
+}
