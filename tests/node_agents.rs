@@ -24,18 +24,13 @@ impl Drop for Agent {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        for pid in qemu_pids(&self.run_dir) {
-            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-        }
+        drop(KillVms(self.run_dir.clone()));
     }
 }
 
 /// Starts `gantry node` with the given cluster files (copied into its own dir).
 fn agent(cluster_files: &Path, storage: &Path) -> Agent {
-    let dir = tempfile::Builder::new()
-        .prefix("ga")
-        .tempdir_in("/tmp")
-        .unwrap();
+    let dir = short_tempdir("ga");
     for f in ["cluster.pem", "cluster.key", "cluster.secret"] {
         std::fs::copy(cluster_files.join(f), dir.path().join(f)).unwrap();
     }
@@ -69,22 +64,6 @@ fn agent(cluster_files: &Path, storage: &Path) -> Agent {
     }
 }
 
-fn qemu_pids(run_dir: &Path) -> Vec<u32> {
-    let needle = run_dir.display().to_string();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| {
-            let pid: u32 = e.file_name().to_string_lossy().parse().ok()?;
-            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
-            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
-            let text = String::from_utf8_lossy(&cmd).to_string();
-            (text.contains("qemu-system") && text.contains(&needle) && !stat.contains(") Z "))
-                .then_some(pid)
-        })
-        .collect()
-}
-
 fn job(s: &Server, method: &str, path: &str, body: Value) -> Value {
     let (code, id) = curl(s, method, path, ADMIN, Some(&body.to_string()));
     assert_eq!(code, 200, "{method} {path}: {id}");
@@ -92,8 +71,7 @@ fn job(s: &Server, method: &str, path: &str, body: Value) -> Value {
 }
 
 fn ok(s: &Server, method: &str, path: &str, body: Value) {
-    let finished = job(s, method, path, body);
-    assert_eq!(finished["status"], "success", "{method} {path}: {finished}");
+    job_ok(s, method, path, body);
 }
 
 fn add_node(s: &Server, name: &str, url: &str) -> Value {
@@ -106,38 +84,13 @@ fn add_node(s: &Server, name: &str, url: &str) -> Value {
     )
 }
 
-fn have_qemu() -> bool {
-    let found = Command::new("qemu-system-x86_64")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        assert!(
-            std::env::var("GANTRY_REQUIRE_QEMU").as_deref() != Ok("1"),
-            "QEMU is required (GANTRY_REQUIRE_QEMU=1) but not installed"
-        );
-        eprintln!("SKIPPED: qemu-system-x86_64 not installed");
-    }
-    found
-}
-
 #[test]
 fn live_migration_between_two_node_agents() {
     if !have_qemu() {
         return;
     }
-    let run = tempfile::Builder::new()
-        .prefix("gr")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let master = start(&[
-        "--hypervisor",
-        "kvm",
-        "--os-search-path",
-        concat!(env!("CARGO_MANIFEST_DIR"), "/os"),
-        "--run-dir",
-        run.path().to_str().unwrap(),
-    ]);
+    let run = short_tempdir("gr");
+    let master = start_kvm(run.path());
     let data = master.dir.path().to_path_buf();
     let storage = data.join("storage");
     let (a, b) = (agent(&data, &storage), agent(&data, &storage));
@@ -217,16 +170,8 @@ fn agents_and_master_refuse_strangers() {
     if !have_qemu() {
         return;
     }
-    let run = tempfile::Builder::new()
-        .prefix("gr")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let master = start(&[
-        "--hypervisor",
-        "kvm",
-        "--run-dir",
-        run.path().to_str().unwrap(),
-    ]);
+    let run = short_tempdir("gr");
+    let master = start_kvm(run.path());
     let data = master.dir.path().to_path_buf();
 
     // An agent with another cluster's secret: the master's requests are refused.

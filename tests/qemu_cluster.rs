@@ -11,55 +11,6 @@ use std::path::{Path, PathBuf};
 const ADMIN: Option<&str> = Some("admin:admin");
 const NAME: &str = "vm1.example.com";
 
-fn have_qemu() -> bool {
-    let found = std::process::Command::new("qemu-system-x86_64")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        assert!(
-            std::env::var("GANTRY_REQUIRE_QEMU").as_deref() != Ok("1"),
-            "QEMU is required (GANTRY_REQUIRE_QEMU=1) but not installed"
-        );
-        eprintln!("SKIPPED: qemu-system-x86_64 not installed; run .ci/install-qemu");
-    }
-    found
-}
-
-/// PIDs of QEMU processes running this instance (by its -name argument).
-fn qemu_pids(run_root: &Path) -> Vec<u32> {
-    let mut pids = vec![];
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        let zombie =
-            std::fs::read_to_string(entry.path().join("stat")).is_ok_and(|s| s.contains(") Z "));
-        if text.contains(&format!("-name {NAME} "))
-            && text.contains(&*run_root.to_string_lossy())
-            && !zombie
-        {
-            pids.push(pid);
-        }
-    }
-    pids
-}
-
-/// Kills this test's QEMUs however the test ends, so a failure leaves no VM behind.
-struct KillVms(PathBuf);
-
-impl Drop for KillVms {
-    fn drop(&mut self) {
-        for pid in qemu_pids(&self.0) {
-            unsafe_kill(pid);
-        }
-    }
-}
-
 fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
     for _ in 0..100 {
         if check() {
@@ -71,11 +22,12 @@ fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
 }
 
 fn ok(s: &Server, method: &str, path: &str, body: Value) -> Value {
-    let (code, id) = curl(s, method, path, ADMIN, Some(&body.to_string()));
-    assert_eq!(code, 200, "{method} {path}: {id}");
-    let job = wait_job(s, id.as_u64().unwrap());
-    assert_eq!(job["status"], "success", "{method} {path}: {job}");
-    job
+    job_ok(s, method, path, body)
+}
+
+/// An action on the test instance (`/2/instances/<NAME>/<action>`).
+fn act(s: &Server, method: &str, action: &str, body: Value) -> Value {
+    job_ok(s, method, &format!("/2/instances/{NAME}/{action}"), body)
 }
 
 fn instance(s: &Server) -> Value {
@@ -119,22 +71,10 @@ fn an_instance_lives_its_whole_life_on_real_qemu() {
     if !have_qemu() {
         return;
     }
-    let run = tempfile::Builder::new()
-        .prefix("gr")
-        .tempdir_in("/tmp")
-        .unwrap();
+    let run = short_tempdir("gr");
     let run_root = run.path().to_path_buf();
     let _cleanup = KillVms(run_root.clone());
-    let os_path = concat!(env!("CARGO_MANIFEST_DIR"), "/os");
-    let args = [
-        "--hypervisor",
-        "kvm",
-        "--os-search-path",
-        os_path,
-        "--run-dir",
-        run_root.to_str().unwrap(),
-    ];
-    let s = start(&args);
+    let s = start_kvm(&run_root);
     let storage: PathBuf = s.dir.path().join("storage").join(NAME);
 
     let (_, os) = curl(&s, "GET", "/2/os", None, None);
@@ -187,19 +127,9 @@ fn an_instance_lives_its_whole_life_on_real_qemu() {
 
     // Reboot: soft keeps the process, hard makes a new one.
     let pid = qemu_pids(&run_root)[0];
-    ok(
-        &s,
-        "POST",
-        &format!("/2/instances/{NAME}/reboot?type=soft"),
-        json!({}),
-    );
+    act(&s, "POST", "reboot?type=soft", json!({}));
     assert_eq!(qemu_pids(&run_root), vec![pid]);
-    ok(
-        &s,
-        "POST",
-        &format!("/2/instances/{NAME}/reboot?type=hard"),
-        json!({}),
-    );
+    act(&s, "POST", "reboot?type=hard", json!({}));
     let pids = qemu_pids(&run_root);
     assert!(
         pids.len() == 1 && pids[0] != pid,
@@ -207,20 +137,15 @@ fn an_instance_lives_its_whole_life_on_real_qemu() {
     );
 
     // Disks: grow the running one (block_resize), hot-add another.
-    ok(
-        &s,
-        "POST",
-        &format!("/2/instances/{NAME}/disk/0/grow"),
-        json!({"amount": 64}),
-    );
+    act(&s, "POST", "disk/0/grow", json!({"amount": 64}));
     assert_eq!(
         std::fs::metadata(disk_file(&s, NAME, 0)).unwrap().len(),
         128 << 20
     );
-    ok(
+    act(
         &s,
         "PUT",
-        &format!("/2/instances/{NAME}/modify"),
+        "modify",
         json!({"disks": [["add", {"size": 32}]]}),
     );
     assert_eq!(
@@ -230,12 +155,7 @@ fn an_instance_lives_its_whole_life_on_real_qemu() {
 
     // Live migration to another node: a new QEMU there, the old one gone.
     let before = (instance(&s)["pnode"].clone(), qemu_pids(&run_root));
-    ok(
-        &s,
-        "PUT",
-        &format!("/2/instances/{NAME}/migrate"),
-        json!({"mode": "live"}),
-    );
+    act(&s, "PUT", "migrate", json!({"mode": "live"}));
     let after = (instance(&s)["pnode"].clone(), qemu_pids(&run_root));
     assert_ne!(before.0, after.0, "the primary node changed");
     assert!(
@@ -246,7 +166,8 @@ fn an_instance_lives_its_whole_life_on_real_qemu() {
 
     // Kill -9 gantry: the VM keeps running and the next gantry adopts it.
     let pid = after.1[0];
-    let s = restart_after_kill_9(s, &args);
+    let args = kvm_args(&run_root);
+    let s = restart_after_kill_9(s, &args.iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(
         qemu_pids(&run_root),
         vec![pid],
@@ -259,24 +180,14 @@ fn an_instance_lives_its_whole_life_on_real_qemu() {
     );
 
     // A VM that dies is noticed.
-    unsafe_kill(pid);
+    kill_pid(pid);
     wait_for("the dead VM to be reported", || {
         instance(&s)["status"] == "ERROR_down"
     });
-    ok(
-        &s,
-        "PUT",
-        &format!("/2/instances/{NAME}/startup"),
-        json!({}),
-    );
+    act(&s, "PUT", "startup", json!({}));
 
     // Shut down (no guest OS answers ACPI, so after the timeout it is stopped hard), reinstall.
-    ok(
-        &s,
-        "PUT",
-        &format!("/2/instances/{NAME}/shutdown"),
-        json!({"timeout": 1}),
-    );
+    act(&s, "PUT", "shutdown", json!({"timeout": 1}));
     assert!(qemu_pids(&run_root).is_empty());
     assert_eq!(instance(&s)["oper_state"], false);
     std::process::Command::new("e2label")
@@ -284,19 +195,14 @@ fn an_instance_lives_its_whole_life_on_real_qemu() {
         .arg("scratched")
         .status()
         .unwrap();
-    ok(
-        &s,
-        "POST",
-        &format!("/2/instances/{NAME}/reinstall"),
-        json!({"start": false}),
-    );
+    act(&s, "POST", "reinstall", json!({"start": false}));
     assert_eq!(label(&disk_file(&s, NAME, 0)), NAME, "reinstalled");
 
     // Rename runs the OS rename script (the demo OS relabels the filesystem), and back.
-    ok(
+    act(
         &s,
         "PUT",
-        &format!("/2/instances/{NAME}/rename"),
+        "rename",
         json!({"new_name": "vm2.example.com", "name_check": false, "ip_check": false}),
     );
     assert_eq!(
@@ -312,10 +218,10 @@ fn an_instance_lives_its_whole_life_on_real_qemu() {
     assert_eq!(label(&disk_file(&s, NAME, 0)), NAME);
 
     // Export (OS export script per disk), then a new instance imported from it.
-    ok(
+    act(
         &s,
         "PUT",
-        &format!("/2/instances/{NAME}/export"),
+        "export",
         json!({"mode": "local", "destination": "node1.example.com"}),
     );
     let export = s.dir.path().join("storage").join(".export").join(NAME);
@@ -354,22 +260,12 @@ fn an_instance_lives_its_whole_life_on_real_qemu() {
 
     // Remove the second disk while stopped: its file goes, the first keeps its content.
     let second = disk_file(&s, NAME, 1);
-    ok(
-        &s,
-        "PUT",
-        &format!("/2/instances/{NAME}/modify"),
-        json!({"disks": [["remove", 1, {}]]}),
-    );
+    act(&s, "PUT", "modify", json!({"disks": [["remove", 1, {}]]}));
     assert!(!second.exists(), "the removed disk's file is gone");
     assert_eq!(label(&disk_file(&s, NAME, 0)), NAME);
 
     // Remove: no process, no socket, no disk, no run dir.
-    ok(
-        &s,
-        "PUT",
-        &format!("/2/instances/{NAME}/startup"),
-        json!({}),
-    );
+    act(&s, "PUT", "startup", json!({}));
     // No guest OS answers ACPI: a short shutdown timeout instead of the default 120 s.
     ok(
         &s,
@@ -392,21 +288,9 @@ fn a_failing_qemu_operation_fails_the_job_clearly_and_leaves_no_process() {
     if !have_qemu() {
         return;
     }
-    let run = tempfile::Builder::new()
-        .prefix("gr")
-        .tempdir_in("/tmp")
-        .unwrap();
+    let run = short_tempdir("gr");
     let _cleanup = KillVms(run.path().to_path_buf());
-    let os_path = concat!(env!("CARGO_MANIFEST_DIR"), "/os");
-    let args = [
-        "--hypervisor",
-        "kvm",
-        "--os-search-path",
-        os_path,
-        "--run-dir",
-        run.path().to_str().unwrap(),
-    ];
-    let s = start(&args);
+    let s = start_kvm(run.path());
     ok(
         &s,
         "POST",
@@ -448,11 +332,4 @@ fn a_failing_qemu_operation_fails_the_job_clearly_and_leaves_no_process() {
         job["opresult"].to_string().contains("create script failed"),
         "{job}"
     );
-}
-
-fn unsafe_kill(pid: u32) {
-    std::process::Command::new("kill")
-        .args(["-9", &pid.to_string()])
-        .status()
-        .unwrap();
 }

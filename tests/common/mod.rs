@@ -132,3 +132,95 @@ pub fn kill_9(mut s: Server) -> tempfile::TempDir {
 pub fn restart_after_kill_9(s: Server, extra: &[&str]) -> Server {
     start_in(kill_9(s), extra)
 }
+
+/// Whether QEMU is installed; with GANTRY_REQUIRE_QEMU=1 (CI) a missing QEMU fails the test
+/// instead of skipping it.
+pub fn have_qemu() -> bool {
+    let found = Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(
+            std::env::var("GANTRY_REQUIRE_QEMU").as_deref() != Ok("1"),
+            "QEMU is required (GANTRY_REQUIRE_QEMU=1) but not installed"
+        );
+        eprintln!("SKIPPED: qemu-system-x86_64 not installed; run .ci/install-qemu");
+    }
+    found
+}
+
+/// Live (not zombie) QEMU processes whose command line mentions `run_dir`.
+pub fn qemu_pids(run_dir: &std::path::Path) -> Vec<u32> {
+    let needle = run_dir.display().to_string();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_string_lossy().parse().ok()?;
+            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            let text = String::from_utf8_lossy(&cmd).to_string();
+            (text.contains("qemu-system") && text.contains(&needle) && !stat.contains(") Z "))
+                .then_some(pid)
+        })
+        .collect()
+}
+
+/// SIGKILLs every QEMU of a run dir when dropped, so a failing test leaves no VM behind.
+pub struct KillVms(pub std::path::PathBuf);
+
+impl Drop for KillVms {
+    fn drop(&mut self) {
+        for pid in qemu_pids(&self.0) {
+            kill_pid(pid);
+        }
+    }
+}
+
+pub fn kill_pid(pid: u32) {
+    let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+}
+
+/// Submits a job and answers it finished, asserting success.
+pub fn job_ok(s: &Server, method: &str, path: &str, body: Value) -> Value {
+    let (code, id) = curl(
+        s,
+        method,
+        path,
+        Some("admin:admin"),
+        Some(&body.to_string()),
+    );
+    assert_eq!(code, 200, "{method} {path}: {id}");
+    let job = wait_job(s, id.as_u64().unwrap());
+    assert_eq!(job["status"], "success", "{method} {path}: {job}");
+    job
+}
+
+/// A temp dir with a short path under /tmp: QEMU's unix sockets must stay under 108 bytes.
+pub fn short_tempdir(prefix: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in("/tmp")
+        .unwrap()
+}
+
+/// The flags for a kvm cluster with the repository's OS definitions and the given run dir.
+pub fn kvm_args(run_dir: &std::path::Path) -> Vec<String> {
+    [
+        "--hypervisor",
+        "kvm",
+        "--os-search-path",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/os"),
+        "--run-dir",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain(std::iter::once(run_dir.display().to_string()))
+    .collect()
+}
+
+pub fn start_kvm(run_dir: &std::path::Path) -> Server {
+    let args = kvm_args(run_dir);
+    start(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
