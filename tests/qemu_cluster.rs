@@ -164,6 +164,28 @@ fn an_instance_lives_its_whole_life_on_real_qemu() {
     );
     assert_eq!(instance(&s)["oper_state"], true);
 
+    // Failover: a restart on the other node (shut down, then started there).
+    let node = instance(&s)["pnode"].as_str().unwrap().to_string();
+    let other = if node == "node1.example.com" {
+        "node2.example.com"
+    } else {
+        "node1.example.com"
+    };
+    act(
+        &s,
+        "PUT",
+        "failover",
+        json!({"target_node": other, "shutdown_timeout": 1}),
+    );
+    assert_eq!(instance(&s)["pnode"], other);
+    assert_eq!(
+        instance(&s)["oper_state"],
+        true,
+        "running again after the failover"
+    );
+    let after = (instance(&s)["pnode"].clone(), qemu_pids(&run_root));
+    assert_eq!(after.1.len(), 1);
+
     // Kill -9 gantry: the VM keeps running and the next gantry adopts it.
     let pid = after.1[0];
     let args = kvm_args(&run_root);

@@ -645,10 +645,33 @@ async fn migrate(ctx: &Ctx) -> Result<Value, OpError> {
         "* {verb} instance {} from {} to {target}",
         inst.name, inst.pnode
     ));
-    ctx.backend
-        .migrate(&inst.pnode, &target, &inst.name, live || running)
-        .await
-        .map_err(|e| exec_failure(&format!("Could not {verb} instance {}", inst.name), e))?;
+    let fail = |e| exec_failure(&format!("Could not {verb} instance {}", inst.name), e);
+    if failover && running {
+        // A failover is a restart elsewhere: shut down, move, start on the target.
+        let timeout = ctx.op.int("shutdown_timeout").unwrap_or(120).max(0) as u64;
+        ctx.log(format!(
+            "* shutting down instance {} on {}",
+            inst.name, inst.pnode
+        ));
+        ctx.backend
+            .stop(&inst.pnode, &inst.name, timeout)
+            .await
+            .map_err(fail)?;
+        ctx.backend
+            .migrate(&inst.pnode, &target, &inst.name, false)
+            .await
+            .map_err(fail)?;
+        ctx.log(format!("* starting instance {} on {target}", inst.name));
+        ctx.backend
+            .start(&target, &vm_spec(&cfg, &inst))
+            .await
+            .map_err(fail)?;
+    } else {
+        ctx.backend
+            .migrate(&inst.pnode, &target, &inst.name, live)
+            .await
+            .map_err(fail)?;
+    }
     let (old, t) = (inst.pnode.clone(), now());
     ctx.cluster
         .update(|cfg| {
