@@ -152,8 +152,25 @@ fn live_migration_between_two_node_agents() {
         &format!("/2/instances/{NAME}/migrate"),
         json!({"mode": "non-live", "target_node": "hosta.example.com"}),
     );
-    assert_eq!(qemu_pids(&a.run_dir).len(), 1);
+    let source = qemu_pids(&a.run_dir);
+    assert_eq!(source.len(), 1);
     assert!(qemu_pids(&b.run_dir).is_empty());
+
+    // A migration that cannot happen (agent B is gone) fails cleanly: the source runs on.
+    let b_run_dir = b.run_dir.clone();
+    drop(b);
+    let failed = job(
+        &master,
+        "PUT",
+        &format!("/2/instances/{NAME}/migrate"),
+        json!({"mode": "live", "target_node": "hostb.example.com"}),
+    );
+    assert_eq!(failed["status"], "error", "{failed}");
+    assert_eq!(qemu_pids(&a.run_dir), source, "the source VM is untouched");
+    assert!(qemu_pids(&b_run_dir).is_empty(), "no half-started target");
+    let (_, inst) = curl(&master, "GET", &format!("/2/instances/{NAME}"), None, None);
+    assert_eq!(inst["pnode"], "hosta.example.com");
+    assert_eq!(inst["oper_state"], true);
 
     ok(
         &master,
@@ -161,7 +178,7 @@ fn live_migration_between_two_node_agents() {
         &format!("/2/instances/{NAME}"),
         json!({"shutdown_timeout": 1}),
     );
-    assert!(qemu_pids(&a.run_dir).is_empty() && qemu_pids(&b.run_dir).is_empty());
+    assert!(qemu_pids(&a.run_dir).is_empty());
     assert!(!storage.join(NAME).exists(), "disks removed");
 }
 
