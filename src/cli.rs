@@ -298,17 +298,8 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         .iter()
         .any(|h| h == "kvm")
     {
+        // The OS list is read from the search path whenever an opcode needs it.
         let qemu = qemu_backend(&args)?;
-        let installed = qemu.operating_systems();
-        cluster
-            .update(|c| {
-                c.os = installed
-                    .into_values()
-                    .map(|o| (o.def.name.clone(), o.def))
-                    .collect()
-            })
-            .await
-            .map_err(|e| e.to_string())?;
         // Nodes on other machines are reached through their agents with these.
         let creds = rapi::tls::cluster_credentials(&args.data_dir, true)?;
         Arc::new(crate::backends::cluster::ClusterBackend::new(

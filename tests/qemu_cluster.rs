@@ -355,3 +355,39 @@ fn a_failing_qemu_operation_fails_the_job_clearly_and_leaves_no_process() {
         "{job}"
     );
 }
+
+#[test]
+fn an_os_installed_while_running_is_usable_at_once() {
+    if !have_qemu() {
+        return;
+    }
+    let run = short_tempdir("gr");
+    let _cleanup = KillVms(run.path().to_path_buf());
+    let search = tempfile::tempdir().unwrap();
+    let s = start(&[
+        "--hypervisor",
+        "kvm",
+        "--os-search-path",
+        search.path().to_str().unwrap(),
+        "--run-dir",
+        run.path().to_str().unwrap(),
+    ]);
+    assert_eq!(curl(&s, "GET", "/2/os", None, None).1, json!([]));
+    // Install an OS definition (a copy of the demo one) into the search path.
+    let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("os/gantry-demo");
+    let late = search.path().join("late");
+    std::fs::create_dir(&late).unwrap();
+    for entry in std::fs::read_dir(&demo).unwrap().flatten() {
+        std::fs::copy(entry.path(), late.join(entry.file_name())).unwrap();
+    }
+    let (_, os) = curl(&s, "GET", "/2/os", None, None);
+    assert_eq!(os, json!(["late+default", "late+small-inodes"]));
+    ok(
+        &s,
+        "POST",
+        "/2/instances",
+        json!({"__version__": 1, "mode": "create", "name": NAME, "disk_template": "sharedfile",
+               "disks": [{"size": 16}], "nics": [], "os_type": "late+small-inodes", "start": false}),
+    );
+    assert_eq!(label(&disk_file(&s, NAME, 0)), NAME);
+}

@@ -197,6 +197,15 @@ impl Backend for ClusterBackend {
         Box::pin(async move { self.for_node(node).delay(node, seconds).await })
     }
 
+    fn installed_os(
+        &self,
+    ) -> BoxFuture<
+        '_,
+        Option<std::collections::BTreeMap<String, crate::cluster::model::OsDefinition>>,
+    > {
+        self.local.installed_os()
+    }
+
     fn export_instance<'a>(
         &'a self,
         node: &'a str,

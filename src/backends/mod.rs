@@ -164,6 +164,16 @@ pub trait Backend: Send + Sync {
         Box::pin(async { None })
     }
     fn powercycle<'a>(&'a self, node: &'a str) -> BoxFuture<'a, BackendResult<String>>;
+    /// The OS definitions installed where this backend runs; None when the cluster
+    /// configuration is the only source (the fake backend).
+    fn installed_os(
+        &self,
+    ) -> BoxFuture<
+        '_,
+        Option<std::collections::BTreeMap<String, crate::cluster::model::OsDefinition>>,
+    > {
+        Box::pin(async { None })
+    }
     /// Exports an instance's disks (OS `export` script) into the export area; answers the
     /// script output for the job log. The fake backend copies nothing.
     fn export_instance<'a>(

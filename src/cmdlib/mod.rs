@@ -203,6 +203,16 @@ pub fn plan(op: &OpCode, cfg: &Config) -> Result<LockPlan, OpError> {
 
 pub async fn execute(ctx: &Ctx) -> Result<Value, OpError> {
     let id = ctx.op.id();
+    if [
+        "OP_OS_DIAGNOSE",
+        "OP_INSTANCE_CREATE",
+        "OP_INSTANCE_REINSTALL",
+        "OP_INSTANCE_SET_PARAMS",
+    ]
+    .contains(&id)
+    {
+        refresh_os(ctx).await?;
+    }
     if id.starts_with("OP_INSTANCE_") || id.starts_with("OP_BACKUP_") {
         instance::execute(ctx).await
     } else if id.starts_with("OP_NODE_") || id == "OP_REPAIR_NODE_STORAGE" {
@@ -216,6 +226,18 @@ pub async fn execute(ctx: &Ctx) -> Result<Value, OpError> {
     } else {
         cluster::execute(ctx).await
     }
+}
+
+/// Backends with OS definitions on disk (kvm) are asked what is installed now, so an OS added
+/// to the search path is usable without a restart (as `gnt-os list` sees it at once).
+async fn refresh_os(ctx: &Ctx) -> Result<(), OpError> {
+    let Some(installed) = ctx.backend.installed_os().await else {
+        return Ok(());
+    };
+    if ctx.cfg().os != installed {
+        ctx.cluster.update(|c| c.os = installed).await?;
+    }
+    Ok(())
 }
 
 // ---- lookups shared by the units ----

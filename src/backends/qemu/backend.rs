@@ -764,6 +764,19 @@ impl Backend for QemuBackend {
         })
     }
 
+    fn installed_os(
+        &self,
+    ) -> BoxFuture<'_, Option<BTreeMap<String, crate::cluster::model::OsDefinition>>> {
+        Box::pin(async move {
+            Some(
+                self.operating_systems()
+                    .into_values()
+                    .map(|o| (o.def.name.clone(), o.def))
+                    .collect(),
+            )
+        })
+    }
+
     fn export_instance<'a>(
         &'a self,
         _node: &'a str,
