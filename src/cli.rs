@@ -131,13 +131,10 @@ struct ServeArgs {
     /// (default: /tmp/gantry-<id of the data dir>).
     #[arg(long)]
     run_dir: Option<PathBuf>,
-    /// Node names for a new cluster (comma separated).
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "node1.example.com,node2.example.com,node3.example.com"
-    )]
-    nodes: Vec<String>,
+    /// Node names for a new cluster (comma separated). Default: node1..3.example.com on the fake
+    /// hypervisor; this host's name on kvm (more names make more local nodes on this host).
+    #[arg(long, value_delimiter = ',')]
+    nodes: Option<Vec<String>>,
     /// Cluster name for a new cluster.
     #[arg(long, default_value = "cluster.example.com")]
     cluster_name: String,
@@ -284,7 +281,10 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     let init = InitOptions {
         hypervisor: args.hypervisor.clone(),
         cluster_name: args.cluster_name.clone(),
-        node_names: args.nodes.clone(),
+        node_names: args
+            .nodes
+            .clone()
+            .unwrap_or_else(|| default_nodes(&args.hypervisor)),
         node_memory_mib: args.node_memory,
         node_disk_mib: args.node_disk,
         ..InitOptions::default()
@@ -358,6 +358,21 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     tracing::info!("shutting down: waiting for running jobs");
     queue.shutdown(Duration::from_secs(10)).await;
     Ok(())
+}
+
+fn default_nodes(hypervisor: &str) -> Vec<String> {
+    if hypervisor == "kvm" {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_default();
+        vec![if host.is_empty() {
+            "localhost".into()
+        } else {
+            host
+        }]
+    } else {
+        (1..=3).map(|i| format!("node{i}.example.com")).collect()
+    }
 }
 
 fn find_tool(name: &str) -> Result<PathBuf, String> {

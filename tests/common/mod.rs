@@ -210,6 +210,9 @@ pub fn kvm_args(run_dir: &std::path::Path) -> Vec<String> {
     [
         "--hypervisor",
         "kvm",
+        // Two local nodes on this one host, to migrate between.
+        "--nodes",
+        "node1.example.com,node2.example.com",
         "--os-search-path",
         concat!(env!("CARGO_MANIFEST_DIR"), "/os"),
         "--run-dir",

@@ -449,11 +449,8 @@ impl Backend for QemuBackend {
                     kind: FailureKind::NodeUnreachable,
                     message: format!("Node {node} is not served by this host"),
                 })?;
-            let spec = if spec.address.is_some() {
-                host_spec(node, &self.settings.storage_dir)
-            } else {
-                spec
-            };
+            // Local nodes are this host: its real capacity, whatever the configuration says.
+            let spec = host_spec(&spec.name, &self.settings.storage_dir);
             let used_memory: u64 = self
                 .vms
                 .lock()
