@@ -18,6 +18,7 @@ struct Agent {
     url: String,
     run_dir: PathBuf,
     _dir: tempfile::TempDir,
+    storage: PathBuf,
 }
 
 impl Drop for Agent {
@@ -35,13 +36,24 @@ fn agent(cluster_files: &Path, storage: &Path) -> Agent {
         std::fs::copy(cluster_files.join(f), dir.path().join(f)).unwrap();
     }
     let run_dir = dir.path().join("r");
+    let (child, url) = spawn_agent(dir.path(), storage, &run_dir, "127.0.0.1:0");
+    Agent {
+        child,
+        url,
+        run_dir,
+        _dir: dir,
+        storage: storage.to_path_buf(),
+    }
+}
+
+fn spawn_agent(dir: &Path, storage: &Path, run_dir: &Path, listen: &str) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_gantry"))
-        .args(["node", "--listen", "127.0.0.1:0", "--cluster-dir"])
-        .arg(dir.path())
+        .args(["node", "--listen", listen, "--cluster-dir"])
+        .arg(dir)
         .arg("--storage-dir")
         .arg(storage)
         .arg("--run-dir")
-        .arg(&run_dir)
+        .arg(run_dir)
         .args([
             "--os-search-path",
             concat!(env!("CARGO_MANIFEST_DIR"), "/os"),
@@ -56,11 +68,18 @@ fn agent(cluster_files: &Path, storage: &Path) -> Agent {
         .unwrap();
     let url = line.trim().rsplit(' ').next().unwrap().to_string();
     assert!(url.starts_with("https://"), "agent banner: {line}");
-    Agent {
-        child,
-        url,
-        run_dir,
-        _dir: dir,
+    (child, url)
+}
+
+impl Agent {
+    /// SIGKILLs the agent (its VMs keep running) and starts it again on the same port.
+    fn kill_9_and_restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let listen = self.url.trim_start_matches("https://").to_string();
+        let (child, url) = spawn_agent(self._dir.path(), &self.storage, &self.run_dir, &listen);
+        self.child = child;
+        assert_eq!(url, self.url);
     }
 }
 
@@ -93,7 +112,7 @@ fn live_migration_between_two_node_agents() {
     let master = start_kvm(run.path());
     let data = master.dir.path().to_path_buf();
     let storage = data.join("storage");
-    let (a, b) = (agent(&data, &storage), agent(&data, &storage));
+    let (mut a, b) = (agent(&data, &storage), agent(&data, &storage));
 
     assert_eq!(
         add_node(&master, "hosta.example.com", &a.url)["status"],
@@ -155,6 +174,15 @@ fn live_migration_between_two_node_agents() {
     let source = qemu_pids(&a.run_dir);
     assert_eq!(source.len(), 1);
     assert!(qemu_pids(&b.run_dir).is_empty());
+
+    // The agent dies and comes back: it re-adopts the VM, which ran on meanwhile.
+    a.kill_9_and_restart();
+    assert_eq!(qemu_pids(&a.run_dir), source, "the VM survived its agent");
+    let (_, inst) = curl(&master, "GET", &format!("/2/instances/{NAME}"), None, None);
+    assert_eq!(
+        inst["oper_state"], true,
+        "reported running through the new agent"
+    );
 
     // A migration that cannot happen (agent B is gone) fails cleanly: the source runs on.
     let b_run_dir = b.run_dir.clone();
