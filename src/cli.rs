@@ -186,23 +186,7 @@ pub fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Command::Node(args) => {
-            init_logging();
-            let rt = match tokio::runtime::Runtime::new() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match rt.block_on(node_agent(*args)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("gantry: {e}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
+        Command::Node(args) => run_daemon(node_agent(*args)),
         Command::Queue { command, data_dir } => {
             let file = data_dir.join(crate::jobqueue::DRAIN_FILE);
             let result = match command {
@@ -224,23 +208,26 @@ pub fn main() -> ExitCode {
                 }
             }
         }
-        Command::Serve(args) => {
-            init_logging();
-            let rt = match tokio::runtime::Runtime::new() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match rt.block_on(serve(*args)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    tracing::error!("{e}");
-                    eprintln!("gantry: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+        Command::Serve(args) => run_daemon(serve(*args)),
+    }
+}
+
+/// Runs a daemon (`serve`, `node`) on a fresh runtime with logging to stderr.
+fn run_daemon(daemon: impl std::future::Future<Output = Result<(), String>>) -> ExitCode {
+    init_logging();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(daemon) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("gantry: {e}");
+            ExitCode::FAILURE
         }
     }
 }
