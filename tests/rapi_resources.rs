@@ -555,6 +555,17 @@ fn node_group_and_network_resources() {
         "/2/groups/rack2/modify",
         Some(r#"{"alloc_policy": "last_resort"}"#),
     );
+    // The client's custom_* names are renamed to the opcode's parameters, as upstream.
+    succeeds(
+        &s,
+        "PUT",
+        "/2/groups/rack2/modify",
+        Some(r#"{"custom_ndparams": {"spindle_count": 2}}"#),
+    );
+    assert_eq!(
+        call(&s, "GET", "/2/groups/rack2", None, 200)["ndparams"]["spindle_count"],
+        2
+    );
     call(
         &s,
         "PUT",

@@ -1189,13 +1189,18 @@ async fn group_action(state: &State, req: &Request, name: &str, action: &str) ->
     match action {
         "modify" => {
             let b = req.body_object()?;
-            op(
+            op_renamed(
                 state,
                 req,
                 "OP_GROUP_SET_PARAMS",
                 "groups_name_modify",
                 b,
                 vec![("group_name", g)],
+                &[
+                    ("custom_ndparams", "ndparams"),
+                    ("custom_ipolicy", "ipolicy"),
+                    ("custom_diskparams", "diskparams"),
+                ],
             )
             .await
         }
