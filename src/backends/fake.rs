@@ -365,7 +365,17 @@ impl Backend for FakeBackend {
                 });
             }
             let _ = live;
+            // A target that already holds the disks is the DRBD secondary: the roles swap and
+            // the old primary keeps its copy of the disks, stopped, as the new secondary.
+            let mirrored = target.vms.contains_key(name);
+            let secondary = FakeVm {
+                running: false,
+                ..vm.clone()
+            };
             target.vms.insert(name.into(), vm);
+            if mirrored && let Some(source) = nodes.get_mut(src) {
+                source.vms.insert(name.into(), secondary);
+            }
             Ok(())
         })
     }

@@ -27,6 +27,8 @@ use warp::Filter;
 use warp::http::{HeaderMap, Method, Response, StatusCode};
 
 pub const MAX_BODY: u64 = 4 * 1024 * 1024;
+/// How much of an oversized chunked body is read and discarded before answering 413.
+const DRAIN_LIMIT: usize = 64 * 1024 * 1024;
 
 pub struct ServerOptions {
     pub header_timeout: Duration,
@@ -205,6 +207,15 @@ where
     while let Some(chunk) = stream.next().await {
         let mut chunk = chunk.map_err(|_| warp::reject::custom(BrokenBody))?;
         if body.len() + chunk.remaining() > MAX_BODY as usize {
+            // Read (and drop) the rest, up to a bound, so the client is not cut off mid-upload
+            // and actually sees the 413.
+            let mut seen = body.len() + chunk.remaining();
+            while seen < DRAIN_LIMIT {
+                match stream.next().await {
+                    Some(Ok(more)) => seen += more.remaining(),
+                    _ => break,
+                }
+            }
             return Err(warp::reject::custom(TooLarge));
         }
         while chunk.has_remaining() {

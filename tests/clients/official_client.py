@@ -15,8 +15,9 @@ NAME = "official1.example.com"
 
 def finished_ok(job_id, what):
     assert isinstance(job_id, int), (what, job_id)
-    assert rapi.WaitForJobCompletion(job_id, period=1, retries=60), what
+    done = rapi.WaitForJobCompletion(job_id, period=1, retries=60)
     status = rapi.GetJobStatus(job_id)
+    assert done, (what, status["status"], status["opresult"])
     assert status["status"] == "success", (what, status)
     return status
 
@@ -60,6 +61,15 @@ assert sorted(rapi.GetInstanceTags(NAME)) == ["prod", "web"]
 info_job = rapi.GetInstanceInfo(NAME)
 info = finished_ok(info_job, "instance info")["opresult"][0]
 assert info[NAME]["run_state"] == "up", info
+
+# The legacy query-string interface the official client uses for replace-disks.
+finished_ok(rapi.ReplaceInstanceDisks(NAME, mode="replace_auto"), "replace disks")
+finished_ok(rapi.GrowInstanceDisk(NAME, 0, 512, wait_for_sync=False), "grow disk")
+assert rapi.GetInstance(NAME)["disk.sizes"] == [1536], rapi.GetInstance(NAME)["disk.sizes"]
+finished_ok(rapi.ModifyInstance(NAME, beparams={"memory": 512}), "modify")
+assert rapi.GetInstance(NAME)["beparams"]["memory"] == 512
+finished_ok(rapi.ModifyGroup("default", custom_ndparams={"spindle_count": 3}), "modify group")
+assert rapi.GetGroup("default")["ndparams"]["spindle_count"] == 3
 
 finished_ok(rapi.ShutdownInstance(NAME, timeout=10), "shutdown")
 assert rapi.GetInstance(NAME)["oper_state"] is False
