@@ -390,4 +390,47 @@ fn an_os_installed_while_running_is_usable_at_once() {
                "disks": [{"size": 16}], "nics": [], "os_type": "late+small-inodes", "start": false}),
     );
     assert_eq!(label(&disk_file(&s, NAME, 0)), NAME);
+
+    // OS parameters reach the script as OSP_*; unknown ones are refused like the node would.
+    ok(
+        &s,
+        "POST",
+        "/2/instances",
+        json!({"__version__": 1, "mode": "create", "name": "p.example.com",
+               "disk_template": "sharedfile", "disks": [{"size": 16}], "nics": [],
+               "os_type": "late+default", "osparams": {"label": "from-osparams"}, "start": false}),
+    );
+    assert_eq!(label(&disk_file(&s, "p.example.com", 0)), "from-osparams");
+    let (_, id) = curl(
+        &s,
+        "POST",
+        "/2/instances",
+        ADMIN,
+        Some(
+            &json!({"__version__": 1, "mode": "create", "name": "q.example.com",
+               "disk_template": "sharedfile", "disks": [{"size": 16}], "nics": [],
+               "os_type": "late+default", "osparams": {"colour": "blue"}})
+            .to_string(),
+        ),
+    );
+    let job = wait_job(&s, id.as_u64().unwrap());
+    assert_eq!(
+        job["opresult"][0],
+        json!([
+            "OpExecError",
+            [format!(
+                "OS Parameters validation failed on node {}: Unknown parameters: colour",
+                job["ops"][0]["pnode"]
+                    .as_str()
+                    .unwrap_or(&instance_node(&s))
+            )]
+        ]),
+        "{job}"
+    );
+}
+
+/// The cluster's single node (a kvm cluster's default node is this host).
+fn instance_node(s: &Server) -> String {
+    let (_, nodes) = curl(s, "GET", "/2/nodes", None, None);
+    nodes[0]["id"].as_str().unwrap().to_string()
 }

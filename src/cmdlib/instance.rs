@@ -411,6 +411,32 @@ async fn reboot(ctx: &Ctx) -> Result<Value, OpError> {
     Ok(Value::Null)
 }
 
+/// OS parameters must be ones the OS declares (its `parameters.list`), as the node's OS
+/// validation checks; like that check, a failure is an `OpExecError`.
+pub fn check_os_params(
+    cfg: &Config,
+    os_type: &str,
+    node: &str,
+    params: &crate::cluster::model::Params,
+) -> Result<(), OpError> {
+    let name = os_type.split('+').next().unwrap_or_default();
+    let Some(os) = cfg.os.get(name) else {
+        return Ok(());
+    };
+    let unknown: Vec<&str> = params
+        .keys()
+        .map(String::as_str)
+        .filter(|k| !os.parameters.iter().any(|(p, _)| p == k))
+        .collect();
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    Err(OpError::exec(format!(
+        "OS Parameters validation failed on node {node}: Unknown parameters: {}",
+        unknown.join(", ")
+    )))
+}
+
 /// Checks `name` or `name+variant` against the known OS definitions.
 pub fn check_os(
     cfg: &Config,
@@ -473,6 +499,9 @@ async fn reinstall(ctx: &Ctx) -> Result<Value, OpError> {
     }
     let os = ctx.op.str("os_type").unwrap_or(&inst.os).to_string();
     check_os(&cfg, &os, &inst.pnode, ctx.op.bool("force_variant"))?;
+    if let Some(Value::Object(params)) = ctx.op.get("osparams") {
+        check_os_params(&cfg, &os, &inst.pnode, params)?;
+    }
     if ctx.stop_for_dry_run() {
         return Ok(Value::Null);
     }

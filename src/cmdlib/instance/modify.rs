@@ -185,6 +185,9 @@ pub async fn execute(ctx: &Ctx) -> Result<Value, OpError> {
         inst.os = os_name.to_string();
         changes.push(json!(["os", os_name]));
     }
+    if obj("osparams").is_some() || op.str("os_name").is_some() {
+        check_os_params(&cfg, &inst.os, &inst.pnode, &inst.osparams)?;
+    }
     if let Some(mem) = op.get("runtime_mem").and_then(parse_size_mib) {
         if !running {
             return Err(OpError::prereq(
