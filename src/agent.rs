@@ -104,6 +104,11 @@ async fn dispatch(backend: &QemuBackend, op: &str, args: Value) -> Result<Value,
             let seconds = args["seconds"].as_f64().unwrap_or(0.0);
             to_value(backend.delay(&node(), seconds).await)
         }
+        "verify_os_params" => {
+            let os_type = args["os_type"].as_str().unwrap_or_default();
+            let params: std::collections::BTreeMap<String, String> = arg(&args["params"])?;
+            to_value(backend.verify_os_params(&node(), os_type, &params).await)
+        }
         "export_instance" => {
             let vm: VmSpec = arg(&args["vm"])?;
             to_value(backend.export_instance(&node(), &vm).await)

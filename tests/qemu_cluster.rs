@@ -427,6 +427,34 @@ fn an_os_installed_while_running_is_usable_at_once() {
         ]),
         "{job}"
     );
+    // The OS's own verify script judges the values.
+    let (_, id) = curl(
+        &s,
+        "POST",
+        "/2/instances",
+        ADMIN,
+        Some(
+            &json!({"__version__": 1, "mode": "create", "name": "r.example.com",
+               "disk_template": "sharedfile", "disks": [{"size": 16}], "nics": [],
+               "os_type": "late+default", "osparams": {"fs": "xfs"}})
+            .to_string(),
+        ),
+    );
+    let job = wait_job(&s, id.as_u64().unwrap());
+    let error = job["opresult"][0].to_string();
+    assert!(
+        error.contains("OS Parameters validation failed") && error.contains("invalid fs 'xfs'"),
+        "{job}"
+    );
+    ok(
+        &s,
+        "POST",
+        "/2/instances",
+        json!({"__version__": 1, "mode": "create", "name": "e2.example.com",
+               "disk_template": "sharedfile", "disks": [{"size": 16}], "nics": [],
+               "os_type": "late+default", "osparams": {"fs": "ext2"}, "start": false}),
+    );
+    assert_eq!(label(&disk_file(&s, "e2.example.com", 0)), "e2.example.com");
 }
 
 /// The cluster's single node (a kvm cluster's default node is this host).

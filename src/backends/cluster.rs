@@ -206,6 +206,19 @@ impl Backend for ClusterBackend {
         self.local.installed_os()
     }
 
+    fn verify_os_params<'a>(
+        &'a self,
+        node: &'a str,
+        os_type: &'a str,
+        params: &'a std::collections::BTreeMap<String, String>,
+    ) -> BoxFuture<'a, BackendResult<()>> {
+        Box::pin(async move {
+            self.for_node(node)
+                .verify_os_params(node, os_type, params)
+                .await
+        })
+    }
+
     fn export_instance<'a>(
         &'a self,
         node: &'a str,

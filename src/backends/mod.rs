@@ -174,6 +174,15 @@ pub trait Backend: Send + Sync {
     > {
         Box::pin(async { None })
     }
+    /// Asks the OS definition whether these OS parameters are valid (`verify parameters`).
+    fn verify_os_params<'a>(
+        &'a self,
+        _node: &'a str,
+        _os_type: &'a str,
+        _params: &'a std::collections::BTreeMap<String, String>,
+    ) -> BoxFuture<'a, BackendResult<()>> {
+        Box::pin(async { Ok(()) })
+    }
     /// Exports an instance's disks (OS `export` script) into the export area; answers the
     /// script output for the job log. The fake backend copies nothing.
     fn export_instance<'a>(

@@ -261,6 +261,18 @@ impl Backend for RemoteBackend {
         Box::pin(self.call("add_node", json!({"node": node})))
     }
 
+    fn verify_os_params<'a>(
+        &'a self,
+        node: &'a str,
+        os_type: &'a str,
+        params: &'a std::collections::BTreeMap<String, String>,
+    ) -> BoxFuture<'a, BackendResult<()>> {
+        Box::pin(self.call(
+            "verify_os_params",
+            json!({"node": node, "os_type": os_type, "params": params}),
+        ))
+    }
+
     fn export_instance<'a>(
         &'a self,
         node: &'a str,

@@ -437,6 +437,40 @@ pub fn check_os_params(
     )))
 }
 
+/// The OS parameter check of a node: the names against `parameters.list`, then the OS's own
+/// `verify parameters` where the backend has OS definitions on disk.
+pub async fn validate_os_params(
+    ctx: &Ctx,
+    cfg: &Config,
+    os_type: &str,
+    node: &str,
+    params: &crate::cluster::model::Params,
+) -> Result<(), OpError> {
+    check_os_params(cfg, os_type, node, params)?;
+    if params.is_empty() {
+        return Ok(());
+    }
+    let texts = params
+        .iter()
+        .map(|(k, v)| {
+            let text = v
+                .as_str()
+                .map(String::from)
+                .unwrap_or_else(|| v.to_string());
+            (k.clone(), text)
+        })
+        .collect();
+    ctx.backend
+        .verify_os_params(node, os_type, &texts)
+        .await
+        .map_err(|e| {
+            OpError::exec(format!(
+                "OS Parameters validation failed on node {node}: {}",
+                e.message
+            ))
+        })
+}
+
 /// Checks `name` or `name+variant` against the known OS definitions.
 pub fn check_os(
     cfg: &Config,
@@ -500,7 +534,7 @@ async fn reinstall(ctx: &Ctx) -> Result<Value, OpError> {
     let os = ctx.op.str("os_type").unwrap_or(&inst.os).to_string();
     check_os(&cfg, &os, &inst.pnode, ctx.op.bool("force_variant"))?;
     if let Some(Value::Object(params)) = ctx.op.get("osparams") {
-        check_os_params(&cfg, &os, &inst.pnode, params)?;
+        validate_os_params(ctx, &cfg, &os, &inst.pnode, params).await?;
     }
     if ctx.stop_for_dry_run() {
         return Ok(Value::Null);

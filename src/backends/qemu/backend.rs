@@ -774,6 +774,24 @@ impl Backend for QemuBackend {
         })
     }
 
+    fn verify_os_params<'a>(
+        &'a self,
+        _node: &'a str,
+        os_type: &'a str,
+        params: &'a BTreeMap<String, String>,
+    ) -> BoxFuture<'a, BackendResult<()>> {
+        Box::pin(async move {
+            let vm = VmSpec {
+                os: os_type.to_string(),
+                ..VmSpec::default()
+            };
+            let os = self.find_os(&vm)?;
+            os::verify_parameters(&os, os_type, params)
+                .await
+                .map_err(failed)
+        })
+    }
+
     fn export_instance<'a>(
         &'a self,
         _node: &'a str,

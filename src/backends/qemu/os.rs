@@ -146,6 +146,48 @@ pub fn instance_env(os: &InstalledOs, vm: &VmSpec, disks: &[PathBuf]) -> Vec<(St
     env
 }
 
+/// Runs the OS's `verify parameters` (API 20) with the core environment and the parameters.
+pub async fn verify_parameters(
+    os: &InstalledOs,
+    os_type: &str,
+    params: &BTreeMap<String, String>,
+) -> Result<(), String> {
+    if !os.def.api_versions.contains(&20) {
+        return Ok(());
+    }
+    let variant = os_type.split_once('+').map(|(_, v)| v).unwrap_or_default();
+    let mut env: Vec<(String, String)> = vec![
+        ("PATH".into(), "/sbin:/bin:/usr/sbin:/usr/bin".into()),
+        ("OS_API_VERSION".into(), "20".into()),
+        ("OS_NAME".into(), os.def.name.clone()),
+        ("OS_VARIANT".into(), variant.to_string()),
+    ];
+    for (k, v) in params {
+        env.push((
+            format!("OSP_{}", k.to_uppercase().replace('-', "_")),
+            v.clone(),
+        ));
+    }
+    let out = Command::new(os.dir.join("verify"))
+        .arg("parameters")
+        .current_dir(&os.dir)
+        .env_clear()
+        .envs(env)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(|e| format!("cannot run the verify script: {e}"))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Err(text.trim().to_string())
+}
+
 /// Runs one script of an OS; answers its output lines, or an error with the last 20 of them.
 pub async fn run_script(
     os: &InstalledOs,

@@ -300,7 +300,7 @@ pub async fn execute(ctx: &Ctx) -> Result<Value, OpError> {
     check_placement(ctx, &cfg, &nodes, memory, disk_total).await?;
     if !op.bool("no_install") && !probe.forthcoming {
         check_os(&cfg, &os, &nodes[0], op.bool("force_variant"))?;
-        check_os_params(&cfg, &os, &nodes[0], &probe.osparams)?;
+        validate_os_params(ctx, &cfg, &os, &nodes[0], &probe.osparams).await?;
     }
     check_nic_networks(&cfg, &mut probe, &nodes[0])?;
     if ctx.stop_for_dry_run() {

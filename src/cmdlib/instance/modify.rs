@@ -186,7 +186,7 @@ pub async fn execute(ctx: &Ctx) -> Result<Value, OpError> {
         changes.push(json!(["os", os_name]));
     }
     if obj("osparams").is_some() || op.str("os_name").is_some() {
-        check_os_params(&cfg, &inst.os, &inst.pnode, &inst.osparams)?;
+        validate_os_params(ctx, &cfg, &inst.os, &inst.pnode, &inst.osparams).await?;
     }
     if let Some(mem) = op.get("runtime_mem").and_then(parse_size_mib) {
         if !running {
