@@ -392,67 +392,41 @@ fn an_os_installed_while_running_is_usable_at_once() {
     assert_eq!(label(&disk_file(&s, NAME, 0)), NAME);
 
     // OS parameters reach the script as OSP_*; unknown ones are refused like the node would.
-    ok(
-        &s,
-        "POST",
-        "/2/instances",
-        json!({"__version__": 1, "mode": "create", "name": "p.example.com",
+    // A "late" OS instance with these OS parameters; answers the finished create job.
+    let create = |name: &str, osparams: Value| {
+        let body = json!({"__version__": 1, "mode": "create", "name": name,
                "disk_template": "sharedfile", "disks": [{"size": 16}], "nics": [],
-               "os_type": "late+default", "osparams": {"label": "from-osparams"}, "start": false}),
+               "os_type": "late+default", "osparams": osparams, "start": false});
+        let (_, id) = curl(&s, "POST", "/2/instances", ADMIN, Some(&body.to_string()));
+        wait_job(&s, id.as_u64().unwrap())
+    };
+    assert_eq!(
+        create("p.example.com", json!({"label": "from-osparams"}))["status"],
+        "success"
     );
     assert_eq!(label(&disk_file(&s, "p.example.com", 0)), "from-osparams");
-    let (_, id) = curl(
-        &s,
-        "POST",
-        "/2/instances",
-        ADMIN,
-        Some(
-            &json!({"__version__": 1, "mode": "create", "name": "q.example.com",
-               "disk_template": "sharedfile", "disks": [{"size": 16}], "nics": [],
-               "os_type": "late+default", "osparams": {"colour": "blue"}})
-            .to_string(),
-        ),
-    );
-    let job = wait_job(&s, id.as_u64().unwrap());
+    let job = create("q.example.com", json!({"colour": "blue"}));
     assert_eq!(
         job["opresult"][0],
         json!([
             "OpExecError",
             [format!(
                 "OS Parameters validation failed on node {}: Unknown parameters: colour",
-                job["ops"][0]["pnode"]
-                    .as_str()
-                    .unwrap_or(&instance_node(&s))
+                instance_node(&s)
             )]
         ]),
         "{job}"
     );
     // The OS's own verify script judges the values.
-    let (_, id) = curl(
-        &s,
-        "POST",
-        "/2/instances",
-        ADMIN,
-        Some(
-            &json!({"__version__": 1, "mode": "create", "name": "r.example.com",
-               "disk_template": "sharedfile", "disks": [{"size": 16}], "nics": [],
-               "os_type": "late+default", "osparams": {"fs": "xfs"}})
-            .to_string(),
-        ),
-    );
-    let job = wait_job(&s, id.as_u64().unwrap());
+    let job = create("r.example.com", json!({"fs": "xfs"}));
     let error = job["opresult"][0].to_string();
     assert!(
         error.contains("OS Parameters validation failed") && error.contains("invalid fs 'xfs'"),
         "{job}"
     );
-    ok(
-        &s,
-        "POST",
-        "/2/instances",
-        json!({"__version__": 1, "mode": "create", "name": "e2.example.com",
-               "disk_template": "sharedfile", "disks": [{"size": 16}], "nics": [],
-               "os_type": "late+default", "osparams": {"fs": "ext2"}, "start": false}),
+    assert_eq!(
+        create("e2.example.com", json!({"fs": "ext2"}))["status"],
+        "success"
     );
     assert_eq!(label(&disk_file(&s, "e2.example.com", 0)), "e2.example.com");
 }
