@@ -6,7 +6,6 @@ cd "$(dirname "$0")/.."
 cargo build --release -q
 bin=target/release/gantry
 work=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$work"' EXIT
 printf 'admin admin write\n' > "$work/users"
 cat > "$work/post.lua" <<'LUA'
 wrk.method = "POST"
@@ -14,14 +13,18 @@ wrk.body = '{"ops": [{"OP_ID": "OP_TEST_DELAY", "duration": 0.01}]}'
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Basic YWRtaW46YWRtaW4="
 LUA
-serve() { # $1: data dir, rest: flags; prints the base URL
+pids=()
+trap 'kill "${pids[@]}" 2>/dev/null; rm -rf "$work"' EXIT
+start() { # $1: data dir, rest: flags; the URL ends up in $1.out
   "$bin" serve --data-dir "$1" --port 0 --bind 127.0.0.1 --users "$work/users" \
     --queue-limit 10000000 "${@:2}" > "$1.out" 2>/dev/null &
+  pids+=($!)
   until [ -s "$1.out" ]; do sleep 0.1; done
-  sed 's/.* //' "$1.out"
 }
-http=$(serve "$work/a" --no-ssl)
-https=$(serve "$work/b")
+start "$work/a" --no-ssl
+start "$work/b"
+http=$(sed 's/.* //' "$work/a.out")
+https=$(sed 's/.* //' "$work/b.out")
 echo "GET /2/info, HTTP, 32 connections";  wrk -t2 -c32 -d5s "$http/2/info"  | grep -E "Latency|Requests/sec"
 echo "GET /2/info, HTTPS, 32 connections"; wrk -t2 -c32 -d5s "$https/2/info" | grep -E "Latency|Requests/sec"
 # Submission only: a PAUSE rule holds every job, so none runs while we measure.
