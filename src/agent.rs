@@ -2,12 +2,10 @@
 //! backend call to the master over HTTPS: the agent presents the cluster certificate and accepts
 //! only requests carrying the cluster secret (both copied from the master's data dir).
 
+use crate::backends::protocol::{AgentCall, AgentReply};
 use crate::backends::qemu::{QemuBackend, QemuSettings};
-use crate::backends::remote::AgentReply;
-use crate::backends::{Backend, BackendError, FailureKind, NodeSpec, RebootKind, VmSpec};
-use crate::rapi::{ServerOptions, serve_filter, tls};
-use serde::Deserialize;
-use serde::de::DeserializeOwned;
+use crate::backends::{Backend, BackendError, FailureKind};
+use crate::http::{ServerOptions, serve_filter, tls};
 use serde_json::Value;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -20,138 +18,69 @@ pub struct AgentOptions {
     pub qemu: QemuSettings,
 }
 
-#[derive(Deserialize)]
-struct Named {
-    node: String,
-    name: String,
-}
-
-fn arg<T: DeserializeOwned>(args: &Value) -> Result<T, BackendError> {
-    serde_json::from_value(args.clone())
-        .map_err(|e| BackendError::failed(format!("bad agent request: {e}")))
-}
-
 fn to_value<T: serde::Serialize>(result: Result<T, BackendError>) -> Result<Value, BackendError> {
     result.map(|v| serde_json::to_value(v).unwrap_or(Value::Null))
 }
 
-/// Runs one backend call named by the URL.
-async fn dispatch(backend: &QemuBackend, op: &str, args: Value) -> Result<Value, BackendError> {
-    let node = || args["node"].as_str().unwrap_or_default().to_string();
-    match op {
-        "node_info" => to_value(backend.node_info(&node()).await),
-        "create_disks" => {
-            let vm: VmSpec = arg(&args["vm"])?;
-            to_value(backend.create_disks(&node(), &vm).await)
+/// Runs one backend call. Exhaustive over the protocol: a call the agent cannot serve does not
+/// compile.
+async fn dispatch(backend: &QemuBackend, call: AgentCall) -> Result<Value, BackendError> {
+    use AgentCall::*;
+    match call {
+        NodeInfo { node } => to_value(backend.node_info(&node).await),
+        AddNode { spec } => to_value(backend.add_node(spec).await),
+        CreateDisks { node, vm } => to_value(backend.create_disks(&node, &vm).await),
+        RemoveDisks { node, name } => to_value(backend.remove_disks(&node, &name).await),
+        GrowDisk {
+            node,
+            name,
+            index,
+            new_size,
+        } => to_value(backend.grow_disk(&node, &name, index, new_size).await),
+        InstallOs { node, vm } => to_value(backend.install_os(&node, &vm).await),
+        Start { node, vm } => to_value(backend.start(&node, &vm).await),
+        Stop {
+            node,
+            name,
+            timeout_s,
+        } => to_value(backend.stop(&node, &name, timeout_s).await),
+        Reboot { node, name, kind } => to_value(backend.reboot(&node, &name, kind).await),
+        InstanceState { node, name } => to_value(backend.instance_state(&node, &name).await),
+        Migrate {
+            src,
+            dst,
+            name,
+            live,
+        } => to_value(backend.migrate(&src, &dst, &name, live).await),
+        Rename { node, old, new } => to_value(backend.rename(&node, &old, &new).await),
+        Console { node, name } => Ok(backend.console(&node, &name).await.unwrap_or(Value::Null)),
+        Powercycle { node } => to_value(backend.powercycle(&node).await),
+        Delay { node, seconds } => to_value(backend.delay(&node, seconds).await),
+        VerifyOsParams {
+            node,
+            os_type,
+            params,
+        } => to_value(backend.verify_os_params(&node, &os_type, &params).await),
+        ExportInstance { node, vm } => to_value(backend.export_instance(&node, &vm).await),
+        ImportInstance { node, vm, source } => {
+            to_value(backend.import_instance(&node, &vm, &source).await)
         }
-        "install_os" => {
-            let vm: VmSpec = arg(&args["vm"])?;
-            to_value(backend.install_os(&node(), &vm).await)
+        RemoveExport { node, name } => to_value(backend.remove_export(&node, &name).await),
+        RunningConfig { node, name } => to_value(backend.running_config(&node, &name).await),
+        PrepareIncoming { node, name, config } => {
+            to_value(backend.prepare_incoming(&node, &name, config).await)
         }
-        "start" => {
-            let vm: VmSpec = arg(&args["vm"])?;
-            to_value(backend.start(&node(), &vm).await)
-        }
-        "remove_disks" => {
-            let a: Named = arg(&args)?;
-            to_value(backend.remove_disks(&a.node, &a.name).await)
-        }
-        "grow_disk" => {
-            let a: Named = arg(&args)?;
-            let index = args["index"].as_u64().unwrap_or(0) as usize;
-            let size = args["new_size"].as_u64().unwrap_or(0);
-            to_value(backend.grow_disk(&a.node, &a.name, index, size).await)
-        }
-        "stop" => {
-            let a: Named = arg(&args)?;
-            let timeout = args["timeout_s"].as_u64().unwrap_or(0);
-            to_value(backend.stop(&a.node, &a.name, timeout).await)
-        }
-        "reboot" => {
-            let a: Named = arg(&args)?;
-            let kind: RebootKind = arg(&args["kind"])?;
-            to_value(backend.reboot(&a.node, &a.name, kind).await)
-        }
-        "instance_state" => {
-            let a: Named = arg(&args)?;
-            to_value(backend.instance_state(&a.node, &a.name).await)
-        }
-        "migrate" => {
-            let live = args["live"].as_bool().unwrap_or(true);
-            let (src, dst, name) = (
-                args["src"].as_str().unwrap_or_default(),
-                args["dst"].as_str().unwrap_or_default(),
-                args["name"].as_str().unwrap_or_default(),
-            );
-            to_value(backend.migrate(src, dst, name, live).await)
-        }
-        "rename" => {
-            let (old, new) = (
-                args["old"].as_str().unwrap_or_default(),
-                args["new"].as_str().unwrap_or_default(),
-            );
-            to_value(backend.rename(&node(), old, new).await)
-        }
-        "console" => {
-            let a: Named = arg(&args)?;
-            Ok(backend
-                .console(&a.node, &a.name)
-                .await
-                .unwrap_or(Value::Null))
-        }
-        "powercycle" => to_value(backend.powercycle(&node()).await),
-        "delay" => {
-            let seconds = args["seconds"].as_f64().unwrap_or(0.0);
-            to_value(backend.delay(&node(), seconds).await)
-        }
-        "verify_os_params" => {
-            let os_type = args["os_type"].as_str().unwrap_or_default();
-            let params: std::collections::BTreeMap<String, String> = arg(&args["params"])?;
-            to_value(backend.verify_os_params(&node(), os_type, &params).await)
-        }
-        "export_instance" => {
-            let vm: VmSpec = arg(&args["vm"])?;
-            to_value(backend.export_instance(&node(), &vm).await)
-        }
-        "import_instance" => {
-            let vm: VmSpec = arg(&args["vm"])?;
-            let source = args["source"].as_str().unwrap_or_default();
-            to_value(backend.import_instance(&node(), &vm, source).await)
-        }
-        "remove_export" => {
-            let a: Named = arg(&args)?;
-            to_value(backend.remove_export(&a.node, &a.name).await)
-        }
-        "add_node" => {
-            let spec: NodeSpec = arg(&args["node"])?;
-            to_value(backend.add_node(spec).await)
-        }
-        "running_config" => {
-            let a: Named = arg(&args)?;
-            to_value(backend.running_config(&a.node, &a.name).await)
-        }
-        "prepare_incoming" => {
-            let a: Named = arg(&args)?;
-            to_value(
-                backend
-                    .prepare_incoming(&a.node, &a.name, args["config"].clone())
-                    .await,
-            )
-        }
-        "send_migration" => {
-            let a: Named = arg(&args)?;
-            let uri = args["uri"].as_str().unwrap_or_default();
-            let live = args["live"].as_bool().unwrap_or(true);
-            to_value(backend.send_migration(&a.node, &a.name, uri, live).await)
-        }
-        "finish_incoming" => {
-            let a: Named = arg(&args)?;
-            let success = args["success"].as_bool().unwrap_or(false);
-            to_value(backend.finish_incoming(&a.node, &a.name, success).await)
-        }
-        other => Err(BackendError::failed(format!(
-            "unknown agent call '{other}'"
-        ))),
+        SendMigration {
+            node,
+            name,
+            uri,
+            live,
+        } => to_value(backend.send_migration(&node, &name, &uri, live).await),
+        FinishIncoming {
+            node,
+            name,
+            success,
+        } => to_value(backend.finish_incoming(&node, &name, success).await),
     }
 }
 
@@ -175,15 +104,15 @@ pub async fn run(
     backend.adopt(vec![], vec![]).await;
     let secret = Arc::new(format!("Bearer {}", creds.secret));
     let routes = warp::post()
-        .and(warp::path!("agent" / "v1" / String))
+        .and(warp::path!("agent" / "v2" / "call"))
         .and(warp::header::optional::<String>("authorization"))
         .and(warp::body::content_length_limit(1 << 20))
-        .and(warp::body::json())
-        .then(move |op: String, auth: Option<String>, args: Value| {
+        .and(warp::body::bytes())
+        .then(move |auth: Option<String>, body: bytes::Bytes| {
             let (backend, secret) = (backend.clone(), secret.clone());
             async move {
                 let given = auth.unwrap_or_default();
-                if !crate::rapi::auth::constant_time_eq(given.as_bytes(), secret.as_bytes()) {
+                if !crate::http::constant_time_eq(given.as_bytes(), secret.as_bytes()) {
                     return reply(
                         401,
                         AgentReply::Error(BackendError {
@@ -192,7 +121,14 @@ pub async fn run(
                         }),
                     );
                 }
-                match dispatch(&backend, &op, args).await {
+                let call: AgentCall = match serde_json::from_slice(&body) {
+                    Ok(call) => call,
+                    Err(e) => {
+                        let e = BackendError::failed(format!("bad agent request: {e}"));
+                        return reply(400, AgentReply::Error(e));
+                    }
+                };
+                match dispatch(&backend, call).await {
                     Ok(value) => reply(200, AgentReply::Ok(value)),
                     Err(e) => reply(200, AgentReply::Error(e)),
                 }

@@ -1,13 +1,13 @@
 //! Command line: `gantry serve` (RAPI + queue + executor in one process), `gantry users hash` and
 //! `gantry queue drain|undrain|info`.
 
-use crate::backends::{Backend, NodeSpec, fake::FakeBackend};
+use crate::backends::{Backend, fake::FakeBackend};
 use crate::cluster::{ClusterStore, InitOptions};
+use crate::http::{ServerOptions, tls};
 use crate::jobqueue::{JobQueue, QueueOptions, Store};
-use crate::rapi::{self, ServerOptions, StateInner, auth::UserDb};
+use crate::rapi::{self, StateInner, auth::UserDb};
 use crate::storage::GroupCommit;
 use clap::{Parser, Subcommand};
-use serde_json::Value;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -248,23 +248,29 @@ async fn node_agent(args: NodeArgs) -> Result<(), String> {
     let opts = crate::agent::AgentOptions {
         listen: args.listen.clone(),
         cluster_dir: args.cluster_dir.clone(),
-        qemu: crate::backends::qemu::QemuSettings {
-            qemu: find_tool("qemu-system-x86_64")?,
-            qemu_img: find_tool("qemu-img")?,
-            storage_dir: args.storage_dir.clone(),
-            run_root: args.run_dir.clone(),
-            accel: args.qemu_accel.clone(),
-            os_search_path: std::env::split_paths(&args.os_search_path).collect(),
-            migration_host: Some(args.advertise.clone()),
-        },
+        qemu: qemu_settings(
+            args.storage_dir.clone(),
+            args.run_dir.clone(),
+            &args.qemu_accel,
+            &args.os_search_path,
+            Some(args.advertise.clone()),
+        )?,
     };
     crate::agent::run(opts, shutdown_signal()).await
 }
 
 async fn serve(args: ServeArgs) -> Result<(), String> {
-    std::fs::create_dir_all(&args.data_dir)
+    crate::util::create_private_dir(&args.data_dir)
         .map_err(|e| format!("{}: {e}", args.data_dir.display()))?;
-    let commit = GroupCommit::open(&args.data_dir.join("db")).map_err(|e| e.to_string())?;
+    // The database holds job records and the configuration: its owner's only.
+    let db_dir = args.data_dir.join("db");
+    crate::util::create_private_dir(&db_dir).map_err(|e| format!("{}: {e}", db_dir.display()))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&db_dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| format!("{}: {e}", db_dir.display()))?;
+    }
+    let commit = GroupCommit::open(&db_dir).map_err(|e| e.to_string())?;
     let init = InitOptions {
         hypervisor: args.hypervisor.clone(),
         cluster_name: args.cluster_name.clone(),
@@ -288,7 +294,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         // The OS list is read from the search path whenever an opcode needs it.
         let qemu = qemu_backend(&args)?;
         // Nodes on other machines are reached through their agents with these.
-        let creds = rapi::tls::cluster_credentials(&args.data_dir, true)?;
+        let creds = tls::cluster_credentials(&args.data_dir, true)?;
         Arc::new(crate::backends::cluster::ClusterBackend::new(
             Arc::new(qemu),
             creds.secret,
@@ -304,6 +310,8 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         archive_age: Duration::from_secs(args.archive_age),
         archive_interval: Duration::from_secs(args.archive_interval.max(1)),
     };
+    let config = cluster.reader();
+    let live = crate::backends::LiveState::new(backend.clone());
     let queue = JobQueue::start(store, cluster, backend, opts)
         .await
         .map_err(|e| e.to_string())?;
@@ -313,6 +321,8 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         .unwrap_or_else(|| args.data_dir.join("users"));
     let state = Arc::new(StateInner {
         queue: queue.clone(),
+        config,
+        live,
         users: UserDb::load(Some(users_path)),
         require_auth: args.require_authentication,
         wait_timeout: Duration::from_secs(args.wait_timeout),
@@ -320,7 +330,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     let tls = if args.no_ssl {
         None
     } else {
-        Some(rapi::tls::load_or_create(
+        Some(tls::load_or_create(
             args.ssl_cert.as_deref(),
             args.ssl_key.as_deref(),
             &args.data_dir,
@@ -372,27 +382,38 @@ fn find_tool(name: &str) -> Result<PathBuf, String> {
         .ok_or_else(|| format!("{name} not found in PATH; the kvm hypervisor needs QEMU"))
 }
 
+/// QEMU settings shared by `serve --hypervisor kvm` and `node`.
+fn qemu_settings(
+    storage_dir: PathBuf,
+    run_root: PathBuf,
+    accel: &str,
+    os_search_path: &str,
+    migration_host: Option<String>,
+) -> Result<crate::backends::qemu::QemuSettings, String> {
+    Ok(crate::backends::qemu::QemuSettings {
+        qemu: find_tool("qemu-system-x86_64")?,
+        qemu_img: find_tool("qemu-img")?,
+        storage_dir,
+        run_root,
+        accel: accel.to_string(),
+        os_search_path: std::env::split_paths(os_search_path).collect(),
+        migration_host,
+    })
+}
+
 fn qemu_backend(args: &ServeArgs) -> Result<crate::backends::qemu::QemuBackend, String> {
     let data_dir = std::fs::canonicalize(&args.data_dir).map_err(|e| e.to_string())?;
     let run_root = args.run_dir.clone().unwrap_or_else(|| {
-        use md5::{Digest, Md5};
-        let id: String = Md5::digest(data_dir.display().to_string().as_bytes())[..4]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let id = crate::backends::qemu::short_id(&data_dir.display().to_string());
         PathBuf::from(format!("/tmp/gantry-{id}"))
     });
-    Ok(crate::backends::qemu::QemuBackend::new(
-        crate::backends::qemu::QemuSettings {
-            qemu: find_tool("qemu-system-x86_64")?,
-            qemu_img: find_tool("qemu-img")?,
-            storage_dir: data_dir.join("storage"),
-            run_root,
-            accel: args.qemu_accel.clone(),
-            os_search_path: std::env::split_paths(&args.os_search_path).collect(),
-            migration_host: None,
-        },
-    ))
+    Ok(crate::backends::qemu::QemuBackend::new(qemu_settings(
+        data_dir.join("storage"),
+        run_root,
+        &args.qemu_accel,
+        &args.os_search_path,
+        None,
+    )?))
 }
 
 /// Tells the backend about nodes and instances, so a restart reports running VMs as running.
@@ -401,20 +422,7 @@ pub async fn adopt(backend: &dyn Backend, cluster: &ClusterStore) {
     let nodes = cfg
         .nodes
         .values()
-        .map(|n| {
-            let nd = &n.ndparams;
-            let get = |k: &str, d: u64| nd.get(k).and_then(Value::as_u64).unwrap_or(d);
-            NodeSpec {
-                name: n.name.clone(),
-                address: nd
-                    .get("agent_address")
-                    .and_then(Value::as_str)
-                    .map(String::from),
-                memory_mib: get("fake_memory_mib", 16384),
-                disk_mib: get("fake_disk_mib", 512 * 1024),
-                cpus: get("fake_cpus", 8),
-            }
-        })
+        .map(|n| crate::cmdlib::node_spec(&n.name, &n.ndparams))
         .collect();
     let vms = cfg
         .instances

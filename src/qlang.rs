@@ -10,7 +10,7 @@ use thiserror::Error;
 
 #[derive(Debug, Error, PartialEq)]
 #[error("{0}")]
-pub struct FilterError(pub String);
+pub struct QueryFilterError(pub String);
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Compare {
@@ -35,22 +35,22 @@ pub enum Filter {
     Contains(String, Value),
 }
 
-fn field_name(v: Option<&Value>, op: &str) -> Result<String, FilterError> {
+fn field_name(v: Option<&Value>, op: &str) -> Result<String, QueryFilterError> {
     match v {
         Some(Value::String(s)) => Ok(s.clone()),
-        _ => Err(FilterError(format!(
+        _ => Err(QueryFilterError(format!(
             "Operator '{op}' needs a field name as its first operand"
         ))),
     }
 }
 
 impl Filter {
-    pub fn parse(v: &Value) -> Result<Filter, FilterError> {
+    pub fn parse(v: &Value) -> Result<Filter, QueryFilterError> {
         let Some(list) = v.as_array() else {
-            return Err(FilterError(format!("Filter must be a list, not {v}")));
+            return Err(QueryFilterError(format!("Filter must be a list, not {v}")));
         };
         let Some(op) = list.first().and_then(Value::as_str) else {
-            return Err(FilterError(format!(
+            return Err(QueryFilterError(format!(
                 "Filter must start with an operator string: {v}"
             )));
         };
@@ -59,13 +59,13 @@ impl Filter {
             if args.len() == n {
                 Ok(())
             } else {
-                Err(FilterError(format!(
+                Err(QueryFilterError(format!(
                     "Operator '{op}' takes {n} operand(s), got {}",
                     args.len()
                 )))
             }
         };
-        let compare = |c: Compare| -> Result<Filter, FilterError> {
+        let compare = |c: Compare| -> Result<Filter, QueryFilterError> {
             arity(2)?;
             Ok(Filter::Compare(
                 c,
@@ -98,11 +98,11 @@ impl Filter {
             ">=" => compare(Compare::GreaterEqual),
             "=~" => {
                 arity(2)?;
-                let pattern = args[1]
-                    .as_str()
-                    .ok_or_else(|| FilterError("Regular expression must be a string".into()))?;
+                let pattern = args[1].as_str().ok_or_else(|| {
+                    QueryFilterError("Regular expression must be a string".into())
+                })?;
                 let re = Regex::new(pattern)
-                    .map_err(|e| FilterError(format!("Invalid regular expression: {e}")))?;
+                    .map_err(|e| QueryFilterError(format!("Invalid regular expression: {e}")))?;
                 Ok(Filter::Regex(field_name(args.first(), op)?, re))
             }
             "=[]" => {
@@ -112,7 +112,7 @@ impl Filter {
                     args[1].clone(),
                 ))
             }
-            other => Err(FilterError(format!("Unknown operator '{other}'"))),
+            other => Err(QueryFilterError(format!("Unknown operator '{other}'"))),
         }
     }
 

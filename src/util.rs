@@ -48,6 +48,35 @@ pub fn now_f64() -> f64 {
         .as_secs_f64()
 }
 
+/// Creates `dir` (and missing parents) readable by its owner only, whatever the umask: data
+/// dirs hold the database, keys and the cluster secret. An existing dir is left as it is.
+pub fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+/// Writes a file that holds a secret (a private key, the cluster secret): created 0600 from the
+/// first byte, never world-readable even for an instant.
+pub fn write_private(path: &std::path::Path, contents: impl AsRef<[u8]>) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    // An existing file keeps its old mode on open: tighten it too.
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    file.write_all(contents.as_ref())
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

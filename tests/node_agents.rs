@@ -246,7 +246,7 @@ fn agents_and_master_refuse_strangers() {
     // An agent with another certificate: the master does not talk to it at all.
     let other = tempfile::tempdir().unwrap();
     let other_master = tempfile::tempdir().unwrap();
-    let _ = gantry::rapi::tls::cluster_credentials(other_master.path(), true).unwrap();
+    let _ = gantry::http::tls::cluster_credentials(other_master.path(), true).unwrap();
     for f in ["cluster.pem", "cluster.key"] {
         std::fs::copy(other_master.path().join(f), other.path().join(f)).unwrap();
     }
@@ -270,9 +270,9 @@ fn agents_and_master_refuse_strangers() {
             "-H",
             "Content-Type: application/json",
             "-d",
-            "{\"node\": \"x\"}",
+            "{\"call\": \"node_info\", \"node\": \"x\"}",
         ])
-        .arg(format!("{}/agent/v1/node_info", stranger.url))
+        .arg(format!("{}/agent/v2/call", stranger.url))
         .output()
         .unwrap();
     let answer: Value = serde_json::from_slice(&out.stdout).unwrap();

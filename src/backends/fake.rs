@@ -410,7 +410,7 @@ impl Backend for FakeBackend {
     fn delay<'a>(&'a self, node: &'a str, seconds: f64) -> BoxFuture<'a, BackendResult<()>> {
         Box::pin(async move {
             self.enter("delay", node).await?;
-            tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
+            tokio::time::sleep(Duration::try_from_secs_f64(seconds).unwrap_or_default()).await;
             Ok(())
         })
     }

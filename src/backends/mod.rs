@@ -3,6 +3,7 @@
 
 pub mod cluster;
 pub mod fake;
+pub mod protocol;
 pub mod qemu;
 pub mod remote;
 
@@ -266,4 +267,27 @@ pub trait Backend: Send + Sync {
     }
     /// Pauses for `seconds` on a node (OP_TEST_DELAY with nodes).
     fn delay<'a>(&'a self, node: &'a str, seconds: f64) -> BoxFuture<'a, BackendResult<()>>;
+}
+
+/// The read-only face of a backend (what the RAPI gets): what nodes and VMs report now.
+/// Anything that changes a node or a VM goes through an opcode job.
+#[derive(Clone)]
+pub struct LiveState(std::sync::Arc<dyn Backend>);
+
+impl LiveState {
+    pub fn new(backend: std::sync::Arc<dyn Backend>) -> LiveState {
+        LiveState(backend)
+    }
+
+    pub async fn node_info(&self, node: &str) -> BackendResult<NodeInfo> {
+        self.0.node_info(node).await
+    }
+
+    pub async fn instance_state(&self, node: &str, name: &str) -> BackendResult<Option<VmState>> {
+        self.0.instance_state(node, name).await
+    }
+
+    pub async fn console(&self, node: &str, name: &str) -> Option<serde_json::Value> {
+        self.0.console(node, name).await
+    }
 }

@@ -3,84 +3,16 @@
 //! no CA involved) and every request carries the cluster secret, so neither side talks to a
 //! stranger.
 
+use super::protocol::{AGENT_PATH, AgentCall, AgentReply};
 use super::*;
 use serde::de::DeserializeOwned;
-use serde_json::{Value, json};
-use std::sync::Arc;
+use serde_json::Value;
 use std::time::Duration;
-
-/// The wire format of an agent's answer.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AgentReply {
-    Ok(Value),
-    Error(BackendError),
-}
 
 pub struct RemoteBackend {
     base: String,
     secret: String,
     client: reqwest::Client,
-}
-
-/// Accepts exactly one certificate: the cluster's.
-#[derive(Debug)]
-struct PinnedCertificate {
-    der: Vec<u8>,
-    provider: Arc<rustls::crypto::CryptoProvider>,
-}
-
-impl rustls::client::danger::ServerCertVerifier for PinnedCertificate {
-    fn verify_server_cert(
-        &self,
-        end_entity: &rustls::pki_types::CertificateDer<'_>,
-        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
-        _server_name: &rustls::pki_types::ServerName<'_>,
-        _ocsp: &[u8],
-        _now: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        if end_entity.as_ref() == self.der.as_slice() {
-            Ok(rustls::client::danger::ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::General(
-                "the node does not present the cluster certificate".into(),
-            ))
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
 }
 
 fn unreachable(message: String) -> BackendError {
@@ -92,17 +24,13 @@ fn unreachable(message: String) -> BackendError {
 
 impl RemoteBackend {
     pub fn new(base: &str, secret: &str, cluster_cert_der: &[u8]) -> Result<RemoteBackend, String> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let verifier = PinnedCertificate {
-            der: cluster_cert_der.to_vec(),
-            provider: provider.clone(),
-        };
-        let tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(verifier))
-            .with_no_client_auth();
+        // The secret travels in every request: never in the clear, whatever the config says.
+        if !base.starts_with("https://") {
+            return Err(format!(
+                "refusing the agent address {base:?}: it must be https://"
+            ));
+        }
+        let tls = crate::http::tls::pinned_client_config(cluster_cert_der)?;
         let client = reqwest::Client::builder()
             .use_preconfigured_tls(tls)
             .connect_timeout(Duration::from_secs(10))
@@ -115,13 +43,13 @@ impl RemoteBackend {
         })
     }
 
-    async fn call<T: DeserializeOwned>(&self, op: &str, args: Value) -> BackendResult<T> {
-        let url = format!("{}/agent/v1/{op}", self.base);
+    async fn call<T: DeserializeOwned>(&self, call: AgentCall) -> BackendResult<T> {
+        let url = format!("{}{AGENT_PATH}", self.base);
         let response = self
             .client
             .post(&url)
             .bearer_auth(&self.secret)
-            .json(&args)
+            .json(&call)
             .send()
             .await
             .map_err(|e| unreachable(format!("Error while contacting {}: {e}", self.base)))?;
@@ -145,7 +73,9 @@ impl Backend for RemoteBackend {
     }
 
     fn node_info<'a>(&'a self, node: &'a str) -> BoxFuture<'a, BackendResult<NodeInfo>> {
-        Box::pin(self.call("node_info", json!({"node": node})))
+        Box::pin(self.call(AgentCall::NodeInfo {
+            node: node.to_string(),
+        }))
     }
 
     fn create_disks<'a>(
@@ -153,7 +83,10 @@ impl Backend for RemoteBackend {
         node: &'a str,
         vm: &'a VmSpec,
     ) -> BoxFuture<'a, BackendResult<()>> {
-        Box::pin(self.call("create_disks", json!({"node": node, "vm": vm})))
+        Box::pin(self.call(AgentCall::CreateDisks {
+            node: node.to_string(),
+            vm: vm.clone(),
+        }))
     }
 
     fn remove_disks<'a>(
@@ -161,7 +94,10 @@ impl Backend for RemoteBackend {
         node: &'a str,
         name: &'a str,
     ) -> BoxFuture<'a, BackendResult<()>> {
-        Box::pin(self.call("remove_disks", json!({"node": node, "name": name})))
+        Box::pin(self.call(AgentCall::RemoveDisks {
+            node: node.to_string(),
+            name: name.to_string(),
+        }))
     }
 
     fn grow_disk<'a>(
@@ -171,10 +107,12 @@ impl Backend for RemoteBackend {
         index: usize,
         new_size: u64,
     ) -> BoxFuture<'a, BackendResult<()>> {
-        Box::pin(self.call(
-            "grow_disk",
-            json!({"node": node, "name": name, "index": index, "new_size": new_size}),
-        ))
+        Box::pin(self.call(AgentCall::GrowDisk {
+            node: node.to_string(),
+            name: name.to_string(),
+            index,
+            new_size,
+        }))
     }
 
     fn install_os<'a>(
@@ -182,11 +120,17 @@ impl Backend for RemoteBackend {
         node: &'a str,
         vm: &'a VmSpec,
     ) -> BoxFuture<'a, BackendResult<Vec<String>>> {
-        Box::pin(self.call("install_os", json!({"node": node, "vm": vm})))
+        Box::pin(self.call(AgentCall::InstallOs {
+            node: node.to_string(),
+            vm: vm.clone(),
+        }))
     }
 
     fn start<'a>(&'a self, node: &'a str, vm: &'a VmSpec) -> BoxFuture<'a, BackendResult<()>> {
-        Box::pin(self.call("start", json!({"node": node, "vm": vm})))
+        Box::pin(self.call(AgentCall::Start {
+            node: node.to_string(),
+            vm: vm.clone(),
+        }))
     }
 
     fn stop<'a>(
@@ -195,10 +139,11 @@ impl Backend for RemoteBackend {
         name: &'a str,
         timeout_s: u64,
     ) -> BoxFuture<'a, BackendResult<()>> {
-        Box::pin(self.call(
-            "stop",
-            json!({"node": node, "name": name, "timeout_s": timeout_s}),
-        ))
+        Box::pin(self.call(AgentCall::Stop {
+            node: node.to_string(),
+            name: name.to_string(),
+            timeout_s,
+        }))
     }
 
     fn reboot<'a>(
@@ -207,7 +152,11 @@ impl Backend for RemoteBackend {
         name: &'a str,
         kind: RebootKind,
     ) -> BoxFuture<'a, BackendResult<()>> {
-        Box::pin(self.call("reboot", json!({"node": node, "name": name, "kind": kind})))
+        Box::pin(self.call(AgentCall::Reboot {
+            node: node.to_string(),
+            name: name.to_string(),
+            kind,
+        }))
     }
 
     fn instance_state<'a>(
@@ -215,7 +164,10 @@ impl Backend for RemoteBackend {
         node: &'a str,
         name: &'a str,
     ) -> BoxFuture<'a, BackendResult<Option<VmState>>> {
-        Box::pin(self.call("instance_state", json!({"node": node, "name": name})))
+        Box::pin(self.call(AgentCall::InstanceState {
+            node: node.to_string(),
+            name: name.to_string(),
+        }))
     }
 
     fn migrate<'a>(
@@ -225,10 +177,12 @@ impl Backend for RemoteBackend {
         name: &'a str,
         live: bool,
     ) -> BoxFuture<'a, BackendResult<()>> {
-        Box::pin(self.call(
-            "migrate",
-            json!({"src": src, "dst": dst, "name": name, "live": live}),
-        ))
+        Box::pin(self.call(AgentCall::Migrate {
+            src: src.to_string(),
+            dst: dst.to_string(),
+            name: name.to_string(),
+            live,
+        }))
     }
 
     fn rename<'a>(
@@ -237,28 +191,40 @@ impl Backend for RemoteBackend {
         old: &'a str,
         new: &'a str,
     ) -> BoxFuture<'a, BackendResult<()>> {
-        Box::pin(self.call("rename", json!({"node": node, "old": old, "new": new})))
+        Box::pin(self.call(AgentCall::Rename {
+            node: node.to_string(),
+            old: old.to_string(),
+            new: new.to_string(),
+        }))
     }
 
     fn console<'a>(&'a self, node: &'a str, name: &'a str) -> BoxFuture<'a, Option<Value>> {
         Box::pin(async move {
-            self.call::<Option<Value>>("console", json!({"node": node, "name": name}))
-                .await
-                .ok()
-                .flatten()
+            self.call::<Option<Value>>(AgentCall::Console {
+                node: node.to_string(),
+                name: name.to_string(),
+            })
+            .await
+            .ok()
+            .flatten()
         })
     }
 
     fn powercycle<'a>(&'a self, node: &'a str) -> BoxFuture<'a, BackendResult<String>> {
-        Box::pin(self.call("powercycle", json!({"node": node})))
+        Box::pin(self.call(AgentCall::Powercycle {
+            node: node.to_string(),
+        }))
     }
 
     fn delay<'a>(&'a self, node: &'a str, seconds: f64) -> BoxFuture<'a, BackendResult<()>> {
-        Box::pin(self.call("delay", json!({"node": node, "seconds": seconds})))
+        Box::pin(self.call(AgentCall::Delay {
+            node: node.to_string(),
+            seconds,
+        }))
     }
 
     fn add_node<'a>(&'a self, node: NodeSpec) -> BoxFuture<'a, BackendResult<()>> {
-        Box::pin(self.call("add_node", json!({"node": node})))
+        Box::pin(self.call(AgentCall::AddNode { spec: node }))
     }
 
     fn verify_os_params<'a>(
@@ -267,10 +233,11 @@ impl Backend for RemoteBackend {
         os_type: &'a str,
         params: &'a std::collections::BTreeMap<String, String>,
     ) -> BoxFuture<'a, BackendResult<()>> {
-        Box::pin(self.call(
-            "verify_os_params",
-            json!({"node": node, "os_type": os_type, "params": params}),
-        ))
+        Box::pin(self.call(AgentCall::VerifyOsParams {
+            node: node.to_string(),
+            os_type: os_type.to_string(),
+            params: params.clone(),
+        }))
     }
 
     fn export_instance<'a>(
@@ -278,7 +245,10 @@ impl Backend for RemoteBackend {
         node: &'a str,
         vm: &'a VmSpec,
     ) -> BoxFuture<'a, BackendResult<Vec<String>>> {
-        Box::pin(self.call("export_instance", json!({"node": node, "vm": vm})))
+        Box::pin(self.call(AgentCall::ExportInstance {
+            node: node.to_string(),
+            vm: vm.clone(),
+        }))
     }
 
     fn import_instance<'a>(
@@ -287,10 +257,11 @@ impl Backend for RemoteBackend {
         vm: &'a VmSpec,
         source: &'a str,
     ) -> BoxFuture<'a, BackendResult<Vec<String>>> {
-        Box::pin(self.call(
-            "import_instance",
-            json!({"node": node, "vm": vm, "source": source}),
-        ))
+        Box::pin(self.call(AgentCall::ImportInstance {
+            node: node.to_string(),
+            vm: vm.clone(),
+            source: source.to_string(),
+        }))
     }
 
     fn remove_export<'a>(
@@ -298,7 +269,10 @@ impl Backend for RemoteBackend {
         node: &'a str,
         name: &'a str,
     ) -> BoxFuture<'a, BackendResult<()>> {
-        Box::pin(self.call("remove_export", json!({"node": node, "name": name})))
+        Box::pin(self.call(AgentCall::RemoveExport {
+            node: node.to_string(),
+            name: name.to_string(),
+        }))
     }
 
     fn running_config<'a>(
@@ -306,7 +280,10 @@ impl Backend for RemoteBackend {
         node: &'a str,
         name: &'a str,
     ) -> BoxFuture<'a, BackendResult<Option<Value>>> {
-        Box::pin(self.call("running_config", json!({"node": node, "name": name})))
+        Box::pin(self.call(AgentCall::RunningConfig {
+            node: node.to_string(),
+            name: name.to_string(),
+        }))
     }
 
     fn prepare_incoming<'a>(
@@ -315,10 +292,11 @@ impl Backend for RemoteBackend {
         name: &'a str,
         config: Value,
     ) -> BoxFuture<'a, BackendResult<String>> {
-        Box::pin(self.call(
-            "prepare_incoming",
-            json!({"node": node, "name": name, "config": config}),
-        ))
+        Box::pin(self.call(AgentCall::PrepareIncoming {
+            node: node.to_string(),
+            name: name.to_string(),
+            config,
+        }))
     }
 
     fn send_migration<'a>(
@@ -328,10 +306,12 @@ impl Backend for RemoteBackend {
         uri: &'a str,
         live: bool,
     ) -> BoxFuture<'a, BackendResult<()>> {
-        Box::pin(self.call(
-            "send_migration",
-            json!({"node": node, "name": name, "uri": uri, "live": live}),
-        ))
+        Box::pin(self.call(AgentCall::SendMigration {
+            node: node.to_string(),
+            name: name.to_string(),
+            uri: uri.to_string(),
+            live,
+        }))
     }
 
     fn finish_incoming<'a>(
@@ -340,9 +320,10 @@ impl Backend for RemoteBackend {
         name: &'a str,
         success: bool,
     ) -> BoxFuture<'a, BackendResult<()>> {
-        Box::pin(self.call(
-            "finish_incoming",
-            json!({"node": node, "name": name, "success": success}),
-        ))
+        Box::pin(self.call(AgentCall::FinishIncoming {
+            node: node.to_string(),
+            name: name.to_string(),
+            success,
+        }))
     }
 }

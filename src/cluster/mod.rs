@@ -1,9 +1,10 @@
 //! The cluster model: one configuration document in sled, read as snapshots and changed only
 //! through `update`, atomically per opcode, with a serial number that grows on every change.
 
+pub mod addresses;
 pub mod bootstrap;
 pub mod model;
-pub mod views;
+pub mod names;
 
 use crate::storage::{GroupCommit, StorageError};
 use model::Config;
@@ -30,6 +31,16 @@ pub struct ClusterStore {
     commit: GroupCommit,
     current: Arc<RwLock<Arc<Config>>>,
     writer: Arc<Mutex<()>>,
+}
+
+/// Read-only access to the configuration: changes go through opcode jobs only.
+#[derive(Clone)]
+pub struct ConfigReader(ClusterStore);
+
+impl ConfigReader {
+    pub fn snapshot(&self) -> Arc<Config> {
+        self.0.snapshot()
+    }
 }
 
 impl ClusterStore {
@@ -61,6 +72,11 @@ impl ClusterStore {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// A handle that can read the configuration and nothing else (what the RAPI gets).
+    pub fn reader(&self) -> ConfigReader {
+        ConfigReader(self.clone())
     }
 
     /// Applies `change` to the newest configuration and makes the result durable. Locks held by

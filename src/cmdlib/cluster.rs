@@ -2,13 +2,14 @@
 //! test delay.
 
 use super::*;
-use crate::jobqueue::locks::{LockLevel, LockMode};
+use crate::locking::{LockLevel, LockMode};
+use crate::opcodes::OpId;
 use std::time::Duration;
 
 pub fn plan(op: &OpCode, cfg: &Config) -> Result<LockPlan, OpError> {
     let mut p = LockPlan::default();
     match op.id() {
-        "OP_CLUSTER_SET_PARAMS" => {
+        OpId::ClusterSetParams => {
             p.add_all(LockLevel::Node, cfg.nodes.keys().cloned(), LockMode::Shared);
             p.add_all(
                 LockLevel::Instance,
@@ -21,20 +22,27 @@ pub fn plan(op: &OpCode, cfg: &Config) -> Result<LockPlan, OpError> {
                 LockMode::Shared,
             );
         }
-        "OP_CLUSTER_REDIST_CONF" => {
+        OpId::ClusterRedistConf => {
             p.add_all(LockLevel::Node, cfg.nodes.keys().cloned(), LockMode::Shared);
         }
-        "OP_TEST_DELAY" => {
+        OpId::TestDelay => {
             let duration = op.get("duration").and_then(Value::as_f64).unwrap_or(0.0);
             if duration <= 0.0 {
                 return Err(OpError::prereq_bare("Duration must be greater than zero"));
+            }
+            // Upstream's sleep refuses what the OS cannot sleep ("sleep length is too large").
+            if Duration::try_from_secs_f64(duration).is_err() || duration > MAX_DELAY_S {
+                return Err(OpError::prereq(
+                    format!("Invalid sleep duration {duration}: at most {MAX_DELAY_S} seconds"),
+                    ErrorCode::WrongInput,
+                ));
             }
             let nodes = delay_nodes(op, cfg)?;
             if !op.get("no_locks").and_then(Value::as_bool).unwrap_or(true) {
                 p.add_all(LockLevel::Node, nodes, LockMode::Exclusive);
             }
         }
-        "OP_QUERY" | "OP_QUERY_FIELDS" => {
+        OpId::Query | OpId::QueryFields => {
             let what = op.str("what").unwrap_or_default();
             if what != "cluster" && what != "os" {
                 return Err(OpError::prereq(
@@ -70,11 +78,11 @@ fn delay_nodes(op: &OpCode, cfg: &Config) -> Result<Vec<String>, OpError> {
 
 pub async fn execute(ctx: &Ctx) -> Result<Value, OpError> {
     match ctx.op.id() {
-        "OP_TEST_DELAY" => test_delay(ctx).await,
-        "OP_CLUSTER_SET_PARAMS" => set_params(ctx).await,
-        "OP_CLUSTER_QUERY" => Ok(crate::cluster::views::cluster_info(&ctx.cfg())),
-        "OP_OS_DIAGNOSE" => os_diagnose(ctx),
-        "OP_QUERY" | "OP_QUERY_FIELDS" => Err(OpError::prereq(
+        OpId::TestDelay => test_delay(ctx).await,
+        OpId::ClusterSetParams => set_params(ctx).await,
+        OpId::ClusterQuery => Ok(crate::views::cluster_info(&ctx.cfg())),
+        OpId::OsDiagnose => os_diagnose(ctx),
+        OpId::Query | OpId::QueryFields => Err(OpError::prereq(
             "Queries are answered directly by /2/query, not through jobs",
             ErrorCode::WrongInput,
         )),
@@ -86,6 +94,9 @@ pub async fn execute(ctx: &Ctx) -> Result<Value, OpError> {
         }
     }
 }
+
+/// One year: longer test delays are a mistake, and very long ones overflow a `Duration`.
+const MAX_DELAY_S: f64 = 365.0 * 86400.0;
 
 async fn test_delay(ctx: &Ctx) -> Result<Value, OpError> {
     let op = &ctx.op;
@@ -120,7 +131,7 @@ async fn test_delay(ctx: &Ctx) -> Result<Value, OpError> {
                 })?;
             }
         } else {
-            tokio::time::sleep(Duration::from_secs_f64(duration)).await;
+            tokio::time::sleep(Duration::from_secs_f64(duration.clamp(0.0, MAX_DELAY_S))).await;
         }
     }
     Ok(Value::Null)

@@ -2,13 +2,14 @@
 
 use super::*;
 use crate::cluster::model::Group;
-use crate::jobqueue::locks::{LockLevel, LockMode};
+use crate::locking::{LockLevel, LockMode};
+use crate::opcodes::OpId;
 
 pub fn plan(op: &OpCode, cfg: &Config) -> Result<LockPlan, OpError> {
     let mut p = LockPlan::default();
     let name = op.str("group_name").unwrap_or_default();
     match op.id() {
-        "OP_GROUP_ADD" => {
+        OpId::GroupAdd => {
             if cfg.group_by_name(name).is_some() {
                 return Err(OpError::prereq(
                     format!(
@@ -22,7 +23,7 @@ pub fn plan(op: &OpCode, cfg: &Config) -> Result<LockPlan, OpError> {
             }
             p.add(LockLevel::NodeGroup, name, LockMode::Exclusive);
         }
-        "OP_GROUP_ASSIGN_NODES" => {
+        OpId::GroupAssignNodes => {
             let target = find_group_uuid(cfg, name)?;
             p.add(LockLevel::NodeGroup, target, LockMode::Exclusive);
             for n in op.strings("nodes") {
@@ -35,7 +36,7 @@ pub fn plan(op: &OpCode, cfg: &Config) -> Result<LockPlan, OpError> {
                 p.add(LockLevel::Node, node.name.clone(), LockMode::Exclusive);
             }
         }
-        "OP_GROUP_EVACUATE" => {
+        OpId::GroupEvacuate => {
             find_group_uuid(cfg, name)?;
             p.add_all(
                 LockLevel::NodeGroup,
@@ -73,7 +74,7 @@ pub async fn execute(ctx: &Ctx) -> Result<Value, OpError> {
     let name = op.str("group_name").unwrap_or_default().to_string();
     check_alloc_policy(op)?;
     match op.id() {
-        "OP_GROUP_ADD" => {
+        OpId::GroupAdd => {
             if cfg.group_by_name(&name).is_some() {
                 return Err(OpError::prereq(
                     format!("Desired group name '{name}' already exists as a node group"),
@@ -100,7 +101,7 @@ pub async fn execute(ctx: &Ctx) -> Result<Value, OpError> {
                 .await?;
             Ok(Value::Null)
         }
-        "OP_GROUP_REMOVE" => {
+        OpId::GroupRemove => {
             let uuid = find_group_uuid(&cfg, &name)?;
             let nodes = cfg.group_nodes(&uuid);
             if !nodes.is_empty() {
@@ -124,7 +125,7 @@ pub async fn execute(ctx: &Ctx) -> Result<Value, OpError> {
             ctx.cluster.update(|cfg| cfg.groups.remove(&uuid)).await?;
             Ok(Value::Null)
         }
-        "OP_GROUP_RENAME" => {
+        OpId::GroupRename => {
             let uuid = find_group_uuid(&cfg, &name)?;
             let new = op.str("new_name").unwrap_or_default().to_string();
             if cfg.group_by_name(&new).is_some() {
@@ -148,7 +149,7 @@ pub async fn execute(ctx: &Ctx) -> Result<Value, OpError> {
                 .await?;
             Ok(Value::String(new))
         }
-        "OP_GROUP_SET_PARAMS" => {
+        OpId::GroupSetParams => {
             let uuid = find_group_uuid(&cfg, &name)?;
             let mut changes = vec![];
             let mut group = cfg.groups[&uuid].clone();
@@ -189,7 +190,7 @@ pub async fn execute(ctx: &Ctx) -> Result<Value, OpError> {
                 .await?;
             Ok(Value::Array(changes))
         }
-        "OP_GROUP_ASSIGN_NODES" => {
+        OpId::GroupAssignNodes => {
             let uuid = find_group_uuid(&cfg, &name)?;
             let nodes: Vec<String> = op
                 .strings("nodes")
@@ -250,7 +251,7 @@ pub async fn execute(ctx: &Ctx) -> Result<Value, OpError> {
                     let mut m = serde_json::Map::new();
                     m.insert("instance_name".into(), json!(i.name));
                     m.insert("target_groups".into(), json!(op.strings("target_groups")));
-                    OpCode::build("OP_INSTANCE_CHANGE_GROUP", m).ok()
+                    OpCode::build(OpId::InstanceChangeGroup, m).ok()
                 })
                 .map(|o| vec![o])
                 .collect();

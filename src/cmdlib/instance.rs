@@ -4,7 +4,8 @@
 use super::*;
 use crate::backends::RebootKind;
 use crate::cluster::model::{AdminState, Disk, Meta, Nic, Params};
-use crate::jobqueue::locks::{LockLevel::*, LockMode::*};
+use crate::locking::{LockLevel::*, LockMode::*};
+use crate::opcodes::OpId;
 use crate::opcodes::parse_size_mib;
 use crate::util::new_uuid;
 
@@ -14,13 +15,13 @@ mod modify;
 pub fn plan(op: &OpCode, cfg: &Config) -> Result<LockPlan, OpError> {
     let mut p = LockPlan::default();
     match op.id() {
-        "OP_INSTANCE_CREATE" => return create::plan(op, cfg),
-        "OP_INSTANCE_MULTI_ALLOC" => {
+        OpId::InstanceCreate => return create::plan(op, cfg),
+        OpId::InstanceMultiAlloc => {
             p.add_all(Node, cfg.nodes.keys().cloned(), Shared);
             p.add_all(NodeRes, cfg.nodes.keys().cloned(), Shared);
             return Ok(p);
         }
-        "OP_INSTANCE_CONSOLE" | "OP_INSTANCE_QUERY_DATA" => {
+        OpId::InstanceConsole | OpId::InstanceQueryData => {
             for name in op.strings("instances") {
                 p.add(Instance, find_instance(cfg, &name)?.name.clone(), Shared);
             }
@@ -29,7 +30,7 @@ pub fn plan(op: &OpCode, cfg: &Config) -> Result<LockPlan, OpError> {
             }
             return Ok(p);
         }
-        "OP_BACKUP_REMOVE" => {
+        OpId::BackupRemove => {
             p.add_all(Node, cfg.nodes.keys().cloned(), Exclusive);
             return Ok(p);
         }
@@ -41,8 +42,8 @@ pub fn plan(op: &OpCode, cfg: &Config) -> Result<LockPlan, OpError> {
         .chain(inst.snodes.iter().cloned())
         .collect();
     match op.id() {
-        "OP_INSTANCE_STARTUP" => p.add(NodeRes, inst.pnode.clone(), Exclusive),
-        "OP_INSTANCE_RENAME" => {
+        OpId::InstanceStartup => p.add(NodeRes, inst.pnode.clone(), Exclusive),
+        OpId::InstanceRename => {
             let new = op.str("new_name").unwrap_or_default().to_lowercase();
             if op.bool("ip_check") && !op.bool("name_check") {
                 return Err(OpError::prereq(
@@ -58,17 +59,17 @@ pub fn plan(op: &OpCode, cfg: &Config) -> Result<LockPlan, OpError> {
             }
             p.add(Instance, new, Exclusive);
         }
-        "OP_INSTANCE_REMOVE"
-        | "OP_INSTANCE_GROW_DISK"
-        | "OP_INSTANCE_RECREATE_DISKS"
-        | "OP_INSTANCE_REPLACE_DISKS" => {
+        OpId::InstanceRemove
+        | OpId::InstanceGrowDisk
+        | OpId::InstanceRecreateDisks
+        | OpId::InstanceReplaceDisks => {
             p.add_all(Node, nodes.clone(), Exclusive);
             p.add_all(NodeRes, nodes, Exclusive);
         }
-        "OP_INSTANCE_ACTIVATE_DISKS" | "OP_INSTANCE_DEACTIVATE_DISKS" => {
+        OpId::InstanceActivateDisks | OpId::InstanceDeactivateDisks => {
             p.add_all(Node, nodes, Exclusive);
         }
-        "OP_INSTANCE_MIGRATE" | "OP_INSTANCE_FAILOVER" => {
+        OpId::InstanceMigrate | OpId::InstanceFailover => {
             let mut all = nodes;
             if let Some(target) = op.str("target_node") {
                 all.push(find_node(cfg, target)?.name.clone());
@@ -79,7 +80,7 @@ pub fn plan(op: &OpCode, cfg: &Config) -> Result<LockPlan, OpError> {
             p.add_all(Node, all.clone(), Exclusive);
             p.add_all(NodeRes, all, Exclusive);
         }
-        "OP_INSTANCE_SET_PARAMS" => {
+        OpId::InstanceSetParams => {
             if let Some(g) = cfg.nodes.get(&inst.pnode).map(|n| n.group.clone()) {
                 p.add(NodeGroup, g, Shared);
             }
@@ -90,10 +91,10 @@ pub fn plan(op: &OpCode, cfg: &Config) -> Result<LockPlan, OpError> {
             p.add_all(Node, all.clone(), Exclusive);
             p.add_all(NodeRes, all, Exclusive);
         }
-        "OP_INSTANCE_CHANGE_GROUP" => {
+        OpId::InstanceChangeGroup => {
             p.add_all(NodeGroup, cfg.groups.keys().cloned(), Shared);
         }
-        "OP_BACKUP_EXPORT" => {
+        OpId::BackupExport => {
             if let Some(t) = op.get("target_node").and_then(Value::as_str)
                 && let Ok(n) = find_node(cfg, t)
             {
@@ -107,25 +108,25 @@ pub fn plan(op: &OpCode, cfg: &Config) -> Result<LockPlan, OpError> {
 
 pub async fn execute(ctx: &Ctx) -> Result<Value, OpError> {
     match ctx.op.id() {
-        "OP_INSTANCE_CREATE" => create::execute(ctx).await,
-        "OP_INSTANCE_MULTI_ALLOC" => create::multi_alloc(ctx).await,
-        "OP_INSTANCE_SET_PARAMS" => modify::execute(ctx).await,
-        "OP_INSTANCE_REMOVE" => remove(ctx).await,
-        "OP_INSTANCE_STARTUP" => startup(ctx).await,
-        "OP_INSTANCE_SHUTDOWN" => shutdown(ctx).await,
-        "OP_INSTANCE_REBOOT" => reboot(ctx).await,
-        "OP_INSTANCE_REINSTALL" => reinstall(ctx).await,
-        "OP_INSTANCE_RENAME" => rename(ctx).await,
-        "OP_INSTANCE_MIGRATE" | "OP_INSTANCE_FAILOVER" => migrate(ctx).await,
-        "OP_INSTANCE_GROW_DISK" => grow_disk(ctx).await,
-        "OP_INSTANCE_ACTIVATE_DISKS" => activate_disks(ctx).await,
-        "OP_INSTANCE_DEACTIVATE_DISKS" => deactivate_disks(ctx).await,
-        "OP_INSTANCE_RECREATE_DISKS" => recreate_disks(ctx).await,
-        "OP_INSTANCE_REPLACE_DISKS" => replace_disks(ctx).await,
-        "OP_INSTANCE_CONSOLE" => console(ctx).await,
-        "OP_INSTANCE_QUERY_DATA" => query_data(ctx).await,
-        "OP_INSTANCE_CHANGE_GROUP" => change_group(ctx).await,
-        "OP_BACKUP_PREPARE" | "OP_BACKUP_EXPORT" | "OP_BACKUP_REMOVE" => backup(ctx).await,
+        OpId::InstanceCreate => create::execute(ctx).await,
+        OpId::InstanceMultiAlloc => create::multi_alloc(ctx).await,
+        OpId::InstanceSetParams => modify::execute(ctx).await,
+        OpId::InstanceRemove => remove(ctx).await,
+        OpId::InstanceStartup => startup(ctx).await,
+        OpId::InstanceShutdown => shutdown(ctx).await,
+        OpId::InstanceReboot => reboot(ctx).await,
+        OpId::InstanceReinstall => reinstall(ctx).await,
+        OpId::InstanceRename => rename(ctx).await,
+        OpId::InstanceMigrate | OpId::InstanceFailover => migrate(ctx).await,
+        OpId::InstanceGrowDisk => grow_disk(ctx).await,
+        OpId::InstanceActivateDisks => activate_disks(ctx).await,
+        OpId::InstanceDeactivateDisks => deactivate_disks(ctx).await,
+        OpId::InstanceRecreateDisks => recreate_disks(ctx).await,
+        OpId::InstanceReplaceDisks => replace_disks(ctx).await,
+        OpId::InstanceConsole => console(ctx).await,
+        OpId::InstanceQueryData => query_data(ctx).await,
+        OpId::InstanceChangeGroup => change_group(ctx).await,
+        OpId::BackupPrepare | OpId::BackupExport | OpId::BackupRemove => backup(ctx).await,
         other => Err(OpError::exec(format!("Opcode {other} is not implemented"))),
     }
 }
@@ -637,7 +638,7 @@ const SHARED: &[&str] = &[
 async fn migrate(ctx: &Ctx) -> Result<Value, OpError> {
     let cfg = ctx.cfg();
     let inst = op_instance(&ctx.op, &cfg)?.clone();
-    let failover = ctx.op.id() == "OP_INSTANCE_FAILOVER";
+    let failover = ctx.op.id() == OpId::InstanceFailover;
     let verb = if failover { "failover" } else { "migrate" };
     let action = if failover { "failovers" } else { "migrations" };
     let template = inst.disk_template.as_str();
@@ -924,15 +925,7 @@ async fn console(ctx: &Ctx) -> Result<Value, OpError> {
             ErrorCode::WrongState,
         ));
     }
-    Ok(console_info(&inst))
-}
-
-pub fn console_info(inst: &crate::cluster::model::Instance) -> Value {
-    json!({
-        "instance": inst.name,
-        "kind": "message",
-        "message": format!("Console not available for {} hypervisor", inst.hypervisor),
-    })
+    Ok(crate::views::console_info(&inst))
 }
 
 async fn query_data(ctx: &Ctx) -> Result<Value, OpError> {
@@ -1001,8 +994,16 @@ async fn change_group(ctx: &Ctx) -> Result<Value, OpError> {
 /// for it and started again afterwards.
 async fn backup(ctx: &Ctx) -> Result<Value, OpError> {
     let cfg = ctx.cfg();
-    if ctx.op.id() == "OP_BACKUP_REMOVE" {
-        let name = ctx.op.str("instance_name").unwrap_or_default().to_string();
+    if ctx.op.id() == OpId::BackupRemove {
+        // The export of a removed instance is named by its old full name: it must at least be
+        // a valid host name, which also keeps it one path component under the export area.
+        let given = ctx.op.str("instance_name").unwrap_or_default();
+        let name = match find_instance(&cfg, given) {
+            Ok(inst) => inst.name.clone(),
+            Err(_) => crate::validate::hostname(given).ok_or_else(|| {
+                OpError::prereq(format!("Invalid hostname '{given}'"), ErrorCode::WrongInput)
+            })?,
+        };
         if ctx.stop_for_dry_run() {
             return Ok(Value::Null);
         }
@@ -1016,7 +1017,7 @@ async fn backup(ctx: &Ctx) -> Result<Value, OpError> {
     if ctx.stop_for_dry_run() {
         return Ok(Value::Null);
     }
-    if ctx.op.id() == "OP_BACKUP_PREPARE" {
+    if ctx.op.id() == OpId::BackupPrepare {
         return Ok(Value::Null);
     }
     let running = is_running(ctx, &inst).await?;
@@ -1093,16 +1094,7 @@ pub fn nic_from_json(cfg: &Config, v: &Value, taken_macs: &[String]) -> Result<N
         .as_object()
         .ok_or_else(|| OpError::prereq("Invalid NIC parameters", ErrorCode::WrongInput))?;
     let get = |k: &str| obj.get(k).and_then(Value::as_str).map(String::from);
-    let mac = match get("mac").as_deref() {
-        None | Some("auto") | Some("generate") => generate_mac(cfg, taken_macs),
-        Some(m) if valid_mac(m) => m.to_lowercase(),
-        Some(m) => {
-            return Err(OpError::prereq(
-                format!("Invalid MAC address specified: {m}"),
-                ErrorCode::WrongInput,
-            ));
-        }
-    };
+    let mac = nic_mac(cfg, get("mac").as_deref(), taken_macs)?;
     let network = match get("network") {
         Some(n) if n != "none" => Some(find_network_uuid(cfg, &n)?),
         _ => None,
@@ -1144,12 +1136,31 @@ pub fn nic_from_json(cfg: &Config, v: &Value, taken_macs: &[String]) -> Result<N
     })
 }
 
-fn valid_mac(m: &str) -> bool {
-    let parts: Vec<&str> = m.split(':').collect();
-    parts.len() == 6
-        && parts
-            .iter()
-            .all(|p| p.len() == 2 && u8::from_str_radix(p, 16).is_ok())
+/// A NIC's MAC on create or modify: generated for `auto`/`generate`/absent, otherwise checked
+/// for syntax and for use anywhere in the cluster (upstream's `ReserveMAC`).
+pub fn nic_mac(cfg: &Config, given: Option<&str>, taken: &[String]) -> Result<String, OpError> {
+    let mac = match given {
+        None | Some("auto") | Some("generate") => return Ok(generate_mac(cfg, taken)),
+        Some(m) if crate::validate::is_mac(m) => m.to_lowercase(),
+        Some(m) => {
+            return Err(OpError::prereq(
+                format!("Invalid MAC address specified: {m}"),
+                ErrorCode::WrongInput,
+            ));
+        }
+    };
+    let in_use = taken.contains(&mac)
+        || cfg
+            .instances
+            .values()
+            .any(|i| i.nics.iter().any(|n| n.mac == mac));
+    if in_use {
+        return Err(OpError::prereq(
+            format!("MAC address {mac} already in use in cluster"),
+            ErrorCode::ResourceNotUnique,
+        ));
+    }
+    Ok(mac)
 }
 
 fn generate_mac(cfg: &Config, taken: &[String]) -> String {

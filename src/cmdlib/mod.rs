@@ -8,29 +8,24 @@ mod network;
 mod node;
 mod tags;
 
-pub use instance::console_info;
-pub use network::{parse_cidr, pool_counts};
+pub use node::node_spec;
 
 use crate::backends::{Backend, BackendError, BoxFuture, FailureKind, VmSpec};
-use crate::cluster::ClusterStore;
 use crate::cluster::model::{Config, Instance, Node};
-use crate::jobqueue::locks::LockPlan;
+use crate::cluster::{ClusterStore, names};
+use crate::locking::LockPlan;
+use crate::opcodes::OpId;
 use crate::opcodes::{ErrorCode, OpCode};
 use serde_json::{Value, json};
 use std::sync::Arc;
 
 /// A failed opcode, encoded as Ganeti's `[class, args]` (spec jobs.md §6.2).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{class}: {message}")]
 pub struct OpError {
     pub class: &'static str,
     pub message: String,
     pub ecode: Option<ErrorCode>,
-}
-
-impl std::fmt::Display for OpError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.class, self.message)
-    }
 }
 
 impl OpError {
@@ -183,48 +178,83 @@ impl Ctx {
     }
 }
 
+/// The logical units, one room each (as upstream's `lib/cmdlib/*.py`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unit {
+    Instance,
+    Node,
+    Group,
+    Network,
+    Tags,
+    Cluster,
+}
+
+/// Which unit runs an opcode. Exhaustive on purpose: an opcode added to the catalog without a
+/// logical unit does not compile.
+fn unit(id: OpId) -> Unit {
+    use OpId::*;
+    match id {
+        InstanceCreate
+        | InstanceSetParams
+        | InstanceMultiAlloc
+        | InstanceRemove
+        | InstanceStartup
+        | InstanceShutdown
+        | InstanceReboot
+        | InstanceReinstall
+        | InstanceRename
+        | InstanceMigrate
+        | InstanceFailover
+        | InstanceReplaceDisks
+        | InstanceActivateDisks
+        | InstanceDeactivateDisks
+        | InstanceRecreateDisks
+        | InstanceGrowDisk
+        | BackupPrepare
+        | BackupExport
+        | BackupRemove
+        | InstanceConsole
+        | InstanceQueryData
+        | InstanceChangeGroup => Unit::Instance,
+        NodeEvacuate | NodeMigrate | NodeSetParams | NodePowercycle | NodeQueryStorage
+        | NodeModifyStorage | RepairNodeStorage | NodeAdd => Unit::Node,
+        GroupAdd | GroupRemove | GroupRename | GroupSetParams | GroupAssignNodes
+        | GroupEvacuate => Unit::Group,
+        NetworkAdd | NetworkRemove | NetworkSetParams | NetworkRename | NetworkConnect
+        | NetworkDisconnect => Unit::Network,
+        TagsSet | TagsDel | TagsGet | TagsSearch => Unit::Tags,
+        ClusterSetParams | ClusterRedistConf | ClusterQuery | OsDiagnose | Query | QueryFields
+        | TestDelay => Unit::Cluster,
+    }
+}
+
 /// Name expansion and the lock plan (spec jobs.md §4.2 step 3–4): runs before any lock is taken.
 pub fn plan(op: &OpCode, cfg: &Config) -> Result<LockPlan, OpError> {
-    let id = op.id();
-    if id.starts_with("OP_INSTANCE_") || id.starts_with("OP_BACKUP_") {
-        instance::plan(op, cfg)
-    } else if id.starts_with("OP_NODE_") || id == "OP_REPAIR_NODE_STORAGE" {
-        node::plan(op, cfg)
-    } else if id.starts_with("OP_GROUP_") {
-        group::plan(op, cfg)
-    } else if id.starts_with("OP_NETWORK_") {
-        network::plan(op, cfg)
-    } else if id.starts_with("OP_TAGS_") {
-        tags::plan(op, cfg)
-    } else {
-        cluster::plan(op, cfg)
+    match unit(op.id()) {
+        Unit::Instance => instance::plan(op, cfg),
+        Unit::Node => node::plan(op, cfg),
+        Unit::Group => group::plan(op, cfg),
+        Unit::Network => network::plan(op, cfg),
+        Unit::Tags => tags::plan(op, cfg),
+        Unit::Cluster => cluster::plan(op, cfg),
     }
 }
 
 pub async fn execute(ctx: &Ctx) -> Result<Value, OpError> {
-    let id = ctx.op.id();
-    if [
-        "OP_OS_DIAGNOSE",
-        "OP_INSTANCE_CREATE",
-        "OP_INSTANCE_REINSTALL",
-        "OP_INSTANCE_SET_PARAMS",
-    ]
-    .contains(&id)
-    {
+    use OpId::*;
+    if matches!(
+        ctx.op.id(),
+        OsDiagnose | InstanceCreate | InstanceReinstall | InstanceSetParams
+    ) {
         refresh_os(ctx).await?;
     }
-    if id.starts_with("OP_INSTANCE_") || id.starts_with("OP_BACKUP_") {
-        instance::execute(ctx).await
-    } else if id.starts_with("OP_NODE_") || id == "OP_REPAIR_NODE_STORAGE" {
-        node::execute(ctx).await
-    } else if id.starts_with("OP_GROUP_") {
-        group::execute(ctx).await
-    } else if id.starts_with("OP_NETWORK_") {
-        network::execute(ctx).await
-    } else if id.starts_with("OP_TAGS_") {
-        tags::execute(ctx).await
-    } else {
-        cluster::execute(ctx).await
+    match unit(ctx.op.id()) {
+        Unit::Instance => instance::execute(ctx).await,
+        Unit::Node => node::execute(ctx).await,
+        Unit::Group => group::execute(ctx).await,
+        Unit::Network => network::execute(ctx).await,
+        Unit::Tags => tags::execute(ctx).await,
+        Unit::Cluster => cluster::execute(ctx).await,
     }
 }
 
@@ -244,23 +274,18 @@ async fn refresh_os(ctx: &Ctx) -> Result<(), OpError> {
 
 /// Finds an instance by full name or by a unique short name (`web1` for `web1.example.com`).
 pub fn find_instance<'a>(cfg: &'a Config, name: &str) -> Result<&'a Instance, OpError> {
-    expand_name(cfg.instances.keys(), name)
-        .and_then(|full| cfg.instances.get(&full))
-        .ok_or_else(|| {
-            OpError::prereq(
-                format!("Instance '{name}' not known"),
-                ErrorCode::UnknownEntity,
-            )
-        })
+    names::instance(cfg, name).ok_or_else(|| {
+        OpError::prereq(
+            format!("Instance '{name}' not known"),
+            ErrorCode::UnknownEntity,
+        )
+    })
 }
 
 pub fn find_node<'a>(cfg: &'a Config, name: &str) -> Result<&'a Node, OpError> {
-    expand_name(cfg.nodes.keys(), name)
-        .and_then(|full| cfg.nodes.get(&full))
-        .or_else(|| cfg.node_by_uuid(name))
-        .ok_or_else(|| {
-            OpError::prereq(format!("Node '{name}' not known"), ErrorCode::UnknownEntity)
-        })
+    names::node(cfg, name).ok_or_else(|| {
+        OpError::prereq(format!("Node '{name}' not known"), ErrorCode::UnknownEntity)
+    })
 }
 
 pub fn find_group_uuid(cfg: &Config, name: &str) -> Result<String, OpError> {
@@ -283,23 +308,6 @@ pub fn find_network_uuid(cfg: &Config, name: &str) -> Result<String, OpError> {
                 ErrorCode::UnknownEntity,
             )
         })
-}
-
-fn expand_name<'a>(names: impl Iterator<Item = &'a String>, name: &str) -> Option<String> {
-    let prefix = format!("{name}.");
-    let mut found = None;
-    for n in names {
-        if n == name {
-            return Some(n.clone());
-        }
-        if n.starts_with(&prefix) {
-            if found.is_some() {
-                return None;
-            }
-            found = Some(n.clone());
-        }
-    }
-    found
 }
 
 /// The instance named by the opcode, with the UUID guard applied.
@@ -448,18 +456,5 @@ mod tests {
             "Tag contains invalid characters"
         );
         assert!(check_tag(&"x".repeat(129)).is_err());
-    }
-
-    #[test]
-    fn short_names_expand_when_unique() {
-        let names = [
-            "web1.example.com".to_string(),
-            "web10.example.com".to_string(),
-        ];
-        assert_eq!(
-            expand_name(names.iter(), "web1").as_deref(),
-            Some("web1.example.com")
-        );
-        assert_eq!(expand_name(names.iter(), "web").as_deref(), None);
     }
 }

@@ -1,54 +1,15 @@
 //! Network opcodes: IPv4 pools with reservations, connected to node groups.
 
 use super::*;
+use crate::cluster::addresses::{contains, parse_cidr};
 use crate::cluster::model::{Network, NetworkLink};
-use crate::jobqueue::locks::{LockLevel, LockMode};
-use std::net::Ipv4Addr;
-
-/// Parses `a.b.c.d/len` into (network address, prefix length).
-pub fn parse_cidr(s: &str) -> Option<(u32, u32)> {
-    let (addr, len) = s.split_once('/')?;
-    let addr: Ipv4Addr = addr.parse().ok()?;
-    let len: u32 = len.parse().ok()?;
-    if len > 30 {
-        return None;
-    }
-    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
-    Some((u32::from(addr) & mask, len))
-}
-
-fn contains(net: &Network, ip: &str) -> bool {
-    let (Some((base, len)), Ok(addr)) = (parse_cidr(&net.network), ip.parse::<Ipv4Addr>()) else {
-        return false;
-    };
-    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
-    u32::from(addr) & mask == base
-}
-
-/// The lowest address that is neither the network/broadcast address, the gateway, used nor reserved.
-pub fn free_address(net: &Network) -> Option<String> {
-    let (base, len) = parse_cidr(&net.network)?;
-    let size = 1u64 << (32 - len);
-    (1..size - 1)
-        .map(|i| Ipv4Addr::from(base + i as u32).to_string())
-        .find(|ip| {
-            Some(ip) != net.gateway.as_ref()
-                && !net.used.contains_key(ip)
-                && !net.external_reservations.contains(ip)
-        })
-}
-
-pub fn pool_counts(net: &Network) -> (u64, u64) {
-    let size = parse_cidr(&net.network).map_or(0, |(_, len)| 1u64 << (32 - len));
-    let reserved =
-        net.used.len() + net.external_reservations.len() + 2 + usize::from(net.gateway.is_some());
-    (size.saturating_sub(reserved as u64), reserved as u64)
-}
+use crate::locking::{LockLevel, LockMode};
+use crate::opcodes::OpId;
 
 pub fn plan(op: &OpCode, cfg: &Config) -> Result<LockPlan, OpError> {
     let mut p = LockPlan::default();
     let name = op.str("network_name").unwrap_or_default();
-    if op.id() == "OP_NETWORK_ADD" {
+    if op.id() == OpId::NetworkAdd {
         if cfg.network_by_name(name).is_some() {
             return Err(OpError::prereq(
                 format!("Network '{name}' already exists"),
@@ -60,7 +21,7 @@ pub fn plan(op: &OpCode, cfg: &Config) -> Result<LockPlan, OpError> {
     }
     let uuid = find_network_uuid(cfg, name)?;
     match op.id() {
-        "OP_NETWORK_CONNECT" | "OP_NETWORK_DISCONNECT" => {
+        OpId::NetworkConnect | OpId::NetworkDisconnect => {
             let g = find_group_uuid(cfg, op.str("group_name").unwrap_or_default())?;
             p.add(LockLevel::NodeGroup, g, LockMode::Exclusive);
             p.add(LockLevel::Network, uuid, LockMode::Shared);
@@ -88,7 +49,7 @@ pub async fn execute(ctx: &Ctx) -> Result<Value, OpError> {
     let op = &ctx.op;
     let name = op.str("network_name").unwrap_or_default().to_string();
     match op.id() {
-        "OP_NETWORK_ADD" => {
+        OpId::NetworkAdd => {
             let cidr = op.str("network").unwrap_or_default();
             if parse_cidr(cidr).is_none() {
                 return Err(OpError::prereq(
@@ -130,7 +91,7 @@ pub async fn execute(ctx: &Ctx) -> Result<Value, OpError> {
                 .await?;
             Ok(Value::Null)
         }
-        "OP_NETWORK_REMOVE" => {
+        OpId::NetworkRemove => {
             let uuid = find_network_uuid(&cfg, &name)?;
             let groups: Vec<&str> = cfg
                 .groups
@@ -153,7 +114,7 @@ pub async fn execute(ctx: &Ctx) -> Result<Value, OpError> {
             ctx.cluster.update(|cfg| cfg.networks.remove(&uuid)).await?;
             Ok(Value::Null)
         }
-        "OP_NETWORK_RENAME" => {
+        OpId::NetworkRename => {
             let uuid = find_network_uuid(&cfg, &name)?;
             let new = op.str("new_name").unwrap_or_default().to_string();
             if cfg.network_by_name(&new).is_some() {
@@ -176,7 +137,7 @@ pub async fn execute(ctx: &Ctx) -> Result<Value, OpError> {
                 .await?;
             Ok(Value::String(new))
         }
-        "OP_NETWORK_SET_PARAMS" => {
+        OpId::NetworkSetParams => {
             let uuid = find_network_uuid(&cfg, &name)?;
             let mut net = cfg.networks[&uuid].clone();
             for key in ["gateway", "network6", "gateway6", "mac_prefix"] {
@@ -210,7 +171,7 @@ pub async fn execute(ctx: &Ctx) -> Result<Value, OpError> {
                 .await?;
             Ok(Value::Null)
         }
-        "OP_NETWORK_CONNECT" => {
+        OpId::NetworkConnect => {
             let uuid = find_network_uuid(&cfg, &name)?;
             let group = find_group_uuid(&cfg, op.str("group_name").unwrap_or_default())?;
             let mode = op.str("network_mode").unwrap_or("bridged").to_string();
@@ -262,29 +223,5 @@ pub async fn execute(ctx: &Ctx) -> Result<Value, OpError> {
                 .await?;
             Ok(Value::Null)
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pools_skip_gateway_and_reservations() {
-        let mut net = Network {
-            name: "n".into(),
-            meta: crate::cluster::model::Meta::new("u".into(), 0.0),
-            network: "10.0.0.0/29".into(),
-            gateway: Some("10.0.0.1".into()),
-            network6: None,
-            gateway6: None,
-            mac_prefix: None,
-            used: Default::default(),
-            external_reservations: ["10.0.0.2".to_string()].into_iter().collect(),
-        };
-        assert_eq!(free_address(&net).as_deref(), Some("10.0.0.3"));
-        net.used.insert("10.0.0.3".into(), "x".into());
-        assert_eq!(free_address(&net).as_deref(), Some("10.0.0.4"));
-        assert!(parse_cidr("10.0.0.0/33").is_none());
     }
 }

@@ -2,12 +2,13 @@
 //! jobs), and storage queries.
 
 use super::*;
-use crate::jobqueue::locks::{LockLevel, LockMode};
+use crate::locking::{LockLevel, LockMode};
+use crate::opcodes::OpId;
 
 pub fn plan(op: &OpCode, cfg: &Config) -> Result<LockPlan, OpError> {
     let mut p = LockPlan::default();
     match op.id() {
-        "OP_NODE_QUERY_STORAGE" => {
+        OpId::NodeQueryStorage => {
             for n in op.strings("nodes") {
                 p.add(
                     LockLevel::Node,
@@ -16,19 +17,19 @@ pub fn plan(op: &OpCode, cfg: &Config) -> Result<LockPlan, OpError> {
                 );
             }
         }
-        "OP_NODE_POWERCYCLE" => {
+        OpId::NodePowercycle => {
             op_node(op, cfg)?;
         }
-        "OP_NODE_SET_PARAMS" => {
+        OpId::NodeSetParams => {
             let node = op_node(op, cfg)?;
             p.add(LockLevel::Node, node.name.clone(), LockMode::Exclusive);
             p.add(LockLevel::NodeRes, node.name.clone(), LockMode::Exclusive);
         }
-        "OP_NODE_EVACUATE" | "OP_NODE_MIGRATE" => {
+        OpId::NodeEvacuate | OpId::NodeMigrate => {
             let node = op_node(op, cfg)?;
             p.add(LockLevel::Node, node.name.clone(), LockMode::Shared);
         }
-        "OP_NODE_ADD" => {
+        OpId::NodeAdd => {
             let name = op.str("node_name").unwrap_or_default().to_string();
             p.add(LockLevel::Node, name.clone(), LockMode::Exclusive);
             p.add(LockLevel::NodeRes, name, LockMode::Exclusive);
@@ -43,12 +44,12 @@ pub fn plan(op: &OpCode, cfg: &Config) -> Result<LockPlan, OpError> {
 
 pub async fn execute(ctx: &Ctx) -> Result<Value, OpError> {
     match ctx.op.id() {
-        "OP_NODE_SET_PARAMS" => set_params(ctx).await,
-        "OP_NODE_POWERCYCLE" => powercycle(ctx).await,
-        "OP_NODE_EVACUATE" => evacuate(ctx).await,
-        "OP_NODE_MIGRATE" => migrate(ctx).await,
-        "OP_NODE_QUERY_STORAGE" => query_storage(ctx).await,
-        "OP_NODE_ADD" => add(ctx).await,
+        OpId::NodeSetParams => set_params(ctx).await,
+        OpId::NodePowercycle => powercycle(ctx).await,
+        OpId::NodeEvacuate => evacuate(ctx).await,
+        OpId::NodeMigrate => migrate(ctx).await,
+        OpId::NodeQueryStorage => query_storage(ctx).await,
+        OpId::NodeAdd => add(ctx).await,
         _ => {
             let cfg = ctx.cfg();
             op_node(&ctx.op, &cfg)?;
@@ -107,6 +108,9 @@ async fn set_params(ctx: &Ctx) -> Result<Value, OpError> {
             "Please pass at least one modification",
             ErrorCode::WrongInput,
         ));
+    }
+    if let Some(nd) = op.get("ndparams").and_then(Value::as_object) {
+        check_agent_address(nd)?;
     }
     if [mc, off, dr].iter().filter(|f| **f == Some(true)).count() > 1 {
         return Err(OpError::prereq(
@@ -234,7 +238,7 @@ async fn powercycle(ctx: &Ctx) -> Result<Value, OpError> {
     Ok(Value::String(out))
 }
 
-fn instance_op(op_id: &str, params: Value) -> Result<OpCode, OpError> {
+fn instance_op(op_id: OpId, params: Value) -> Result<OpCode, OpError> {
     let map = params.as_object().cloned().unwrap_or_default();
     OpCode::build(op_id, map).map_err(|e| OpError::exec(e.0))
 }
@@ -263,11 +267,11 @@ async fn evacuate(ctx: &Ctx) -> Result<Value, OpError> {
             let inst = &cfg.instances[&name];
             let op = if inst.admin_state == crate::cluster::model::AdminState::Up {
                 instance_op(
-                    "OP_INSTANCE_MIGRATE",
+                    OpId::InstanceMigrate,
                     json!({"instance_name": name, "allow_failover": true}),
                 )?
             } else {
-                instance_op("OP_INSTANCE_FAILOVER", json!({"instance_name": name}))?
+                instance_op(OpId::InstanceFailover, json!({"instance_name": name}))?
             };
             jobs.push(vec![op]);
         }
@@ -279,7 +283,7 @@ async fn evacuate(ctx: &Ctx) -> Result<Value, OpError> {
                 Some(r) => params["remote_node"] = json!(r),
                 None => params["iallocator"] = json!(cfg.cluster.default_iallocator),
             }
-            jobs.push(vec![instance_op("OP_INSTANCE_REPLACE_DISKS", params)?]);
+            jobs.push(vec![instance_op(OpId::InstanceReplaceDisks, params)?]);
         }
     }
     Ok(json!({"jobs": ctx.submit_children(jobs).await?}))
@@ -303,7 +307,7 @@ async fn migrate(ctx: &Ctx) -> Result<Value, OpError> {
                 params[key] = v.clone();
             }
         }
-        jobs.push(vec![instance_op("OP_INSTANCE_MIGRATE", params)?]);
+        jobs.push(vec![instance_op(OpId::InstanceMigrate, params)?]);
     }
     Ok(json!({"jobs": ctx.submit_children(jobs).await?}))
 }
@@ -371,26 +375,8 @@ async fn add(ctx: &Ctx) -> Result<Value, OpError> {
         Some(Value::Object(m)) => m.clone(),
         _ => Default::default(),
     };
-    let address = ndparams
-        .get("agent_address")
-        .and_then(Value::as_str)
-        .map(String::from);
-    if let Some(a) = &address
-        && !a.starts_with("https://")
-    {
-        return Err(OpError::prereq(
-            format!("The agent address must be an https:// URL, not '{a}'"),
-            ErrorCode::WrongInput,
-        ));
-    }
-    let number = |k: &str, d: u64| ndparams.get(k).and_then(Value::as_u64).unwrap_or(d);
-    let spec = crate::backends::NodeSpec {
-        name: name.clone(),
-        address,
-        memory_mib: number("fake_memory_mib", 16384),
-        disk_mib: number("fake_disk_mib", 512 * 1024),
-        cpus: number("fake_cpus", 8),
-    };
+    check_agent_address(&ndparams)?;
+    let spec = node_spec(&name, &ndparams);
     if ctx.stop_for_dry_run() {
         return Ok(Value::Null);
     }
@@ -426,4 +412,40 @@ async fn add(ctx: &Ctx) -> Result<Value, OpError> {
         })
         .await?;
     Ok(Value::Null)
+}
+
+/// What the backend is told about a node: its agent's address for a node on another machine,
+/// and the simulated capacity the fake hypervisor uses.
+pub fn node_spec(
+    name: &str,
+    ndparams: &crate::cluster::model::Params,
+) -> crate::backends::NodeSpec {
+    let number = |k: &str, d: u64| ndparams.get(k).and_then(Value::as_u64).unwrap_or(d);
+    crate::backends::NodeSpec {
+        name: name.to_string(),
+        address: ndparams
+            .get("agent_address")
+            .and_then(Value::as_str)
+            .map(String::from),
+        memory_mib: number("fake_memory_mib", 16384),
+        disk_mib: number("fake_disk_mib", 512 * 1024),
+        cpus: number("fake_cpus", 8),
+    }
+}
+
+/// The master sends the cluster secret to an agent: only over TLS, wherever the address is set.
+fn check_agent_address(ndparams: &serde_json::Map<String, Value>) -> Result<(), OpError> {
+    match ndparams.get("agent_address") {
+        None | Some(Value::Null) => Ok(()),
+        Some(Value::String(a)) if a.starts_with("https://") => Ok(()),
+        Some(other) => {
+            let shown = other
+                .as_str()
+                .map_or_else(|| other.to_string(), String::from);
+            Err(OpError::prereq(
+                format!("The agent address must be an https:// URL, not '{shown}'"),
+                ErrorCode::WrongInput,
+            ))
+        }
+    }
 }

@@ -1,7 +1,8 @@
 //! Tag opcodes on the cluster, instances, nodes, groups and networks.
 
 use super::*;
-use crate::jobqueue::locks::{LockLevel, LockMode};
+use crate::locking::{LockLevel, LockMode};
+use crate::opcodes::OpId;
 use std::collections::BTreeSet;
 
 /// The lock and the object an opcode's `kind`/`name` designate.
@@ -31,11 +32,11 @@ fn target(op: &OpCode, cfg: &Config) -> Result<(String, Option<(LockLevel, Strin
 
 pub fn plan(op: &OpCode, cfg: &Config) -> Result<LockPlan, OpError> {
     let mut p = LockPlan::default();
-    if op.id() == "OP_TAGS_SEARCH" {
+    if op.id() == OpId::TagsSearch {
         return Ok(p);
     }
     if let (_, Some((level, name))) = target(op, cfg)? {
-        let mode = if op.id() == "OP_TAGS_GET" {
+        let mode = if op.id() == OpId::TagsGet {
             LockMode::Shared
         } else {
             LockMode::Exclusive
@@ -61,7 +62,7 @@ const MAX_TAGS: usize = 4096;
 pub async fn execute(ctx: &Ctx) -> Result<Value, OpError> {
     let cfg = ctx.cfg();
     let op = &ctx.op;
-    if op.id() == "OP_TAGS_SEARCH" {
+    if op.id() == OpId::TagsSearch {
         return search(&cfg, op.str("pattern").unwrap_or_default());
     }
     let kind = op.str("kind").unwrap_or("cluster").to_string();
@@ -72,8 +73,8 @@ pub async fn execute(ctx: &Ctx) -> Result<Value, OpError> {
         .unwrap_or_default();
     let tags = op.strings("tags");
     match op.id() {
-        "OP_TAGS_GET" => Ok(json!(current)),
-        "OP_TAGS_SET" => {
+        OpId::TagsGet => Ok(json!(current)),
+        OpId::TagsSet => {
             for t in &tags {
                 check_tag(t)?;
             }

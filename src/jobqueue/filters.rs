@@ -50,20 +50,37 @@ pub enum Action {
     RateLimit(usize),
 }
 
-fn parse_action(v: &Value) -> Result<Action, String> {
+#[derive(Debug, thiserror::Error)]
+pub enum FilterRuleError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("Filter rule {0} not found")]
+    NotFound(String),
+    #[error(transparent)]
+    Storage(#[from] super::store::StoreError),
+}
+
+fn invalid(message: String) -> FilterRuleError {
+    FilterRuleError::Invalid(message)
+}
+
+fn parse_action(v: &Value) -> Result<Action, FilterRuleError> {
     match v {
         Value::String(s) => match s.as_str() {
             "ACCEPT" => Ok(Action::Accept),
             "PAUSE" => Ok(Action::Pause),
             "REJECT" => Ok(Action::Reject),
             "CONTINUE" => Ok(Action::Continue),
-            other => Err(format!("Unknown filter action '{other}'")),
+            other => Err(invalid(format!("Unknown filter action '{other}'"))),
         },
         Value::Array(a) if a.len() == 2 && a[0] == "RATE_LIMIT" => match a[1].as_u64() {
             Some(n) if n > 0 => Ok(Action::RateLimit(n as usize)),
-            _ => Err(format!("RATE_LIMIT needs a positive integer, got {}", a[1])),
+            _ => Err(invalid(format!(
+                "RATE_LIMIT needs a positive integer, got {}",
+                a[1]
+            ))),
         },
-        other => Err(format!("Invalid filter action {other}")),
+        other => Err(invalid(format!("Invalid filter action {other}"))),
     }
 }
 
@@ -74,18 +91,19 @@ enum Predicate {
     Reason(Filter),
 }
 
-fn parse_predicate(v: &Value, watermark: u64) -> Result<Predicate, String> {
+fn parse_predicate(v: &Value, watermark: u64) -> Result<Predicate, FilterRuleError> {
     let (kind, filter) = match v.as_array().map(Vec::as_slice) {
         Some([Value::String(kind), filter]) => (kind.as_str(), filter),
-        _ => return Err(format!("A predicate is [name, filter], got {v}")),
+        _ => return Err(invalid(format!("A predicate is [name, filter], got {v}"))),
     };
-    let mut filter = Filter::parse(filter).map_err(|e| format!("Predicate '{kind}': {e}"))?;
+    let mut filter =
+        Filter::parse(filter).map_err(|e| invalid(format!("Predicate '{kind}': {e}")))?;
     match kind {
         "jobid" => {
             if let Some(f) = filter.fields().into_iter().find(|f| *f != "id") {
-                return Err(format!(
+                return Err(invalid(format!(
                     "Predicate 'jobid' only knows the field 'id', not '{f}'"
-                ));
+                )));
             }
             filter.substitute(&json!("watermark"), &json!(watermark));
             Ok(Predicate::JobId(filter))
@@ -97,11 +115,11 @@ fn parse_predicate(v: &Value, watermark: u64) -> Result<Predicate, String> {
                 .into_iter()
                 .find(|f| !["source", "reason", "timestamp"].contains(f))
             {
-                return Err(format!("Predicate 'reason' has no field '{f}'"));
+                return Err(invalid(format!("Predicate 'reason' has no field '{f}'")));
             }
             Ok(Predicate::Reason(filter))
         }
-        other => Err(format!("Unknown predicate '{other}'")),
+        other => Err(invalid(format!("Unknown predicate '{other}'"))),
     }
 }
 
@@ -142,12 +160,12 @@ pub struct CompiledRule {
 
 impl CompiledRule {
     /// Checks a rule the way luxid's `ReplaceFilter` does before it is stored.
-    pub fn compile(rule: FilterRule) -> Result<CompiledRule, String> {
+    pub fn compile(rule: FilterRule) -> Result<CompiledRule, FilterRuleError> {
         if rule.priority < 0 {
-            return Err(format!(
+            return Err(invalid(format!(
                 "Filter priority must be non-negative, got {}",
                 rule.priority
-            ));
+            )));
         }
         let action = parse_action(&rule.action)?;
         let predicates = rule
@@ -301,7 +319,7 @@ mod tests {
                 reason_trail: vec![],
             })
             .unwrap_err();
-            assert!(err.contains(says), "{err}");
+            assert!(err.to_string().contains(says), "{err}");
         }
     }
 }

@@ -236,7 +236,7 @@ impl Job {
             "status" => json!(self.status().as_str()),
             "priority" => json!(self.priority()),
             "archived" => json!(self.archived),
-            "ops" => per_op(&|o| o.input.to_json()),
+            "ops" => per_op(&|o| o.input.to_public_json()),
             "opstatus" => per_op(&|o| json!(o.status.as_str())),
             "opresult" => per_op(&|o| o.result.clone()),
             "oplog" => per_op(&|o| json!(o.log)),

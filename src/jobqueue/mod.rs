@@ -3,18 +3,18 @@
 //! The per-job runner lives in `runner.rs`.
 
 pub mod filters;
+pub use filters::FilterRuleError;
 pub mod job;
-pub mod locks;
 mod recovery;
 mod runner;
 mod store;
 
 use crate::backends::Backend;
 use crate::cluster::ClusterStore;
+use crate::locking::LockManager;
 use crate::opcodes::OpCode;
 use filters::{Action, CompiledRule, FilterRule};
 use job::{Job, JobId, LogEntry, Status, Timestamp};
-use locks::LockManager;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -32,8 +32,8 @@ pub enum SubmitError {
     Full,
     #[error("{0}")]
     Invalid(String),
-    #[error("{0}")]
-    Storage(String),
+    #[error(transparent)]
+    Storage(#[from] StoreError),
     #[error("The job queue is shutting down")]
     ShuttingDown,
 }
@@ -46,15 +46,10 @@ pub enum WaitError {
     UnknownField(String),
 }
 
-#[derive(Debug, Error)]
-pub enum FilterError {
-    #[error("{0}")]
-    Invalid(String),
-    #[error("Filter rule {0} not found")]
-    NotFound(String),
-    #[error(transparent)]
-    Storage(#[from] StoreError),
-}
+/// A priority outside Ganeti's three (spec jobs.md §9.3).
+#[derive(Debug, Error, PartialEq)]
+#[error("Invalid priority {0}, allowed are [-10, 0, 10]")]
+pub struct InvalidPriority(pub i64);
 
 #[derive(Debug, Clone)]
 pub struct QueueOptions {
@@ -164,7 +159,7 @@ impl JobQueue {
     pub async fn submit(&self, ops: Vec<OpCode>) -> Result<JobId, SubmitError> {
         match self.submit_many(vec![ops]).await?.pop() {
             Some(Ok(id)) => Ok(id),
-            Some(Err(msg)) => Err(SubmitError::Invalid(msg)),
+            Some(Err(e)) => Err(e),
             None => Err(SubmitError::Invalid("no job submitted".into())),
         }
     }
@@ -173,7 +168,7 @@ impl JobQueue {
     pub async fn submit_many(
         &self,
         jobs: Vec<Vec<OpCode>>,
-    ) -> Result<Vec<Result<JobId, String>>, SubmitError> {
+    ) -> Result<Vec<Result<JobId, SubmitError>>, SubmitError> {
         let received = Timestamp::now();
         let mut accepted = vec![];
         let mut replies = Vec::with_capacity(jobs.len());
@@ -192,10 +187,7 @@ impl JobQueue {
                 let id = JobId(st.next_id);
                 match build_job(id, ops, received) {
                     Ok(job) => {
-                        self.inner
-                            .store
-                            .put_job(&job)
-                            .map_err(|e| SubmitError::Storage(e.to_string()))?;
+                        self.inner.store.put_job(&job)?;
                         st.next_id += 1;
                         st.jobs.insert(id, job);
                         accepted.push(id);
@@ -205,10 +197,7 @@ impl JobQueue {
                 }
             }
             if !accepted.is_empty() {
-                self.inner
-                    .store
-                    .set_next_id(st.next_id)
-                    .map_err(|e| SubmitError::Storage(e.to_string()))?;
+                self.inner.store.set_next_id(st.next_id)?;
             }
         }
         if accepted.is_empty() {
@@ -219,7 +208,7 @@ impl JobQueue {
             for id in &accepted {
                 st.jobs.remove(id);
             }
-            return Err(SubmitError::Storage(e.to_string()));
+            return Err(SubmitError::Storage(e));
         }
         {
             let mut st = self.state();
@@ -375,9 +364,13 @@ impl JobQueue {
     }
 
     /// Changes the priority of pending opcodes (spec jobs.md §9.3).
-    pub async fn change_priority(&self, id: JobId, prio: i64) -> Result<(bool, String), String> {
+    pub async fn change_priority(
+        &self,
+        id: JobId,
+        prio: i64,
+    ) -> Result<(bool, String), InvalidPriority> {
         if !crate::opcodes::PRIORITIES.contains(&prio) {
-            return Err(format!("Invalid priority {prio}, allowed are [-10, 0, 10]"));
+            return Err(InvalidPriority(prio));
         }
         let snapshot = {
             let mut st = self.state();
@@ -603,7 +596,7 @@ impl JobQueue {
         predicates: Vec<Value>,
         action: Value,
         mut reason_trail: Vec<Value>,
-    ) -> Result<String, FilterError> {
+    ) -> Result<String, FilterRuleError> {
         let uuid = uuid.unwrap_or_else(crate::util::new_uuid);
         {
             let mut st = self.state();
@@ -619,8 +612,7 @@ impl JobQueue {
                 predicates,
                 action,
                 reason_trail,
-            })
-            .map_err(FilterError::Invalid)?;
+            })?;
             self.inner.store.put_filter_rule(&rule.rule)?;
             st.filters.retain(|r| r.rule.uuid != uuid);
             st.filters.push(rule);
@@ -632,11 +624,11 @@ impl JobQueue {
         Ok(uuid)
     }
 
-    pub async fn delete_filter(&self, uuid: &str) -> Result<(), FilterError> {
+    pub async fn delete_filter(&self, uuid: &str) -> Result<(), FilterRuleError> {
         {
             let mut st = self.state();
             if !self.inner.store.delete_filter_rule(uuid)? {
-                return Err(FilterError::NotFound(uuid.to_string()));
+                return Err(FilterRuleError::NotFound(uuid.to_string()));
             }
             st.filters.retain(|r| r.rule.uuid != uuid);
             release_paused(&mut st);
@@ -747,16 +739,20 @@ fn pick_jobs(st: &mut State, limit: usize) -> (Vec<JobId>, Vec<JobId>) {
 }
 
 /// Builds a job: reason trail entries, relative dependencies resolved to absolute ids.
-fn build_job(id: JobId, mut ops: Vec<OpCode>, received: Timestamp) -> Result<Job, String> {
+fn build_job(id: JobId, mut ops: Vec<OpCode>, received: Timestamp) -> Result<Job, SubmitError> {
     if ops.is_empty() {
-        return Err("A job needs at least one opcode".into());
+        return Err(SubmitError::Invalid(
+            "A job needs at least one opcode".into(),
+        ));
     }
     for (index, op) in ops.iter_mut().enumerate() {
         let mut resolved = vec![];
         for (dep, statuses) in op.depends() {
             let absolute = if dep < 0 { id.0 as i64 + dep } else { dep };
             if absolute < 1 {
-                return Err(format!("Unable to resolve relative job ID {dep}"));
+                return Err(SubmitError::Invalid(format!(
+                    "Unable to resolve relative job ID {dep}"
+                )));
             }
             resolved.push(serde_json::json!([absolute, statuses]));
         }

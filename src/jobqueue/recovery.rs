@@ -69,7 +69,12 @@ fn recover_job(job: &mut Job, now: Timestamp) -> bool {
 fn add_pickup_reasons(job: &mut Job, now: Timestamp) {
     let id: JobId = job.id;
     for (index, op) in job.ops.iter_mut().enumerate() {
-        let name = op.input.id().trim_start_matches("OP_").to_lowercase();
+        let name = op
+            .input
+            .id()
+            .as_str()
+            .trim_start_matches("OP_")
+            .to_lowercase();
         op.input.append_reason(
             &format!("gnt:daemon:masterd:pickup:{name}"),
             &format!("job={id};index={index}"),

@@ -6,6 +6,7 @@ use super::{JobQueue, SubmitError};
 use crate::backends::BoxFuture;
 use crate::cmdlib::{self, Ctx, Feedback, JobSubmitter, OpError};
 use crate::opcodes::OpCode;
+use futures_util::FutureExt;
 use serde_json::{Value, json};
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -27,7 +28,7 @@ pub(super) async fn run_job(queue: JobQueue, id: JobId) {
         let Some((idx, op)) = start_next_op(&queue, id).await else {
             break;
         };
-        let span = tracing::info_span!("opcode", job = %id, op = op.id(), index = idx);
+        let span = tracing::info_span!("opcode", job = %id, op = op.id().as_str(), index = idx);
         let outcome = run_op(&queue, id, idx, op, &mut cancel)
             .instrument(span)
             .await;
@@ -116,7 +117,12 @@ async fn run_op(
         feedback: feedback_sink(queue.clone(), id, idx),
         jobs: Arc::new(queue.clone()),
     };
-    let result = cmdlib::execute(&ctx).await;
+    // A panicking logical unit is a bug, but it must not wedge the job or its locks: the
+    // opcode fails with the panic's text and the locks are released below as usual.
+    let result = std::panic::AssertUnwindSafe(cmdlib::execute(&ctx))
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|panic| Err(OpError::exec(panic_text(panic.as_ref()))));
     drop(held);
     match result {
         Ok(v) => Outcome::Success(v),
@@ -125,6 +131,15 @@ async fn run_op(
             Outcome::Failed(e.to_json())
         }
     }
+}
+
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    let text = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into());
+    format!("Internal error: the opcode's worker panicked: {text}")
 }
 
 /// Evaluates `depends` (spec jobs.md §10); `None` means every dependency is satisfied.
@@ -242,7 +257,7 @@ impl JobSubmitter for JobQueue {
                     .into_iter()
                     .map(|r| match r {
                         Ok(id) => json!([true, id.0]),
-                        Err(msg) => json!([false, msg]),
+                        Err(e) => json!([false, e.to_string()]),
                     })
                     .collect()),
                 Err(SubmitError::Drained) => Err(OpError::exec("Queue drained")),

@@ -2,13 +2,13 @@
 //! the spec, with Ganeti's wire names (`OP_ID`, parameter names) kept at the serde edge.
 
 mod catalog;
-mod extra;
 pub mod schema;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use thiserror::Error;
 
+pub use catalog::OpId;
 pub use schema::{OpDef, ParamType, parse_size_mib};
 
 /// The ten ecodes of Ganeti's `OpPrereqError` (spec jobs.md §6.4).
@@ -69,10 +69,21 @@ pub struct OpCode {
 }
 
 pub fn definition(op_id: &str) -> Option<&'static OpDef> {
-    catalog::OPCODES
-        .iter()
-        .chain(extra::EXTRA_OPCODES)
-        .find(|d| d.id == op_id)
+    OpId::parse(op_id).map(OpId::def)
+}
+
+impl OpId {
+    /// This opcode's parameter table.
+    pub fn def(self) -> &'static OpDef {
+        // The generated table lists the opcodes in the enum's order (tests check it).
+        &catalog::OPCODES[self as usize]
+    }
+}
+
+impl std::fmt::Display for OpId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 pub fn all_definitions() -> &'static [OpDef] {
@@ -110,9 +121,9 @@ impl OpCode {
     }
 
     /// Builds an opcode from parameters, e.g. in RAPI handlers; validated like a client's.
-    pub fn build(op_id: &str, params: Map<String, Value>) -> Result<OpCode, ValidationError> {
+    pub fn build(op_id: OpId, params: Map<String, Value>) -> Result<OpCode, ValidationError> {
         let mut obj = params;
-        obj.insert("OP_ID".into(), Value::String(op_id.into()));
+        obj.insert("OP_ID".into(), Value::String(op_id.as_str().into()));
         OpCode::from_json(&Value::Object(obj))
     }
 
@@ -216,7 +227,7 @@ impl OpCode {
         self.def
     }
 
-    pub fn id(&self) -> &'static str {
+    pub fn id(&self) -> OpId {
         self.def.id
     }
 
@@ -299,23 +310,23 @@ impl OpCode {
 
     /// The one-line summary (spec jobs.md §2.5).
     pub fn summary(&self) -> String {
-        let short = self.def.id.trim_start_matches("OP_");
+        let short = self.def.id.as_str().trim_start_matches("OP_");
         let value = match self.def.id {
-            "OP_INSTANCE_RENAME"
-            | "OP_GROUP_RENAME"
-            | "OP_NETWORK_RENAME"
-            | "OP_INSTANCE_MULTI_ALLOC"
-            | "OP_TAGS_SET"
-            | "OP_TAGS_DEL"
-            | "OP_TAGS_GET"
-            | "OP_INSTANCE_QUERY_DATA"
-            | "OP_NODE_QUERY_STORAGE" => None,
-            "OP_TEST_DELAY" => self
+            OpId::InstanceRename
+            | OpId::GroupRename
+            | OpId::NetworkRename
+            | OpId::InstanceMultiAlloc
+            | OpId::TagsSet
+            | OpId::TagsDel
+            | OpId::TagsGet
+            | OpId::InstanceQueryData
+            | OpId::NodeQueryStorage => None,
+            OpId::TestDelay => self
                 .get("duration")
                 .and_then(Value::as_f64)
                 .map(|d| format!("{} ns", (d * 1e9).round() as i64)),
-            "OP_TAGS_SEARCH" => self.str("pattern").map(String::from),
-            "OP_QUERY" | "OP_QUERY_FIELDS" => self.str("what").map(String::from),
+            OpId::TagsSearch => self.str("pattern").map(String::from),
+            OpId::Query | OpId::QueryFields => self.str("what").map(String::from),
             _ => ["instance_name", "node_name", "group_name", "network_name"]
                 .iter()
                 .find_map(|f| self.str(f).map(String::from)),
@@ -330,13 +341,17 @@ impl OpCode {
     pub fn reason_source(&self) -> String {
         format!(
             "gnt:opcode:{}",
-            self.def.id.trim_start_matches("OP_").to_lowercase()
+            self.def
+                .id
+                .as_str()
+                .trim_start_matches("OP_")
+                .to_lowercase()
         )
     }
 
     pub fn to_json(&self) -> Value {
         let mut obj = Map::with_capacity(self.params.len() + 1);
-        obj.insert("OP_ID".into(), Value::String(self.def.id.into()));
+        obj.insert("OP_ID".into(), Value::String(self.def.id.as_str().into()));
         for (k, v) in &self.params {
             obj.insert(k.clone(), v.clone());
         }
@@ -350,9 +365,35 @@ impl PartialEq for OpCode {
     }
 }
 
+/// Parameters whose values are never shown (upstream's `Private`): `osparams_private` in any
+/// answer, `osparams_secret` in any answer and on disk.
+const PRIVATE_PARAMS: [&str; 2] = ["osparams_private", "osparams_secret"];
+const SECRET_PARAMS: [&str; 1] = ["osparams_secret"];
+pub const REDACTED: &str = "<redacted>";
+
+fn redact(mut obj: Value, names: &[&str]) -> Value {
+    for name in names {
+        if let Some(Value::Object(params)) = obj.get_mut(*name) {
+            for v in params.values_mut() {
+                *v = Value::String(REDACTED.into());
+            }
+        }
+    }
+    obj
+}
+
+impl OpCode {
+    /// The opcode as API answers show it: private and secret values replaced by `<redacted>`.
+    pub fn to_public_json(&self) -> Value {
+        redact(self.to_json(), &PRIVATE_PARAMS)
+    }
+}
+
+/// How a job record stores the opcode: secret values never reach the disk. (gantry passes no
+/// secret parameter to a backend yet; when it does, it must use the in-memory opcode.)
 impl Serialize for OpCode {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        self.to_json().serialize(s)
+        redact(self.to_json(), &SECRET_PARAMS).serialize(s)
     }
 }
 
@@ -398,8 +439,16 @@ mod tests {
 
     #[test]
     fn catalog_has_every_opcode() {
-        assert_eq!(all_definitions().len(), 52);
+        // The 52 of the spec plus OP_NODE_ADD.
+        assert_eq!(all_definitions().len(), 53);
         assert!(definition("OP_TEST_DELAY").is_some());
+        assert!(definition("OP_NO_SUCH_THING").is_none());
+        // `OpId::def` indexes the table by the enum's discriminant.
+        for (n, id) in OpId::ALL.iter().enumerate() {
+            assert_eq!(all_definitions()[n].id, *id);
+            assert_eq!(OpId::parse(id.as_str()), Some(*id));
+            assert_eq!(id.def().id, *id);
+        }
         for def in all_definitions() {
             for p in def.params {
                 if let schema::Default::Value(text) = p.default {

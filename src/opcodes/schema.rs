@@ -42,7 +42,7 @@ pub struct ParamDef {
 
 #[derive(Debug)]
 pub struct OpDef {
-    pub id: &'static str,
+    pub id: super::OpId,
     pub params: &'static [ParamDef],
 }
 
@@ -54,7 +54,7 @@ impl OpDef {
     /// Upstream's Python class name: `OP_INSTANCE_STARTUP` → `OpInstanceStartup`.
     pub fn class_name(&self) -> String {
         let mut out = String::from("Op");
-        for word in self.id.trim_start_matches("OP_").split('_') {
+        for word in self.id.as_str().trim_start_matches("OP_").split('_') {
             let mut chars = word.chars();
             if let Some(first) = chars.next() {
                 out.push(first);

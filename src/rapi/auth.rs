@@ -5,7 +5,7 @@ use md5::{Digest, Md5};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 pub const REALM: &str = "Ganeti Remote API";
 
@@ -36,18 +36,13 @@ pub fn ha1(user: &str, password: &str) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Compares without an early exit, so timing does not reveal how much of a secret matched.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut diff = a.len() ^ b.len();
-    for i in 0..a.len().max(b.len()) {
-        diff |= (a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0)) as usize;
-    }
-    diff == 0
-}
-
-/// Parses a users file; broken lines are logged with their number and skipped.
+/// Parses a users file; broken lines are logged with their number and skipped. A second line
+/// for the same user and an empty password are refused too (first line wins), so a typo never
+/// silently changes who may log in.
 pub fn parse_users(text: &str) -> HashMap<String, User> {
     let mut users = HashMap::new();
+    // Editors on some systems start files with a byte-order mark; it is not part of a name.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     for (no, raw) in text.lines().enumerate() {
         let line = raw.trim();
         if line.is_empty() || line.starts_with('#') {
@@ -59,6 +54,22 @@ pub fn parse_users(text: &str) -> HashMap<String, User> {
             continue;
         }
         let secret = parse_secret(parts[1]);
+        if matches!(&secret, Secret::Cleartext(p) | Secret::Ha1(p) if p.is_empty()) {
+            tracing::warn!(
+                line = no + 1,
+                user = parts[0],
+                "users file: empty password, line skipped"
+            );
+            continue;
+        }
+        if users.contains_key(parts[0]) {
+            tracing::warn!(
+                line = no + 1,
+                user = parts[0],
+                "users file: user listed twice, line skipped"
+            );
+            continue;
+        }
         let options = parts
             .get(2)
             .map(|o| {
@@ -118,11 +129,9 @@ impl UserDb {
     }
 
     async fn watch(self, path: PathBuf) {
-        let stamp = |p: &Path| {
-            std::fs::metadata(p)
-                .ok()
-                .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()))
-        };
+        // The content itself, not only size and mtime: `cp -p`, `rsync -t` or `mv` of a prepared
+        // file can replace it with one of the same size and time.
+        let stamp = |p: &Path| std::fs::read(p).ok().map(|bytes| Md5::digest(&bytes));
         let mut last = stamp(&path);
         loop {
             tokio::time::sleep(Duration::from_millis(250)).await;
@@ -134,13 +143,22 @@ impl UserDb {
         }
     }
 
-    /// The user, if the name exists and the password matches.
+    /// The user, if the name exists and the password matches. An unknown name costs the same
+    /// work as a known one, so timing does not tell which names exist.
     pub fn authenticate(&self, name: &str, password: &str) -> Option<User> {
         let users = self.users.read().unwrap_or_else(|e| e.into_inner());
-        let user = users.get(name)?;
+        let Some(user) = users.get(name) else {
+            let dummy = ha1("", "");
+            crate::http::constant_time_eq(dummy.as_bytes(), ha1(name, password).as_bytes());
+            return None;
+        };
         let ok = match &user.secret {
-            Secret::Cleartext(p) => constant_time_eq(p.as_bytes(), password.as_bytes()),
-            Secret::Ha1(h) => constant_time_eq(h.as_bytes(), ha1(name, password).as_bytes()),
+            Secret::Cleartext(p) => {
+                crate::http::constant_time_eq(p.as_bytes(), password.as_bytes())
+            }
+            Secret::Ha1(h) => {
+                crate::http::constant_time_eq(h.as_bytes(), ha1(name, password).as_bytes())
+            }
         };
         ok.then(|| user.clone())
     }

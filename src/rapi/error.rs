@@ -3,7 +3,8 @@
 use serde_json::json;
 use warp::http::StatusCode;
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{code}: {explain}")]
 pub struct ApiError {
     pub code: u16,
     pub explain: String,
@@ -19,6 +20,11 @@ impl ApiError {
 
     pub fn bad_request(explain: impl Into<String>) -> ApiError {
         ApiError::new(400, explain)
+    }
+
+    /// 501 for a method the resource does not offer (upstream's wording).
+    pub fn unsupported(method: &str) -> ApiError {
+        ApiError::new(501, format!("Method {method} is unsupported"))
     }
 
     pub fn not_found(explain: impl Into<String>) -> ApiError {
@@ -44,7 +50,7 @@ impl From<crate::jobqueue::SubmitError> for ApiError {
         match e {
             Drained | Full | ShuttingDown => ApiError::new(503, e.to_string()),
             Invalid(msg) => ApiError::bad_request(format!("Invalid body parameters: {msg}")),
-            Storage(msg) => ApiError::new(500, msg),
+            Storage(e) => ApiError::new(500, e.to_string()),
         }
     }
 }

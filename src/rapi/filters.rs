@@ -5,7 +5,7 @@
 use super::State;
 use super::error::ApiError;
 use super::request::Request;
-use crate::jobqueue::FilterError;
+use crate::jobqueue::FilterRuleError;
 use crate::jobqueue::filters::{FILTER_RULE_FIELDS, FilterRule};
 use serde_json::{Map, Value, json};
 
@@ -64,11 +64,11 @@ fn rule_parameters(req: &Request) -> Result<Rule, ApiError> {
     Ok((priority, predicates, action, reason))
 }
 
-fn queue_error(e: FilterError) -> ApiError {
+fn queue_error(e: FilterRuleError) -> ApiError {
     match e {
-        FilterError::Invalid(msg) => ApiError::bad_request(msg),
-        FilterError::NotFound(_) => ApiError::not_found(e.to_string()),
-        FilterError::Storage(e) => ApiError::new(500, e.to_string()),
+        FilterRuleError::Invalid(msg) => ApiError::bad_request(msg),
+        FilterRuleError::NotFound(_) => ApiError::not_found(e.to_string()),
+        FilterRuleError::Storage(e) => ApiError::new(500, e.to_string()),
     }
 }
 
@@ -94,7 +94,7 @@ pub async fn collection(state: &State, req: &Request) -> Result<Value, ApiError>
                 .map_err(queue_error)?;
             Ok(json!(uuid))
         }
-        m => Err(super::routes::unsupported(m)),
+        m => Err(ApiError::unsupported(m)),
     }
 }
 
@@ -120,6 +120,6 @@ pub async fn item(state: &State, req: &Request, uuid: &str) -> Result<Value, Api
             state.queue.delete_filter(uuid).await.map_err(queue_error)?;
             Ok(Value::Null)
         }
-        m => Err(super::routes::unsupported(m)),
+        m => Err(ApiError::unsupported(m)),
     }
 }

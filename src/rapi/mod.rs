@@ -10,19 +10,19 @@ mod opjob;
 mod query;
 mod request;
 mod routes;
-pub mod tls;
 
+use crate::backends::LiveState;
+use crate::cluster::ConfigReader;
+use crate::http::{ServerOptions, serve_filter};
 use crate::jobqueue::JobQueue;
 use auth::{REALM, UserDb};
 use error::ApiError;
 use request::Request;
 use routes::Access;
 use serde_json::Value;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use warp::Filter;
 use warp::http::{HeaderMap, Method, Response, StatusCode};
 
@@ -30,14 +30,12 @@ pub const MAX_BODY: u64 = 4 * 1024 * 1024;
 /// How much of an oversized chunked body is read and discarded before answering 413.
 const DRAIN_LIMIT: usize = 64 * 1024 * 1024;
 
-pub struct ServerOptions {
-    pub header_timeout: Duration,
-    pub max_connections: usize,
-    pub tls: Option<Arc<rustls::ServerConfig>>,
-}
-
 pub struct StateInner {
     pub queue: JobQueue,
+    /// The configuration, read-only: the RAPI changes it only by submitting jobs.
+    pub config: ConfigReader,
+    /// What the hypervisor reports now, read-only.
+    pub live: LiveState,
     pub users: UserDb,
     pub require_auth: bool,
     pub wait_timeout: Duration,
@@ -105,7 +103,7 @@ async fn handle(
         .as_str()
         .split('/')
         .filter(|s| !s.is_empty())
-        .map(|s| percent_decode(s, false))
+        .map(percent_decode)
         .collect();
     let seg_refs: Vec<&str> = segments.iter().map(String::as_str).collect();
     let access = routes::access_for(method.as_str(), &seg_refs);
@@ -152,38 +150,17 @@ fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
         .map_err(|e| ApiError::bad_request(format!("Unable to parse JSON data: {e}")))
 }
 
-/// Decodes `%XX`; `+` means a space only in query strings (form encoding), not in paths.
-fn percent_decode(s: &str, plus_is_space: bool) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && i + 2 < bytes.len()
-            && let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16)
-        {
-            out.push(b);
-            i += 3;
-            continue;
-        }
-        out.push(if plus_is_space && bytes[i] == b'+' {
-            b' '
-        } else {
-            bytes[i]
-        });
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+/// Decodes `%XX` in a path segment; `+` stays a plus there (it is a space only in queries).
+/// Invalid UTF-8 becomes U+FFFD rather than an error.
+fn percent_decode(segment: &str) -> String {
+    percent_encoding::percent_decode_str(segment)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
+/// `a=1&b=two+words` as (key, value) pairs, form-decoded.
 fn parse_query(q: &str) -> Vec<(String, String)> {
-    q.split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| match p.split_once('=') {
-            Some((k, v)) => (percent_decode(k, true), percent_decode(v, true)),
-            None => (percent_decode(p, true), String::new()),
-        })
-        .collect()
+    form_urlencoded::parse(q.as_bytes()).into_owned().collect()
 }
 
 #[derive(Debug)]
@@ -264,79 +241,20 @@ pub async fn serve(
     serve_filter(listener, routes, opts, shutdown).await;
 }
 
-/// Serves any warp filter with gantry's connection handling: keep-alive, a header-read
-/// timeout, a cap on open connections, optional TLS, graceful shutdown. Also used by node agents.
-pub async fn serve_filter<F>(
-    listener: TcpListener,
-    routes: F,
-    opts: ServerOptions,
-    shutdown: impl std::future::Future<Output = ()>,
-) where
-    F: warp::Filter + Clone + Send + Sync + 'static,
-    F::Extract: warp::Reply,
-{
-    let service = warp::service(routes);
-    let slots = Arc::new(Semaphore::new(opts.max_connections));
-    let acceptor = opts.tls.map(tokio_rustls::TlsAcceptor::from);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        let (stream, peer): (tokio::net::TcpStream, SocketAddr) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => { tracing::warn!("accept failed: {e}"); tokio::time::sleep(Duration::from_millis(50)).await; continue; }
-            },
-            _ = &mut shutdown => break,
-        };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "connection limit reached, closing new connection");
-            continue;
-        };
-        let svc = hyper_util::service::TowerToHyperService::new(service.clone());
-        let acceptor = acceptor.clone();
-        let header_timeout = opts.header_timeout;
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(header_timeout)
-                .keep_alive(true);
-            let result = match acceptor {
-                Some(acc) => {
-                    let tls = match tokio::time::timeout(header_timeout, acc.accept(stream)).await {
-                        Ok(Ok(s)) => s,
-                        _ => return,
-                    };
-                    let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(tls), svc);
-                    watcher.watch(conn).await
-                }
-                None => {
-                    let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
-                    watcher.watch(conn).await
-                }
-            };
-            if let Err(e) = result {
-                tracing::debug!(%peer, "connection ended: {e}");
-            }
-        });
-    }
-    drop(listener);
-    let _ = tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await;
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn plus_is_literal_in_paths_and_a_space_in_queries() {
+        assert_eq!(percent_decode("debootstrap+default"), "debootstrap+default");
+        assert_eq!(percent_decode("a%2Fb"), "a/b");
+        // Once a panic on a multi-byte character after a lone '%'.
         assert_eq!(
-            percent_decode("debootstrap+default", false),
-            "debootstrap+default"
+            parse_query("a=%a\u{e9}"),
+            vec![("a".into(), "%a\u{e9}".into())]
         );
-        assert_eq!(percent_decode("a%2Fb", false), "a/b");
+        assert_eq!(percent_decode("%a\u{e9}%"), "%a\u{e9}%");
         assert_eq!(
             parse_query("os=debootstrap%2Bdefault&reason=two+words&bulk"),
             vec![

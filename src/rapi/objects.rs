@@ -3,7 +3,7 @@
 use super::State;
 use super::error::ApiError;
 use crate::cluster::model::{Config, Instance, Node};
-use crate::cluster::views::{self, Live};
+use crate::views::{self, Live};
 use serde_json::{Map, Value, json};
 
 /// Ganeti's field lists for RAPI GETs (`lib/rapi/rlib2.py`), plus the aliases clients read.
@@ -113,7 +113,7 @@ pub const NET_FIELDS: &[&str] = &[
 pub async fn live_nodes<'a>(state: &State, nodes: impl Iterator<Item = &'a Node>) -> Live {
     let mut live = Live::default();
     for node in nodes.filter(|n| !n.offline) {
-        if let Ok(info) = state.queue.backend().node_info(&node.name).await {
+        if let Ok(info) = state.live.node_info(&node.name).await {
             live.nodes.insert(node.name.clone(), info);
         }
     }
@@ -123,7 +123,7 @@ pub async fn live_nodes<'a>(state: &State, nodes: impl Iterator<Item = &'a Node>
 /// Asks the backend about these instances only (node views need no instance data).
 pub async fn live_instances<'a>(state: &State, insts: impl Iterator<Item = &'a Instance>) -> Live {
     let mut live = Live::default();
-    let backend = state.queue.backend();
+    let backend = &state.live;
     for inst in insts {
         if let Ok(Some(s)) = backend.instance_state(&inst.pnode, &inst.name).await {
             live.instances.insert(inst.name.clone(), s);

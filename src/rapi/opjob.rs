@@ -5,11 +5,11 @@ use super::State;
 use super::error::ApiError;
 use super::request::Request;
 use crate::jobqueue::job::Timestamp;
-use crate::opcodes::OpCode;
+use crate::opcodes::{OpCode, OpId};
 use serde_json::{Map, Value, json};
 
 pub struct OpSpec<'a> {
-    pub op_id: &'a str,
+    pub op_id: OpId,
     /// The handler name in the reason trail (`gnt:library:rlib2:<resource>`); None for none.
     pub resource: Option<&'a str>,
     pub body: Map<String, Value>,

@@ -5,8 +5,8 @@ use super::State;
 use super::error::ApiError;
 use super::objects::{live_instances, live_nodes};
 use super::request::Request;
-use crate::cluster::views;
 use crate::qlang::Filter;
+use crate::views;
 use serde_json::{Value, json};
 
 fn known_fields(what: &str) -> Result<Vec<&'static str>, ApiError> {
@@ -83,10 +83,7 @@ pub fn fields(req: &Request, what: &str) -> Result<Value, ApiError> {
 
 pub async fn query(state: &State, req: &Request, what: &str) -> Result<Value, ApiError> {
     if req.method != "GET" && req.method != "PUT" {
-        return Err(ApiError::new(
-            501,
-            format!("Method {} is unsupported", req.method),
-        ));
+        return Err(ApiError::unsupported(&req.method));
     }
     let known = known_fields(what)?;
     let fields = requested(req)?;
@@ -106,7 +103,7 @@ pub async fn query(state: &State, req: &Request, what: &str) -> Result<Value, Ap
             }
         })
         .collect();
-    let cfg = state.queue.cluster().snapshot();
+    let cfg = state.config.snapshot();
     // A row is kept when the filter matches; `None` rows are dropped below.
     let row = |get: &dyn Fn(&str) -> Option<Value>| -> Option<Value> {
         if let Some(f) = &filter

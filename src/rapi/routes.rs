@@ -7,9 +7,11 @@ use super::objects::*;
 use super::opjob::{OpSpec, build, statics, submit, submit_one};
 use super::request::Request;
 use crate::cluster::model::{Group, Instance, Network, Node};
-use crate::cluster::views::{self, Live};
+use crate::cluster::names;
 use crate::jobqueue::job::{JOB_FIELDS, JobId};
 use crate::opcodes::OpCode;
+use crate::opcodes::OpId;
+use crate::views::{self, Live};
 use serde_json::{Map, Value, json};
 use std::time::Duration;
 
@@ -49,7 +51,7 @@ pub async fn dispatch(state: &State, req: &Request) -> R {
         ["version"] => only(m, &["GET"]).map(|_| json!(2)),
         ["2", "info"] => {
             only(m, &["GET"])?;
-            let mut info = views::cluster_info(&state.queue.cluster().snapshot());
+            let mut info = views::cluster_info(&state.config.snapshot());
             info["drain_flag"] = json!(state.queue.drained());
             Ok(info)
         }
@@ -66,7 +68,7 @@ pub async fn dispatch(state: &State, req: &Request) -> R {
             op(
                 state,
                 req,
-                "OP_CLUSTER_SET_PARAMS",
+                OpId::ClusterSetParams,
                 "cluster_modify",
                 body,
                 vec![],
@@ -78,7 +80,7 @@ pub async fn dispatch(state: &State, req: &Request) -> R {
             op(
                 state,
                 req,
-                "OP_CLUSTER_REDIST_CONF",
+                OpId::ClusterRedistConf,
                 "redist_config",
                 Map::new(),
                 vec![],
@@ -105,7 +107,7 @@ pub async fn dispatch(state: &State, req: &Request) -> R {
             op(
                 state,
                 req,
-                "OP_INSTANCE_GROW_DISK",
+                OpId::InstanceGrowDisk,
                 "instances_name_disk_grow",
                 req.body_object()?,
                 s,
@@ -115,7 +117,7 @@ pub async fn dispatch(state: &State, req: &Request) -> R {
         ["2", "instances", name, action] => instance_action(state, req, name, action).await,
         ["2", "nodes"] => {
             only(m, &["GET"])?;
-            let cfg = state.queue.cluster().snapshot();
+            let cfg = state.config.snapshot();
             let bulk = req.flag("bulk")?;
             let live = match bulk {
                 true => live_nodes(state, cfg.nodes.values()).await,
@@ -126,8 +128,8 @@ pub async fn dispatch(state: &State, req: &Request) -> R {
         }
         ["2", "nodes", name] => {
             only(m, &["GET"])?;
-            let cfg = state.queue.cluster().snapshot();
-            let node = find(crate::cmdlib::find_node(&cfg, name), "node", name)?;
+            let cfg = state.config.snapshot();
+            let node = find(names::node(&cfg, name), "node", name)?;
             let live = live_nodes(state, std::iter::once(node)).await;
             Ok(node_json(&cfg, &live, node))
         }
@@ -151,12 +153,8 @@ fn only(method: &str, allowed: &[&str]) -> Result<(), ApiError> {
     if allowed.contains(&method) {
         Ok(())
     } else {
-        Err(unsupported(method))
+        Err(ApiError::unsupported(method))
     }
-}
-
-pub fn unsupported(method: &str) -> ApiError {
-    ApiError::new(501, format!("Method {method} is unsupported"))
 }
 
 /// `GET` on a collection: `[{"id", "uri"}]` sorted by name, or every object in full with `bulk`.
@@ -176,15 +174,15 @@ fn collection<'a, T: 'a>(
     }
 }
 
-fn find<T>(r: Result<T, crate::cmdlib::OpError>, kind: &str, name: &str) -> Result<T, ApiError> {
-    r.map_err(|_| unknown(kind, name))
+fn find<T>(found: Option<T>, kind: &str, name: &str) -> Result<T, ApiError> {
+    found.ok_or_else(|| unknown(kind, name))
 }
 
 /// The common case: body + statics (+ dry-run) into one opcode job.
 async fn op(
     state: &State,
     req: &Request,
-    op_id: &str,
+    op_id: OpId,
     resource: &str,
     body: Map<String, Value>,
     stat: Vec<(&str, Value)>,
@@ -196,7 +194,7 @@ async fn op(
 async fn op_renamed(
     state: &State,
     req: &Request,
-    op_id: &str,
+    op_id: OpId,
     resource: &str,
     body: Map<String, Value>,
     mut stat: Vec<(&str, Value)>,
@@ -252,7 +250,7 @@ async fn jobs(state: &State, req: &Request) -> R {
                 .map_err(|e| ApiError::bad_request(format!("Invalid body parameters: {}", e.0)))?;
             submit(state, ops).await
         }
-        m => Err(unsupported(m)),
+        m => Err(ApiError::unsupported(m)),
     }
 }
 
@@ -296,7 +294,7 @@ async fn job(state: &State, req: &Request, id: &str) -> R {
             let (ok, msg) = state.queue.cancel(id).await;
             Ok(json!([ok, msg]))
         }
-        m => Err(unsupported(m)),
+        m => Err(ApiError::unsupported(m)),
     }
 }
 
@@ -371,7 +369,7 @@ async fn os_list(state: &State, req: &Request) -> R {
     let mut p = Map::new();
     p.insert("output_fields".into(), json!(fields));
     p.insert("names".into(), json!([]));
-    let opc = OpCode::build("OP_OS_DIAGNOSE", p).map_err(|e| ApiError::new(500, e.0))?;
+    let opc = OpCode::build(OpId::OsDiagnose, p).map_err(|e| ApiError::new(500, e.0))?;
     let id = state.queue.submit(vec![opc]).await?;
     // Upstream waits for the job inside the request.
     let job = loop {
@@ -437,16 +435,16 @@ async fn os_list(state: &State, req: &Request) -> R {
 }
 
 async fn tags(state: &State, req: &Request, kind: &str, name: Option<&str>) -> R {
-    let cfg = state.queue.cluster().snapshot();
+    let cfg = state.config.snapshot();
     let current: Vec<String> = match (kind, name) {
         ("cluster", _) => cfg.cluster.meta.tags.iter().cloned().collect(),
-        ("instance", Some(n)) => find(crate::cmdlib::find_instance(&cfg, n), "instance", n)?
+        ("instance", Some(n)) => find(names::instance(&cfg, n), "instance", n)?
             .meta
             .tags
             .iter()
             .cloned()
             .collect(),
-        ("node", Some(n)) => find(crate::cmdlib::find_node(&cfg, n), "node", n)?
+        ("node", Some(n)) => find(names::node(&cfg, n), "node", n)?
             .meta
             .tags
             .iter()
@@ -479,9 +477,9 @@ async fn tags(state: &State, req: &Request, kind: &str, name: Option<&str>) -> R
     };
     let op_id = match req.method.as_str() {
         "GET" => return Ok(json!(current)),
-        "PUT" => "OP_TAGS_SET",
-        "DELETE" => "OP_TAGS_DEL",
-        m => return Err(unsupported(m)),
+        "PUT" => OpId::TagsSet,
+        "DELETE" => OpId::TagsDel,
+        m => return Err(ApiError::unsupported(m)),
     };
     let tags: Vec<&str> = req
         .query
@@ -489,7 +487,7 @@ async fn tags(state: &State, req: &Request, kind: &str, name: Option<&str>) -> R
         .filter(|(k, _)| k == "tag")
         .map(|(_, v)| v.as_str())
         .collect();
-    if op_id == "OP_TAGS_DEL" && tags.is_empty() {
+    if op_id == OpId::TagsDel && tags.is_empty() {
         return Err(ApiError::bad_request(
             "To delete tags you must specify them with the 'tag' parameter",
         ));
@@ -506,7 +504,7 @@ async fn tags(state: &State, req: &Request, kind: &str, name: Option<&str>) -> R
 async fn instances(state: &State, req: &Request) -> R {
     match req.method.as_str() {
         "GET" => {
-            let cfg = state.queue.cluster().snapshot();
+            let cfg = state.config.snapshot();
             let bulk = req.flag("bulk")?;
             let live = match bulk {
                 true => live_instances(state, cfg.instances.values()).await,
@@ -536,7 +534,7 @@ async fn instances(state: &State, req: &Request) -> R {
             op_renamed(
                 state,
                 req,
-                "OP_INSTANCE_CREATE",
+                OpId::InstanceCreate,
                 "instances",
                 body,
                 vec![],
@@ -544,7 +542,7 @@ async fn instances(state: &State, req: &Request) -> R {
             )
             .await
         }
-        m => Err(unsupported(m)),
+        m => Err(ApiError::unsupported(m)),
     }
 }
 
@@ -578,7 +576,7 @@ async fn multi_alloc(state: &State, req: &Request) -> R {
             }
         }
         m.remove("__version__");
-        m.insert("OP_ID".into(), json!("OP_INSTANCE_CREATE"));
+        m.insert("OP_ID".into(), json!(OpId::InstanceCreate.as_str()));
         OpCode::from_json(&Value::Object(m.clone()))
             .map_err(|e| ApiError::bad_request(format!("Invalid body parameters: {}", e.0)))?;
         ops.push(Value::Object(m));
@@ -587,7 +585,7 @@ async fn multi_alloc(state: &State, req: &Request) -> R {
     op(
         state,
         req,
-        "OP_INSTANCE_MULTI_ALLOC",
+        OpId::InstanceMultiAlloc,
         "instances_multi_alloc",
         body,
         vec![],
@@ -598,8 +596,8 @@ async fn multi_alloc(state: &State, req: &Request) -> R {
 async fn instance(state: &State, req: &Request, name: &str) -> R {
     match req.method.as_str() {
         "GET" => {
-            let cfg = state.queue.cluster().snapshot();
-            let inst = find(crate::cmdlib::find_instance(&cfg, name), "instance", name)?;
+            let cfg = state.config.snapshot();
+            let inst = find(names::instance(&cfg, name), "instance", name)?;
             let live = live_instances(state, std::iter::once(inst)).await;
             Ok(instance_json(&cfg, &live, inst))
         }
@@ -611,14 +609,14 @@ async fn instance(state: &State, req: &Request, name: &str) -> R {
             op(
                 state,
                 req,
-                "OP_INSTANCE_REMOVE",
+                OpId::InstanceRemove,
                 "instances_name",
                 req.body_object()?,
                 s,
             )
             .await
         }
-        m => Err(unsupported(m)),
+        m => Err(ApiError::unsupported(m)),
     }
 }
 
@@ -636,7 +634,7 @@ async fn instance_action(state: &State, req: &Request, name: &str, action: &str)
             op(
                 state,
                 req,
-                "OP_INSTANCE_QUERY_DATA",
+                OpId::InstanceQueryData,
                 "instances_name_info",
                 Map::new(),
                 s,
@@ -653,7 +651,7 @@ async fn instance_action(state: &State, req: &Request, name: &str, action: &str)
             op(
                 state,
                 req,
-                "OP_INSTANCE_STARTUP",
+                OpId::InstanceStartup,
                 "instances_name_startup",
                 Map::new(),
                 s,
@@ -669,7 +667,7 @@ async fn instance_action(state: &State, req: &Request, name: &str, action: &str)
             op(
                 state,
                 req,
-                "OP_INSTANCE_SHUTDOWN",
+                OpId::InstanceShutdown,
                 "instances_name_shutdown",
                 body()?,
                 s,
@@ -687,7 +685,7 @@ async fn instance_action(state: &State, req: &Request, name: &str, action: &str)
             op(
                 state,
                 req,
-                "OP_INSTANCE_REBOOT",
+                OpId::InstanceReboot,
                 "instances_name_reboot",
                 body()?,
                 s,
@@ -700,7 +698,7 @@ async fn instance_action(state: &State, req: &Request, name: &str, action: &str)
             op(
                 state,
                 req,
-                "OP_INSTANCE_RENAME",
+                OpId::InstanceRename,
                 "instances_name_rename",
                 body()?,
                 vec![("instance_name", n)],
@@ -712,7 +710,7 @@ async fn instance_action(state: &State, req: &Request, name: &str, action: &str)
             let mut b = body()?;
             normalize_hvparams(&mut b);
             let spec = OpSpec {
-                op_id: "OP_INSTANCE_SET_PARAMS",
+                op_id: OpId::InstanceSetParams,
                 resource: Some("instances_name_modify"),
                 body: b,
                 statics: statics(&[("instance_name", n)]),
@@ -728,7 +726,7 @@ async fn instance_action(state: &State, req: &Request, name: &str, action: &str)
             op(
                 state,
                 req,
-                "OP_INSTANCE_MIGRATE",
+                OpId::InstanceMigrate,
                 "instances_name_migrate",
                 body()?,
                 vec![("instance_name", n)],
@@ -740,7 +738,7 @@ async fn instance_action(state: &State, req: &Request, name: &str, action: &str)
             op(
                 state,
                 req,
-                "OP_INSTANCE_FAILOVER",
+                OpId::InstanceFailover,
                 "instances_name_failover",
                 body()?,
                 vec![("instance_name", n)],
@@ -756,7 +754,7 @@ async fn instance_action(state: &State, req: &Request, name: &str, action: &str)
             op(
                 state,
                 req,
-                "OP_INSTANCE_ACTIVATE_DISKS",
+                OpId::InstanceActivateDisks,
                 "instances_name_activate_disks",
                 Map::new(),
                 s,
@@ -769,7 +767,7 @@ async fn instance_action(state: &State, req: &Request, name: &str, action: &str)
             op(
                 state,
                 req,
-                "OP_INSTANCE_DEACTIVATE_DISKS",
+                OpId::InstanceDeactivateDisks,
                 "instances_name_deactivate_disks",
                 Map::new(),
                 s,
@@ -781,7 +779,7 @@ async fn instance_action(state: &State, req: &Request, name: &str, action: &str)
             op(
                 state,
                 req,
-                "OP_INSTANCE_RECREATE_DISKS",
+                OpId::InstanceRecreateDisks,
                 "instances_name_recreate_disks",
                 body()?,
                 vec![("instance_name", n)],
@@ -816,7 +814,7 @@ async fn instance_action(state: &State, req: &Request, name: &str, action: &str)
             op(
                 state,
                 req,
-                "OP_INSTANCE_REPLACE_DISKS",
+                OpId::InstanceReplaceDisks,
                 "instances_name_replace_disks",
                 b,
                 vec![("instance_name", n)],
@@ -833,7 +831,7 @@ async fn instance_action(state: &State, req: &Request, name: &str, action: &str)
             op(
                 state,
                 req,
-                "OP_BACKUP_PREPARE",
+                OpId::BackupPrepare,
                 "instances_name_prepare_export",
                 Map::new(),
                 s,
@@ -845,7 +843,7 @@ async fn instance_action(state: &State, req: &Request, name: &str, action: &str)
             op_renamed(
                 state,
                 req,
-                "OP_BACKUP_EXPORT",
+                OpId::BackupExport,
                 "instances_name_export",
                 body()?,
                 vec![("instance_name", n)],
@@ -855,18 +853,18 @@ async fn instance_action(state: &State, req: &Request, name: &str, action: &str)
         }
         "console" => {
             only(m, &["GET"])?;
-            let cfg = state.queue.cluster().snapshot();
-            let inst = find(crate::cmdlib::find_instance(&cfg, name), "instance", name)?;
-            let running = matches!(state.queue.backend().instance_state(&inst.pnode, &inst.name).await, Ok(Some(s)) if s.running);
+            let cfg = state.config.snapshot();
+            let inst = find(names::instance(&cfg, name), "instance", name)?;
+            let running = matches!(state.live.instance_state(&inst.pnode, &inst.name).await, Ok(Some(s)) if s.running);
             if !running {
                 return Err(ApiError::new(
                     503,
                     format!("Instance {} is down", inst.name),
                 ));
             }
-            match state.queue.backend().console(&inst.pnode, &inst.name).await {
+            match state.live.console(&inst.pnode, &inst.name).await {
                 Some(console) => Ok(console),
-                None => Ok(crate::cmdlib::console_info(inst)),
+                None => Ok(views::console_info(inst)),
             }
         }
         _ => Err(ApiError::not_found("Not Found")),
@@ -895,7 +893,7 @@ async fn reinstall(state: &State, req: &Request, name: &str) -> R {
             body.get("osparams").cloned().filter(|v| !v.is_null()),
         )
     };
-    let mk = |id: &str, pairs: Vec<(&str, Value)>| {
+    let mk = |id: OpId, pairs: Vec<(&str, Value)>| {
         build(
             req,
             OpSpec {
@@ -915,12 +913,12 @@ async fn reinstall(state: &State, req: &Request, name: &str) -> R {
         reinstall.push(("osparams", p));
     }
     let mut ops = vec![
-        mk("OP_INSTANCE_SHUTDOWN", vec![("instance_name", json!(name))])?,
-        mk("OP_INSTANCE_REINSTALL", reinstall)?,
+        mk(OpId::InstanceShutdown, vec![("instance_name", json!(name))])?,
+        mk(OpId::InstanceReinstall, reinstall)?,
     ];
     if start {
         ops.push(mk(
-            "OP_INSTANCE_STARTUP",
+            OpId::InstanceStartup,
             vec![("instance_name", json!(name)), ("force", json!(false))],
         )?);
     }
@@ -943,8 +941,8 @@ async fn node_action(state: &State, req: &Request, name: &str, rest: &[&str]) ->
     match rest {
         ["role"] => match m {
             "GET" => {
-                let cfg = state.queue.cluster().snapshot();
-                let node = find(crate::cmdlib::find_node(&cfg, name), "node", name)?;
+                let cfg = state.config.snapshot();
+                let node = find(names::node(&cfg, name), "node", name)?;
                 let letter = views::node_role(&cfg, node);
                 Ok(json!(
                     ROLES.iter().find(|(l, _)| *l == letter).map(|(_, r)| *r)
@@ -975,21 +973,21 @@ async fn node_action(state: &State, req: &Request, name: &str, rest: &[&str]) ->
                 op(
                     state,
                     req,
-                    "OP_NODE_SET_PARAMS",
+                    OpId::NodeSetParams,
                     "nodes_name_role",
                     Map::new(),
                     s,
                 )
                 .await
             }
-            _ => Err(unsupported(m)),
+            _ => Err(ApiError::unsupported(m)),
         },
         ["evacuate"] => {
             only(m, &["POST"])?;
             op(
                 state,
                 req,
-                "OP_NODE_EVACUATE",
+                OpId::NodeEvacuate,
                 "nodes_name_evacuate",
                 req.body_object()?,
                 vec![("node_name", n)],
@@ -1023,7 +1021,7 @@ async fn node_action(state: &State, req: &Request, name: &str, rest: &[&str]) ->
             op(
                 state,
                 req,
-                "OP_NODE_MIGRATE",
+                OpId::NodeMigrate,
                 "nodes_name_migrate",
                 body,
                 vec![("node_name", n)],
@@ -1035,7 +1033,7 @@ async fn node_action(state: &State, req: &Request, name: &str, rest: &[&str]) ->
             op(
                 state,
                 req,
-                "OP_NODE_SET_PARAMS",
+                OpId::NodeSetParams,
                 "nodes_name_modify",
                 req.body_object()?,
                 vec![("node_name", n)],
@@ -1048,7 +1046,7 @@ async fn node_action(state: &State, req: &Request, name: &str, rest: &[&str]) ->
             op(
                 state,
                 req,
-                "OP_NODE_POWERCYCLE",
+                OpId::NodePowercycle,
                 "nodes_name_powercycle",
                 req.body_object()?,
                 s,
@@ -1076,7 +1074,7 @@ async fn node_action(state: &State, req: &Request, name: &str, rest: &[&str]) ->
             op(
                 state,
                 req,
-                "OP_NODE_QUERY_STORAGE",
+                OpId::NodeQueryStorage,
                 "nodes_name_storage",
                 Map::new(),
                 s,
@@ -1102,7 +1100,7 @@ async fn node_action(state: &State, req: &Request, name: &str, rest: &[&str]) ->
                 op(
                     state,
                     req,
-                    "OP_NODE_MODIFY_STORAGE",
+                    OpId::NodeModifyStorage,
                     "nodes_name_storage_modify",
                     Map::new(),
                     s,
@@ -1115,7 +1113,7 @@ async fn node_action(state: &State, req: &Request, name: &str, rest: &[&str]) ->
                 op(
                     state,
                     req,
-                    "OP_REPAIR_NODE_STORAGE",
+                    OpId::RepairNodeStorage,
                     "nodes_name_storage_repair",
                     Map::new(),
                     s,
@@ -1132,7 +1130,7 @@ async fn node_action(state: &State, req: &Request, name: &str, rest: &[&str]) ->
 async fn groups(state: &State, req: &Request) -> R {
     match req.method.as_str() {
         "GET" => {
-            let cfg = state.queue.cluster().snapshot();
+            let cfg = state.config.snapshot();
             let full = |g: &Group| group_json(&cfg, g);
             collection(
                 req.flag("bulk")?,
@@ -1147,7 +1145,7 @@ async fn groups(state: &State, req: &Request) -> R {
             op_renamed(
                 state,
                 req,
-                "OP_GROUP_ADD",
+                OpId::GroupAdd,
                 "groups",
                 req.body_object()?,
                 vec![],
@@ -1155,14 +1153,14 @@ async fn groups(state: &State, req: &Request) -> R {
             )
             .await
         }
-        m => Err(unsupported(m)),
+        m => Err(ApiError::unsupported(m)),
     }
 }
 
 async fn group(state: &State, req: &Request, name: &str) -> R {
     match req.method.as_str() {
         "GET" => {
-            let cfg = state.queue.cluster().snapshot();
+            let cfg = state.config.snapshot();
             let g = cfg
                 .group_by_name(name)
                 .ok_or_else(|| unknown("group", name))?;
@@ -1172,14 +1170,14 @@ async fn group(state: &State, req: &Request, name: &str) -> R {
             op(
                 state,
                 req,
-                "OP_GROUP_REMOVE",
+                OpId::GroupRemove,
                 "groups_name",
                 Map::new(),
                 vec![("group_name", json!(name))],
             )
             .await
         }
-        m => Err(unsupported(m)),
+        m => Err(ApiError::unsupported(m)),
     }
 }
 
@@ -1192,7 +1190,7 @@ async fn group_action(state: &State, req: &Request, name: &str, action: &str) ->
             op_renamed(
                 state,
                 req,
-                "OP_GROUP_SET_PARAMS",
+                OpId::GroupSetParams,
                 "groups_name_modify",
                 b,
                 vec![("group_name", g)],
@@ -1208,7 +1206,7 @@ async fn group_action(state: &State, req: &Request, name: &str, action: &str) ->
             op(
                 state,
                 req,
-                "OP_GROUP_RENAME",
+                OpId::GroupRename,
                 "groups_name_rename",
                 req.body_object()?,
                 vec![("group_name", g)],
@@ -1220,7 +1218,7 @@ async fn group_action(state: &State, req: &Request, name: &str, action: &str) ->
             op(
                 state,
                 req,
-                "OP_GROUP_ASSIGN_NODES",
+                OpId::GroupAssignNodes,
                 "groups_name_assign_nodes",
                 req.body_object()?,
                 s,
@@ -1236,7 +1234,7 @@ async fn group_action(state: &State, req: &Request, name: &str, action: &str) ->
 async fn networks(state: &State, req: &Request) -> R {
     match req.method.as_str() {
         "GET" => {
-            let cfg = state.queue.cluster().snapshot();
+            let cfg = state.config.snapshot();
             let full = |n: &Network| network_json(&cfg, n);
             collection(
                 req.flag("bulk")?,
@@ -1252,7 +1250,7 @@ async fn networks(state: &State, req: &Request) -> R {
             op_renamed(
                 state,
                 req,
-                "OP_NETWORK_ADD",
+                OpId::NetworkAdd,
                 "networks",
                 body,
                 vec![],
@@ -1260,14 +1258,14 @@ async fn networks(state: &State, req: &Request) -> R {
             )
             .await
         }
-        m => Err(unsupported(m)),
+        m => Err(ApiError::unsupported(m)),
     }
 }
 
 async fn network(state: &State, req: &Request, name: &str) -> R {
     match req.method.as_str() {
         "GET" => {
-            let cfg = state.queue.cluster().snapshot();
+            let cfg = state.config.snapshot();
             let n = cfg
                 .network_by_name(name)
                 .ok_or_else(|| unknown("network", name))?;
@@ -1277,14 +1275,14 @@ async fn network(state: &State, req: &Request, name: &str) -> R {
             op(
                 state,
                 req,
-                "OP_NETWORK_REMOVE",
+                OpId::NetworkRemove,
                 "networks_name",
                 Map::new(),
                 vec![("network_name", json!(name))],
             )
             .await
         }
-        m => Err(unsupported(m)),
+        m => Err(ApiError::unsupported(m)),
     }
 }
 
@@ -1292,10 +1290,10 @@ async fn network_action(state: &State, req: &Request, name: &str, action: &str) 
     only(&req.method, &["PUT"])?;
     let n = json!(name);
     let (op_id, resource) = match action {
-        "modify" => ("OP_NETWORK_SET_PARAMS", "networks_name_modify"),
-        "rename" => ("OP_NETWORK_RENAME", "networks_name_rename"),
-        "connect" => ("OP_NETWORK_CONNECT", "networks_name_connect"),
-        "disconnect" => ("OP_NETWORK_DISCONNECT", "networks_name_disconnect"),
+        "modify" => (OpId::NetworkSetParams, "networks_name_modify"),
+        "rename" => (OpId::NetworkRename, "networks_name_rename"),
+        "connect" => (OpId::NetworkConnect, "networks_name_connect"),
+        "disconnect" => (OpId::NetworkDisconnect, "networks_name_disconnect"),
         _ => return Err(ApiError::not_found("Not Found")),
     };
     op(

@@ -10,7 +10,7 @@ use crate::backends::*;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::process::Command;
@@ -19,7 +19,8 @@ use tokio::process::Command;
 pub struct QemuSettings {
     pub qemu: PathBuf,
     pub qemu_img: PathBuf,
-    /// Instance disks and runtime records: `<storage>/<instance>/disk<N>.img`, `runtime.json`.
+    /// Shared by every node: `<storage>/<instance>/disk-<disk uuid>.img` and the last `spec.json`,
+    /// and exports under `<storage>/.export/<instance>/`. Runtime records live in `run_root`.
     pub storage_dir: PathBuf,
     /// Sockets, pidfiles and logs; keep it short (unix socket paths must stay < 108 bytes).
     pub run_root: PathBuf,
@@ -58,8 +59,27 @@ fn failed(e: impl std::fmt::Display) -> BackendError {
     BackendError::failed(e.to_string())
 }
 
-/// A short, stable directory name for an instance's sockets.
-fn short_id(name: &str) -> String {
+/// `root/name`, for a `name` that is one safe path component (a valid host name).
+fn safe_dir(root: &Path, name: &str) -> BackendResult<PathBuf> {
+    if !crate::validate::is_safe_component(name) {
+        return Err(failed(format!(
+            "refusing the invalid instance name {name:?}"
+        )));
+    }
+    Ok(root.join(name))
+}
+
+/// MACs become part of QEMU's `-device` argument: anything but `aa:bb:cc:dd:ee:ff` could smuggle
+/// in more properties (`,romfile=/etc/shadow`).
+fn check_macs(macs: &[String]) -> BackendResult<()> {
+    match macs.iter().find(|m| !crate::validate::is_mac(m)) {
+        Some(bad) => Err(failed(format!("refusing the invalid MAC address {bad:?}"))),
+        None => Ok(()),
+    }
+}
+
+/// A short, stable name derived from `name` (8 hex digits): run dirs must stay short.
+pub fn short_id(name: &str) -> String {
     use md5::{Digest, Md5};
     let digest = Md5::digest(name.as_bytes());
     digest[..4].iter().map(|b| format!("{b:02x}")).collect()
@@ -80,26 +100,31 @@ impl QemuBackend {
         os::scan(&self.settings.os_search_path)
     }
 
-    fn instance_dir(&self, name: &str) -> PathBuf {
-        self.settings.storage_dir.join(name)
+    /// An instance's directory on the shared storage. Names reach this point validated by the
+    /// logical units; refusing anything else here keeps every path under the storage root even
+    /// if a check upstream is ever missed.
+    fn instance_dir(&self, name: &str) -> BackendResult<PathBuf> {
+        safe_dir(&self.settings.storage_dir, name)
     }
 
     /// Disk files are named by disk UUID, so removing a disk never shifts another's file.
-    fn disk_paths(&self, vm: &VmSpec) -> Vec<PathBuf> {
+    fn disk_paths(&self, vm: &VmSpec) -> BackendResult<Vec<PathBuf>> {
+        let dir = self.instance_dir(&vm.name)?;
         (0..vm.disks_mib.len())
             .map(|n| {
                 let file = match vm.disk_ids.get(n) {
-                    Some(id) => format!("disk-{id}.img"),
+                    Some(id) if crate::validate::is_uuid(id) => format!("disk-{id}.img"),
+                    Some(id) => return Err(failed(format!("refusing the invalid disk id {id:?}"))),
                     None => format!("disk{n}.img"),
                 };
-                self.instance_dir(&vm.name).join(file)
+                Ok(dir.join(file))
             })
             .collect()
     }
 
     /// Exports live next to the instances, on the shared storage, so any node can import them.
-    fn export_dir(&self, name: &str) -> PathBuf {
-        self.settings.storage_dir.join(".export").join(name)
+    fn export_dir(&self, name: &str) -> BackendResult<PathBuf> {
+        safe_dir(&self.settings.storage_dir.join(".export"), name)
     }
 
     fn find_os(&self, vm: &VmSpec) -> BackendResult<InstalledOs> {
@@ -112,18 +137,19 @@ impl QemuBackend {
     /// The last specification this host was given for an instance (for calls that name the
     /// instance only, such as growing a disk of a stopped one).
     fn saved_spec(&self, name: &str) -> Option<VmSpec> {
-        let text = std::fs::read(self.instance_dir(name).join("spec.json")).ok()?;
+        let text = std::fs::read(self.instance_dir(name).ok()?.join("spec.json")).ok()?;
         serde_json::from_slice(&text).ok()
     }
 
     fn save_spec(&self, vm: &VmSpec) -> BackendResult<()> {
         let text = serde_json::to_vec_pretty(vm).map_err(failed)?;
-        std::fs::write(self.instance_dir(&vm.name).join("spec.json"), text).map_err(failed)
+        std::fs::write(self.instance_dir(&vm.name)?.join("spec.json"), text).map_err(failed)
     }
 
-    fn vm_config(&self, vm: &VmSpec, incoming: Option<String>) -> VmConfig {
+    fn vm_config(&self, vm: &VmSpec, incoming: Option<String>) -> BackendResult<VmConfig> {
         let suffix = if incoming.is_some() { "-in" } else { "" };
-        VmConfig {
+        check_macs(&vm.macs)?;
+        Ok(VmConfig {
             name: vm.name.clone(),
             run_dir: self
                 .settings
@@ -131,11 +157,11 @@ impl QemuBackend {
                 .join(format!("{}{suffix}", short_id(&vm.name))),
             memory_mib: vm.memory_mib,
             vcpus: vm.vcpus.max(1) as u32,
-            disks: self.disk_paths(vm),
+            disks: self.disk_paths(vm)?,
             macs: vm.macs.clone(),
             accel: self.settings.accel.clone(),
             incoming,
-        }
+        })
     }
 
     fn write_record(&self, node: &str, config: &VmConfig) -> BackendResult<()> {
@@ -290,14 +316,13 @@ impl QemuBackend {
         source: VmConfig,
     ) -> BackendResult<String> {
         let mut config = source;
+        check_macs(&config.macs)?;
         // Same files, seen through this host's mount of the shared storage.
+        let dir = self.instance_dir(name)?;
         config.disks = config
             .disks
             .iter()
-            .map(|d| {
-                self.instance_dir(name)
-                    .join(d.file_name().unwrap_or_default())
-            })
+            .map(|d| dir.join(d.file_name().unwrap_or_default()))
             .collect();
         config.accel = self.settings.accel.clone();
         config.run_dir =
@@ -439,18 +464,19 @@ impl Backend for QemuBackend {
 
     fn node_info<'a>(&'a self, node: &'a str) -> BoxFuture<'a, BackendResult<NodeInfo>> {
         Box::pin(async move {
-            let spec = self
+            let known = self
                 .nodes
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .get(node)
-                .cloned()
-                .ok_or_else(|| BackendError {
+                .contains_key(node);
+            if !known {
+                return Err(BackendError {
                     kind: FailureKind::NodeUnreachable,
                     message: format!("Node {node} is not served by this host"),
-                })?;
+                });
+            }
             // Local nodes are this host: its real capacity, whatever the configuration says.
-            let spec = host_spec(&spec.name, &self.settings.storage_dir);
+            let spec = host_spec(node, &self.settings.storage_dir);
             let used_memory: u64 = self
                 .vms
                 .lock()
@@ -459,6 +485,8 @@ impl Backend for QemuBackend {
                 .filter(|r| r.node == node)
                 .map(|r| r.vm.config.memory_mib)
                 .sum();
+            // Disks are sparse: count what was allocated to instances (their logical sizes),
+            // not the blocks written so far, as Ganeti accounts for volumes.
             let used_disk: u64 = std::fs::read_dir(&self.settings.storage_dir)
                 .into_iter()
                 .flatten()
@@ -489,8 +517,8 @@ impl Backend for QemuBackend {
         Box::pin(async move {
             // Makes the disk files match the specification: missing ones are created (and
             // hot-plugged into a running VM); files of removed disks go once the VM is stopped.
-            std::fs::create_dir_all(self.instance_dir(&vm.name)).map_err(failed)?;
-            let paths = self.disk_paths(vm);
+            std::fs::create_dir_all(self.instance_dir(&vm.name)?).map_err(failed)?;
+            let paths = self.disk_paths(vm)?;
             let mut created = 0;
             for (path, size) in paths.iter().zip(&vm.disks_mib) {
                 if path.exists() {
@@ -512,7 +540,7 @@ impl Backend for QemuBackend {
                 }
                 Some(_) => {}
                 None => {
-                    let stale = std::fs::read_dir(self.instance_dir(&vm.name))
+                    let stale = std::fs::read_dir(self.instance_dir(&vm.name)?)
                         .into_iter()
                         .flatten()
                         .flatten()
@@ -547,7 +575,7 @@ impl Backend for QemuBackend {
                     let _ = std::fs::remove_dir_all(entry.path());
                 }
             }
-            match std::fs::remove_dir_all(self.instance_dir(name)) {
+            match std::fs::remove_dir_all(self.instance_dir(name)?) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(failed(e)),
                 _ => Ok(()),
             }
@@ -571,7 +599,7 @@ impl Backend for QemuBackend {
                 .saved_spec(name)
                 .ok_or_else(|| failed(format!("no disks known for instance {name}")))?;
             let path = self
-                .disk_paths(&spec)
+                .disk_paths(&spec)?
                 .get(index)
                 .cloned()
                 .ok_or_else(|| failed(format!("instance {name} has no disk {index}")))?;
@@ -590,20 +618,14 @@ impl Backend for QemuBackend {
             if self.running(&vm.name).await.is_some() {
                 return Err(failed(format!("Instance {} is running", vm.name)));
             }
-            let name = vm.os.split('+').next().unwrap_or("");
-            let installed = self.operating_systems();
-            let Some(os) = installed.get(name) else {
-                return Err(failed(format!("OS '{name}' not found on node {node}")));
-            };
-            let disks = self.disk_paths(vm);
+            let os = self
+                .find_os(vm)
+                .map_err(|e| failed(format!("{e} on node {node}")))?;
+            let disks = self.disk_paths(vm)?;
+            // Kept for the OS rename script, which needs the same environment.
             self.save_spec(vm)?;
-            let env = os::instance_env(os, vm, &disks);
-            let output = os::run_script(os, "create", &env).await.map_err(failed)?;
-            // Remembered for the OS rename script, which needs the same environment.
-            let installed = serde_json::to_vec(vm).map_err(failed)?;
-            std::fs::write(self.instance_dir(&vm.name).join("os.json"), installed)
-                .map_err(failed)?;
-            Ok(output)
+            let env = os::instance_env(&os, vm, &disks);
+            os::run_script(&os, "create", &env).await.map_err(failed)
         })
     }
 
@@ -612,9 +634,9 @@ impl Backend for QemuBackend {
             if self.running(&vm.name).await.is_some() {
                 return Ok(());
             }
-            let config = self.vm_config(vm, None);
+            let config = self.vm_config(vm, None)?;
             let _ = std::fs::remove_dir_all(&config.run_dir);
-            std::fs::create_dir_all(self.instance_dir(&vm.name)).map_err(failed)?;
+            std::fs::create_dir_all(self.instance_dir(&vm.name)?).map_err(failed)?;
             self.write_record(node, &config)?;
             let run_dir = config.run_dir.clone();
             match self.launch(node, config).await {
@@ -721,7 +743,7 @@ impl Backend for QemuBackend {
             if self.running(old).await.is_some() {
                 return Err(failed(format!("Instance {old} is running")));
             }
-            let (from, to) = (self.instance_dir(old), self.instance_dir(new));
+            let (from, to) = (self.instance_dir(old)?, self.instance_dir(new)?);
             if from.exists() && from != to {
                 std::fs::rename(&from, &to).map_err(failed)?;
             }
@@ -732,14 +754,13 @@ impl Backend for QemuBackend {
             vm.name = new.to_string();
             vm.reinstall = false;
             self.save_spec(&vm)?;
-            let installed = self.operating_systems();
-            let Some(os) = installed.get(vm.os.split('+').next().unwrap_or("")) else {
+            let Ok(os) = self.find_os(&vm) else {
                 return Ok(());
             };
-            let mut env = os::instance_env(os, &vm, &self.disk_paths(&vm));
+            let mut env = os::instance_env(&os, &vm, &self.disk_paths(&vm)?);
             env.push(("OLD_INSTANCE_NAME".into(), old.to_string()));
             // As upstream: the instance is renamed either way; a failed script is a warning.
-            if let Err(e) = os::run_script(os, "rename", &env).await {
+            if let Err(e) = os::run_script(&os, "rename", &env).await {
                 tracing::warn!(instance = %new, "OS rename script failed: {e}");
             }
             Ok(())
@@ -799,19 +820,13 @@ impl Backend for QemuBackend {
     ) -> BoxFuture<'a, BackendResult<Vec<String>>> {
         Box::pin(async move {
             let os = self.find_os(vm)?;
-            let dir = self.export_dir(&vm.name);
+            let dir = self.export_dir(&vm.name)?;
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::create_dir_all(&dir).map_err(failed)?;
-            let disks = self.disk_paths(vm);
+            let disks = self.disk_paths(vm)?;
             let mut log = vec![];
-            for (n, disk) in disks.iter().enumerate() {
-                let mut env = os::instance_env(&os, vm, &disks);
-                let path = disk.display().to_string();
-                env.extend([
-                    ("EXPORT_INDEX".to_string(), n.to_string()),
-                    ("EXPORT_DISK_PATH".to_string(), path.clone()),
-                    ("EXPORT_DEVICE".to_string(), path),
-                ]);
+            for n in 0..disks.len() {
+                let env = os::disk_script_env(&os, vm, &disks, n, "EXPORT");
                 let dump =
                     std::fs::File::create(dir.join(format!("disk{n}.dump"))).map_err(failed)?;
                 log.extend(
@@ -843,22 +858,16 @@ impl Backend for QemuBackend {
             let dir = if source.starts_with('/') {
                 PathBuf::from(source)
             } else {
-                self.export_dir(source)
+                self.export_dir(source)?
             };
-            let disks = self.disk_paths(vm);
+            let disks = self.disk_paths(vm)?;
             let mut log = vec![];
-            for (n, disk) in disks.iter().enumerate() {
+            for n in 0..disks.len() {
                 let dump = dir.join(format!("disk{n}.dump"));
                 let Ok(input) = std::fs::File::open(&dump) else {
                     return Err(failed(format!("export {} has no disk {n}", dir.display())));
                 };
-                let mut env = os::instance_env(&os, vm, &disks);
-                let path = disk.display().to_string();
-                env.extend([
-                    ("IMPORT_INDEX".to_string(), n.to_string()),
-                    ("IMPORT_DISK_PATH".to_string(), path.clone()),
-                    ("IMPORT_DEVICE".to_string(), path),
-                ]);
+                let env = os::disk_script_env(&os, vm, &disks, n, "IMPORT");
                 log.extend(
                     os::run_script_io(&os, "import", &env, Some(input), None)
                         .await
@@ -876,7 +885,7 @@ impl Backend for QemuBackend {
         name: &'a str,
     ) -> BoxFuture<'a, BackendResult<()>> {
         Box::pin(async move {
-            match std::fs::remove_dir_all(self.export_dir(name)) {
+            match std::fs::remove_dir_all(self.export_dir(name)?) {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     Err(failed(format!("no export of {name}")))
                 }
@@ -949,7 +958,7 @@ impl Backend for QemuBackend {
 
     fn delay<'a>(&'a self, _node: &'a str, seconds: f64) -> BoxFuture<'a, BackendResult<()>> {
         Box::pin(async move {
-            tokio::time::sleep(Duration::from_secs_f64(seconds.max(0.0))).await;
+            tokio::time::sleep(Duration::try_from_secs_f64(seconds).unwrap_or_default()).await;
             Ok(())
         })
     }

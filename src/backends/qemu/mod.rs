@@ -6,4 +6,4 @@ pub mod os;
 pub mod qmp;
 pub mod vm;
 
-pub use backend::{QemuBackend, QemuSettings};
+pub use backend::{QemuBackend, QemuSettings, short_id};

@@ -95,17 +95,18 @@ pub fn scan(search_path: &[PathBuf]) -> BTreeMap<String, InstalledOs> {
     found
 }
 
-/// The environment of an instance script (reset: nothing of gantry's own environment leaks in).
-pub fn instance_env(os: &InstalledOs, vm: &VmSpec, disks: &[PathBuf]) -> Vec<(String, String)> {
+/// What every script gets (the environment is reset: nothing of gantry's own leaks in): the
+/// API version, OS name and variant, and the OS parameters as `OSP_<NAME>`.
+fn core_env(
+    os: &InstalledOs,
+    variant: String,
+    params: &BTreeMap<String, String>,
+) -> Vec<(String, String)> {
     let api = KNOWN_API
         .iter()
         .copied()
         .find(|v| os.def.api_versions.contains(v))
         .unwrap_or(10);
-    let variant = match vm.os.split_once('+') {
-        Some((_, v)) => v.to_string(),
-        None => os.def.variants.first().cloned().unwrap_or_default(),
-    };
     let mut env: Vec<(String, String)> = vec![
         ("PATH".into(), "/sbin:/bin:/usr/sbin:/usr/bin".into()),
         ("OS_API_VERSION".into(), api.to_string()),
@@ -115,6 +116,24 @@ pub fn instance_env(os: &InstalledOs, vm: &VmSpec, disks: &[PathBuf]) -> Vec<(St
             if api >= 15 { variant } else { String::new() },
         ),
         ("DEBUG_LEVEL".into(), "0".into()),
+    ];
+    for (k, v) in params {
+        env.push((
+            format!("OSP_{}", k.to_uppercase().replace('-', "_")),
+            v.clone(),
+        ));
+    }
+    env
+}
+
+/// The environment of an instance script: the core one plus the instance, its disks and NICs.
+pub fn instance_env(os: &InstalledOs, vm: &VmSpec, disks: &[PathBuf]) -> Vec<(String, String)> {
+    let variant = match vm.os.split_once('+') {
+        Some((_, v)) => v.to_string(),
+        None => os.def.variants.first().cloned().unwrap_or_default(),
+    };
+    let mut env = core_env(os, variant, &vm.osparams);
+    env.extend([
         ("INSTANCE_NAME".into(), vm.name.clone()),
         ("INSTANCE_OS".into(), vm.os.clone()),
         ("INSTANCE_UUID".into(), vm.uuid.clone()),
@@ -123,7 +142,7 @@ pub fn instance_env(os: &InstalledOs, vm: &VmSpec, disks: &[PathBuf]) -> Vec<(St
         ("INSTANCE_BE_vcpus".into(), vm.vcpus.to_string()),
         ("DISK_COUNT".into(), disks.len().to_string()),
         ("NIC_COUNT".into(), vm.macs.len().to_string()),
-    ];
+    ]);
     for (n, (path, size)) in disks.iter().zip(&vm.disks_mib).enumerate() {
         env.push((format!("DISK_{n}_PATH"), path.display().to_string()));
         env.push((format!("DISK_{n}_SIZE"), size.to_string()));
@@ -134,19 +153,32 @@ pub fn instance_env(os: &InstalledOs, vm: &VmSpec, disks: &[PathBuf]) -> Vec<(St
         env.push((format!("NIC_{n}_MAC"), mac.clone()));
         env.push((format!("NIC_{n}_MODE"), "bridged".into()));
     }
-    for (k, v) in &vm.osparams {
-        env.push((
-            format!("OSP_{}", k.to_uppercase().replace('-', "_")),
-            v.clone(),
-        ));
-    }
     if vm.reinstall {
         env.push(("INSTANCE_REINSTALL".into(), "1".into()));
     }
     env
 }
 
-/// Runs the OS's `verify parameters` (API 20) with the core environment and the parameters.
+/// The environment of the `export` or `import` script for disk `n` (`kind` is "EXPORT" or
+/// "IMPORT"): the instance environment plus `<KIND>_INDEX`, `_DISK_PATH` and `_DEVICE`.
+pub fn disk_script_env(
+    os: &InstalledOs,
+    vm: &VmSpec,
+    disks: &[PathBuf],
+    n: usize,
+    kind: &str,
+) -> Vec<(String, String)> {
+    let mut env = instance_env(os, vm, disks);
+    let path = disks[n].display().to_string();
+    env.extend([
+        (format!("{kind}_INDEX"), n.to_string()),
+        (format!("{kind}_DISK_PATH"), path.clone()),
+        (format!("{kind}_DEVICE"), path),
+    ]);
+    env
+}
+
+/// Runs the OS's `verify parameters` (API 20) with the core environment only.
 pub async fn verify_parameters(
     os: &InstalledOs,
     os_type: &str,
@@ -156,36 +188,10 @@ pub async fn verify_parameters(
         return Ok(());
     }
     let variant = os_type.split_once('+').map(|(_, v)| v).unwrap_or_default();
-    let mut env: Vec<(String, String)> = vec![
-        ("PATH".into(), "/sbin:/bin:/usr/sbin:/usr/bin".into()),
-        ("OS_API_VERSION".into(), "20".into()),
-        ("OS_NAME".into(), os.def.name.clone()),
-        ("OS_VARIANT".into(), variant.to_string()),
-    ];
-    for (k, v) in params {
-        env.push((
-            format!("OSP_{}", k.to_uppercase().replace('-', "_")),
-            v.clone(),
-        ));
-    }
-    let out = Command::new(os.dir.join("verify"))
-        .arg("parameters")
-        .current_dir(&os.dir)
-        .env_clear()
-        .envs(env)
-        .stdin(Stdio::null())
-        .output()
+    let env = core_env(os, variant.to_string(), params);
+    run(os, "verify", &["parameters"], &env, None, None)
         .await
-        .map_err(|e| format!("cannot run the verify script: {e}"))?;
-    if out.status.success() {
-        return Ok(());
-    }
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Err(text.trim().to_string())
+        .map(|_| ())
 }
 
 /// Runs one script of an OS; answers its output lines, or an error with the last 20 of them.
@@ -194,7 +200,7 @@ pub async fn run_script(
     script: &str,
     env: &[(String, String)],
 ) -> Result<Vec<String>, String> {
-    run_script_io(os, script, env, None, None).await
+    run(os, script, &[], env, None, None).await
 }
 
 /// Like `run_script`, with stdin read from a file and/or stdout written to one (export and
@@ -206,33 +212,37 @@ pub async fn run_script_io(
     stdin: Option<std::fs::File>,
     stdout: Option<std::fs::File>,
 ) -> Result<Vec<String>, String> {
+    run(os, script, &[], env, stdin, stdout).await
+}
+
+async fn run(
+    os: &InstalledOs,
+    script: &str,
+    args: &[&str],
+    env: &[(String, String)],
+    stdin: Option<std::fs::File>,
+    stdout: Option<std::fs::File>,
+) -> Result<Vec<String>, String> {
     let path = os.dir.join(script);
-    let mut command = Command::new(&path);
-    command
+    let to_file = stdout.is_some();
+    // spawn + wait_with_output: tokio's `output()` would replace a stdout set here with a pipe.
+    let out = Command::new(&path)
+        .args(args)
         .current_dir(&os.dir)
         .env_clear()
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .stdin(stdin.map_or_else(Stdio::null, Stdio::from));
-    let to_file = stdout.is_some();
-    // spawn + wait_with_output: tokio's `output()` would replace a stdout set here with a pipe.
-    command
+        .stdin(stdin.map_or_else(Stdio::null, Stdio::from))
         .stdout(stdout.map_or_else(Stdio::piped, Stdio::from))
-        .stderr(Stdio::piped());
-    let out = command
+        .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("cannot run {}: {e}", path.display()))?
         .wait_with_output()
         .await
         .map_err(|e| format!("{}: {e}", path.display()))?;
-    let text = if to_file {
-        String::from_utf8_lossy(&out.stderr).to_string()
-    } else {
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    };
+    let mut text = String::from_utf8_lossy(&out.stderr).to_string();
+    if !to_file {
+        text.insert_str(0, &String::from_utf8_lossy(&out.stdout));
+    }
     let lines: Vec<String> = text.lines().map(String::from).collect();
     if out.status.success() {
         Ok(lines)

@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::cluster::model::Instance;
+use crate::opcodes::OpId;
 
 pub fn valid_hostname(name: &str) -> bool {
     !name.is_empty()
@@ -406,7 +407,7 @@ fn check_nic_networks(cfg: &Config, inst: &mut Instance, pnode: &str) -> Result<
         nic.mode = link.mode.clone();
         nic.link = link.link.clone();
         if nic.ip.as_deref() == Some("pool") {
-            nic.ip = Some(super::super::network::free_address(net).ok_or_else(|| {
+            nic.ip = Some(crate::cluster::addresses::free_address(net).ok_or_else(|| {
                 OpError::prereq(
                     format!("Network '{}' has no free addresses", net.name),
                     ErrorCode::WrongState,
@@ -526,7 +527,7 @@ pub async fn multi_alloc(ctx: &Ctx) -> Result<Value, OpError> {
     let mut seen = std::collections::HashSet::new();
     for v in &insts {
         let op = OpCode::from_json(v).map_err(|e| OpError::prereq(e.0, ErrorCode::WrongInput))?;
-        if op.id() != "OP_INSTANCE_CREATE" {
+        if op.id() != OpId::InstanceCreate {
             return Err(OpError::prereq(
                 "Only OP_INSTANCE_CREATE opcodes can be allocated",
                 ErrorCode::WrongInput,

@@ -346,7 +346,7 @@ pub async fn execute(ctx: &Ctx) -> Result<Value, OpError> {
                     for (k, v) in &p {
                         let s = v.as_str().map(String::from);
                         match k.as_str() {
-                            "mac" => nic.mac = s.unwrap_or_default(),
+                            "mac" => nic.mac = nic_mac(&cfg, s.as_deref(), &[])?,
                             "ip" => nic.ip = s.filter(|x| x != "none"),
                             "mode" => nic.mode = s.unwrap_or_default(),
                             "link" => nic.link = s.unwrap_or_default(),

@@ -1,61 +1,10 @@
-//! Ganeti-style lock manager: named locks per level, shared or exclusive, granted in priority
-//! order. Callers acquire a whole plan in (level, name) order, which makes deadlock impossible.
+//! The lock manager: named locks per level, shared or exclusive, granted in priority order.
+//! Callers acquire a whole plan in (level, name) order, which makes deadlock impossible.
 
+use super::{LockLevel, LockMode, LockPlan};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
-
-/// Lock levels in acquisition order (spec opcodes.md §1.5). The cluster-wide BGL is shared by every
-/// opcode gantry implements, so it never blocks anything and is not modelled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum LockLevel {
-    Instance,
-    NodeGroup,
-    Node,
-    NodeRes,
-    Network,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum LockMode {
-    Shared,
-    Exclusive,
-}
-
-/// The locks one opcode needs, kept sorted and free of duplicates (exclusive wins).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct LockPlan {
-    locks: BTreeMap<(LockLevel, String), LockMode>,
-}
-
-impl LockPlan {
-    pub fn add(&mut self, level: LockLevel, name: impl Into<String>, mode: LockMode) {
-        let slot = self
-            .locks
-            .entry((level, name.into()))
-            .or_insert(LockMode::Shared);
-        *slot = (*slot).max(mode);
-    }
-
-    pub fn add_all<I: IntoIterator<Item = S>, S: Into<String>>(
-        &mut self,
-        level: LockLevel,
-        names: I,
-        mode: LockMode,
-    ) {
-        for n in names {
-            self.add(level, n, mode);
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.locks.is_empty()
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = (&(LockLevel, String), &LockMode)> {
-        self.locks.iter()
-    }
-}
 
 struct Waiter {
     mode: LockMode,

@@ -1,7 +1,9 @@
-//! Read views of the configuration in Ganeti's field names, shared by RAPI and query opcodes.
+//! Read views of the configuration in Ganeti's field names, shared by RAPI and query opcodes
+//! (upstream `lib/query.py`): the model joined with what the backends report, so this room sits
+//! above both `cluster` and `backends`.
 //! Runtime facts (running state, free memory) come from the caller, who asks the backend.
 
-use super::model::*;
+use crate::cluster::model::*;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 
@@ -232,7 +234,7 @@ pub fn instance_field(cfg: &Config, live: &Live, inst: &Instance, name: &str) ->
         "forthcoming" => json!(inst.forthcoming),
         "console" => {
             if running.is_some() {
-                crate::cmdlib::console_info(inst)
+                console_info(inst)
             } else {
                 Value::Null
             }
@@ -470,7 +472,7 @@ pub fn network_field(cfg: &Config, net: &Network, name: &str) -> Option<Value> {
     if let Some(v) = common(&net.meta, name) {
         return Some(v);
     }
-    let (free, reserved) = crate::cmdlib::pool_counts(net);
+    let (free, reserved) = crate::cluster::addresses::pool_counts(net);
     Some(match name {
         "name" => json!(net.name),
         "network" => json!(net.network),
@@ -504,7 +506,7 @@ pub fn network_field(cfg: &Config, net: &Network, name: &str) -> Option<Value> {
 
 /// Ganeti's pool map: one character per address, `X` reserved/used, `.` free.
 fn network_map(net: &Network) -> String {
-    let Some((base, len)) = crate::cmdlib::parse_cidr(&net.network) else {
+    let Some((base, len)) = crate::cluster::addresses::parse_cidr(&net.network) else {
         return String::new();
     };
     let size = 1u64 << (32 - len);
@@ -519,4 +521,13 @@ fn network_map(net: &Network) -> String {
             if taken { 'X' } else { '.' }
         })
         .collect()
+}
+
+/// What `GET /2/instances/X/console` answers when the hypervisor has no console to offer.
+pub fn console_info(inst: &Instance) -> Value {
+    json!({
+        "instance": inst.name,
+        "kind": "message",
+        "message": format!("Console not available for {} hypervisor", inst.hypervisor),
+    })
 }

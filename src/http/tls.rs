@@ -9,7 +9,8 @@ fn generate_self_signed(cert: &Path, key: &Path) -> Result<(), String> {
         rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
             .map_err(|e| format!("cannot generate a certificate: {e}"))?;
     std::fs::write(cert, generated.cert.pem()).map_err(|e| e.to_string())?;
-    std::fs::write(key, generated.signing_key.serialize_pem()).map_err(|e| e.to_string())?;
+    crate::util::write_private(key, generated.signing_key.serialize_pem())
+        .map_err(|e| format!("{}: {e}", key.display()))?;
     tracing::info!(path = %cert.display(), "generated a self-signed certificate");
     Ok(())
 }
@@ -83,11 +84,8 @@ pub fn cluster_credentials(dir: &Path, create: bool) -> Result<ClusterCredential
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect();
-        std::fs::write(&secret, random).map_err(|e| e.to_string())?;
-        use std::os::unix::fs::PermissionsExt;
-        for private in [&key, &secret] {
-            let _ = std::fs::set_permissions(private, std::fs::Permissions::from_mode(0o600));
-        }
+        crate::util::write_private(&secret, random)
+            .map_err(|e| format!("{}: {e}", secret.display()))?;
     }
     let der = read_certs(&cert)?
         .into_iter()
@@ -110,4 +108,79 @@ pub fn cluster_credentials(dir: &Path, create: bool) -> Result<ClusterCredential
         cert_der: der,
         secret: secret_text,
     })
+}
+
+/// Accepts exactly one certificate: the cluster's.
+#[derive(Debug)]
+struct PinnedCertificate {
+    der: Vec<u8>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for PinnedCertificate {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        if end_entity.as_ref() == self.der.as_slice() {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General(
+                "the node does not present the cluster certificate".into(),
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// A client configuration that trusts exactly one certificate (the cluster's), no CA involved.
+pub fn pinned_client_config(cert_der: &[u8]) -> Result<rustls::ClientConfig, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = PinnedCertificate {
+        der: cert_der.to_vec(),
+        provider: provider.clone(),
+    };
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth())
 }
