@@ -141,7 +141,10 @@ pub async fn run(
     println!("gantry node listening on https://{local}");
     let server = ServerOptions {
         header_timeout: Duration::from_secs(30),
+        handshake_timeout: Duration::from_secs(5),
         max_connections: 256,
+        // The master opens several at once; strangers are capped per address.
+        max_per_ip: 128,
         tls: Some(tls_config),
     };
     serve_filter(listener, routes, server, shutdown).await;

@@ -159,9 +159,16 @@ struct ServeArgs {
     /// Seconds a client has to send its request headers.
     #[arg(long, default_value_t = 10)]
     header_timeout: u64,
-    /// Open connections served at once.
+    /// Open connections served at once; when all are taken, a new connection replaces the one
+    /// idle the longest.
     #[arg(long, default_value_t = 1024)]
     max_connections: usize,
+    /// Open connections from one client address at once.
+    #[arg(long, default_value_t = 64)]
+    max_connections_per_ip: usize,
+    /// Seconds a client has to finish the TLS handshake.
+    #[arg(long, default_value_t = 5)]
+    handshake_timeout: u64,
 }
 
 pub fn main() -> ExitCode {
@@ -349,6 +356,8 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     let opts = ServerOptions {
         header_timeout: Duration::from_secs(args.header_timeout.max(1)),
         max_connections: args.max_connections.max(1),
+        max_per_ip: args.max_connections_per_ip.max(1),
+        handshake_timeout: Duration::from_secs(args.handshake_timeout.max(1)),
         tls,
     };
     rapi::serve(listener, state, opts, shutdown_signal()).await;

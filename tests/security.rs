@@ -309,3 +309,117 @@ fn keys_secrets_and_the_database_are_private() {
     let _ = child.wait();
     assert_eq!(mode(&data), 0o700, "a new data dir is its owner's only");
 }
+
+/// Holds `per_addr` idle TCP connections from each of `addrs` source addresses (127.0.0.2…)
+/// to `target`, reconnecting whenever the server closes one, until `stop` is set. Answers how
+/// many connections it opened in all.
+async fn idle_flood(
+    target: std::net::SocketAddr,
+    addrs: u8,
+    per_addr: usize,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> usize {
+    use std::sync::atomic::Ordering;
+    use tokio::io::AsyncReadExt;
+    let mut tasks = tokio::task::JoinSet::new();
+    for a in 0..addrs {
+        for _ in 0..per_addr {
+            let stop = stop.clone();
+            tasks.spawn(async move {
+                let source = std::net::SocketAddr::from(([127, 0, 0, 2 + a], 0));
+                let mut opened = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+                    socket.bind(source).unwrap();
+                    let Ok(mut conn) = socket.connect(target).await else {
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    };
+                    opened += 1;
+                    let mut buf = [0u8; 64];
+                    // Never send a byte; wait for the server to give up on us, or for the end.
+                    let _ = tokio::time::timeout(
+                        std::time::Duration::from_secs(20),
+                        conn.read(&mut buf),
+                    )
+                    .await;
+                }
+                opened
+            });
+        }
+    }
+    let mut total = 0;
+    while let Some(n) = tasks.join_next().await {
+        total += n.unwrap_or(0);
+    }
+    total
+}
+
+#[test]
+fn idle_and_half_open_connections_cannot_starve_clients() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let s = start(&[]);
+    let port: u16 = s.base.rsplit(':').next().unwrap().parse().unwrap();
+    let target = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    // 2,000 connections from 40 addresses (50 each, under the per-address cap of 64) that
+    // never finish the TLS handshake: twice the server's 1,024 slots.
+    let flood = runtime.spawn(idle_flood(target, 40, 50, stop.clone()));
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let tries = 60;
+    let mut answered = 0;
+    for _ in 0..tries {
+        let out = Command::new("curl")
+            .args([
+                "-sk",
+                "--max-time",
+                "1",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+            ])
+            .arg(format!("{}/version", s.base))
+            .output()
+            .unwrap();
+        if out.stdout == b"200" {
+            answered += 1;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let opened = runtime.block_on(async {
+        tokio::time::timeout(std::time::Duration::from_secs(30), flood)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or(0)
+    });
+    assert!(opened >= 2000, "the flood opened only {opened} connections");
+    assert!(
+        answered * 100 >= tries * 95,
+        "only {answered} of {tries} requests answered within 1 s under the flood"
+    );
+    // One address alone cannot take more than its share.
+    let one = runtime.block_on(async {
+        let mut held = vec![];
+        for _ in 0..100 {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind(([127, 0, 0, 99], 0).into()).unwrap();
+            if let Ok(c) = socket.connect(target).await {
+                held.push(c);
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let mut open = 0;
+        for c in &mut held {
+            let mut buf = [0u8; 1];
+            match c.try_read(&mut buf) {
+                Ok(0) => {}
+                _ => open += 1,
+            }
+        }
+        open
+    });
+    assert!(one <= 64, "one address holds {one} connections");
+}

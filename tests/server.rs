@@ -205,6 +205,8 @@ fn slow_or_excess_connections_cannot_pin_the_server() {
         "1",
         "--max-connections",
         "2",
+        "--max-connections-per-ip",
+        "2",
     ]);
     // A half-sent request is dropped after the header timeout.
     let mut slow = connect(&s.base);
@@ -216,7 +218,8 @@ fn slow_or_excess_connections_cannot_pin_the_server() {
         "half-sent headers were dropped (after {waited:?})"
     );
 
-    // With both slots held, a third connection is closed at once; the slots free up afterwards.
+    // With both of this address's slots held, a third connection is closed at once; the slots
+    // free up afterwards. (Idle connections from many addresses: tests/security.rs.)
     let a = connect(&s.base);
     let b = connect(&s.base);
     std::thread::sleep(Duration::from_millis(200));

@@ -2,17 +2,25 @@
 //! header-read timeout, connection cap, optional TLS, graceful shutdown), TLS material, and a
 //! constant-time comparison for secrets. Knows nothing of Ganeti.
 
+mod slots;
 pub mod tls;
 
+use slots::Slots;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 
 pub struct ServerOptions {
+    /// Time a client has to send a request's headers.
     pub header_timeout: Duration,
+    /// Time a client has to finish the TLS handshake.
+    pub handshake_timeout: Duration,
+    /// Open connections at once, in all.
     pub max_connections: usize,
+    /// Open connections at once from one address.
+    pub max_per_ip: usize,
     pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
@@ -24,8 +32,9 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     Md5::digest(a).ct_eq(&Md5::digest(b)).into()
 }
 
-/// Serves any warp filter with gantry's connection handling: keep-alive, a header-read
-/// timeout, a cap on open connections, optional TLS, graceful shutdown. Also used by node agents.
+/// Serves any warp filter with gantry's connection handling (see `slots.rs`): keep-alive, a
+/// header-read timeout, a short TLS handshake timeout, per-address and total connection caps,
+/// optional TLS, graceful shutdown. Used by the RAPI and by node agents.
 pub async fn serve_filter<F>(
     listener: TcpListener,
     routes: F,
@@ -36,7 +45,7 @@ pub async fn serve_filter<F>(
     F::Extract: warp::Reply,
 {
     let service = warp::service(routes);
-    let slots = Arc::new(Semaphore::new(opts.max_connections));
+    let slots = Slots::new(opts.max_connections, opts.max_per_ip);
     let acceptor = opts.tls.map(tokio_rustls::TlsAcceptor::from);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
@@ -48,42 +57,86 @@ pub async fn serve_filter<F>(
             },
             _ = &mut shutdown => break,
         };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "connection limit reached, closing new connection");
+        let Some(slot) = slots.admit(peer.ip()) else {
             continue;
         };
-        let svc = hyper_util::service::TowerToHyperService::new(service.clone());
+        // Small answers should not wait for Nagle (nor a TLS session ticket behind them).
+        let _ = stream.set_nodelay(true);
+        let svc = MarkBusy {
+            inner: hyper_util::service::TowerToHyperService::new(service.clone()),
+            conn: slot.conn.clone(),
+        };
         let acceptor = acceptor.clone();
-        let header_timeout = opts.header_timeout;
+        let (header_timeout, handshake_timeout) = (opts.header_timeout, opts.handshake_timeout);
         let watcher = graceful.watcher();
         tokio::spawn(async move {
-            let _permit = permit;
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(header_timeout)
                 .keep_alive(true);
-            let result = match acceptor {
-                Some(acc) => {
-                    let tls = match tokio::time::timeout(header_timeout, acc.accept(stream)).await {
-                        Ok(Ok(s)) => s,
-                        _ => return,
-                    };
-                    let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(tls), svc);
-                    watcher.watch(conn).await
-                }
-                None => {
-                    let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
-                    watcher.watch(conn).await
+            let serve = async {
+                match acceptor {
+                    Some(acc) => {
+                        let tls = match tokio::time::timeout(handshake_timeout, acc.accept(stream))
+                            .await
+                        {
+                            Ok(Ok(s)) => s,
+                            _ => return Ok(()),
+                        };
+                        let io = hyper_util::rt::TokioIo::new(tls);
+                        watcher.watch(builder.serve_connection(io, svc)).await
+                    }
+                    None => {
+                        let io = hyper_util::rt::TokioIo::new(stream);
+                        watcher.watch(builder.serve_connection(io, svc)).await
+                    }
                 }
             };
-            if let Err(e) = result {
-                tracing::debug!(%peer, "connection ended: {e}");
+            tokio::select! {
+                result = serve => if let Err(e) = result {
+                    tracing::debug!(%peer, "connection ended: {e}");
+                },
+                _ = slot.conn.evicted.notified() => {
+                    tracing::debug!(%peer, "idle connection closed for a new one");
+                }
             }
+            drop(slot);
         });
     }
     drop(listener);
     let _ = tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await;
+}
+
+/// Marks its connection busy while a request is being answered, so it is never evicted then.
+#[derive(Clone)]
+struct MarkBusy<S> {
+    inner: S,
+    conn: Arc<slots::Connection>,
+}
+
+impl<S, R> hyper::service::Service<R> for MarkBusy<S>
+where
+    S: hyper::service::Service<R>,
+    S::Future: Send + 'static,
+    S::Response: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn call(&self, request: R) -> Self::Future {
+        self.conn.idle.store(false, Ordering::Relaxed);
+        let answer = self.inner.call(request);
+        let conn = self.conn.clone();
+        Box::pin(async move {
+            let result = answer.await;
+            conn.idle.store(true, Ordering::Relaxed);
+            result
+        })
+    }
 }
 
 #[cfg(test)]
