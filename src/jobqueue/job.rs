@@ -81,6 +81,9 @@ pub struct QueuedOp {
     pub input: OpCode,
     pub status: Status,
     pub result: Value,
+    /// Kept in memory; on disk each entry is its own record (`Store::put_log`), so a long log
+    /// never rewrites the job. Older job records carry it inline and still load.
+    #[serde(default, skip_serializing)]
     pub log: Vec<LogEntry>,
     pub priority: i64,
     pub start: Option<Timestamp>,
@@ -116,6 +119,9 @@ pub struct Job {
     /// A cancel that arrived while an opcode ran: applied at the next opcode boundary (§18.3).
     #[serde(default)]
     pub cancel_at_boundary: bool,
+    /// Log entries and bytes of messages so far, for the per-job cap (not stored: recounted).
+    #[serde(skip)]
+    pub log_size: (usize, usize),
 }
 
 /// Every field `/2/query/job` knows (spec jobs.md §2.1).
@@ -150,6 +156,7 @@ impl Job {
             end_ts: None,
             archived: false,
             cancel_at_boundary: false,
+            log_size: (0, 0),
         }
     }
 
@@ -198,7 +205,7 @@ impl Job {
     pub fn next_log_serial(&self) -> u64 {
         self.ops
             .iter()
-            .flat_map(|o| o.log.iter().map(|e| e.0))
+            .filter_map(|o| o.log.last().map(|e| e.0))
             .max()
             .unwrap_or(0)
             + 1

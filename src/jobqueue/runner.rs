@@ -226,23 +226,45 @@ async fn finish_op(queue: &JobQueue, id: JobId, idx: usize, outcome: Outcome) ->
 }
 
 /// The feedback channel handed to opcodes: appends log entries and wakes waiters at once.
+/// A job's log is capped (entries and message bytes), so no opcode can fill the disk through
+/// its log; past the cap one marker entry says so and later messages are dropped.
+pub const MAX_LOG_ENTRIES: usize = 10_000;
+pub const MAX_LOG_BYTES: usize = 8 << 20;
+pub const LOG_TRUNCATED: &str = "*** log truncated: this job wrote more than gantry keeps ***";
+
 fn feedback_sink(queue: JobQueue, id: JobId, idx: usize) -> Feedback {
     Arc::new(move |kind: &str, message: Value| {
-        let snapshot = {
+        let entry = {
             let mut st = queue.state();
             let Some(job) = st.jobs.get_mut(&id) else {
                 return;
             };
-            let serial = job.next_log_serial();
-            job.ops[idx].log.push(LogEntry(
-                serial,
+            let (entries, bytes) = job.log_size;
+            if entries > MAX_LOG_ENTRIES || bytes > MAX_LOG_BYTES {
+                return;
+            }
+            let size = message.to_string().len();
+            let (kind, message) = if entries == MAX_LOG_ENTRIES || bytes + size > MAX_LOG_BYTES {
+                ("message", Value::String(LOG_TRUNCATED.into()))
+            } else {
+                (kind, message)
+            };
+            // Past the cap either way: the marker is the last entry.
+            job.log_size = if kind == "message" && message == LOG_TRUNCATED {
+                (MAX_LOG_ENTRIES + 1, bytes)
+            } else {
+                (entries + 1, bytes + size)
+            };
+            let entry = LogEntry(
+                job.next_log_serial(),
                 Timestamp::now(),
                 kind.to_string(),
                 message,
-            ));
-            job.clone()
+            );
+            job.ops[idx].log.push(entry.clone());
+            entry
         };
-        if let Err(e) = queue.inner.store.put_job(&snapshot) {
+        if let Err(e) = queue.inner.store.put_log(id, idx, &entry) {
             tracing::warn!(job = %id, "writing log entry failed: {e}");
         }
         queue.bump(id);

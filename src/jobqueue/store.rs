@@ -3,7 +3,7 @@
 //! can set it while the server runs: `gantry queue drain`, or just creating the file.
 
 use super::filters::FilterRule;
-use super::job::{Job, JobId};
+use super::job::{Job, JobId, LogEntry};
 use crate::storage::{GroupCommit, StorageError};
 use thiserror::Error;
 
@@ -24,6 +24,9 @@ pub struct Store {
     archive: sled::Tree,
     meta: sled::Tree,
     filters: sled::Tree,
+    /// One record per log entry: key = job id, serial (both big-endian), value =
+    /// `[opcode index, entry]`.
+    logs: sled::Tree,
     drain_file: std::path::PathBuf,
 }
 
@@ -43,6 +46,7 @@ impl Store {
             archive: db.open_tree("archive")?,
             meta: db.open_tree("meta")?,
             filters: db.open_tree("filters")?,
+            logs: db.open_tree("joblog")?,
             drain_file: commit.data_dir().join(DRAIN_FILE),
             commit: commit.clone(),
         })
@@ -80,17 +84,51 @@ impl Store {
 
     pub fn archived_job(&self, id: JobId) -> Result<Option<Job>, StoreError> {
         match self.archive.get(key(id))? {
-            Some(bytes) => Ok(Some(decode(&bytes)?)),
+            Some(bytes) => Ok(Some(self.with_logs(decode(&bytes)?)?)),
             None => Ok(None),
         }
     }
 
     pub fn archived_jobs(&self) -> Result<Vec<Job>, StoreError> {
-        self.archive.iter().values().map(|v| decode(&v?)).collect()
+        self.archive
+            .iter()
+            .values()
+            .map(|v| self.with_logs(decode(&v?)?))
+            .collect()
     }
 
     pub fn live_jobs(&self) -> Result<Vec<Job>, StoreError> {
-        self.jobs.iter().values().map(|v| decode(&v?)).collect()
+        self.jobs
+            .iter()
+            .values()
+            .map(|v| self.with_logs(decode(&v?)?))
+            .collect()
+    }
+
+    /// Appends one log entry of opcode `index` of job `id` (made durable by the next flush).
+    pub fn put_log(&self, id: JobId, index: usize, entry: &LogEntry) -> Result<(), StoreError> {
+        let mut k = [0u8; 16];
+        k[..8].copy_from_slice(&key(id));
+        k[8..].copy_from_slice(&entry.0.to_be_bytes());
+        let bytes =
+            serde_json::to_vec(&(index, entry)).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.logs.insert(k, bytes)?;
+        Ok(())
+    }
+
+    /// Adds the separately stored log entries to a job read from its record.
+    fn with_logs(&self, mut job: Job) -> Result<Job, StoreError> {
+        for item in self.logs.scan_prefix(key(job.id)) {
+            let (_, bytes) = item?;
+            let (index, entry): (usize, LogEntry) = serde_json::from_slice(&bytes)
+                .map_err(|e| StoreError::Corrupt(format!("log entry of job {}: {e}", job.id)))?;
+            if let Some(op) = job.ops.get_mut(index) {
+                job.log_size.0 += 1;
+                job.log_size.1 += entry.3.to_string().len();
+                op.log.push(entry);
+            }
+        }
+        Ok(job)
     }
 
     pub fn max_archived_id(&self) -> Result<u64, StoreError> {
