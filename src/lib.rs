@@ -14,6 +14,7 @@ pub mod locking;
 pub mod opcodes;
 pub mod qlang;
 pub mod rapi;
+pub mod space;
 pub mod storage;
 pub mod util;
 pub mod validate;

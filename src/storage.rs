@@ -18,8 +18,16 @@ pub enum StorageError {
     Flush(String),
 }
 
-/// What the flusher has made durable: a generation number, or the error that stopped it.
-type Flushed = Result<u64, String>;
+/// What the flusher has done: every request up to `done` is durable; requests after `done` and up
+/// to `failed_up_to` were covered by a flush that failed with `error`. The flusher keeps
+/// running after a failure, so the next request tries again (a full disk that gets space back
+/// serves again without a restart).
+#[derive(Debug, Clone, Default)]
+struct Flushed {
+    done: u64,
+    failed_up_to: u64,
+    error: String,
+}
 
 struct Flusher {
     requested: AtomicU64,
@@ -36,11 +44,8 @@ pub struct GroupCommit {
 
 impl GroupCommit {
     pub fn open(path: &Path) -> Result<GroupCommit, StorageError> {
-        let db = sled::Config::new()
-            .path(path)
-            .open()
-            .map_err(|e| StorageError::Open(e.to_string()))?;
-        let (tx, _) = watch::channel(Ok(0));
+        let db = open_db(path)?;
+        let (tx, _) = watch::channel(Flushed::default());
         let flusher = Arc::new(Flusher {
             requested: AtomicU64::new(0),
             wake: (Mutex::new(false), Condvar::new()),
@@ -80,10 +85,14 @@ impl GroupCommit {
             cvar.notify_one();
         }
         loop {
-            match &*rx.borrow_and_update() {
-                Ok(done) if *done >= generation => return Ok(()),
-                Ok(_) => {}
-                Err(e) => return Err(StorageError::Flush(e.clone())),
+            {
+                let state = rx.borrow_and_update();
+                if state.done >= generation {
+                    return Ok(());
+                }
+                if state.failed_up_to >= generation {
+                    return Err(StorageError::Flush(state.error.clone()));
+                }
             }
             if rx.changed().await.is_err() {
                 return Err(StorageError::Flush("flusher stopped".into()));
@@ -100,6 +109,36 @@ impl GroupCommit {
     }
 }
 
+/// Opens sled, turning its panics on a damaged file (it asserts while recovering) into an error
+/// that names the database and says what to do.
+fn open_db(path: &Path) -> Result<sled::Db, StorageError> {
+    let damaged = |detail: String| {
+        StorageError::Open(format!(
+            "the database at {} is damaged ({detail}); run `gantry check-db` on it, then \
+             restore the data dir from a backup or move it aside to start a new cluster",
+            path.display()
+        ))
+    };
+    // Quiet the default hook for the duration: the message goes into the error instead.
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let opened = std::panic::catch_unwind(|| sled::Config::new().path(path).open());
+    std::panic::set_hook(previous);
+    match opened {
+        Ok(Ok(db)) => Ok(db),
+        Ok(Err(sled::Error::Corruption { at, .. })) => Err(damaged(format!("corrupt at {at:?}"))),
+        Ok(Err(e)) => Err(StorageError::Open(format!("{}: {e}", path.display()))),
+        Err(panic) => {
+            let text = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "sled panicked".into());
+            Err(damaged(text))
+        }
+    }
+}
+
 fn flush_loop(db: sled::Db, f: Arc<Flusher>) {
     loop {
         {
@@ -112,14 +151,17 @@ fn flush_loop(db: sled::Db, f: Arc<Flusher>) {
         }
         // Every caller counted in `target` wrote before it asked, so this flush covers it.
         let target = f.requested.load(Ordering::SeqCst);
-        let outcome = db.flush().map(|_| target).map_err(|e| e.to_string());
-        if let Err(e) = &outcome {
-            tracing::error!("sled flush failed: {e}");
-        }
-        let failed = outcome.is_err();
-        let _ = f.flushed.send_replace(outcome);
-        if failed {
-            return;
+        match db.flush() {
+            Ok(_) => f.flushed.send_modify(|s| s.done = s.done.max(target)),
+            Err(e) => {
+                tracing::error!("sled flush failed (the waiting writers are told): {e}");
+                f.flushed.send_modify(|s| {
+                    s.failed_up_to = s.failed_up_to.max(target);
+                    s.error = e.to_string();
+                });
+                // Do not spin on a full disk: the next request retries after a pause.
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
         }
     }
 }

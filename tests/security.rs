@@ -473,3 +473,133 @@ fn a_chatty_job_cannot_fill_the_disk() {
     let (_, again) = curl(&s, "GET", &format!("/2/jobs/{id}"), None, None);
     assert_eq!(again["oplog"][0].as_array().unwrap().len(), 10_001);
 }
+
+/// A small tmpfs, unmounted on drop: a disk that can really fill up.
+struct SmallDisk(tempfile::TempDir);
+
+impl SmallDisk {
+    fn new(size: &str) -> SmallDisk {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(
+            ok,
+            "mounting a tmpfs needs root (as CI and the dev machines run)"
+        );
+        SmallDisk(dir)
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(self.0.path()).status();
+    }
+}
+
+/// Writes zeros into `path` until the file system is full.
+fn fill(path: &std::path::Path) {
+    let _ = Command::new("dd")
+        .args(["if=/dev/zero", "bs=64k", "status=none"])
+        .arg(format!("of={}", path.display()))
+        .status();
+}
+
+#[test]
+fn a_full_disk_never_acknowledges_a_job_it_loses_and_service_returns() {
+    let disk = SmallDisk::new("96m");
+    let s = start_in(tempfile::tempdir_in(disk.0.path()).unwrap(), &["--no-ssl"]);
+    let filler = disk.0.path().join("filler");
+    fill(&filler);
+    let mut acked = vec![];
+    let mut refused = 0;
+    for _ in 0..200 {
+        let (code, body) = curl(
+            &s,
+            "POST",
+            "/2/jobs",
+            ADMIN,
+            Some(r#"{"ops": [{"OP_ID": "OP_TAGS_SET", "kind": "cluster", "tags": ["full"]}]}"#),
+        );
+        match code {
+            200 => acked.push(body.as_u64().unwrap()),
+            _ => {
+                assert!(body["message"].is_string(), "a Ganeti error body: {body}");
+                refused += 1;
+            }
+        }
+    }
+    assert!(
+        refused > 0,
+        "a full disk refused nothing ({} acked)",
+        acked.len()
+    );
+    // Space returns: submissions succeed again without a restart.
+    std::fs::remove_file(&filler).unwrap();
+    let mut back = false;
+    for _ in 0..50 {
+        let (code, body) = curl(
+            &s,
+            "POST",
+            "/2/jobs",
+            ADMIN,
+            Some(r#"{"ops": [{"OP_ID": "OP_TAGS_GET", "kind": "cluster"}]}"#),
+        );
+        if code == 200 {
+            acked.push(body.as_u64().unwrap());
+            back = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(back, "service did not come back when space returned");
+    // Every acknowledged job survives a kill -9.
+    let s = restart_after_kill_9(s, &["--no-ssl"]);
+    for id in acked {
+        let (code, job) = curl(&s, "GET", &format!("/2/jobs/{id}"), None, None);
+        assert_eq!(code, 200, "acknowledged job {id} was lost: {job}");
+    }
+}
+
+#[test]
+fn a_damaged_database_is_reported_not_panicked_on() {
+    let s = start(&["--no-ssl"]);
+    delay_job(&s, 0.01, json!({}));
+    let dir = kill_9(s);
+    let check = |dir: &std::path::Path| {
+        Command::new(env!("CARGO_BIN_EXE_gantry"))
+            .args(["check-db", "--data-dir"])
+            .arg(dir)
+            .output()
+            .unwrap()
+    };
+    let healthy = check(dir.path());
+    assert!(healthy.status.success());
+    assert!(
+        String::from_utf8_lossy(&healthy.stdout).contains("1 live and 0 archived jobs"),
+        "{}",
+        String::from_utf8_lossy(&healthy.stdout)
+    );
+    // Overwrite 8 bytes of sled's own header.
+    let conf = dir.path().join("db").join("conf");
+    let mut bytes = std::fs::read(&conf).unwrap();
+    bytes[..8].copy_from_slice(b"XXXXXXXX");
+    std::fs::write(&conf, bytes).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_gantry"))
+        .args(["serve", "--no-ssl", "--port", "0", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        stderr.contains("is damaged") && stderr.contains("check-db"),
+        "{stderr}"
+    );
+    let damaged = check(dir.path());
+    assert!(!damaged.status.success());
+    assert!(String::from_utf8_lossy(&damaged.stderr).contains("is damaged"));
+}

@@ -97,6 +97,18 @@ impl ClusterStore {
     }
 }
 
+/// Reads the stored configuration without creating one (`gantry check-db`): `None` when the
+/// database holds no cluster.
+pub fn check_stored(commit: &GroupCommit) -> Result<Option<Config>, ConfigError> {
+    let tree = commit.db().open_tree("config")?;
+    match tree.get(CONFIG_KEY)? {
+        Some(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| ConfigError::Corrupt(e.to_string())),
+        None => Ok(None),
+    }
+}
+
 fn encode(cfg: &Config) -> Result<Vec<u8>, ConfigError> {
     serde_json::to_vec(cfg).map_err(|e| ConfigError::Corrupt(e.to_string()))
 }

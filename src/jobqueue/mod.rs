@@ -36,6 +36,8 @@ pub enum SubmitError {
     Storage(#[from] StoreError),
     #[error("The job queue is shutting down")]
     ShuttingDown,
+    #[error("Not enough free space for new jobs in {dir} (keeping {reserve_mib} MiB in reserve)")]
+    NoSpace { dir: String, reserve_mib: u64 },
 }
 
 #[derive(Debug, Error, PartialEq)]
@@ -59,6 +61,8 @@ pub struct QueueOptions {
     pub archive_age: Duration,
     /// How often automatic archiving runs.
     pub archive_interval: Duration,
+    /// Refuses new jobs while the data dir's file system is nearly full (none: no check).
+    pub space: Option<Arc<crate::space::SpaceGuard>>,
 }
 
 impl Default for QueueOptions {
@@ -67,6 +71,7 @@ impl Default for QueueOptions {
             hard_limit: 5000,
             archive_age: Duration::from_secs(6 * 3600),
             archive_interval: Duration::from_secs(300),
+            space: None,
         }
     }
 }
@@ -164,6 +169,16 @@ impl JobQueue {
         }
     }
 
+    /// Takes back jobs whose submission failed: from memory and, best effort, from the store.
+    fn forget(&self, st: &mut State, ids: &[JobId]) {
+        for id in ids {
+            st.jobs.remove(id);
+            if let Err(e) = self.inner.store.remove_job(*id) {
+                tracing::warn!(job = %id, "could not remove the record of a refused job: {e}");
+            }
+        }
+    }
+
     /// Submits jobs with consecutive ids; each element succeeds or fails on its own (§11.2).
     pub async fn submit_many(
         &self,
@@ -180,6 +195,14 @@ impl JobQueue {
             if self.drained() {
                 return Err(SubmitError::Drained);
             }
+            if let Some(space) = &self.inner.opts.space
+                && !space.has_room()
+            {
+                return Err(SubmitError::NoSpace {
+                    dir: space.dir().display().to_string(),
+                    reserve_mib: space.reserve_mib(),
+                });
+            }
             if st.jobs.len() + jobs.len() > self.inner.opts.hard_limit {
                 return Err(SubmitError::Full);
             }
@@ -187,7 +210,10 @@ impl JobQueue {
                 let id = JobId(st.next_id);
                 match build_job(id, ops, received) {
                     Ok(job) => {
-                        self.inner.store.put_job(&job)?;
+                        if let Err(e) = self.inner.store.put_job(&job) {
+                            self.forget(&mut st, &accepted);
+                            return Err(e.into());
+                        }
                         st.next_id += 1;
                         st.jobs.insert(id, job);
                         accepted.push(id);
@@ -196,18 +222,20 @@ impl JobQueue {
                     Err(msg) => replies.push(Err(msg)),
                 }
             }
-            if !accepted.is_empty() {
-                self.inner.store.set_next_id(st.next_id)?;
+            if !accepted.is_empty()
+                && let Err(e) = self.inner.store.set_next_id(st.next_id)
+            {
+                self.forget(&mut st, &accepted);
+                return Err(e.into());
             }
         }
         if accepted.is_empty() {
             return Ok(replies);
         }
         if let Err(e) = self.inner.store.durable().await {
-            let mut st = self.state();
-            for id in &accepted {
-                st.jobs.remove(id);
-            }
+            // No id is answered for a job whose record may not be durable; its record goes too,
+            // so it cannot turn up after a restart either.
+            self.forget(&mut self.state(), &accepted);
             return Err(SubmitError::Storage(e));
         }
         {

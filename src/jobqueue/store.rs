@@ -68,6 +68,12 @@ impl Store {
         Ok(())
     }
 
+    /// Deletes a live job's record (a submission that was refused after its record was written).
+    pub fn remove_job(&self, id: JobId) -> Result<(), StoreError> {
+        self.jobs.remove(key(id))?;
+        Ok(())
+    }
+
     /// Moves a finalized job to the archive tree, atomically.
     pub fn archive_job(&self, job: &Job) -> Result<(), StoreError> {
         use sled::Transactional;
@@ -103,6 +109,17 @@ impl Store {
             .values()
             .map(|v| self.with_logs(decode(&v?)?))
             .collect()
+    }
+
+    /// Reads every record (`gantry check-db`): answers (live jobs, archived jobs, log entries)
+    /// or the first record that does not decode.
+    pub fn check(&self) -> Result<(usize, usize, usize), StoreError> {
+        let live = self.live_jobs()?.len();
+        let archived = self.archived_jobs()?.len();
+        let logs = self.logs.len();
+        self.next_id()?;
+        self.filter_rules()?;
+        Ok((live, archived, logs))
     }
 
     /// Appends one log entry of opcode `index` of job `id` (made durable by the next flush).

@@ -48,9 +48,10 @@ impl From<crate::jobqueue::SubmitError> for ApiError {
     fn from(e: crate::jobqueue::SubmitError) -> ApiError {
         use crate::jobqueue::SubmitError::*;
         match e {
-            Drained | Full | ShuttingDown => ApiError::new(503, e.to_string()),
+            Drained | Full | ShuttingDown | NoSpace { .. } => ApiError::new(503, e.to_string()),
             Invalid(msg) => ApiError::bad_request(format!("Invalid body parameters: {msg}")),
-            Storage(e) => ApiError::new(500, e.to_string()),
+            // Temporary (a full disk, a failed flush): the client may retry later.
+            Storage(e) => ApiError::new(503, e.to_string()),
         }
     }
 }
