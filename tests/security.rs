@@ -603,3 +603,67 @@ fn a_damaged_database_is_reported_not_panicked_on() {
     assert!(!damaged.status.success());
     assert!(String::from_utf8_lossy(&damaged.stderr).contains("is damaged"));
 }
+
+/// The peak resident memory of `pid` since the last `reset_peak` (Linux's VmHWM).
+fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn queries_over_the_archive_do_not_load_it_into_memory() {
+    let s = start(&["--archive-age", "0", "--archive-interval", "1"]);
+    // 300 archived jobs with 400 log lines each.
+    let ids: Vec<u64> = (0..300)
+        .map(|_| delay_job(&s, 0.00001, json!({"repeat": 400})))
+        .collect();
+    wait_job(&s, *ids.last().unwrap());
+    let archived = (0..100).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let (_, job) = curl(&s, "GET", &format!("/2/jobs/{}", ids[299]), None, None);
+        let (_, list) = curl(&s, "GET", "/2/jobs", None, None);
+        job["status"] == "success" && list.as_array().is_some_and(Vec::is_empty)
+    });
+    assert!(archived, "the jobs were not archived");
+    let pid = s.child.id();
+    let current = |field: &str| -> u64 {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    };
+    // Reset the peak to what is resident now (writing 5 to clear_refs, Linux >= 4.0).
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").unwrap();
+    let before = current("VmRSS:");
+    // Six concurrent reads by a read-only user, as in the report.
+    let handles: Vec<_> = (0..6)
+        .map(|_| {
+            let base = s.base.clone();
+            std::thread::spawn(move || {
+                Command::new("curl")
+                    .args(["-sk", "-u", "viewer:viewer"])
+                    .arg(format!("{base}/2/query/job?fields=id,status,archived"))
+                    .output()
+                    .unwrap()
+                    .stdout
+            })
+        })
+        .collect();
+    for h in handles {
+        let body: Value = serde_json::from_slice(&h.join().unwrap()).unwrap();
+        assert_eq!(body["data"].as_array().unwrap().len(), 300);
+    }
+    let grown = peak_rss_kib(pid).saturating_sub(before);
+    eprintln!("peak RSS grew by {grown} KiB");
+    // Decoding every job with its log (as before) peaked at several times this.
+    assert!(
+        grown < 12 * 1024,
+        "peak RSS grew by {grown} KiB for six small answers"
+    );
+}

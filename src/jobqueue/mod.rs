@@ -101,6 +101,8 @@ struct Inner {
     state: Mutex<State>,
     wake_scheduler: Notify,
     opts: QueueOptions,
+    /// Scans of the archive running at once (queries over archived jobs).
+    archive_scans: tokio::sync::Semaphore,
 }
 
 /// Cheap, cloneable handle to the queue.
@@ -138,6 +140,7 @@ impl JobQueue {
                 cluster,
                 backend,
                 locks: LockManager::default(),
+                archive_scans: tokio::sync::Semaphore::new(2),
                 state: Mutex::new(state),
                 wake_scheduler: Notify::new(),
                 opts,
@@ -281,12 +284,25 @@ impl JobQueue {
         self.state().jobs.values().map(&mut f).collect()
     }
 
-    /// Every archived job, in id order (for queries that ask for them explicitly).
-    pub fn archived_jobs(&self) -> Vec<Job> {
-        self.inner.store.archived_jobs().unwrap_or_else(|e| {
+    /// Maps archived jobs (those in `ids` when given) in id order, one job in memory at a time.
+    /// At most two such scans run at once, so concurrent large queries cannot pile up memory.
+    pub async fn map_archived<T>(
+        &self,
+        ids: Option<&[u64]>,
+        logs: bool,
+        mut f: impl FnMut(&Job) -> T,
+    ) -> Vec<T> {
+        let _permit = self.inner.archive_scans.acquire().await;
+        let mut out = vec![];
+        let scan = || {
+            self.inner
+                .store
+                .each_archived(ids, logs, |j| out.push(f(j)))
+        };
+        if let Err(e) = tokio::task::block_in_place(scan) {
             tracing::error!("reading archived jobs failed: {e}");
-            vec![]
-        })
+        }
+        out
     }
 
     /// Read from the drain file on every call, so `gantry queue drain` applies at once.

@@ -95,12 +95,34 @@ impl Store {
         }
     }
 
-    pub fn archived_jobs(&self) -> Result<Vec<Job>, StoreError> {
-        self.archive
-            .iter()
-            .values()
-            .map(|v| self.with_logs(decode(&v?)?))
-            .collect()
+    /// Calls `f` with each archived job in id order (only those in `ids` when given), one at a
+    /// time: memory stays bounded by one job, however large the archive. Log entries are read
+    /// only when `logs` is set.
+    pub fn each_archived(
+        &self,
+        ids: Option<&[u64]>,
+        logs: bool,
+        mut f: impl FnMut(&Job),
+    ) -> Result<(), StoreError> {
+        let load = |bytes: &[u8]| -> Result<Job, StoreError> {
+            let job = decode(bytes)?;
+            if logs { self.with_logs(job) } else { Ok(job) }
+        };
+        match ids {
+            Some(ids) => {
+                for id in ids {
+                    if let Some(bytes) = self.archive.get(key(JobId(*id)))? {
+                        f(&load(&bytes)?);
+                    }
+                }
+            }
+            None => {
+                for bytes in self.archive.iter().values() {
+                    f(&load(&bytes?)?);
+                }
+            }
+        }
+        Ok(())
     }
 
     pub fn live_jobs(&self) -> Result<Vec<Job>, StoreError> {
@@ -115,7 +137,8 @@ impl Store {
     /// or the first record that does not decode.
     pub fn check(&self) -> Result<(usize, usize, usize), StoreError> {
         let live = self.live_jobs()?.len();
-        let archived = self.archived_jobs()?.len();
+        let mut archived = 0;
+        self.each_archived(None, true, |_| archived += 1)?;
         let logs = self.logs.len();
         self.next_id()?;
         self.filter_rules()?;

@@ -151,14 +151,16 @@ pub async fn query(state: &State, req: &Request, what: &str) -> Result<Value, Ap
                 })
                 .unwrap_or_default();
             if !named.is_empty() || fields.iter().any(|f| f == "archived") {
-                rows.extend(
-                    state
-                        .queue
-                        .archived_jobs()
-                        .iter()
-                        .filter(|j| named.is_empty() || named.contains(&j.id.0))
-                        .map(|j| row(&|f| j.field(f))),
-                );
+                let ids = (!named.is_empty()).then_some(named.as_slice());
+                let logs = fields.iter().any(|f| f == "oplog")
+                    || filter
+                        .as_ref()
+                        .is_some_and(|f| f.fields().contains(&"oplog"));
+                let archived = state
+                    .queue
+                    .map_archived(ids, logs, |j| row(&|f| j.field(f)))
+                    .await;
+                rows.extend(archived);
             }
             rows
         }
