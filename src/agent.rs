@@ -1,8 +1,9 @@
 //! `gantry node`: the node agent. It runs the QEMU backend for its own host and serves every
 //! backend call to the master over HTTPS: the agent presents the cluster certificate and accepts
-//! only requests carrying the cluster secret (both copied from the master's data dir).
+//! only requests signed with the cluster secret, fresh and never seen before (both copied from
+//! the master's data dir; see `backends::protocol::auth`).
 
-use crate::backends::protocol::{AgentCall, AgentReply};
+use crate::backends::protocol::{AgentCall, AgentReply, auth};
 use crate::backends::qemu::{QemuBackend, QemuSettings};
 use crate::backends::{Backend, BackendError, FailureKind};
 use crate::http::{ServerOptions, serve_filter, tls};
@@ -102,22 +103,30 @@ pub async fn run(
     let tls_config = tls::server_config(&creds.cert, &creds.key)?;
     let backend = Arc::new(QemuBackend::new(opts.qemu));
     backend.adopt(vec![], vec![]).await;
-    let secret = Arc::new(format!("Bearer {}", creds.secret));
+    let secret = Arc::new(creds.secret);
+    let verifier = Arc::new(auth::Verifier::default());
     let routes = warp::post()
         .and(warp::path!("agent" / "v2" / "call"))
-        .and(warp::header::optional::<String>("authorization"))
+        .and(warp::header::headers_cloned())
         .and(warp::body::content_length_limit(1 << 20))
         .and(warp::body::bytes())
-        .then(move |auth: Option<String>, body: bytes::Bytes| {
-            let (backend, secret) = (backend.clone(), secret.clone());
+        .then(move |headers: warp::http::HeaderMap, body: bytes::Bytes| {
+            let (backend, secret, verifier) = (backend.clone(), secret.clone(), verifier.clone());
             async move {
-                let given = auth.unwrap_or_default();
-                if !crate::http::constant_time_eq(given.as_bytes(), secret.as_bytes()) {
+                let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+                let checked = verifier.verify(
+                    &secret,
+                    header(auth::TIMESTAMP),
+                    header(auth::NONCE),
+                    header(auth::SIGNATURE),
+                    &body,
+                );
+                if let Err(why) = checked {
                     return reply(
                         401,
                         AgentReply::Error(BackendError {
                             kind: FailureKind::NodeUnreachable,
-                            message: "the node agent refused the cluster secret".into(),
+                            message: format!("the node agent refused the cluster secret ({why})"),
                         }),
                     );
                 }

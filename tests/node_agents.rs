@@ -284,3 +284,45 @@ fn agents_and_master_refuse_strangers() {
         "{answer}"
     );
 }
+
+/// Posts a signed agent call; answers (HTTP status, body).
+fn post_signed(url: &str, headers: &(String, String, String), body: &str) -> (String, Value) {
+    let out = Command::new("curl")
+        .args(["-sk", "-w", "\n%{http_code}", "-X", "POST"])
+        .args(["-H", "Content-Type: application/json"])
+        .args(["-H", &format!("x-gantry-timestamp: {}", headers.0)])
+        .args(["-H", &format!("x-gantry-nonce: {}", headers.1)])
+        .args(["-H", &format!("x-gantry-signature: {}", headers.2)])
+        .args(["--data-binary", body])
+        .arg(format!("{url}/agent/v2/call"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", ""));
+    (
+        code.to_string(),
+        serde_json::from_str(body).unwrap_or(Value::Null),
+    )
+}
+
+#[test]
+fn agents_refuse_replayed_requests() {
+    if !have_qemu() {
+        return;
+    }
+    let master = tempfile::tempdir().unwrap();
+    let creds = gantry::http::tls::cluster_credentials(master.path(), true).unwrap();
+    let storage = tempfile::tempdir().unwrap();
+    let a = agent(master.path(), storage.path());
+    let body = r#"{"call": "node_info", "node": "nosuch.example.com"}"#;
+    let signed = gantry::backends::protocol::auth::sign(&creds.secret, body.as_bytes());
+    let (code, first) = post_signed(&a.url, &signed, body);
+    assert_eq!(code, "200", "a fresh signed request is served: {first}");
+    let (code, again) = post_signed(&a.url, &signed, body);
+    assert_eq!(code, "401", "{again}");
+    assert!(again.to_string().contains("replayed"), "{again}");
+    // The same signature on another body is refused too.
+    let other = r#"{"call": "powercycle", "node": "nosuch.example.com"}"#;
+    let (code, forged) = post_signed(&a.url, &signed, other);
+    assert_eq!(code, "401", "{forged}");
+}

@@ -3,7 +3,7 @@
 //! no CA involved) and every request carries the cluster secret, so neither side talks to a
 //! stranger.
 
-use super::protocol::{AGENT_PATH, AgentCall, AgentReply};
+use super::protocol::{AGENT_PATH, AgentCall, AgentReply, auth};
 use super::*;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -45,11 +45,16 @@ impl RemoteBackend {
 
     async fn call<T: DeserializeOwned>(&self, call: AgentCall) -> BackendResult<T> {
         let url = format!("{}{AGENT_PATH}", self.base);
+        let body = serde_json::to_vec(&call).map_err(|e| BackendError::failed(e.to_string()))?;
+        let (timestamp, nonce, signature) = auth::sign(&self.secret, &body);
         let response = self
             .client
             .post(&url)
-            .bearer_auth(&self.secret)
-            .json(&call)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header(auth::TIMESTAMP, timestamp)
+            .header(auth::NONCE, nonce)
+            .header(auth::SIGNATURE, signature)
+            .body(body)
             .send()
             .await
             .map_err(|e| unreachable(format!("Error while contacting {}: {e}", self.base)))?;
