@@ -316,3 +316,73 @@ fn fuzzed_requests_and_opcodes_never_panic_or_fail_the_server() {
         "{answered:?}"
     );
 }
+
+/// A value of the parameter's type (from the table), for opcodes that need every required one.
+fn plausible(ty: &Value) -> Value {
+    match ty {
+        Value::String(t) => match t.as_str() {
+            "Bool" => json!(false),
+            "Int" | "Size" => json!(1),
+            "Number" => json!(0.01),
+            "List" | "ListOfStr" => json!([]),
+            "ListOfObject" => json!([{}]),
+            "Object" => json!({}),
+            _ => json!("x"),
+        },
+        Value::Object(o) => match o.iter().next() {
+            Some((k, v)) if k == "Enum" => v[0].clone(),
+            Some((k, v)) if k == "ListOfEnum" => json!([v[0]]),
+            Some((k, v)) if k == "IntMin" => json!(v.as_i64().unwrap().max(1)),
+            Some((_, v)) => v[0].clone(),
+            None => Value::Null,
+        },
+        _ => Value::Null,
+    }
+}
+
+#[test]
+fn every_opcode_reaches_its_logical_unit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, base) = start_logged(&dir);
+    let addr = base.trim_start_matches("http://").to_string();
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/src/opcodes/opcodes.json");
+    let table: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut ids = vec![];
+    for op in table["opcodes"].as_array().unwrap() {
+        let mut body = serde_json::Map::new();
+        body.insert("OP_ID".into(), op["id"].clone());
+        for p in op["params"].as_array().unwrap() {
+            if p["default"] == "required" {
+                body.insert(p["name"].as_str().unwrap().into(), plausible(&p["type"]));
+            }
+        }
+        let body = json!({"ops": [body]}).to_string();
+        let req = format!(
+            "POST /2/jobs HTTP/1.1\r\nHost: t\r\nAuthorization: Basic YWRtaW46YWRtaW4=\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let code = send_raw(&addr, req.as_bytes());
+        assert!(code == 200 || code == 400, "{}: {code}", op["id"]);
+        if code == 200 {
+            ids.push(op["id"].as_str().unwrap().to_string());
+        }
+    }
+    assert!(ids.len() > 40, "only {} opcodes were accepted", ids.len());
+    assert!(all_jobs_end(&base).is_empty());
+    let out = Command::new("curl")
+        .args(["-s", &format!("{base}/2/jobs?bulk=1")])
+        .output()
+        .unwrap();
+    let jobs: Value = serde_json::from_slice(&out.stdout).unwrap();
+    for job in jobs.as_array().unwrap() {
+        let text = job["opresult"].to_string();
+        assert!(
+            !text.contains("opcode\"") && !text.contains("not implemented"),
+            "{} fell through its unit: {text}",
+            job["summary"]
+        );
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -86,13 +86,18 @@ pub async fn execute(ctx: &Ctx) -> Result<Value, OpError> {
             "Queries are answered directly by /2/query, not through jobs",
             ErrorCode::WrongInput,
         )),
-        _ => {
-            if !ctx.stop_for_dry_run() {
-                ctx.info("Redistributing configuration (single master: nothing to copy)");
-            }
-            Ok(Value::Null)
-        }
+        OpId::ClusterRedistConf => redist_conf(ctx),
+        other => Err(OpError::exec(format!(
+            "Opcode {other} is not a cluster opcode"
+        ))),
     }
+}
+
+fn redist_conf(ctx: &Ctx) -> Result<Value, OpError> {
+    if !ctx.stop_for_dry_run() {
+        ctx.info("Redistributing configuration (single master: nothing to copy)");
+    }
+    Ok(Value::Null)
 }
 
 /// One year: longer test delays are a mistake, and very long ones overflow a `Duration`.

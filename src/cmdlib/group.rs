@@ -69,194 +69,228 @@ fn obj(op: &OpCode, key: &str) -> Option<crate::cluster::model::Params> {
 }
 
 pub async fn execute(ctx: &Ctx) -> Result<Value, OpError> {
+    match ctx.op.id() {
+        OpId::GroupAdd => add(ctx).await,
+        OpId::GroupRemove => remove(ctx).await,
+        OpId::GroupRename => rename(ctx).await,
+        OpId::GroupSetParams => set_params(ctx).await,
+        OpId::GroupAssignNodes => assign_nodes(ctx).await,
+        OpId::GroupEvacuate => evacuate(ctx).await,
+        other => Err(OpError::exec(format!(
+            "Opcode {other} is not a group opcode"
+        ))),
+    }
+}
+
+async fn add(ctx: &Ctx) -> Result<Value, OpError> {
     let cfg = ctx.cfg();
     let op = &ctx.op;
     let name = op.str("group_name").unwrap_or_default().to_string();
     check_alloc_policy(op)?;
-    match op.id() {
-        OpId::GroupAdd => {
-            if cfg.group_by_name(&name).is_some() {
-                return Err(OpError::prereq(
-                    format!("Desired group name '{name}' already exists as a node group"),
-                    ErrorCode::AlreadyExists,
-                ));
+    if cfg.group_by_name(&name).is_some() {
+        return Err(OpError::prereq(
+            format!("Desired group name '{name}' already exists as a node group"),
+            ErrorCode::AlreadyExists,
+        ));
+    }
+    if ctx.stop_for_dry_run() {
+        return Ok(Value::Null);
+    }
+    let meta = crate::cluster::model::Meta::new(crate::util::new_uuid(), now());
+    let group = Group {
+        name,
+        meta,
+        alloc_policy: op.str("alloc_policy").unwrap_or("preferred").into(),
+        ndparams: obj(op, "ndparams").unwrap_or_default(),
+        diskparams: obj(op, "diskparams").unwrap_or_default(),
+        ipolicy: obj(op, "ipolicy").unwrap_or_default(),
+        hv_state: obj(op, "hv_state").unwrap_or_default(),
+        disk_state: obj(op, "disk_state").unwrap_or_default(),
+        networks: Default::default(),
+    };
+    ctx.cluster
+        .update(|cfg| cfg.groups.insert(group.meta.uuid.clone(), group))
+        .await?;
+    Ok(Value::Null)
+}
+
+async fn remove(ctx: &Ctx) -> Result<Value, OpError> {
+    let cfg = ctx.cfg();
+    let op = &ctx.op;
+    let name = op.str("group_name").unwrap_or_default().to_string();
+    check_alloc_policy(op)?;
+    let uuid = find_group_uuid(&cfg, &name)?;
+    let nodes = cfg.group_nodes(&uuid);
+    if !nodes.is_empty() {
+        return Err(OpError::prereq(
+            format!(
+                "Group '{name}' not empty, has the following nodes: {}",
+                nodes.join(", ")
+            ),
+            ErrorCode::WrongState,
+        ));
+    }
+    if cfg.groups.len() == 1 {
+        return Err(OpError::prereq(
+            format!("Group '{name}' is the only group, cannot be removed"),
+            ErrorCode::WrongState,
+        ));
+    }
+    if ctx.stop_for_dry_run() {
+        return Ok(Value::Null);
+    }
+    ctx.cluster.update(|cfg| cfg.groups.remove(&uuid)).await?;
+    Ok(Value::Null)
+}
+
+async fn rename(ctx: &Ctx) -> Result<Value, OpError> {
+    let cfg = ctx.cfg();
+    let op = &ctx.op;
+    let name = op.str("group_name").unwrap_or_default().to_string();
+    check_alloc_policy(op)?;
+    let uuid = find_group_uuid(&cfg, &name)?;
+    let new = op.str("new_name").unwrap_or_default().to_string();
+    if cfg.group_by_name(&new).is_some() {
+        return Err(OpError::prereq(
+            format!("Desired new name '{new}' clashes with existing node group"),
+            ErrorCode::AlreadyExists,
+        ));
+    }
+    if ctx.stop_for_dry_run() {
+        return Ok(Value::Null);
+    }
+    let t = now();
+    let n2 = new.clone();
+    ctx.cluster
+        .update(move |cfg| {
+            if let Some(g) = cfg.groups.get_mut(&uuid) {
+                g.name = n2;
+                g.meta.touch(t);
             }
-            if ctx.stop_for_dry_run() {
-                return Ok(Value::Null);
-            }
-            let meta = crate::cluster::model::Meta::new(crate::util::new_uuid(), now());
-            let group = Group {
-                name,
-                meta,
-                alloc_policy: op.str("alloc_policy").unwrap_or("preferred").into(),
-                ndparams: obj(op, "ndparams").unwrap_or_default(),
-                diskparams: obj(op, "diskparams").unwrap_or_default(),
-                ipolicy: obj(op, "ipolicy").unwrap_or_default(),
-                hv_state: obj(op, "hv_state").unwrap_or_default(),
-                disk_state: obj(op, "disk_state").unwrap_or_default(),
-                networks: Default::default(),
-            };
-            ctx.cluster
-                .update(|cfg| cfg.groups.insert(group.meta.uuid.clone(), group))
-                .await?;
-            Ok(Value::Null)
-        }
-        OpId::GroupRemove => {
-            let uuid = find_group_uuid(&cfg, &name)?;
-            let nodes = cfg.group_nodes(&uuid);
-            if !nodes.is_empty() {
-                return Err(OpError::prereq(
-                    format!(
-                        "Group '{name}' not empty, has the following nodes: {}",
-                        nodes.join(", ")
-                    ),
-                    ErrorCode::WrongState,
-                ));
-            }
-            if cfg.groups.len() == 1 {
-                return Err(OpError::prereq(
-                    format!("Group '{name}' is the only group, cannot be removed"),
-                    ErrorCode::WrongState,
-                ));
-            }
-            if ctx.stop_for_dry_run() {
-                return Ok(Value::Null);
-            }
-            ctx.cluster.update(|cfg| cfg.groups.remove(&uuid)).await?;
-            Ok(Value::Null)
-        }
-        OpId::GroupRename => {
-            let uuid = find_group_uuid(&cfg, &name)?;
-            let new = op.str("new_name").unwrap_or_default().to_string();
-            if cfg.group_by_name(&new).is_some() {
-                return Err(OpError::prereq(
-                    format!("Desired new name '{new}' clashes with existing node group"),
-                    ErrorCode::AlreadyExists,
-                ));
-            }
-            if ctx.stop_for_dry_run() {
-                return Ok(Value::Null);
-            }
-            let t = now();
-            let n2 = new.clone();
-            ctx.cluster
-                .update(move |cfg| {
-                    if let Some(g) = cfg.groups.get_mut(&uuid) {
-                        g.name = n2;
-                        g.meta.touch(t);
-                    }
-                })
-                .await?;
-            Ok(Value::String(new))
-        }
-        OpId::GroupSetParams => {
-            let uuid = find_group_uuid(&cfg, &name)?;
-            let mut changes = vec![];
-            let mut group = cfg.groups[&uuid].clone();
-            if let Some(p) = op.str("alloc_policy") {
-                group.alloc_policy = p.into();
-                changes.push(json!(["alloc_policy", p]));
-            }
-            for (key, target) in [
-                ("ndparams", &mut group.ndparams),
-                ("diskparams", &mut group.diskparams),
-                ("ipolicy", &mut group.ipolicy),
-                ("hv_state", &mut group.hv_state),
-                ("disk_state", &mut group.disk_state),
-            ] {
-                if let Some(p) = obj(op, key) {
-                    for (k, v) in p {
-                        if v.as_str() == Some("default") {
-                            target.remove(&k);
-                        } else {
-                            target.insert(k, v);
-                        }
-                    }
-                    changes.push(json!([key, target.clone()]));
+        })
+        .await?;
+    Ok(Value::String(new))
+}
+
+async fn set_params(ctx: &Ctx) -> Result<Value, OpError> {
+    let cfg = ctx.cfg();
+    let op = &ctx.op;
+    let name = op.str("group_name").unwrap_or_default().to_string();
+    check_alloc_policy(op)?;
+    let uuid = find_group_uuid(&cfg, &name)?;
+    let mut changes = vec![];
+    let mut group = cfg.groups[&uuid].clone();
+    if let Some(p) = op.str("alloc_policy") {
+        group.alloc_policy = p.into();
+        changes.push(json!(["alloc_policy", p]));
+    }
+    for (key, target) in [
+        ("ndparams", &mut group.ndparams),
+        ("diskparams", &mut group.diskparams),
+        ("ipolicy", &mut group.ipolicy),
+        ("hv_state", &mut group.hv_state),
+        ("disk_state", &mut group.disk_state),
+    ] {
+        if let Some(p) = obj(op, key) {
+            for (k, v) in p {
+                if v.as_str() == Some("default") {
+                    target.remove(&k);
+                } else {
+                    target.insert(k, v);
                 }
             }
-            if changes.is_empty() {
-                return Err(OpError::prereq(
-                    "Please pass at least one modification",
-                    ErrorCode::WrongInput,
-                ));
-            }
-            if ctx.stop_for_dry_run() {
-                return Ok(Value::Array(changes));
-            }
-            group.meta.touch(now());
-            ctx.cluster
-                .update(|cfg| cfg.groups.insert(uuid, group))
-                .await?;
-            Ok(Value::Array(changes))
-        }
-        OpId::GroupAssignNodes => {
-            let uuid = find_group_uuid(&cfg, &name)?;
-            let nodes: Vec<String> = op
-                .strings("nodes")
-                .iter()
-                .map(|n| find_node(&cfg, n).map(|n| n.name.clone()))
-                .collect::<Result<_, _>>()?;
-            if !op.bool("force") {
-                for n in &nodes {
-                    for i in cfg.instances.values() {
-                        let spans = i
-                            .snodes
-                            .iter()
-                            .chain(std::iter::once(&i.pnode))
-                            .any(|x| x == n)
-                            && i.snodes.iter().chain(std::iter::once(&i.pnode)).any(|x| {
-                                !nodes.contains(x)
-                                    && cfg.nodes.get(x).is_some_and(|o| o.group != uuid)
-                            });
-                        if spans {
-                            return Err(OpError::prereq(
-                                format!(
-                                    "Hypothetical group assignment would split instance {}; use force to override",
-                                    i.name
-                                ),
-                                ErrorCode::WrongState,
-                            ));
-                        }
-                    }
-                }
-            }
-            if ctx.stop_for_dry_run() {
-                return Ok(Value::Null);
-            }
-            let t = now();
-            ctx.cluster
-                .update(|cfg| {
-                    for n in &nodes {
-                        if let Some(node) = cfg.nodes.get_mut(n) {
-                            node.group = uuid.clone();
-                            node.meta.touch(t);
-                        }
-                    }
-                })
-                .await?;
-            Ok(Value::Null)
-        }
-        _ => {
-            let uuid = find_group_uuid(&cfg, &name)?;
-            for g in op.strings("target_groups") {
-                find_group_uuid(&cfg, &g)?;
-            }
-            let nodes = cfg.group_nodes(&uuid);
-            let jobs: Vec<Vec<OpCode>> = cfg
-                .instances
-                .values()
-                .filter(|i| nodes.contains(&i.pnode))
-                .filter_map(|i| {
-                    let mut m = serde_json::Map::new();
-                    m.insert("instance_name".into(), json!(i.name));
-                    m.insert("target_groups".into(), json!(op.strings("target_groups")));
-                    OpCode::build(OpId::InstanceChangeGroup, m).ok()
-                })
-                .map(|o| vec![o])
-                .collect();
-            let submitted = ctx.submit_children(jobs).await?;
-            Ok(json!({"jobs": submitted}))
+            changes.push(json!([key, target.clone()]));
         }
     }
+    if changes.is_empty() {
+        return Err(OpError::prereq(
+            "Please pass at least one modification",
+            ErrorCode::WrongInput,
+        ));
+    }
+    if ctx.stop_for_dry_run() {
+        return Ok(Value::Array(changes));
+    }
+    group.meta.touch(now());
+    ctx.cluster
+        .update(|cfg| cfg.groups.insert(uuid, group))
+        .await?;
+    Ok(Value::Array(changes))
+}
+
+async fn assign_nodes(ctx: &Ctx) -> Result<Value, OpError> {
+    let cfg = ctx.cfg();
+    let op = &ctx.op;
+    let name = op.str("group_name").unwrap_or_default().to_string();
+    check_alloc_policy(op)?;
+    let uuid = find_group_uuid(&cfg, &name)?;
+    let nodes: Vec<String> = op
+        .strings("nodes")
+        .iter()
+        .map(|n| find_node(&cfg, n).map(|n| n.name.clone()))
+        .collect::<Result<_, _>>()?;
+    if !op.bool("force") {
+        for n in &nodes {
+            for i in cfg.instances.values() {
+                let spans = i
+                    .snodes
+                    .iter()
+                    .chain(std::iter::once(&i.pnode))
+                    .any(|x| x == n)
+                    && i.snodes.iter().chain(std::iter::once(&i.pnode)).any(|x| {
+                        !nodes.contains(x) && cfg.nodes.get(x).is_some_and(|o| o.group != uuid)
+                    });
+                if spans {
+                    return Err(OpError::prereq(
+                        format!(
+                            "Hypothetical group assignment would split instance {}; use force to override",
+                            i.name
+                        ),
+                        ErrorCode::WrongState,
+                    ));
+                }
+            }
+        }
+    }
+    if ctx.stop_for_dry_run() {
+        return Ok(Value::Null);
+    }
+    let t = now();
+    ctx.cluster
+        .update(|cfg| {
+            for n in &nodes {
+                if let Some(node) = cfg.nodes.get_mut(n) {
+                    node.group = uuid.clone();
+                    node.meta.touch(t);
+                }
+            }
+        })
+        .await?;
+    Ok(Value::Null)
+}
+
+async fn evacuate(ctx: &Ctx) -> Result<Value, OpError> {
+    let cfg = ctx.cfg();
+    let op = &ctx.op;
+    let name = op.str("group_name").unwrap_or_default().to_string();
+    check_alloc_policy(op)?;
+    let uuid = find_group_uuid(&cfg, &name)?;
+    for g in op.strings("target_groups") {
+        find_group_uuid(&cfg, &g)?;
+    }
+    let nodes = cfg.group_nodes(&uuid);
+    let jobs: Vec<Vec<OpCode>> = cfg
+        .instances
+        .values()
+        .filter(|i| nodes.contains(&i.pnode))
+        .filter_map(|i| {
+            let mut m = serde_json::Map::new();
+            m.insert("instance_name".into(), json!(i.name));
+            m.insert("target_groups".into(), json!(op.strings("target_groups")));
+            OpCode::build(OpId::InstanceChangeGroup, m).ok()
+        })
+        .map(|o| vec![o])
+        .collect();
+    let submitted = ctx.submit_children(jobs).await?;
+    Ok(json!({"jobs": submitted}))
 }

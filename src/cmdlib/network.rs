@@ -45,183 +45,212 @@ fn check_ip_list(net: &Network, op: &OpCode, key: &str) -> Result<Vec<String>, O
 }
 
 pub async fn execute(ctx: &Ctx) -> Result<Value, OpError> {
+    match ctx.op.id() {
+        OpId::NetworkAdd => add(ctx).await,
+        OpId::NetworkRemove => remove(ctx).await,
+        OpId::NetworkRename => rename(ctx).await,
+        OpId::NetworkSetParams => set_params(ctx).await,
+        OpId::NetworkConnect => connect(ctx).await,
+        OpId::NetworkDisconnect => disconnect(ctx).await,
+        other => Err(OpError::exec(format!(
+            "Opcode {other} is not a network opcode"
+        ))),
+    }
+}
+
+async fn add(ctx: &Ctx) -> Result<Value, OpError> {
+    let op = &ctx.op;
+    let name = op.str("network_name").unwrap_or_default().to_string();
+    let cidr = op.str("network").unwrap_or_default();
+    if parse_cidr(cidr).is_none() {
+        return Err(OpError::prereq(
+            format!("Invalid network '{cidr}'"),
+            ErrorCode::WrongInput,
+        ));
+    }
+    let mut net = Network {
+        name: name.clone(),
+        meta: crate::cluster::model::Meta::new(crate::util::new_uuid(), now()),
+        network: cidr.into(),
+        gateway: op.str("gateway").map(String::from),
+        network6: op.str("network6").map(String::from),
+        gateway6: op.str("gateway6").map(String::from),
+        mac_prefix: op.str("mac_prefix").map(String::from),
+        used: Default::default(),
+        external_reservations: Default::default(),
+    };
+    if let Some(gw) = &net.gateway
+        && !contains(&net, gw)
+    {
+        return Err(OpError::prereq(
+            format!("Gateway {gw} does not belong to network {cidr}"),
+            ErrorCode::WrongInput,
+        ));
+    }
+    net.external_reservations = check_ip_list(&net, op, "add_reserved_ips")?
+        .into_iter()
+        .collect();
+    for t in op.strings("tags") {
+        check_tag(&t)?;
+        net.meta.tags.insert(t);
+    }
+    if ctx.stop_for_dry_run() {
+        return Ok(Value::Null);
+    }
+    ctx.cluster
+        .update(|cfg| cfg.networks.insert(net.meta.uuid.clone(), net))
+        .await?;
+    Ok(Value::Null)
+}
+
+async fn remove(ctx: &Ctx) -> Result<Value, OpError> {
     let cfg = ctx.cfg();
     let op = &ctx.op;
     let name = op.str("network_name").unwrap_or_default().to_string();
-    match op.id() {
-        OpId::NetworkAdd => {
-            let cidr = op.str("network").unwrap_or_default();
-            if parse_cidr(cidr).is_none() {
-                return Err(OpError::prereq(
-                    format!("Invalid network '{cidr}'"),
-                    ErrorCode::WrongInput,
-                ));
+    let uuid = find_network_uuid(&cfg, &name)?;
+    let groups: Vec<&str> = cfg
+        .groups
+        .values()
+        .filter(|g| g.networks.contains_key(&uuid))
+        .map(|g| g.name.as_str())
+        .collect();
+    if !groups.is_empty() {
+        return Err(OpError::prereq(
+            format!(
+                "Network '{name}' is connected to the following node groups: {}. Please disconnect the network first.",
+                groups.join(", ")
+            ),
+            ErrorCode::WrongState,
+        ));
+    }
+    if ctx.stop_for_dry_run() {
+        return Ok(Value::Null);
+    }
+    ctx.cluster.update(|cfg| cfg.networks.remove(&uuid)).await?;
+    Ok(Value::Null)
+}
+
+async fn rename(ctx: &Ctx) -> Result<Value, OpError> {
+    let cfg = ctx.cfg();
+    let op = &ctx.op;
+    let name = op.str("network_name").unwrap_or_default().to_string();
+    let uuid = find_network_uuid(&cfg, &name)?;
+    let new = op.str("new_name").unwrap_or_default().to_string();
+    if cfg.network_by_name(&new).is_some() {
+        return Err(OpError::prereq(
+            format!("Network '{new}' already exists"),
+            ErrorCode::AlreadyExists,
+        ));
+    }
+    if ctx.stop_for_dry_run() {
+        return Ok(Value::Null);
+    }
+    let (n2, t) = (new.clone(), now());
+    ctx.cluster
+        .update(move |cfg| {
+            if let Some(n) = cfg.networks.get_mut(&uuid) {
+                n.name = n2;
+                n.meta.touch(t);
             }
-            let mut net = Network {
-                name: name.clone(),
-                meta: crate::cluster::model::Meta::new(crate::util::new_uuid(), now()),
-                network: cidr.into(),
-                gateway: op.str("gateway").map(String::from),
-                network6: op.str("network6").map(String::from),
-                gateway6: op.str("gateway6").map(String::from),
-                mac_prefix: op.str("mac_prefix").map(String::from),
-                used: Default::default(),
-                external_reservations: Default::default(),
-            };
-            if let Some(gw) = &net.gateway
-                && !contains(&net, gw)
-            {
-                return Err(OpError::prereq(
-                    format!("Gateway {gw} does not belong to network {cidr}"),
-                    ErrorCode::WrongInput,
-                ));
+        })
+        .await?;
+    Ok(Value::String(new))
+}
+
+async fn set_params(ctx: &Ctx) -> Result<Value, OpError> {
+    let cfg = ctx.cfg();
+    let op = &ctx.op;
+    let name = op.str("network_name").unwrap_or_default().to_string();
+    let uuid = find_network_uuid(&cfg, &name)?;
+    let mut net = cfg.networks[&uuid].clone();
+    for key in ["gateway", "network6", "gateway6", "mac_prefix"] {
+        if let Some(v) = op.get(key) {
+            let s = v.as_str().filter(|s| *s != "none").map(String::from);
+            match key {
+                "gateway" => net.gateway = s,
+                "network6" => net.network6 = s,
+                "gateway6" => net.gateway6 = s,
+                _ => net.mac_prefix = s,
             }
-            net.external_reservations = check_ip_list(&net, op, "add_reserved_ips")?
-                .into_iter()
-                .collect();
-            for t in op.strings("tags") {
-                check_tag(&t)?;
-                net.meta.tags.insert(t);
-            }
-            if ctx.stop_for_dry_run() {
-                return Ok(Value::Null);
-            }
-            ctx.cluster
-                .update(|cfg| cfg.networks.insert(net.meta.uuid.clone(), net))
-                .await?;
-            Ok(Value::Null)
-        }
-        OpId::NetworkRemove => {
-            let uuid = find_network_uuid(&cfg, &name)?;
-            let groups: Vec<&str> = cfg
-                .groups
-                .values()
-                .filter(|g| g.networks.contains_key(&uuid))
-                .map(|g| g.name.as_str())
-                .collect();
-            if !groups.is_empty() {
-                return Err(OpError::prereq(
-                    format!(
-                        "Network '{name}' is connected to the following node groups: {}. Please disconnect the network first.",
-                        groups.join(", ")
-                    ),
-                    ErrorCode::WrongState,
-                ));
-            }
-            if ctx.stop_for_dry_run() {
-                return Ok(Value::Null);
-            }
-            ctx.cluster.update(|cfg| cfg.networks.remove(&uuid)).await?;
-            Ok(Value::Null)
-        }
-        OpId::NetworkRename => {
-            let uuid = find_network_uuid(&cfg, &name)?;
-            let new = op.str("new_name").unwrap_or_default().to_string();
-            if cfg.network_by_name(&new).is_some() {
-                return Err(OpError::prereq(
-                    format!("Network '{new}' already exists"),
-                    ErrorCode::AlreadyExists,
-                ));
-            }
-            if ctx.stop_for_dry_run() {
-                return Ok(Value::Null);
-            }
-            let (n2, t) = (new.clone(), now());
-            ctx.cluster
-                .update(move |cfg| {
-                    if let Some(n) = cfg.networks.get_mut(&uuid) {
-                        n.name = n2;
-                        n.meta.touch(t);
-                    }
-                })
-                .await?;
-            Ok(Value::String(new))
-        }
-        OpId::NetworkSetParams => {
-            let uuid = find_network_uuid(&cfg, &name)?;
-            let mut net = cfg.networks[&uuid].clone();
-            for key in ["gateway", "network6", "gateway6", "mac_prefix"] {
-                if let Some(v) = op.get(key) {
-                    let s = v.as_str().filter(|s| *s != "none").map(String::from);
-                    match key {
-                        "gateway" => net.gateway = s,
-                        "network6" => net.network6 = s,
-                        "gateway6" => net.gateway6 = s,
-                        _ => net.mac_prefix = s,
-                    }
-                }
-            }
-            for ip in check_ip_list(&net, op, "add_reserved_ips")? {
-                if net.used.contains_key(&ip) || net.external_reservations.contains(&ip) {
-                    ctx.warn(format!("IP address {ip} is already reserved"));
-                }
-                net.external_reservations.insert(ip);
-            }
-            for ip in check_ip_list(&net, op, "remove_reserved_ips")? {
-                if !net.external_reservations.remove(&ip) {
-                    ctx.warn(format!("IP address {ip} is not externally reserved"));
-                }
-            }
-            if ctx.stop_for_dry_run() {
-                return Ok(Value::Null);
-            }
-            net.meta.touch(now());
-            ctx.cluster
-                .update(|cfg| cfg.networks.insert(uuid, net))
-                .await?;
-            Ok(Value::Null)
-        }
-        OpId::NetworkConnect => {
-            let uuid = find_network_uuid(&cfg, &name)?;
-            let group = find_group_uuid(&cfg, op.str("group_name").unwrap_or_default())?;
-            let mode = op.str("network_mode").unwrap_or("bridged").to_string();
-            let link = NetworkLink {
-                mode,
-                link: op.str("network_link").unwrap_or_default().into(),
-                vlan: op.str("network_vlan").unwrap_or_default().into(),
-            };
-            if cfg.groups[&group].networks.contains_key(&uuid) {
-                ctx.warn(format!("Network '{name}' is already connected to group"));
-                return Ok(Value::Null);
-            }
-            if ctx.stop_for_dry_run() {
-                return Ok(Value::Null);
-            }
-            ctx.cluster
-                .update(|cfg| {
-                    if let Some(g) = cfg.groups.get_mut(&group) {
-                        g.networks.insert(uuid, link);
-                    }
-                })
-                .await?;
-            Ok(Value::Null)
-        }
-        _ => {
-            let uuid = find_network_uuid(&cfg, &name)?;
-            let group = find_group_uuid(&cfg, op.str("group_name").unwrap_or_default())?;
-            let nodes = cfg.group_nodes(&group);
-            if let Some(i) = cfg.instances.values().find(|i| {
-                nodes.contains(&i.pnode)
-                    && i.nics
-                        .iter()
-                        .any(|n| n.network.as_deref() == Some(uuid.as_str()))
-            }) {
-                return Err(OpError::prereq(
-                    format!("Instance {} uses network '{name}' in this group", i.name),
-                    ErrorCode::WrongState,
-                ));
-            }
-            if ctx.stop_for_dry_run() {
-                return Ok(Value::Null);
-            }
-            ctx.cluster
-                .update(|cfg| {
-                    if let Some(g) = cfg.groups.get_mut(&group) {
-                        g.networks.remove(&uuid);
-                    }
-                })
-                .await?;
-            Ok(Value::Null)
         }
     }
+    for ip in check_ip_list(&net, op, "add_reserved_ips")? {
+        if net.used.contains_key(&ip) || net.external_reservations.contains(&ip) {
+            ctx.warn(format!("IP address {ip} is already reserved"));
+        }
+        net.external_reservations.insert(ip);
+    }
+    for ip in check_ip_list(&net, op, "remove_reserved_ips")? {
+        if !net.external_reservations.remove(&ip) {
+            ctx.warn(format!("IP address {ip} is not externally reserved"));
+        }
+    }
+    if ctx.stop_for_dry_run() {
+        return Ok(Value::Null);
+    }
+    net.meta.touch(now());
+    ctx.cluster
+        .update(|cfg| cfg.networks.insert(uuid, net))
+        .await?;
+    Ok(Value::Null)
+}
+
+async fn connect(ctx: &Ctx) -> Result<Value, OpError> {
+    let cfg = ctx.cfg();
+    let op = &ctx.op;
+    let name = op.str("network_name").unwrap_or_default().to_string();
+    let uuid = find_network_uuid(&cfg, &name)?;
+    let group = find_group_uuid(&cfg, op.str("group_name").unwrap_or_default())?;
+    let mode = op.str("network_mode").unwrap_or("bridged").to_string();
+    let link = NetworkLink {
+        mode,
+        link: op.str("network_link").unwrap_or_default().into(),
+        vlan: op.str("network_vlan").unwrap_or_default().into(),
+    };
+    if cfg.groups[&group].networks.contains_key(&uuid) {
+        ctx.warn(format!("Network '{name}' is already connected to group"));
+        return Ok(Value::Null);
+    }
+    if ctx.stop_for_dry_run() {
+        return Ok(Value::Null);
+    }
+    ctx.cluster
+        .update(|cfg| {
+            if let Some(g) = cfg.groups.get_mut(&group) {
+                g.networks.insert(uuid, link);
+            }
+        })
+        .await?;
+    Ok(Value::Null)
+}
+
+async fn disconnect(ctx: &Ctx) -> Result<Value, OpError> {
+    let cfg = ctx.cfg();
+    let op = &ctx.op;
+    let name = op.str("network_name").unwrap_or_default().to_string();
+    let uuid = find_network_uuid(&cfg, &name)?;
+    let group = find_group_uuid(&cfg, op.str("group_name").unwrap_or_default())?;
+    let nodes = cfg.group_nodes(&group);
+    if let Some(i) = cfg.instances.values().find(|i| {
+        nodes.contains(&i.pnode)
+            && i.nics
+                .iter()
+                .any(|n| n.network.as_deref() == Some(uuid.as_str()))
+    }) {
+        return Err(OpError::prereq(
+            format!("Instance {} uses network '{name}' in this group", i.name),
+            ErrorCode::WrongState,
+        ));
+    }
+    if ctx.stop_for_dry_run() {
+        return Ok(Value::Null);
+    }
+    ctx.cluster
+        .update(|cfg| {
+            if let Some(g) = cfg.groups.get_mut(&group) {
+                g.networks.remove(&uuid);
+            }
+        })
+        .await?;
+    Ok(Value::Null)
 }
