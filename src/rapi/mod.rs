@@ -10,6 +10,7 @@ mod opjob;
 mod query;
 mod request;
 mod routes;
+pub mod table;
 
 use crate::backends::LiveState;
 use crate::cluster::ConfigReader;

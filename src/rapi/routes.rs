@@ -6,6 +6,7 @@ use super::error::ApiError;
 use super::objects::*;
 use super::opjob::{OpSpec, build, statics, submit, submit_one};
 use super::request::Request;
+use super::table::{self, OpRoute};
 use crate::cluster::model::{Group, Instance, Network, Node};
 use crate::cluster::names;
 use crate::jobqueue::job::{JOB_FIELDS, JobId};
@@ -46,7 +47,23 @@ type R = Result<Value, ApiError>;
 pub async fn dispatch(state: &State, req: &Request) -> R {
     let segs: Vec<&str> = req.segments.iter().map(String::as_str).collect();
     let m = req.method.as_str();
-    match segs.as_slice() {
+    if let Some((route, params)) = table::find(m, &segs) {
+        return submit_route(state, req, route, &params).await;
+    }
+    let answer = handwritten(state, req, &segs).await;
+    match answer {
+        // A path the table serves with other methods.
+        Err(e) if e.code == 404 && e.explain == "Not Found" && table::knows_path(&segs) => {
+            Err(ApiError::unsupported(m))
+        }
+        other => other,
+    }
+}
+
+/// The resources with special code (as in upstream's rlib2).
+async fn handwritten(state: &State, req: &Request, segs: &[&str]) -> R {
+    let m = req.method.as_str();
+    match segs {
         [] | ["2"] => only(m, &["GET"]).map(|_| Value::Null),
         ["version"] => only(m, &["GET"]).map(|_| json!(2)),
         ["2", "info"] => {
@@ -71,18 +88,6 @@ pub async fn dispatch(state: &State, req: &Request) -> R {
                 OpId::ClusterSetParams,
                 "cluster_modify",
                 body,
-                vec![],
-            )
-            .await
-        }
-        ["2", "redistribute-config"] => {
-            only(m, &["PUT"])?;
-            op(
-                state,
-                req,
-                OpId::ClusterRedistConf,
-                "redist_config",
-                Map::new(),
                 vec![],
             )
             .await
@@ -138,11 +143,9 @@ pub async fn dispatch(state: &State, req: &Request) -> R {
         ["2", "groups"] => groups(state, req).await,
         ["2", "groups", name] => group(state, req, name).await,
         ["2", "groups", name, "tags"] => tags(state, req, "nodegroup", Some(name)).await,
-        ["2", "groups", name, action] => group_action(state, req, name, action).await,
         ["2", "networks"] => networks(state, req).await,
         ["2", "networks", name] => network(state, req, name).await,
         ["2", "networks", name, "tags"] => tags(state, req, "network", Some(name)).await,
-        ["2", "networks", name, action] => network_action(state, req, name, action).await,
         ["2", "query", what] => super::query::query(state, req, what).await,
         ["2", "query", what, "fields"] => super::query::fields(req, what),
         _ => Err(ApiError::not_found("Not Found")),
@@ -176,6 +179,35 @@ fn collection<'a, T: 'a>(
 
 fn find<T>(found: Option<T>, kind: &str, name: &str) -> Result<T, ApiError> {
     found.ok_or_else(|| unknown(kind, name))
+}
+
+/// A resource of the table: path parameters, query parameters and (maybe) the body.
+async fn submit_route(
+    state: &State,
+    req: &Request,
+    route: &OpRoute,
+    params: &[(&'static str, &str)],
+) -> R {
+    let body = if route.body {
+        req.body_object()?
+    } else {
+        Map::new()
+    };
+    let mut stat: Vec<(&str, Value)> = params.iter().map(|(k, v)| (*k, json!(v))).collect();
+    for p in route.params {
+        let value = p.value(|q| req.flag(q), |q| req.query_str(q).map(String::from))?;
+        stat.extend(value);
+    }
+    op_renamed(
+        state,
+        req,
+        route.op,
+        route.resource,
+        body,
+        stat,
+        route.renames,
+    )
+    .await
 }
 
 /// The common case: body + statics (+ dry-run) into one opcode job.
@@ -601,21 +633,6 @@ async fn instance(state: &State, req: &Request, name: &str) -> R {
             let live = live_instances(state, std::iter::once(inst)).await;
             Ok(instance_json(&cfg, &live, inst))
         }
-        "DELETE" => {
-            let s = vec![
-                ("instance_name", json!(name)),
-                ("ignore_failures", json!(false)),
-            ];
-            op(
-                state,
-                req,
-                OpId::InstanceRemove,
-                "instances_name",
-                req.body_object()?,
-                s,
-            )
-            .await
-        }
         m => Err(ApiError::unsupported(m)),
     }
 }
@@ -641,70 +658,7 @@ async fn instance_action(state: &State, req: &Request, name: &str, action: &str)
             )
             .await
         }
-        "startup" => {
-            only(m, &["PUT"])?;
-            let s = vec![
-                ("instance_name", n),
-                ("force", json!(req.flag("force")?)),
-                ("no_remember", json!(req.flag("no_remember")?)),
-            ];
-            op(
-                state,
-                req,
-                OpId::InstanceStartup,
-                "instances_name_startup",
-                Map::new(),
-                s,
-            )
-            .await
-        }
-        "shutdown" => {
-            only(m, &["PUT"])?;
-            let s = vec![
-                ("instance_name", n),
-                ("no_remember", json!(req.flag("no_remember")?)),
-            ];
-            op(
-                state,
-                req,
-                OpId::InstanceShutdown,
-                "instances_name_shutdown",
-                body()?,
-                s,
-            )
-            .await
-        }
-        "reboot" => {
-            only(m, &["POST"])?;
-            let kind = req.query_str("type").unwrap_or("hard");
-            let s = vec![
-                ("instance_name", n),
-                ("reboot_type", json!(kind)),
-                ("ignore_secondaries", json!(req.flag("ignore_secondaries")?)),
-            ];
-            op(
-                state,
-                req,
-                OpId::InstanceReboot,
-                "instances_name_reboot",
-                body()?,
-                s,
-            )
-            .await
-        }
         "reinstall" => reinstall(state, req, name).await,
-        "rename" => {
-            only(m, &["PUT"])?;
-            op(
-                state,
-                req,
-                OpId::InstanceRename,
-                "instances_name_rename",
-                body()?,
-                vec![("instance_name", n)],
-            )
-            .await
-        }
         "modify" => {
             only(m, &["PUT"])?;
             let mut b = body()?;
@@ -720,71 +674,6 @@ async fn instance_action(state: &State, req: &Request, name: &str, action: &str)
                 ],
             };
             submit_one(state, req, spec).await
-        }
-        "migrate" => {
-            only(m, &["PUT"])?;
-            op(
-                state,
-                req,
-                OpId::InstanceMigrate,
-                "instances_name_migrate",
-                body()?,
-                vec![("instance_name", n)],
-            )
-            .await
-        }
-        "failover" => {
-            only(m, &["PUT"])?;
-            op(
-                state,
-                req,
-                OpId::InstanceFailover,
-                "instances_name_failover",
-                body()?,
-                vec![("instance_name", n)],
-            )
-            .await
-        }
-        "activate-disks" => {
-            only(m, &["PUT"])?;
-            let s = vec![
-                ("instance_name", n),
-                ("ignore_size", json!(req.flag("ignore_size")?)),
-            ];
-            op(
-                state,
-                req,
-                OpId::InstanceActivateDisks,
-                "instances_name_activate_disks",
-                Map::new(),
-                s,
-            )
-            .await
-        }
-        "deactivate-disks" => {
-            only(m, &["PUT"])?;
-            let s = vec![("instance_name", n), ("force", json!(req.flag("force")?))];
-            op(
-                state,
-                req,
-                OpId::InstanceDeactivateDisks,
-                "instances_name_deactivate_disks",
-                Map::new(),
-                s,
-            )
-            .await
-        }
-        "recreate-disks" => {
-            only(m, &["POST"])?;
-            op(
-                state,
-                req,
-                OpId::InstanceRecreateDisks,
-                "instances_name_recreate_disks",
-                body()?,
-                vec![("instance_name", n)],
-            )
-            .await
         }
         "replace-disks" => {
             only(m, &["POST"])?;
@@ -818,36 +707,6 @@ async fn instance_action(state: &State, req: &Request, name: &str, action: &str)
                 "instances_name_replace_disks",
                 b,
                 vec![("instance_name", n)],
-            )
-            .await
-        }
-        "prepare-export" => {
-            only(m, &["PUT"])?;
-            // Like upstream, a missing mode is not defaulted: the opcode refuses it.
-            let mut s = vec![("instance_name", n)];
-            if let Some(mode) = req.query_str("mode") {
-                s.push(("mode", json!(mode)));
-            }
-            op(
-                state,
-                req,
-                OpId::BackupPrepare,
-                "instances_name_prepare_export",
-                Map::new(),
-                s,
-            )
-            .await
-        }
-        "export" => {
-            only(m, &["PUT"])?;
-            op_renamed(
-                state,
-                req,
-                OpId::BackupExport,
-                "instances_name_export",
-                body()?,
-                vec![("instance_name", n)],
-                &[("destination", "target_node")],
             )
             .await
         }
@@ -982,18 +841,6 @@ async fn node_action(state: &State, req: &Request, name: &str, rest: &[&str]) ->
             }
             _ => Err(ApiError::unsupported(m)),
         },
-        ["evacuate"] => {
-            only(m, &["POST"])?;
-            op(
-                state,
-                req,
-                OpId::NodeEvacuate,
-                "nodes_name_evacuate",
-                req.body_object()?,
-                vec![("node_name", n)],
-            )
-            .await
-        }
         ["migrate"] => {
             only(m, &["POST"])?;
             let body = if req.query_str("live").is_some() || req.query_str("mode").is_some() {
@@ -1025,31 +872,6 @@ async fn node_action(state: &State, req: &Request, name: &str, rest: &[&str]) ->
                 "nodes_name_migrate",
                 body,
                 vec![("node_name", n)],
-            )
-            .await
-        }
-        ["modify"] => {
-            only(m, &["POST"])?;
-            op(
-                state,
-                req,
-                OpId::NodeSetParams,
-                "nodes_name_modify",
-                req.body_object()?,
-                vec![("node_name", n)],
-            )
-            .await
-        }
-        ["powercycle"] => {
-            only(m, &["POST"])?;
-            let s = vec![("node_name", n), ("force", json!(req.flag("force")?))];
-            op(
-                state,
-                req,
-                OpId::NodePowercycle,
-                "nodes_name_powercycle",
-                req.body_object()?,
-                s,
             )
             .await
         }
@@ -1140,19 +962,6 @@ async fn groups(state: &State, req: &Request) -> R {
                 full,
             )
         }
-        "POST" => {
-            let renames = &[("name", "group_name")];
-            op_renamed(
-                state,
-                req,
-                OpId::GroupAdd,
-                "groups",
-                req.body_object()?,
-                vec![],
-                renames,
-            )
-            .await
-        }
         m => Err(ApiError::unsupported(m)),
     }
 }
@@ -1166,66 +975,7 @@ async fn group(state: &State, req: &Request, name: &str) -> R {
                 .ok_or_else(|| unknown("group", name))?;
             Ok(group_json(&cfg, g))
         }
-        "DELETE" => {
-            op(
-                state,
-                req,
-                OpId::GroupRemove,
-                "groups_name",
-                Map::new(),
-                vec![("group_name", json!(name))],
-            )
-            .await
-        }
         m => Err(ApiError::unsupported(m)),
-    }
-}
-
-async fn group_action(state: &State, req: &Request, name: &str, action: &str) -> R {
-    only(&req.method, &["PUT"])?;
-    let g = json!(name);
-    match action {
-        "modify" => {
-            let b = req.body_object()?;
-            op_renamed(
-                state,
-                req,
-                OpId::GroupSetParams,
-                "groups_name_modify",
-                b,
-                vec![("group_name", g)],
-                &[
-                    ("custom_ndparams", "ndparams"),
-                    ("custom_ipolicy", "ipolicy"),
-                    ("custom_diskparams", "diskparams"),
-                ],
-            )
-            .await
-        }
-        "rename" => {
-            op(
-                state,
-                req,
-                OpId::GroupRename,
-                "groups_name_rename",
-                req.body_object()?,
-                vec![("group_name", g)],
-            )
-            .await
-        }
-        "assign-nodes" => {
-            let s = vec![("group_name", g), ("force", json!(req.flag("force")?))];
-            op(
-                state,
-                req,
-                OpId::GroupAssignNodes,
-                "groups_name_assign_nodes",
-                req.body_object()?,
-                s,
-            )
-            .await
-        }
-        _ => Err(ApiError::not_found("Not Found")),
     }
 }
 
@@ -1244,20 +994,6 @@ async fn networks(state: &State, req: &Request) -> R {
                 full,
             )
         }
-        "POST" => {
-            let body = req.body_object()?;
-            let renames = &[("name", "network_name")];
-            op_renamed(
-                state,
-                req,
-                OpId::NetworkAdd,
-                "networks",
-                body,
-                vec![],
-                renames,
-            )
-            .await
-        }
         m => Err(ApiError::unsupported(m)),
     }
 }
@@ -1271,38 +1007,6 @@ async fn network(state: &State, req: &Request, name: &str) -> R {
                 .ok_or_else(|| unknown("network", name))?;
             Ok(network_json(&cfg, n))
         }
-        "DELETE" => {
-            op(
-                state,
-                req,
-                OpId::NetworkRemove,
-                "networks_name",
-                Map::new(),
-                vec![("network_name", json!(name))],
-            )
-            .await
-        }
         m => Err(ApiError::unsupported(m)),
     }
-}
-
-async fn network_action(state: &State, req: &Request, name: &str, action: &str) -> R {
-    only(&req.method, &["PUT"])?;
-    let n = json!(name);
-    let (op_id, resource) = match action {
-        "modify" => (OpId::NetworkSetParams, "networks_name_modify"),
-        "rename" => (OpId::NetworkRename, "networks_name_rename"),
-        "connect" => (OpId::NetworkConnect, "networks_name_connect"),
-        "disconnect" => (OpId::NetworkDisconnect, "networks_name_disconnect"),
-        _ => return Err(ApiError::not_found("Not Found")),
-    };
-    op(
-        state,
-        req,
-        op_id,
-        resource,
-        req.body_object()?,
-        vec![("network_name", n)],
-    )
-    .await
 }
