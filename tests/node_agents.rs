@@ -288,7 +288,15 @@ fn agents_and_master_refuse_strangers() {
 /// Posts a signed agent call; answers (HTTP status, body).
 fn post_signed(url: &str, headers: &(String, String, String), body: &str) -> (String, Value) {
     let out = Command::new("curl")
-        .args(["-sk", "-w", "\n%{http_code}", "-X", "POST"])
+        .args([
+            "-sk",
+            "--max-time",
+            "2",
+            "-w",
+            "\n%{http_code}",
+            "-X",
+            "POST",
+        ])
         .args(["-H", "Content-Type: application/json"])
         .args(["-H", &format!("x-gantry-timestamp: {}", headers.0)])
         .args(["-H", &format!("x-gantry-nonce: {}", headers.1)])
@@ -325,4 +333,43 @@ fn agents_refuse_replayed_requests() {
     let other = r#"{"call": "powercycle", "node": "nosuch.example.com"}"#;
     let (code, forged) = post_signed(&a.url, &signed, other);
     assert_eq!(code, "401", "{forged}");
+}
+
+#[test]
+fn idle_connections_cannot_starve_an_agent() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    if !have_qemu() {
+        return;
+    }
+    let master = tempfile::tempdir().unwrap();
+    let creds = gantry::http::tls::cluster_credentials(master.path(), true).unwrap();
+    let storage = tempfile::tempdir().unwrap();
+    let a = agent(master.path(), storage.path());
+    let target: std::net::SocketAddr = a.url.trim_start_matches("https://").parse().unwrap();
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    // 400 half-open connections from 8 addresses: more than the agent's 256 slots.
+    let flood = runtime.spawn(idle_flood(target, 8, 50, stop.clone()));
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let body = r#"{"call": "node_info", "node": "nosuch.example.com"}"#;
+    let tries = 20;
+    let answered = (0..tries)
+        .filter(|_| {
+            let signed = gantry::backends::protocol::auth::sign(&creds.secret, body.as_bytes());
+            post_signed(&a.url, &signed, body).0 == "200"
+        })
+        .count();
+    stop.store(true, Ordering::Relaxed);
+    let opened = runtime.block_on(async {
+        tokio::time::timeout(std::time::Duration::from_secs(30), flood)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or(0)
+    });
+    assert!(opened >= 400, "the flood opened only {opened} connections");
+    assert!(
+        answered * 100 >= tries * 95,
+        "the agent answered {answered} of {tries} signed requests under the flood"
+    );
 }

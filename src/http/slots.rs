@@ -1,7 +1,8 @@
 //! Connection slots that hold under abuse. A peer may hold at most `per_ip` connections; when
-//! every slot is taken, a new connection takes the slot of the connection that has been idle
-//! (no request in flight) the longest, so idle or half-open connections cannot starve clients
-//! that actually ask something. Refusals are counted and logged at most every few seconds.
+//! every slot is taken, a new connection takes the slot of an idle connection (no request in
+//! flight) of the address holding the most slots, its oldest one, so idle or half-open
+//! connections cannot starve clients that actually ask something. Refusals are counted and
+//! logged at most every few seconds.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -77,11 +78,14 @@ impl Slots {
             return None;
         }
         if t.open.len() >= self.max {
-            // Oldest first: the BTreeMap is ordered by admission.
+            // From the address holding the most slots, its oldest idle connection (the map is
+            // ordered by admission): a client with few connections is never the one evicted
+            // while a flooding address holds many.
             let victim = t
                 .open
                 .iter()
-                .find(|(_, e)| e.conn.idle.load(Ordering::Relaxed))
+                .filter(|(_, e)| e.conn.idle.load(Ordering::Relaxed))
+                .max_by_key(|(id, e)| (t.per_ip.get(&e.ip).copied().unwrap_or(0), u64::MAX - **id))
                 .map(|(id, _)| *id);
             let Some(victim) = victim else {
                 drop(t);
@@ -160,6 +164,19 @@ mod tests {
         let _b = slots.admit(ip(2)).unwrap();
         assert!(slots.admit(ip(2)).is_none());
         assert!(slots.admit(ip(1)).is_some());
+    }
+
+    #[test]
+    fn the_busiest_address_gives_up_a_slot_first() {
+        let slots = Slots::new(3, 10);
+        let lone = slots.admit(ip(1)).unwrap();
+        let _f1 = slots.admit(ip(2)).unwrap();
+        let _f2 = slots.admit(ip(2)).unwrap();
+        let _new = slots.admit(ip(3)).unwrap();
+        assert!(
+            futures_util::FutureExt::now_or_never(lone.conn.evicted.notified()).is_none(),
+            "the address with one connection keeps it"
+        );
     }
 
     #[test]

@@ -32,7 +32,10 @@ impl User {
 }
 
 pub fn ha1(user: &str, password: &str) -> String {
-    let digest = Md5::digest(format!("{user}:{REALM}:{password}").as_bytes());
+    let input = format!("{user}:{REALM}:{password}");
+    #[cfg(test)]
+    tests::HASHED.with(|n| n.set(n.get() + input.len()));
+    let digest = Md5::digest(input.as_bytes());
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -148,20 +151,22 @@ impl UserDb {
     pub fn authenticate(&self, name: &str, password: &str) -> Option<User> {
         let users = self.users.read().unwrap_or_else(|e| e.into_inner());
         let Some(user) = users.get(name) else {
-            let dummy = ha1("", "");
-            crate::http::constant_time_eq(dummy.as_bytes(), ha1(name, password).as_bytes());
+            verify(&Secret::Ha1(String::new()), name, password);
             return None;
         };
-        let ok = match &user.secret {
-            Secret::Cleartext(p) => {
-                crate::http::constant_time_eq(p.as_bytes(), password.as_bytes())
-            }
-            Secret::Ha1(h) => {
-                crate::http::constant_time_eq(h.as_bytes(), ha1(name, password).as_bytes())
-            }
-        };
-        ok.then(|| user.clone())
+        verify(&user.secret, name, password).then(|| user.clone())
     }
+}
+
+/// The one way a password is checked: the given password is hashed exactly once whatever the
+/// stored form, and compared in constant time, so a request costs the same for every user name.
+fn verify(secret: &Secret, name: &str, password: &str) -> bool {
+    let given = ha1(name, password);
+    let expected = match secret {
+        Secret::Ha1(h) => h.clone(),
+        Secret::Cleartext(p) => ha1(name, p),
+    };
+    crate::http::constant_time_eq(expected.as_bytes(), given.as_bytes())
 }
 
 /// Decodes `Authorization: Basic …` into (user, password).
@@ -182,6 +187,34 @@ pub fn basic_credentials(header: &str) -> Option<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    thread_local! {
+        /// Bytes hashed by `ha1` on this thread.
+        pub static HASHED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
+
+    #[tokio::test]
+    async fn unknown_users_cost_the_same_hashing_as_known_ones() {
+        let db = UserDb::load(None);
+        *db.users.write().unwrap() = parse_users("plain secret write\nhashed {HA1}00 write\n");
+        let long = "p".repeat(60_000);
+        let cost = |name: &str| {
+            let before = HASHED.with(|n| n.get());
+            assert!(db.authenticate(name, &long).is_none());
+            HASHED.with(|n| n.get()) - before
+        };
+        let (plain, hashed, unknown) = (cost("plain"), cost("hashed"), cost("nobody"));
+        assert!(
+            unknown >= 60_000,
+            "an unknown user's password is hashed too ({unknown})"
+        );
+        for known in [plain, hashed] {
+            assert!(
+                known.abs_diff(unknown) < 100,
+                "{known} vs {unknown} bytes hashed"
+            );
+        }
+    }
 
     #[test]
     fn parses_every_form() {

@@ -227,3 +227,48 @@ pub fn start_kvm(run_dir: &std::path::Path) -> Server {
     let args = kvm_args(run_dir);
     start(&args.iter().map(String::as_str).collect::<Vec<_>>())
 }
+
+/// Holds `per_addr` idle TCP connections from each of `addrs` source addresses (127.0.0.2…)
+/// to `target`, reconnecting whenever the server closes one, until `stop` is set. Answers how
+/// many connections it opened in all.
+pub async fn idle_flood(
+    target: std::net::SocketAddr,
+    addrs: u8,
+    per_addr: usize,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> usize {
+    use std::sync::atomic::Ordering;
+    use tokio::io::AsyncReadExt;
+    let mut tasks = tokio::task::JoinSet::new();
+    for a in 0..addrs {
+        for _ in 0..per_addr {
+            let stop = stop.clone();
+            tasks.spawn(async move {
+                let source = std::net::SocketAddr::from(([127, 0, 0, 2 + a], 0));
+                let mut opened = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+                    socket.bind(source).unwrap();
+                    let Ok(mut conn) = socket.connect(target).await else {
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    };
+                    opened += 1;
+                    let mut buf = [0u8; 64];
+                    // Never send a byte; wait for the server to give up on us, or for the end.
+                    let _ = tokio::time::timeout(
+                        std::time::Duration::from_secs(20),
+                        conn.read(&mut buf),
+                    )
+                    .await;
+                }
+                opened
+            });
+        }
+    }
+    let mut total = 0;
+    while let Some(n) = tasks.join_next().await {
+        total += n.unwrap_or(0);
+    }
+    total
+}
