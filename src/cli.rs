@@ -497,8 +497,14 @@ pub async fn adopt(backend: &dyn Backend, cluster: &ClusterStore) {
     let vms = cfg
         .instances
         .values()
-        .flat_map(|i| {
-            let spec = crate::cmdlib::vm_spec(&cfg, i);
+        .filter_map(|i| match crate::cmdlib::vm_spec(&cfg, i) {
+            Ok(spec) => Some((i, spec)),
+            Err(e) => {
+                tracing::error!("not adopting an instance: {e}");
+                None
+            }
+        })
+        .flat_map(|(i, spec)| {
             let up = i.admin_state == crate::cluster::model::AdminState::Up;
             std::iter::once((i.pnode.clone(), spec.clone(), up)).chain(
                 i.snodes

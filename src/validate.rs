@@ -1,7 +1,9 @@
 //! Syntax checks for values that end up in file names, process arguments or environments:
 //! host names, MAC addresses, UUIDs. The API boundary (`cmdlib`) checks them with upstream's
-//! messages; the backends check them again before building a path or an argument (defence in
-//! depth), so a value that slipped past one check still cannot name a host file.
+//! messages; what a backend is given is typed (`HostName`, `MacAddr`, `DiskId`: values that
+//! passed the check, also when deserialized by a node agent), and the backends check plain
+//! names again before building a path (defence in depth), so a value that slipped past one
+//! check still cannot name a host file.
 
 /// Ganeti's host name rule (`netutils.Hostname.GetNormalizedName`): lower-cased, only
 /// `[a-z0-9._-]`, 1–255 characters, no empty label. A trailing dot is dropped. Such a name is
@@ -37,6 +39,96 @@ pub fn is_uuid(id: &str) -> bool {
     (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
 }
 
+/// Defines a string type that can only hold a value its check accepts: built with `new`, or
+/// deserialized (so an agent refuses a bad value in a request before any backend code runs).
+macro_rules! checked_string {
+    ($(#[$doc:meta])* $name:ident, $check:expr, $what:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(String);
+
+        impl $name {
+            pub fn new(value: impl Into<String>) -> Result<$name, String> {
+                let value = value.into();
+                let check: fn(&str) -> bool = $check;
+                if check(&value) {
+                    Ok($name(value))
+                } else {
+                    Err(format!(concat!("invalid ", $what, " {:?}"), value))
+                }
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = String;
+            fn try_from(value: String) -> Result<$name, String> {
+                $name::new(value)
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(value: $name) -> String {
+                value.0
+            }
+        }
+
+        impl std::ops::Deref for $name {
+            type Target = str;
+            fn deref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl PartialEq<str> for $name {
+            fn eq(&self, other: &str) -> bool {
+                self.0 == other
+            }
+        }
+
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                self.0 == *other
+            }
+        }
+
+        impl PartialEq<String> for $name {
+            fn eq(&self, other: &String) -> bool {
+                &self.0 == other
+            }
+        }
+    };
+}
+
+checked_string!(
+    /// An instance or node name that is also a safe path component (see `hostname`).
+    HostName,
+    is_safe_component,
+    "host name"
+);
+checked_string!(
+    /// A MAC address, safe inside a QEMU `-device` argument.
+    MacAddr,
+    is_mac,
+    "MAC address"
+);
+checked_string!(
+    /// A disk's UUID, safe as part of a file name.
+    DiskId,
+    is_uuid,
+    "disk id"
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -58,6 +150,16 @@ mod tests {
             "only the normalised form is a path component"
         );
         assert!(is_safe_component("web1.example.com"));
+    }
+
+    #[test]
+    fn checked_types_refuse_bad_values_even_when_deserialized() {
+        assert!(HostName::new("web1.example.com").is_ok());
+        assert!(serde_json::from_str::<HostName>("\"../../etc\"").is_err());
+        assert!(serde_json::from_str::<MacAddr>("\"52:54:00:12:34:56,romfile=/x\"").is_err());
+        assert!(serde_json::from_str::<DiskId>("\"a/b\"").is_err());
+        let mac: MacAddr = serde_json::from_str("\"52:54:00:12:34:56\"").unwrap();
+        assert_eq!(mac, "52:54:00:12:34:56");
     }
 
     #[test]

@@ -131,7 +131,7 @@ impl Backend for FakeBackend {
             }
             for (node, vm, running) in vms {
                 if let Some(n) = table.get_mut(&node) {
-                    n.vms.entry(vm.name.clone()).or_insert(FakeVm {
+                    n.vms.entry(vm.name.to_string()).or_insert(FakeVm {
                         memory: vm.memory_mib,
                         vcpus: vm.vcpus,
                         disks: vm.disks_mib.clone(),

@@ -7,6 +7,7 @@ pub mod protocol;
 pub mod qemu;
 pub mod remote;
 
+use crate::validate::{DiskId, HostName, MacAddr};
 use std::future::Future;
 use std::pin::Pin;
 use thiserror::Error;
@@ -67,18 +68,19 @@ pub struct NodeSpec {
     pub cpus: u64,
 }
 
-/// Everything a backend needs to run one instance.
-#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+/// Everything a backend needs to run one instance. Names, MACs and disk ids are checked types:
+/// a spec cannot hold one that could escape a path or an argument.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct VmSpec {
-    pub name: String,
+    pub name: HostName,
     pub uuid: String,
     pub memory_mib: u64,
     pub vcpus: u64,
     pub disks_mib: Vec<u64>,
     /// The disks' UUIDs, in the same order: stable file names when disks come and go.
     #[serde(default)]
-    pub disk_ids: Vec<String>,
-    pub macs: Vec<String>,
+    pub disk_ids: Vec<DiskId>,
+    pub macs: Vec<MacAddr>,
     pub os: String,
     /// The instance's OS parameters, as the OS scripts see them (`OSP_<NAME>`).
     pub osparams: std::collections::BTreeMap<String, String>,

@@ -16,6 +16,7 @@ use crate::cluster::{ClusterStore, names};
 use crate::locking::LockPlan;
 use crate::opcodes::OpId;
 use crate::opcodes::{ErrorCode, OpCode};
+use crate::validate::{DiskId, HostName, MacAddr};
 use serde_json::{Value, json};
 use std::sync::Arc;
 
@@ -342,15 +343,29 @@ fn uuid_guard(kind: &str, given: Option<&str>, actual: &str, name: &str) -> Resu
     }
 }
 
-pub fn vm_spec(cfg: &Config, inst: &Instance) -> VmSpec {
-    VmSpec {
-        name: inst.name.clone(),
+/// What a backend is told about an instance. Fails (rather than handing a backend something it
+/// must not use) when the configuration holds a name, MAC or disk id that is not valid.
+pub fn vm_spec(cfg: &Config, inst: &Instance) -> Result<VmSpec, OpError> {
+    let invalid =
+        |e: String| OpError::exec(format!("Instance {}: {e} in the configuration", inst.name));
+    Ok(VmSpec {
+        name: HostName::new(inst.name.clone()).map_err(invalid)?,
         uuid: inst.meta.uuid.clone(),
         memory_mib: crate::cluster::model::instance_memory(cfg, inst),
         vcpus: crate::cluster::model::instance_vcpus(cfg, inst),
         disks_mib: inst.disks.iter().map(|d| d.size).collect(),
-        disk_ids: inst.disks.iter().map(|d| d.uuid.clone()).collect(),
-        macs: inst.nics.iter().map(|n| n.mac.clone()).collect(),
+        disk_ids: inst
+            .disks
+            .iter()
+            .map(|d| DiskId::new(d.uuid.clone()))
+            .collect::<Result<_, _>>()
+            .map_err(invalid)?,
+        macs: inst
+            .nics
+            .iter()
+            .map(|n| MacAddr::new(n.mac.clone()))
+            .collect::<Result<_, _>>()
+            .map_err(invalid)?,
         os: inst.os.clone(),
         osparams: inst
             .osparams
@@ -364,7 +379,7 @@ pub fn vm_spec(cfg: &Config, inst: &Instance) -> VmSpec {
             })
             .collect(),
         reinstall: false,
-    }
+    })
 }
 
 pub fn check_node_online(node: &Node, prefix: &str) -> Result<(), OpError> {

@@ -127,8 +127,8 @@ impl QemuBackend {
         safe_dir(&self.settings.storage_dir.join(".export"), name)
     }
 
-    fn find_os(&self, vm: &VmSpec) -> BackendResult<InstalledOs> {
-        let name = vm.os.split('+').next().unwrap_or("");
+    fn find_os(&self, os_type: &str) -> BackendResult<InstalledOs> {
+        let name = os_type.split('+').next().unwrap_or("");
         self.operating_systems()
             .remove(name)
             .ok_or_else(|| failed(format!("OS '{name}' not found")))
@@ -148,9 +148,8 @@ impl QemuBackend {
 
     fn vm_config(&self, vm: &VmSpec, incoming: Option<String>) -> BackendResult<VmConfig> {
         let suffix = if incoming.is_some() { "-in" } else { "" };
-        check_macs(&vm.macs)?;
         Ok(VmConfig {
-            name: vm.name.clone(),
+            name: vm.name.to_string(),
             run_dir: self
                 .settings
                 .run_root
@@ -158,7 +157,7 @@ impl QemuBackend {
             memory_mib: vm.memory_mib,
             vcpus: vm.vcpus.max(1) as u32,
             disks: self.disk_paths(vm)?,
-            macs: vm.macs.clone(),
+            macs: vm.macs.iter().map(|m| m.to_string()).collect(),
             accel: self.settings.accel.clone(),
             incoming,
         })
@@ -619,7 +618,7 @@ impl Backend for QemuBackend {
                 return Err(failed(format!("Instance {} is running", vm.name)));
             }
             let os = self
-                .find_os(vm)
+                .find_os(&vm.os)
                 .map_err(|e| failed(format!("{e} on node {node}")))?;
             let disks = self.disk_paths(vm)?;
             // Kept for the OS rename script, which needs the same environment.
@@ -751,10 +750,10 @@ impl Backend for QemuBackend {
             let Some(mut vm) = self.saved_spec(new) else {
                 return Ok(());
             };
-            vm.name = new.to_string();
+            vm.name = crate::validate::HostName::new(new).map_err(failed)?;
             vm.reinstall = false;
             self.save_spec(&vm)?;
-            let Ok(os) = self.find_os(&vm) else {
+            let Ok(os) = self.find_os(&vm.os) else {
                 return Ok(());
             };
             let mut env = os::instance_env(&os, &vm, &self.disk_paths(&vm)?);
@@ -802,11 +801,7 @@ impl Backend for QemuBackend {
         params: &'a BTreeMap<String, String>,
     ) -> BoxFuture<'a, BackendResult<()>> {
         Box::pin(async move {
-            let vm = VmSpec {
-                os: os_type.to_string(),
-                ..VmSpec::default()
-            };
-            let os = self.find_os(&vm)?;
+            let os = self.find_os(os_type)?;
             os::verify_parameters(&os, os_type, params)
                 .await
                 .map_err(failed)
@@ -819,7 +814,7 @@ impl Backend for QemuBackend {
         vm: &'a VmSpec,
     ) -> BoxFuture<'a, BackendResult<Vec<String>>> {
         Box::pin(async move {
-            let os = self.find_os(vm)?;
+            let os = self.find_os(&vm.os)?;
             let dir = self.export_dir(&vm.name)?;
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::create_dir_all(&dir).map_err(failed)?;
@@ -853,7 +848,7 @@ impl Backend for QemuBackend {
         source: &'a str,
     ) -> BoxFuture<'a, BackendResult<Vec<String>>> {
         Box::pin(async move {
-            let os = self.find_os(vm)?;
+            let os = self.find_os(&vm.os)?;
             // An absolute export path, or the name of an exported instance.
             let dir = if source.starts_with('/') {
                 PathBuf::from(source)

@@ -134,7 +134,7 @@ pub fn instance_env(os: &InstalledOs, vm: &VmSpec, disks: &[PathBuf]) -> Vec<(St
     };
     let mut env = core_env(os, variant, &vm.osparams);
     env.extend([
-        ("INSTANCE_NAME".into(), vm.name.clone()),
+        ("INSTANCE_NAME".into(), vm.name.to_string()),
         ("INSTANCE_OS".into(), vm.os.clone()),
         ("INSTANCE_UUID".into(), vm.uuid.clone()),
         ("HYPERVISOR".into(), "kvm".into()),
@@ -150,7 +150,7 @@ pub fn instance_env(os: &InstalledOs, vm: &VmSpec, disks: &[PathBuf]) -> Vec<(St
         env.push((format!("DISK_{n}_BACKEND_TYPE"), "file:raw".into()));
     }
     for (n, mac) in vm.macs.iter().enumerate() {
-        env.push((format!("NIC_{n}_MAC"), mac.clone()));
+        env.push((format!("NIC_{n}_MAC"), mac.to_string()));
         env.push((format!("NIC_{n}_MODE"), "bridged".into()));
     }
     if vm.reinstall {

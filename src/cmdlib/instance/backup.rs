@@ -39,7 +39,7 @@ pub(super) async fn backup(ctx: &Ctx) -> Result<Value, OpError> {
         .get("shutdown")
         .and_then(Value::as_bool)
         .unwrap_or(true);
-    let spec = vm_spec(&cfg, &inst);
+    let spec = vm_spec(&cfg, &inst)?;
     if running && shutdown {
         ctx.log("Shutting down instance");
         let timeout = ctx.op.int("shutdown_timeout").unwrap_or(120).max(0) as u64;

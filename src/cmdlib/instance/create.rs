@@ -434,7 +434,7 @@ async fn create_instance(
     mut inst: Instance,
     nodes: &[String],
 ) -> Result<(), OpError> {
-    let spec = vm_spec(cfg, &inst);
+    let spec = vm_spec(cfg, &inst)?;
     if !inst.forthcoming {
         ctx.log("* creating instance disks...");
         for (i, node) in nodes.iter().enumerate() {

@@ -104,7 +104,7 @@ pub(super) async fn migrate(ctx: &Ctx) -> Result<Value, OpError> {
             .map_err(fail)?;
         ctx.log(format!("* starting instance {} on {target}", inst.name));
         ctx.backend
-            .start(&target, &vm_spec(&cfg, &inst))
+            .start(&target, &vm_spec(&cfg, &inst)?)
             .await
             .map_err(fail)?;
     } else {

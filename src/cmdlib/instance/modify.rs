@@ -380,7 +380,7 @@ pub async fn execute(ctx: &Ctx) -> Result<Value, OpError> {
         return Ok(Value::Array(changes));
     }
     if !new_disks.is_empty() || op.get("disks").is_some() {
-        let spec = vm_spec(&cfg, &inst);
+        let spec = vm_spec(&cfg, &inst)?;
         for node in std::iter::once(&inst.pnode).chain(inst.snodes.iter()) {
             ctx.backend
                 .create_disks(node, &spec)

@@ -7,7 +7,7 @@ pub(super) async fn startup(ctx: &Ctx) -> Result<Value, OpError> {
     let inst = real_instance(&ctx.op, &cfg)?;
     check_admin_state(&inst, ONLINE, None)?;
     let offline_ok = primary_offline_allowed(ctx, &cfg, &inst)?;
-    let mut spec = vm_spec(&cfg, &inst);
+    let mut spec = vm_spec(&cfg, &inst)?;
     if let Some(mem) = ctx
         .op
         .get("beparams")
@@ -73,7 +73,7 @@ pub(super) async fn reboot(ctx: &Ctx) -> Result<Value, OpError> {
     check_admin_state(&inst, ONLINE, None)?;
     check_node_online(primary(&cfg, &inst)?, "Cannot use offline primary node ")?;
     let running = is_running(ctx, &inst).await?;
-    let spec = vm_spec(&cfg, &inst);
+    let spec = vm_spec(&cfg, &inst)?;
     if !running {
         check_start_memory(ctx, &inst, spec.memory_mib).await?;
     }
@@ -156,7 +156,7 @@ pub(super) async fn reinstall(ctx: &Ctx) -> Result<Value, OpError> {
     ctx.log(format!(
         "* running the instance OS create scripts ({os})..."
     ));
-    let mut spec = vm_spec(&cfg, &inst);
+    let mut spec = vm_spec(&cfg, &inst)?;
     spec.os = os;
     spec.reinstall = true;
     let output = ctx

@@ -144,7 +144,7 @@ pub(super) async fn recreate_disks(ctx: &Ctx) -> Result<Value, OpError> {
     if ctx.stop_for_dry_run() {
         return Ok(Value::Null);
     }
-    let spec = vm_spec(&cfg, &inst);
+    let spec = vm_spec(&cfg, &inst)?;
     for node in std::iter::once(&inst.pnode).chain(inst.snodes.iter()) {
         ctx.backend
             .create_disks(node, &spec)
