@@ -5,6 +5,7 @@ pub mod addresses;
 pub mod bootstrap;
 pub mod model;
 pub mod names;
+pub mod params;
 
 use crate::storage::{GroupCommit, StorageError};
 use model::Config;

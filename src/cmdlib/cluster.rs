@@ -220,7 +220,11 @@ async fn set_params(ctx: &Ctx) -> Result<Value, OpError> {
         }
     };
     merge(&mut c.hvparams, "hvparams", true);
-    merge(&mut c.beparams, "beparams", false);
+    if let Some(be) = op.get("beparams").and_then(Value::as_object) {
+        let mut be = be.clone();
+        crate::cluster::params::force_dict_type(&mut be, crate::cluster::params::BACKEND, &[])?;
+        c.beparams.extend(be);
+    }
     merge(&mut c.osparams, "osparams", true);
     merge(&mut c.os_hvp, "os_hvp", true);
     merge(&mut c.nicparams, "nicparams", false);

@@ -81,6 +81,16 @@ impl From<crate::cluster::ConfigError> for OpError {
     }
 }
 
+impl From<crate::cluster::params::TypeEnforcementError> for OpError {
+    fn from(e: crate::cluster::params::TypeEnforcementError) -> OpError {
+        OpError {
+            class: "TypeEnforcementError",
+            message: e.0,
+            ecode: None,
+        }
+    }
+}
+
 /// Backend failures during checks: unreachable nodes are environment errors.
 pub fn check_failure(what: &str, e: BackendError) -> OpError {
     match e.kind {

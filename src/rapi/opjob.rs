@@ -47,6 +47,10 @@ pub fn build(req: &Request, spec: OpSpec) -> Result<OpCode, ApiError> {
         )));
     }
     params.extend(spec.statics);
+    // `?dry-run=1` applies to every opcode a resource builds (modify and reinstall included).
+    if req.dry_run()? {
+        params.insert("dry_run".into(), Value::Bool(true));
+    }
     let now = Timestamp::now().as_nanos() as u64;
     if let Some(resource) = spec.resource {
         let mut trail = vec![];

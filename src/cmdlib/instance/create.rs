@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::cluster::model::Instance;
+use crate::cluster::params::{self, force_dict_type};
 use crate::opcodes::OpId;
 
 pub fn valid_hostname(name: &str) -> bool {
@@ -123,6 +124,8 @@ pub fn plan(op: &OpCode, cfg: &Config) -> Result<LockPlan, OpError> {
     Ok(p)
 }
 
+pub const KNOWN_IALLOCATOR: &str = "hail";
+
 /// Picks nodes like an iallocator: most free memory among nodes with room for the disks.
 async fn allocate(
     ctx: &Ctx,
@@ -137,6 +140,12 @@ async fn allocate(
         .str("iallocator")
         .map(String::from)
         .unwrap_or_else(|| cfg.cluster.default_iallocator.clone());
+    // The built-in allocator stands in for htools' `hail`, the only one gantry has.
+    if allocator != KNOWN_IALLOCATOR {
+        return Err(OpError::exec(format!(
+            "Failure while running the iallocator script: iallocator module '{allocator}' not found in the search path"
+        )));
+    }
     let mut candidates = vec![];
     for node in cfg.nodes.values() {
         if node.offline || node.drained || !node.vm_capable {
@@ -231,6 +240,7 @@ pub async fn execute(ctx: &Ctx) -> Result<Value, OpError> {
         .and_then(Value::as_object)
         .cloned()
         .unwrap_or_default();
+    force_dict_type(&mut beparams, params::BACKEND, &[])?;
     if let Some(mem) = beparams.remove("memory") {
         let mib = parse_size_mib(&mem)
             .ok_or_else(|| OpError::prereq("Invalid memory size", ErrorCode::WrongInput))?;

@@ -156,6 +156,11 @@ pub async fn execute(ctx: &Ctx) -> Result<Value, OpError> {
     }
     let running = is_running(ctx, &inst).await?;
     if let Some(mut be) = obj("beparams") {
+        crate::cluster::params::force_dict_type(
+            &mut be,
+            crate::cluster::params::BACKEND,
+            &["default"],
+        )?;
         if let Some(mem) = be.remove("memory") {
             be.insert("maxmem".into(), mem.clone());
             be.insert("minmem".into(), mem);
@@ -347,7 +352,7 @@ pub async fn execute(ctx: &Ctx) -> Result<Value, OpError> {
                         let s = v.as_str().map(String::from);
                         match k.as_str() {
                             "mac" => nic.mac = nic_mac(&cfg, s.as_deref(), &[])?,
-                            "ip" => nic.ip = s.filter(|x| x != "none"),
+                            "ip" => nic.ip = nic_ip(s)?,
                             "mode" => nic.mode = s.unwrap_or_default(),
                             "link" => nic.link = s.unwrap_or_default(),
                             "vlan" => nic.vlan = s.unwrap_or_default(),

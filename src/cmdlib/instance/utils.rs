@@ -304,7 +304,7 @@ pub fn nic_from_json(cfg: &Config, v: &Value, taken_macs: &[String]) -> Result<N
                 .map(String::from)
         })
         .unwrap_or_default();
-    let ip = get("ip").filter(|ip| ip != "none");
+    let ip = nic_ip(get("ip"))?;
     Ok(Nic {
         uuid: new_uuid(),
         name: get("name"),
@@ -315,6 +315,20 @@ pub fn nic_from_json(cfg: &Config, v: &Value, taken_macs: &[String]) -> Result<N
         vlan: get("vlan").unwrap_or_default(),
         network,
     })
+}
+
+/// A NIC's IP on create or modify: `none` clears it, `pool` takes one from the network's pool
+/// later, anything else must be an IPv4 or IPv6 address (upstream's message).
+pub fn nic_ip(given: Option<String>) -> Result<Option<String>, OpError> {
+    match given.as_deref() {
+        None | Some("none") => Ok(None),
+        Some("pool") => Ok(given),
+        Some(ip) if ip.parse::<std::net::IpAddr>().is_ok() => Ok(given),
+        Some(ip) => Err(OpError::prereq(
+            format!("Invalid IP address '{ip}'"),
+            ErrorCode::WrongInput,
+        )),
+    }
 }
 
 /// A NIC's MAC on create or modify: generated for `auto`/`generate`/absent, otherwise checked

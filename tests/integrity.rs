@@ -1,0 +1,249 @@
+//! Nothing invalid reaches the cluster configuration (issue 9's findings, one test each, with
+//! upstream's error class and message), and what is stored stays readable by the htools.
+
+mod common;
+use common::*;
+use serde_json::{Value, json};
+use std::process::Command;
+
+const ADMIN: Option<&str> = Some("admin:admin");
+
+fn create_body(name: &str, extra: Value) -> Value {
+    let mut body = json!({"__version__": 1, "name": name, "os": "debootstrap+default",
+        "disk_template": "plain", "disks": [{"size": 128}], "nics": [{}], "mode": "create"});
+    body.as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    body
+}
+
+/// Submits and waits; answers the finished job.
+fn submit(s: &Server, method: &str, path: &str, body: Value) -> Value {
+    let (code, id) = curl(s, method, path, ADMIN, Some(&body.to_string()));
+    assert_eq!(code, 200, "{method} {path}: {id}");
+    wait_job(s, id.as_u64().unwrap())
+}
+
+/// The (class, message) of a failed job.
+fn failure(job: &Value) -> (String, String) {
+    assert_eq!(job["status"], "error", "{job}");
+    let err = &job["opresult"][0];
+    (
+        err[0].as_str().unwrap_or_default().to_string(),
+        err[1][0].as_str().unwrap_or_default().to_string(),
+    )
+}
+
+#[test]
+fn backend_parameters_are_typed_as_upstream_types_them() {
+    let s = start(&[]);
+    // "2" is converted, as upstream's ForceDictType does; the htools can read the result.
+    let job = submit(
+        &s,
+        "POST",
+        "/2/instances",
+        create_body(
+            "web1.example.com",
+            json!({"beparams": {"vcpus": "2", "maxmem": "1G"}}),
+        ),
+    );
+    assert_eq!(job["status"], "success", "{job}");
+    let (_, inst) = curl(&s, "GET", "/2/instances/web1.example.com", None, None);
+    assert_eq!(inst["beparams"]["vcpus"], 2, "{inst}");
+    assert_eq!(inst["beparams"]["maxmem"], 1024, "{inst}");
+    for (beparams, class, message) in [
+        (
+            json!({"bogus": 1}),
+            "TypeEnforcementError",
+            "Unknown parameter 'bogus'",
+        ),
+        (
+            json!({"vcpus": "x"}),
+            "TypeEnforcementError",
+            "'vcpus' (value x) is not a valid integer",
+        ),
+        (
+            json!({"auto_balance": "yes"}),
+            "TypeEnforcementError",
+            "'auto_balance' (value yes) is not a valid boolean",
+        ),
+        (
+            json!({"memory": 1e20}),
+            "TypeEnforcementError",
+            "is not a valid size",
+        ),
+    ] {
+        let job = submit(
+            &s,
+            "POST",
+            "/2/instances",
+            create_body("web2.example.com", json!({"beparams": beparams})),
+        );
+        let (c, m) = failure(&job);
+        assert_eq!(c, class, "{beparams}");
+        assert!(m.contains(message), "{beparams}: {m}");
+        let job = submit(
+            &s,
+            "PUT",
+            "/2/instances/web1.example.com/modify",
+            json!({"beparams": beparams}),
+        );
+        assert!(
+            failure(&job).1.contains(message),
+            "modify {beparams}: {job}"
+        );
+    }
+    // The cluster's defaults are a flat dictionary, as upstream's OpClusterSetParams takes it.
+    let job = submit(
+        &s,
+        "PUT",
+        "/2/modify",
+        json!({"beparams": {"default": {"vcpus": 2}}}),
+    );
+    assert_eq!(failure(&job).1, "Unknown parameter 'default'");
+    let job = submit(&s, "PUT", "/2/modify", json!({"beparams": {"vcpus": "3"}}));
+    assert_eq!(job["status"], "success", "{job}");
+    let (_, info) = curl(&s, "GET", "/2/info", None, None);
+    assert_eq!(info["beparams"]["default"]["vcpus"], 3, "{info}");
+    let (_, inst) = curl(&s, "GET", "/2/instances/web1.example.com", None, None);
+    assert_eq!(
+        inst["beparams"]["vcpus"], 2,
+        "a refused modify changed nothing: {inst}"
+    );
+    // The htools read the whole cluster (one mistyped value used to break them all).
+    let (host, port) = s
+        .base
+        .trim_start_matches("https://")
+        .rsplit_once(':')
+        .unwrap();
+    let out = Command::new("hbal")
+        .args(["-m", &format!("https://admin:admin@{host}:{port}")])
+        .env_remove("REQUESTS_CA_BUNDLE")
+        .env_remove("CURL_CA_BUNDLE")
+        .output()
+        .expect("hbal is installed by .ci/run");
+    assert!(
+        out.status.success(),
+        "hbal: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn nic_addresses_are_checked() {
+    let s = start(&[]);
+    let job = submit(
+        &s,
+        "POST",
+        "/2/instances",
+        create_body("web1.example.com", json!({"nics": [{"ip": "300.1.1.1"}]})),
+    );
+    assert_eq!(
+        failure(&job),
+        (
+            "OpPrereqError".into(),
+            "Invalid IP address '300.1.1.1'".into()
+        )
+    );
+    let ok = submit(
+        &s,
+        "POST",
+        "/2/instances",
+        create_body("web1.example.com", json!({})),
+    );
+    assert_eq!(ok["status"], "success", "{ok}");
+    let job = submit(
+        &s,
+        "PUT",
+        "/2/instances/web1.example.com/modify",
+        json!({"nics": [["modify", 0, {"ip": "999.1.1.1"}]]}),
+    );
+    assert_eq!(failure(&job).1, "Invalid IP address '999.1.1.1'");
+    // One MAC, one instance.
+    let (_, inst) = curl(&s, "GET", "/2/instances/web1.example.com", None, None);
+    let mac = inst["nic.macs"][0].as_str().unwrap().to_string();
+    let job = submit(
+        &s,
+        "POST",
+        "/2/instances",
+        create_body(
+            "web2.example.com",
+            json!({"nics": [{"mac": mac.to_uppercase()}]}),
+        ),
+    );
+    assert_eq!(
+        failure(&job).1,
+        format!("MAC address {mac} already in use in cluster")
+    );
+}
+
+#[test]
+fn dry_run_changes_nothing_on_modify_and_reinstall() {
+    let s = start(&[]);
+    let ok = submit(
+        &s,
+        "POST",
+        "/2/instances",
+        create_body("web1.example.com", json!({})),
+    );
+    assert_eq!(ok["status"], "success", "{ok}");
+    // Stopped, so that each opcode of the reinstall job passes its checks in a dry run too.
+    let down = submit(
+        &s,
+        "PUT",
+        "/2/instances/web1.example.com/shutdown",
+        json!({}),
+    );
+    assert_eq!(down["status"], "success", "{down}");
+    let (_, before) = curl(&s, "GET", "/2/instances/web1.example.com", None, None);
+    let job = submit(
+        &s,
+        "PUT",
+        "/2/instances/web1.example.com/modify?dry-run=1",
+        json!({"beparams": {"vcpus": 4}}),
+    );
+    assert_eq!(job["status"], "success", "{job}");
+    let job = submit(
+        &s,
+        "POST",
+        "/2/instances/web1.example.com/reinstall?dry-run=1",
+        json!({"os": "debootstrap+default"}),
+    );
+    assert_eq!(job["status"], "success", "{job}");
+    assert!(
+        job["ops"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|op| op["dry_run"] == true),
+        "every opcode of the reinstall is a dry run: {}",
+        job["ops"]
+    );
+    let (_, after) = curl(&s, "GET", "/2/instances/web1.example.com", None, None);
+    for field in ["serial_no", "mtime", "beparams", "status"] {
+        assert_eq!(before[field], after[field], "{field} changed in a dry run");
+    }
+}
+
+#[test]
+fn an_unknown_iallocator_is_an_error_naming_it() {
+    let s = start(&[]);
+    let job = submit(
+        &s,
+        "POST",
+        "/2/instances",
+        create_body(
+            "web1.example.com",
+            json!({"iallocator": "no-such-allocator"}),
+        ),
+    );
+    let (class, message) = failure(&job);
+    assert_eq!(class, "OpExecError");
+    assert!(
+        message.contains("'no-such-allocator' not found"),
+        "{message}"
+    );
+    let (_, list) = curl(&s, "GET", "/2/instances", None, None);
+    assert_eq!(list, json!([]));
+}
