@@ -55,12 +55,22 @@ fn fails_with(s: &Server, method: &str, path: &str, body: Option<&str>, kind: &s
     );
 }
 
-fn ids(list: &Value) -> Vec<String> {
+/// The identifiers of a non-bulk list, under the key upstream uses for that resource.
+fn keyed(list: &Value, key: &str) -> Vec<String> {
     list.as_array()
         .unwrap()
         .iter()
-        .map(|o| o["id"].as_str().unwrap().to_string())
+        .map(|o| o[key].as_str().unwrap().to_string())
         .collect()
+}
+
+fn ids(list: &Value) -> Vec<String> {
+    keyed(list, "id")
+}
+
+/// Groups and networks are listed as `{"name", "uri"}` upstream.
+fn names(list: &Value) -> Vec<String> {
+    keyed(list, "name")
 }
 
 #[test]
@@ -533,7 +543,7 @@ fn node_group_and_network_resources() {
         "already_exists",
     );
     assert_eq!(
-        ids(&call(&s, "GET", "/2/groups", None, 200)),
+        names(&call(&s, "GET", "/2/groups", None, 200)),
         ["default", "rack2"]
     );
     let group = call(&s, "GET", "/2/groups/rack2", None, 200);
@@ -622,7 +632,7 @@ fn node_group_and_network_resources() {
         Some(r#"{"network_name": "bad"}"#),
         400,
     );
-    assert_eq!(ids(&call(&s, "GET", "/2/networks", None, 200)), ["lan"]);
+    assert_eq!(names(&call(&s, "GET", "/2/networks", None, 200)), ["lan"]);
     let net = call(&s, "GET", "/2/networks/lan", None, 200);
     assert_eq!(net["gateway"], "10.1.0.1");
     call(&s, "GET", "/2/networks/nosuch", None, 404);

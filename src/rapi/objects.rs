@@ -165,10 +165,17 @@ pub fn network_json(cfg: &Config, net: &crate::cluster::model::Network) -> Value
 }
 
 /// `[{"id": name, "uri": "/2/<kind>/<name>"}]`.
+/// `[{"id"|"name": ..., "uri": ...}]`: upstream names the key `name` for groups and networks
+/// (`BuildUriList(..., uri_fields=("name", "uri"))`) and `id` for everything else.
 pub fn uri_list<'a>(kind: &str, names: impl Iterator<Item = &'a String>) -> Value {
+    let key = if kind == "groups" || kind == "networks" {
+        "name"
+    } else {
+        "id"
+    };
     Value::Array(
         names
-            .map(|n| json!({"id": n, "uri": format!("/2/{kind}/{n}")}))
+            .map(|n| json!({key: n, "uri": format!("/2/{kind}/{n}")}))
             .collect(),
     )
 }

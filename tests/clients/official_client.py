@@ -32,6 +32,9 @@ assert info["name"] and "default_hypervisor" in info, info
 nodes = rapi.GetNodes(bulk=True)
 assert len(nodes) >= 2 and all("mfree" in n for n in nodes), nodes
 assert "debootstrap+default" in rapi.GetOperatingSystems()
+# Non-bulk lists of groups and networks are keyed "name" upstream (KeyError otherwise).
+assert "default" in rapi.GetGroups(), rapi.GetGroups()
+assert rapi.GetNetworks() == [], rapi.GetNetworks()
 
 create = dict(mode="create", name=NAME, disk_template="drbd",
               disks=[{"size": 1024}], nics=[{}], os="debootstrap+default",
