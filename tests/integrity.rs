@@ -247,3 +247,68 @@ fn an_unknown_iallocator_is_an_error_naming_it() {
     let (_, list) = curl(&s, "GET", "/2/instances", None, None);
     assert_eq!(list, json!([]));
 }
+
+/// Ids of every job the queue holds.
+fn job_ids(s: &Server) -> Vec<u64> {
+    let (_, jobs) = curl(s, "GET", "/2/jobs", None, None);
+    jobs.as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_u64().unwrap())
+        .collect()
+}
+
+#[test]
+fn node_evacuation_fails_when_an_instance_cannot_move() {
+    let s = start(&[]);
+    let plain = create_body("web1.example.com", json!({"pnode": "node1.example.com"}));
+    assert_eq!(
+        submit(&s, "POST", "/2/instances", plain)["status"],
+        "success"
+    );
+    let before = job_ids(&s);
+    let job = submit(
+        &s,
+        "POST",
+        "/2/nodes/node1.example.com/evacuate",
+        json!({"mode": "all"}),
+    );
+    let (class, message) = failure(&job);
+    assert_eq!(class, "OpExecError");
+    assert!(
+        message.starts_with("Unable to evacuate instances web1.example.com"),
+        "{message}"
+    );
+    assert_eq!(
+        job_ids(&s).len(),
+        before.len() + 1,
+        "no child job was submitted"
+    );
+    let (_, inst) = curl(&s, "GET", "/2/instances/web1.example.com", None, None);
+    assert_eq!(inst["pnode"], "node1.example.com");
+
+    // A node whose instances can move: a dry run submits nothing and moves nothing.
+    let drbd = json!({"__version__": 1, "name": "db1.example.com", "os": "debootstrap+default",
+        "disk_template": "drbd", "disks": [{"size": 128}], "nics": [{}], "mode": "create",
+        "pnode": "node2.example.com", "snode": "node3.example.com"});
+    assert_eq!(
+        submit(&s, "POST", "/2/instances", drbd)["status"],
+        "success"
+    );
+    let before = job_ids(&s);
+    let job = submit(
+        &s,
+        "POST",
+        "/2/nodes/node2.example.com/evacuate?dry-run=1",
+        json!({"mode": "primary-only"}),
+    );
+    assert_eq!(job["status"], "success", "{job}");
+    assert_eq!(job["opresult"][0]["jobs"], json!([]), "{job}");
+    assert_eq!(
+        job_ids(&s).len(),
+        before.len() + 1,
+        "a dry run submitted children"
+    );
+    let (_, inst) = curl(&s, "GET", "/2/instances/db1.example.com", None, None);
+    assert_eq!(inst["pnode"], "node2.example.com");
+}

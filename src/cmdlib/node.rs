@@ -261,6 +261,26 @@ async fn evacuate(ctx: &Ctx) -> Result<Value, OpError> {
             ErrorCode::WrongInput,
         ));
     }
+    // As upstream's node evacuation: the moves are computed first, and the parent fails when an
+    // instance cannot move, instead of reporting success while a child job fails.
+    if mode != "secondary-only" {
+        let stuck: Vec<String> = cfg
+            .primary_instances(&node.name)
+            .into_iter()
+            .filter(|name| !super::instance::movable(&cfg.instances[name].disk_template))
+            .map(|name| {
+                let template = &cfg.instances[&name].disk_template;
+                format!("{name} (disk layout '{template}' does not allow migrations)")
+            })
+            .collect();
+        if !stuck.is_empty() {
+            let list = stuck.join(", ");
+            ctx.warn(format!("Unable to evacuate instances {list}"));
+            return Err(OpError::exec(format!(
+                "Unable to evacuate instances {list}"
+            )));
+        }
+    }
     let mut jobs = vec![];
     if mode != "secondary-only" {
         for name in cfg.primary_instances(&node.name) {

@@ -12,6 +12,11 @@ pub(super) const SHARED: &[&str] = &[
     "diskless",
 ];
 
+/// Whether an instance with this disk template can move to another node (migrate, failover).
+pub fn movable(template: &str) -> bool {
+    MIRRORED.contains(&template) || SHARED.contains(&template)
+}
+
 pub(super) async fn migrate(ctx: &Ctx) -> Result<Value, OpError> {
     let cfg = ctx.cfg();
     let inst = op_instance(&ctx.op, &cfg)?.clone();

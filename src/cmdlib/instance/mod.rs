@@ -19,6 +19,7 @@ mod storage;
 mod utils;
 
 use backup::*;
+pub use migration::movable;
 use migration::*;
 use operation::*;
 use query::*;
