@@ -312,3 +312,55 @@ fn node_evacuation_fails_when_an_instance_cannot_move() {
     let (_, inst) = curl(&s, "GET", "/2/instances/db1.example.com", None, None);
     assert_eq!(inst["pnode"], "node2.example.com");
 }
+
+#[test]
+fn concurrent_creates_never_share_an_address() {
+    // Every backend call takes 50 ms, so the creates really overlap.
+    let s = start(&["--fake-delay-ms", "50"]);
+    let net = json!({"network_name": "net1", "network": "10.9.0.0/28", "gateway": "10.9.0.1"});
+    assert_eq!(submit(&s, "POST", "/2/networks", net)["status"], "success");
+    let connect =
+        json!({"group_name": "default", "network_mode": "bridged", "network_link": "br0"});
+    let job = submit(&s, "PUT", "/2/networks/net1/connect", connect);
+    assert_eq!(job["status"], "success", "{job}");
+    // 20 creates at once, spread over the three nodes so they run in parallel; the /28 has
+    // 13 free addresses (16 less network, broadcast and gateway).
+    let ids: Vec<u64> = (0..20)
+        .map(|n| {
+            let body = create_body(
+                &format!("vm{n}.example.com"),
+                json!({"nics": [{"network": "net1", "ip": "pool"}],
+                       "pnode": format!("node{}.example.com", n % 3 + 1)}),
+            );
+            let (code, id) = curl(&s, "POST", "/2/instances", ADMIN, Some(&body.to_string()));
+            assert_eq!(code, 200, "{id}");
+            id.as_u64().unwrap()
+        })
+        .collect();
+    let mut ok = 0;
+    for id in ids {
+        let job = wait_job(&s, id);
+        if job["status"] == "success" {
+            ok += 1;
+        } else {
+            assert!(
+                failure(&job).1.contains("has no free addresses"),
+                "{}",
+                job["opresult"]
+            );
+        }
+    }
+    assert_eq!(ok, 13, "every free address is used once, no more");
+    let (_, list) = curl(&s, "GET", "/2/instances?bulk=1", None, None);
+    let mut ips: Vec<String> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["nic.ips"][0].as_str().unwrap().to_string())
+        .collect();
+    ips.sort();
+    ips.dedup();
+    assert_eq!(ips.len(), 13, "addresses are unique: {ips:?}");
+    let (_, net) = curl(&s, "GET", "/2/networks/net1", None, None);
+    assert_eq!(net["free_count"], 0, "{net}");
+}

@@ -6,6 +6,7 @@ pub mod bootstrap;
 pub mod model;
 pub mod names;
 pub mod params;
+pub mod reservations;
 
 use crate::storage::{GroupCommit, StorageError};
 use model::Config;
@@ -32,6 +33,7 @@ pub struct ClusterStore {
     commit: GroupCommit,
     current: Arc<RwLock<Arc<Config>>>,
     writer: Arc<Mutex<()>>,
+    reservations: Arc<Mutex<reservations::Reservations>>,
 }
 
 /// Read-only access to the configuration: changes go through opcode jobs only.
@@ -65,6 +67,7 @@ impl ClusterStore {
             commit: commit.clone(),
             current: Arc::new(RwLock::new(Arc::new(config))),
             writer: Arc::new(Mutex::new(())),
+            reservations: Arc::default(),
         })
     }
 
@@ -73,6 +76,24 @@ impl ClusterStore {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// Runs `claim` against the newest configuration and every job's reservations, atomically
+    /// with respect to other claims (see `reservations.rs`).
+    pub fn reserve<T>(
+        &self,
+        claim: impl FnOnce(&Config, &mut reservations::Reservations) -> T,
+    ) -> T {
+        let mut held = self.reservations.lock().unwrap_or_else(|e| e.into_inner());
+        claim(&self.snapshot(), &mut held)
+    }
+
+    /// Ends the reservations of a job (when its opcode ends).
+    pub fn release(&self, job: u64) {
+        self.reservations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .release(job);
     }
 
     /// A handle that can read the configuration and nothing else (what the RAPI gets).

@@ -123,6 +123,8 @@ async fn run_op(
         .catch_unwind()
         .await
         .unwrap_or_else(|panic| Err(OpError::exec(panic_text(panic.as_ref()))));
+    // What the opcode reserved is now in the configuration, or was never used.
+    ctx.cluster.release(id.0);
     drop(held);
     match result {
         Ok(v) => Outcome::Success(v),

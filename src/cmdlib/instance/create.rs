@@ -3,6 +3,7 @@
 use super::*;
 use crate::cluster::model::Instance;
 use crate::cluster::params::{self, force_dict_type};
+use crate::cluster::reservations::Conflict;
 use crate::opcodes::OpId;
 
 pub fn valid_hostname(name: &str) -> bool {
@@ -232,6 +233,7 @@ pub async fn execute(ctx: &Ctx) -> Result<Value, OpError> {
         .unwrap_or_default()
     {
         let nic = nic_from_json(&cfg, &n, &macs)?;
+        reserve_mac(ctx, &nic.mac)?;
         macs.push(nic.mac.clone());
         nics.push(nic);
     }
@@ -313,7 +315,7 @@ pub async fn execute(ctx: &Ctx) -> Result<Value, OpError> {
         check_os(&cfg, &os, &nodes[0], op.bool("force_variant"))?;
         validate_os_params(ctx, &cfg, &os, &nodes[0], &probe.osparams).await?;
     }
-    check_nic_networks(&cfg, &mut probe, &nodes[0])?;
+    check_nic_networks(ctx, &cfg, &mut probe, &nodes[0])?;
     if ctx.stop_for_dry_run() {
         let uuids: Vec<Value> = nodes
             .iter()
@@ -389,8 +391,42 @@ async fn check_placement(
     Ok(())
 }
 
+/// Claims a MAC for this job, against the configuration and other running jobs.
+pub fn reserve_mac(ctx: &Ctx, mac: &str) -> Result<(), OpError> {
+    ctx.cluster
+        .reserve(|cfg, r| r.reserve_mac(cfg, ctx.job_id, mac))
+        .map_err(conflict)
+}
+
+/// Upstream's messages for a reservation that failed.
+fn conflict(c: Conflict) -> OpError {
+    match c {
+        Conflict::MacInUse(mac) => OpError::prereq(
+            format!("MAC address {mac} already in use in cluster"),
+            ErrorCode::ResourceNotUnique,
+        ),
+        Conflict::IpInUse(ip, net) => OpError::prereq(
+            format!("IP address {ip} already in use or does not belong to network {net}"),
+            ErrorCode::ResourceNotUnique,
+        ),
+        Conflict::PoolExhausted(net) => OpError::prereq(
+            format!("Network '{net}' has no free addresses"),
+            ErrorCode::WrongState,
+        ),
+        Conflict::UnknownNetwork(net) => OpError::prereq(
+            format!("Network '{net}' not found"),
+            ErrorCode::UnknownEntity,
+        ),
+    }
+}
+
 /// NICs on a network take mode/link from the group's connection; `ip: pool` takes a free address.
-fn check_nic_networks(cfg: &Config, inst: &mut Instance, pnode: &str) -> Result<(), OpError> {
+fn check_nic_networks(
+    ctx: &Ctx,
+    cfg: &Config,
+    inst: &mut Instance,
+    pnode: &str,
+) -> Result<(), OpError> {
     let group = cfg
         .nodes
         .get(pnode)
@@ -416,23 +452,13 @@ fn check_nic_networks(cfg: &Config, inst: &mut Instance, pnode: &str) -> Result<
             })?;
         nic.mode = link.mode.clone();
         nic.link = link.link.clone();
-        if nic.ip.as_deref() == Some("pool") {
-            nic.ip = Some(crate::cluster::addresses::free_address(net).ok_or_else(|| {
-                OpError::prereq(
-                    format!("Network '{}' has no free addresses", net.name),
-                    ErrorCode::WrongState,
-                )
-            })?);
-        } else if let Some(ip) = &nic.ip
-            && (net.used.contains_key(ip) || net.external_reservations.contains(ip))
-        {
-            return Err(OpError::prereq(
-                format!(
-                    "IP address {ip} already in use or does not belong to network {}",
-                    net.name
-                ),
-                ErrorCode::ResourceNotUnique,
-            ));
+        // Claimed now, atomically: parallel creates never share an address.
+        if let Some(ip) = nic.ip.clone() {
+            let wanted = (ip != "pool").then_some(ip.as_str());
+            let claimed = ctx
+                .cluster
+                .reserve(|cfg, r| r.reserve_ip(cfg, ctx.job_id, &net_uuid, wanted));
+            nic.ip = Some(claimed.map_err(conflict)?);
         }
     }
     Ok(())

@@ -325,6 +325,7 @@ pub async fn execute(ctx: &Ctx) -> Result<Value, OpError> {
                     }
                     let taken: Vec<String> = inst.nics.iter().map(|n| n.mac.clone()).collect();
                     let nic = nic_from_json(&cfg, &params, &taken)?;
+                    super::create::reserve_mac(ctx, &nic.mac)?;
                     let idx = inst.nics.len();
                     changes.push(json!([
                         format!("nic.{idx}"),
@@ -351,7 +352,10 @@ pub async fn execute(ctx: &Ctx) -> Result<Value, OpError> {
                     for (k, v) in &p {
                         let s = v.as_str().map(String::from);
                         match k.as_str() {
-                            "mac" => nic.mac = nic_mac(&cfg, s.as_deref(), &[])?,
+                            "mac" => {
+                                nic.mac = nic_mac(&cfg, s.as_deref(), &[])?;
+                                super::create::reserve_mac(ctx, &nic.mac)?;
+                            }
                             "ip" => nic.ip = nic_ip(s)?,
                             "mode" => nic.mode = s.unwrap_or_default(),
                             "link" => nic.link = s.unwrap_or_default(),
