@@ -317,7 +317,8 @@ fn node_evacuation_fails_when_an_instance_cannot_move() {
 fn concurrent_creates_never_share_an_address() {
     // Every backend call takes 50 ms, so the creates really overlap.
     let s = start(&["--fake-delay-ms", "50"]);
-    let net = json!({"network_name": "net1", "network": "10.9.0.0/28", "gateway": "10.9.0.1"});
+    let net = json!({"network_name": "net1", "network": "10.9.0.0/28", "gateway": "10.9.0.1",
+                     "mac_prefix": "aa:bb:cc"});
     assert_eq!(submit(&s, "POST", "/2/networks", net)["status"], "success");
     let connect =
         json!({"group_name": "default", "network_mode": "bridged", "network_link": "br0"});
@@ -358,6 +359,13 @@ fn concurrent_creates_never_share_an_address() {
         .iter()
         .map(|i| i["nic.ips"][0].as_str().unwrap().to_string())
         .collect();
+    for inst in list.as_array().unwrap() {
+        let mac = inst["nic.macs"][0].as_str().unwrap();
+        assert!(
+            mac.starts_with("aa:bb:cc:"),
+            "the network's MAC prefix: {mac}"
+        );
+    }
     ips.sort();
     ips.dedup();
     assert_eq!(ips.len(), 13, "addresses are unique: {ips:?}");

@@ -353,7 +353,12 @@ pub async fn execute(ctx: &Ctx) -> Result<Value, OpError> {
                         let s = v.as_str().map(String::from);
                         match k.as_str() {
                             "mac" => {
-                                nic.mac = nic_mac(&cfg, s.as_deref(), &[])?;
+                                let prefix = nic
+                                    .network
+                                    .as_ref()
+                                    .and_then(|n| cfg.networks.get(n))
+                                    .and_then(|n| n.mac_prefix.clone());
+                                nic.mac = nic_mac(&cfg, s.as_deref(), &[], prefix.as_deref())?;
                                 super::create::reserve_mac(ctx, &nic.mac)?;
                             }
                             "ip" => nic.ip = nic_ip(s)?,

@@ -275,11 +275,16 @@ pub fn nic_from_json(cfg: &Config, v: &Value, taken_macs: &[String]) -> Result<N
         .as_object()
         .ok_or_else(|| OpError::prereq("Invalid NIC parameters", ErrorCode::WrongInput))?;
     let get = |k: &str| obj.get(k).and_then(Value::as_str).map(String::from);
-    let mac = nic_mac(cfg, get("mac").as_deref(), taken_macs)?;
     let network = match get("network") {
         Some(n) if n != "none" => Some(find_network_uuid(cfg, &n)?),
         _ => None,
     };
+    // A network with its own MAC prefix gives it to its NICs' generated MACs (upstream).
+    let prefix = network
+        .as_ref()
+        .and_then(|n| cfg.networks.get(n))
+        .and_then(|n| n.mac_prefix.clone());
+    let mac = nic_mac(cfg, get("mac").as_deref(), taken_macs, prefix.as_deref())?;
     let defaults = &cfg.cluster.nicparams;
     let mode = get("mode")
         .or_else(|| {
@@ -333,9 +338,14 @@ pub fn nic_ip(given: Option<String>) -> Result<Option<String>, OpError> {
 
 /// A NIC's MAC on create or modify: generated for `auto`/`generate`/absent, otherwise checked
 /// for syntax and for use anywhere in the cluster (upstream's `ReserveMAC`).
-pub fn nic_mac(cfg: &Config, given: Option<&str>, taken: &[String]) -> Result<String, OpError> {
+pub fn nic_mac(
+    cfg: &Config,
+    given: Option<&str>,
+    taken: &[String],
+    prefix: Option<&str>,
+) -> Result<String, OpError> {
     let mac = match given {
-        None | Some("auto") | Some("generate") => return Ok(generate_mac(cfg, taken)),
+        None | Some("auto") | Some("generate") => return Ok(generate_mac(cfg, taken, prefix)),
         Some(m) if crate::validate::is_mac(m) => m.to_lowercase(),
         Some(m) => {
             return Err(OpError::prereq(
@@ -358,13 +368,11 @@ pub fn nic_mac(cfg: &Config, given: Option<&str>, taken: &[String]) -> Result<St
     Ok(mac)
 }
 
-pub(super) fn generate_mac(cfg: &Config, taken: &[String]) -> String {
+pub(super) fn generate_mac(cfg: &Config, taken: &[String], prefix: Option<&str>) -> String {
+    let prefix = prefix.unwrap_or(&cfg.cluster.mac_prefix);
     loop {
         let b = crate::util::random_bytes::<3>();
-        let mac = format!(
-            "{}:{:02x}:{:02x}:{:02x}",
-            cfg.cluster.mac_prefix, b[0], b[1], b[2]
-        );
+        let mac = format!("{prefix}:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2]);
         let used = taken.contains(&mac)
             || cfg
                 .instances
