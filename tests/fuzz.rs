@@ -4,12 +4,14 @@
 //! non-finite numbers, huge strings and lists. The server must never panic, never answer 500,
 //! and every job must end.
 
+mod common;
+use common::spawn_gantry;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
 use serde_json::{Value, json};
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 /// The server under test, with its stderr kept to look for panics afterwards.
@@ -20,25 +22,25 @@ fn start_logged(dir: &tempfile::TempDir) -> (std::process::Child, String) {
     )
     .unwrap();
     let log = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_gantry"))
-        .args(["serve", "--no-ssl", "--port", "0", "--bind", "127.0.0.1"])
-        .arg("--data-dir")
-        .arg(dir.path().join("data"))
-        .arg("--users")
-        .arg(dir.path().join("users"))
-        .args(["--queue-limit", "100000"])
-        .stdout(Stdio::piped())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    let base = line.trim().rsplit(' ').next().unwrap().to_string();
-    (child, base)
+    let users = dir.path().join("users");
+    let extra = [
+        "--no-ssl",
+        "--users",
+        users.to_str().unwrap(),
+        "--queue-limit",
+        "100000",
+    ];
+    spawn_gantry(&dir.path().join("data"), &extra, log)
+}
+
+/// Posts `{"ops": [...]}` to /2/jobs as the write user over a raw connection.
+fn post_jobs_raw(addr: &str, body: &str) -> u16 {
+    let req = format!(
+        "POST /2/jobs HTTP/1.1\r\nHost: fuzz\r\nAuthorization: Basic YWRtaW46YWRtaW4=\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    send_raw(addr, req.as_bytes())
 }
 
 /// Sends raw bytes as one request; answers the status code (0: no valid HTTP answer).
@@ -287,12 +289,7 @@ fn fuzzed_requests_and_opcodes_never_panic_or_fail_the_server() {
     runner(1500)
         .run(&opcode(catalog()), |op| {
             let body = json!({"ops": [op]}).to_string();
-            let req = format!(
-                "POST /2/jobs HTTP/1.1\r\nHost: fuzz\r\nAuthorization: Basic YWRtaW46YWRtaW4=\r\n\
-                 Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let code = send_raw(&addr, req.as_bytes());
+            let code = post_jobs_raw(&addr, &body);
             *answered.borrow_mut().entry(code).or_default() += 1;
             prop_assert!(
                 code == 200 || code == 400 || code == 413,
@@ -357,12 +354,7 @@ fn every_opcode_reaches_its_logical_unit() {
             }
         }
         let body = json!({"ops": [body]}).to_string();
-        let req = format!(
-            "POST /2/jobs HTTP/1.1\r\nHost: t\r\nAuthorization: Basic YWRtaW46YWRtaW4=\r\n\
-             Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        let code = send_raw(&addr, req.as_bytes());
+        let code = post_jobs_raw(&addr, &body);
         assert!(code == 200 || code == 400, "{}: {code}", op["id"]);
         if code == 200 {
             ids.push(op["id"].as_str().unwrap().to_string());

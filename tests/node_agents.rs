@@ -285,6 +285,15 @@ fn agents_and_master_refuse_strangers() {
     );
 }
 
+/// An agent with fresh cluster credentials; answers it, the cluster secret, and the dirs to keep.
+fn lone_agent() -> (Agent, String, [tempfile::TempDir; 2]) {
+    let master = tempfile::tempdir().unwrap();
+    let creds = gantry::http::tls::cluster_credentials(master.path(), true).unwrap();
+    let storage = tempfile::tempdir().unwrap();
+    let a = agent(master.path(), storage.path());
+    (a, creds.secret, [master, storage])
+}
+
 /// Posts a signed agent call; answers (HTTP status, body).
 fn post_signed(url: &str, headers: &(String, String, String), body: &str) -> (String, Value) {
     let out = Command::new("curl")
@@ -318,12 +327,9 @@ fn agents_refuse_replayed_requests() {
     if !have_qemu() {
         return;
     }
-    let master = tempfile::tempdir().unwrap();
-    let creds = gantry::http::tls::cluster_credentials(master.path(), true).unwrap();
-    let storage = tempfile::tempdir().unwrap();
-    let a = agent(master.path(), storage.path());
+    let (a, secret, _dirs) = lone_agent();
     let body = r#"{"call": "node_info", "node": "nosuch.example.com"}"#;
-    let signed = gantry::backends::protocol::auth::sign(&creds.secret, body.as_bytes());
+    let signed = gantry::backends::protocol::auth::sign(&secret, body.as_bytes());
     let (code, first) = post_signed(&a.url, &signed, body);
     assert_eq!(code, "200", "a fresh signed request is served: {first}");
     let (code, again) = post_signed(&a.url, &signed, body);
@@ -337,35 +343,21 @@ fn agents_refuse_replayed_requests() {
 
 #[test]
 fn idle_connections_cannot_starve_an_agent() {
-    use std::sync::atomic::{AtomicBool, Ordering};
     if !have_qemu() {
         return;
     }
-    let master = tempfile::tempdir().unwrap();
-    let creds = gantry::http::tls::cluster_credentials(master.path(), true).unwrap();
-    let storage = tempfile::tempdir().unwrap();
-    let a = agent(master.path(), storage.path());
+    let (a, secret, _dirs) = lone_agent();
     let target: std::net::SocketAddr = a.url.trim_start_matches("https://").parse().unwrap();
-    let stop = std::sync::Arc::new(AtomicBool::new(false));
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    // 400 half-open connections from 8 addresses: more than the agent's 256 slots.
-    let flood = runtime.spawn(idle_flood(target, 8, 50, stop.clone()));
-    std::thread::sleep(std::time::Duration::from_secs(2));
     let body = r#"{"call": "node_info", "node": "nosuch.example.com"}"#;
     let tries = 20;
-    let answered = (0..tries)
-        .filter(|_| {
-            let signed = gantry::backends::protocol::auth::sign(&creds.secret, body.as_bytes());
-            post_signed(&a.url, &signed, body).0 == "200"
-        })
-        .count();
-    stop.store(true, Ordering::Relaxed);
-    let opened = runtime.block_on(async {
-        tokio::time::timeout(std::time::Duration::from_secs(30), flood)
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .unwrap_or(0)
+    // 400 half-open connections from 8 addresses: more than the agent's 256 slots.
+    let (answered, opened) = under_idle_flood(target, 8, 50, || {
+        (0..tries)
+            .filter(|_| {
+                let signed = gantry::backends::protocol::auth::sign(&secret, body.as_bytes());
+                post_signed(&a.url, &signed, body).0 == "200"
+            })
+            .count()
     });
     assert!(opened >= 400, "the flood opened only {opened} connections");
     assert!(

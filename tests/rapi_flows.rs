@@ -237,7 +237,7 @@ fn groups_and_networks_accept_null_optionals() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|g| g["id"].as_str().unwrap())
+        .map(|g| g["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["default", "rack2"], "sorted by name");
     let (_, bulk) = curl(&s, "GET", "/2/groups?bulk=1", None, None);

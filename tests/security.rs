@@ -292,19 +292,7 @@ fn keys_secrets_and_the_database_are_private() {
     assert_eq!(mode(&s.dir.path().join("db")), 0o700);
     let fresh = tempfile::tempdir().unwrap();
     let data = fresh.path().join("new-data-dir");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_gantry"))
-        .args(["serve", "--port", "0", "--bind", "127.0.0.1", "--data-dir"])
-        .arg(&data)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
+    let (mut child, _) = spawn_gantry(&data, &[], std::process::Stdio::null());
     let _ = child.kill();
     let _ = child.wait();
     assert_eq!(mode(&data), 0o700, "a new data dir is its owner's only");
@@ -312,43 +300,31 @@ fn keys_secrets_and_the_database_are_private() {
 
 #[test]
 fn idle_and_half_open_connections_cannot_starve_clients() {
-    use std::sync::atomic::{AtomicBool, Ordering};
     let s = start(&[]);
     let port: u16 = s.base.rsplit(':').next().unwrap().parse().unwrap();
     let target = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let stop = std::sync::Arc::new(AtomicBool::new(false));
-    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let tries = 60;
     // 2,000 connections from 40 addresses (50 each, under the per-address cap of 64) that
     // never finish the TLS handshake: twice the server's 1,024 slots.
-    let flood = runtime.spawn(idle_flood(target, 40, 50, stop.clone()));
-    std::thread::sleep(std::time::Duration::from_secs(2));
-    let tries = 60;
-    let mut answered = 0;
-    for _ in 0..tries {
-        let out = Command::new("curl")
-            .args([
-                "-sk",
-                "--max-time",
-                "1",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-            ])
-            .arg(format!("{}/version", s.base))
-            .output()
-            .unwrap();
-        if out.stdout == b"200" {
-            answered += 1;
-        }
-    }
-    stop.store(true, Ordering::Relaxed);
-    let opened = runtime.block_on(async {
-        tokio::time::timeout(std::time::Duration::from_secs(30), flood)
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .unwrap_or(0)
+    let (answered, opened) = under_idle_flood(target, 40, 50, || {
+        (0..tries)
+            .filter(|_| {
+                let out = Command::new("curl")
+                    .args([
+                        "-sk",
+                        "--max-time",
+                        "1",
+                        "-o",
+                        "/dev/null",
+                        "-w",
+                        "%{http_code}",
+                    ])
+                    .arg(format!("{}/version", s.base))
+                    .output()
+                    .unwrap();
+                out.stdout == b"200"
+            })
+            .count()
     });
     assert!(opened >= 2000, "the flood opened only {opened} connections");
     assert!(
@@ -356,6 +332,7 @@ fn idle_and_half_open_connections_cannot_starve_clients() {
         "only {answered} of {tries} requests answered within 1 s under the flood"
     );
     // One address alone cannot take more than its share.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
     let one = runtime.block_on(async {
         let mut held = vec![];
         for _ in 0..100 {

@@ -377,19 +377,22 @@ pub fn vm_spec(cfg: &Config, inst: &Instance) -> Result<VmSpec, OpError> {
             .collect::<Result<_, _>>()
             .map_err(invalid)?,
         os: inst.os.clone(),
-        osparams: inst
-            .osparams
-            .iter()
-            .map(|(k, v)| {
-                let text = v
-                    .as_str()
-                    .map(String::from)
-                    .unwrap_or_else(|| v.to_string());
-                (k.clone(), text)
-            })
-            .collect(),
+        osparams: os_param_texts(&inst.osparams),
         reinstall: false,
     })
+}
+
+/// OS parameters as the OS scripts see them: strings as they are, anything else as JSON.
+pub fn os_param_texts(
+    params: &crate::cluster::model::Params,
+) -> std::collections::BTreeMap<String, String> {
+    params
+        .iter()
+        .map(|(k, v)| {
+            let text = v.as_str().map_or_else(|| v.to_string(), String::from);
+            (k.clone(), text)
+        })
+        .collect()
 }
 
 pub fn check_node_online(node: &Node, prefix: &str) -> Result<(), OpError> {

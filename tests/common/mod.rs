@@ -31,12 +31,24 @@ pub fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> Server {
     if !users.exists() {
         std::fs::write(&users, "admin {cleartext}admin write\nviewer viewer read\n").unwrap();
     }
+    let data = dir.path().to_path_buf();
+    let (child, base) = spawn_gantry(&data, extra, Stdio::null());
+    Server { child, base, dir }
+}
+
+/// Starts `gantry serve` on a free port with `data` as its data dir and waits for its banner;
+/// answers the process and its base URL.
+pub fn spawn_gantry(
+    data: &std::path::Path,
+    extra: &[&str],
+    stderr: impl Into<Stdio>,
+) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_gantry"))
         .args(["serve", "--port", "0", "--bind", "127.0.0.1", "--data-dir"])
-        .arg(dir.path())
+        .arg(data)
         .args(extra)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .expect("spawn gantry");
     let mut line = String::new();
@@ -45,7 +57,7 @@ pub fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> Server {
         .unwrap();
     let base = line.trim().rsplit(' ').next().unwrap().to_string();
     assert!(base.starts_with("http"), "unexpected banner: {line}");
-    Server { child, base, dir }
+    (child, base)
 }
 
 /// Runs curl; returns (HTTP status, parsed JSON body).
@@ -271,4 +283,29 @@ pub async fn idle_flood(
         total += n.unwrap_or(0);
     }
     total
+}
+
+/// Runs `client` while `idle_flood` holds `addrs` x `per_addr` connections to `target`;
+/// answers what `client` answered and how many connections the flood opened.
+pub fn under_idle_flood<T>(
+    target: std::net::SocketAddr,
+    addrs: u8,
+    per_addr: usize,
+    client: impl FnOnce() -> T,
+) -> (T, usize) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let flood = runtime.spawn(idle_flood(target, addrs, per_addr, stop.clone()));
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let answer = client();
+    stop.store(true, Ordering::Relaxed);
+    let opened = runtime.block_on(async {
+        tokio::time::timeout(std::time::Duration::from_secs(30), flood)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or(0)
+    });
+    (answer, opened)
 }

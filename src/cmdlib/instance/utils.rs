@@ -172,16 +172,7 @@ pub async fn validate_os_params(
     if params.is_empty() {
         return Ok(());
     }
-    let texts = params
-        .iter()
-        .map(|(k, v)| {
-            let text = v
-                .as_str()
-                .map(String::from)
-                .unwrap_or_else(|| v.to_string());
-            (k.clone(), text)
-        })
-        .collect();
+    let texts = os_param_texts(params);
     ctx.backend
         .verify_os_params(node, os_type, &texts)
         .await
