@@ -24,6 +24,22 @@ fn submit(s: &Server, method: &str, path: &str, body: Value) -> Value {
     wait_job(s, id.as_u64().unwrap())
 }
 
+/// Runs the configuration verification (OP_CLUSTER_VERIFY_CONFIG) and asserts it found nothing.
+fn assert_config_sound(s: &Server) {
+    let job = submit(
+        s,
+        "POST",
+        "/2/jobs",
+        json!({"ops": [{"OP_ID": "OP_CLUSTER_VERIFY_CONFIG"}]}),
+    );
+    assert_eq!(job["status"], "success", "{job}");
+    assert_eq!(
+        job["opresult"][0], true,
+        "config verification: {}",
+        job["oplog"]
+    );
+}
+
 /// The (class, message) of a failed job.
 fn failure(job: &Value) -> (String, String) {
     assert_eq!(job["status"], "error", "{job}");
@@ -128,6 +144,7 @@ fn backend_parameters_are_typed_as_upstream_types_them() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    assert_config_sound(&s);
 }
 
 #[test]
@@ -176,6 +193,7 @@ fn nic_addresses_are_checked() {
         failure(&job).1,
         format!("MAC address {mac} already in use in cluster")
     );
+    assert_config_sound(&s);
 }
 
 #[test]
@@ -224,6 +242,7 @@ fn dry_run_changes_nothing_on_modify_and_reinstall() {
     for field in ["serial_no", "mtime", "beparams", "status"] {
         assert_eq!(before[field], after[field], "{field} changed in a dry run");
     }
+    assert_config_sound(&s);
 }
 
 #[test]
@@ -246,6 +265,7 @@ fn an_unknown_iallocator_is_an_error_naming_it() {
     );
     let (_, list) = curl(&s, "GET", "/2/instances", None, None);
     assert_eq!(list, json!([]));
+    assert_config_sound(&s);
 }
 
 /// Ids of every job the queue holds.
@@ -311,6 +331,7 @@ fn node_evacuation_fails_when_an_instance_cannot_move() {
     );
     let (_, inst) = curl(&s, "GET", "/2/instances/db1.example.com", None, None);
     assert_eq!(inst["pnode"], "node2.example.com");
+    assert_config_sound(&s);
 }
 
 #[test]
@@ -371,4 +392,5 @@ fn concurrent_creates_never_share_an_address() {
     assert_eq!(ips.len(), 13, "addresses are unique: {ips:?}");
     let (_, net) = curl(&s, "GET", "/2/networks/net1", None, None);
     assert_eq!(net["free_count"], 0, "{net}");
+    assert_config_sound(&s);
 }

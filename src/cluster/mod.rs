@@ -7,6 +7,7 @@ pub mod model;
 pub mod names;
 pub mod params;
 pub mod reservations;
+pub mod verify;
 
 use crate::storage::{GroupCommit, StorageError};
 use model::Config;

@@ -87,10 +87,21 @@ pub async fn execute(ctx: &Ctx) -> Result<Value, OpError> {
             ErrorCode::WrongInput,
         )),
         OpId::ClusterRedistConf => redist_conf(ctx),
+        OpId::ClusterVerifyConfig => Ok(verify_config(ctx)),
         other => Err(OpError::exec(format!(
             "Opcode {other} is not a cluster opcode"
         ))),
     }
+}
+
+/// Logs each broken invariant as upstream's verify does and answers whether there was none.
+fn verify_config(ctx: &Ctx) -> Value {
+    ctx.log("* Verifying cluster config");
+    let errors = crate::cluster::verify::verify(&ctx.cfg());
+    for e in &errors {
+        ctx.log(format!("  - ERROR: cluster: {e}"));
+    }
+    Value::Bool(errors.is_empty())
 }
 
 fn redist_conf(ctx: &Ctx) -> Result<Value, OpError> {

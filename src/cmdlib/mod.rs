@@ -234,8 +234,8 @@ fn unit(id: OpId) -> Unit {
         NetworkAdd | NetworkRemove | NetworkSetParams | NetworkRename | NetworkConnect
         | NetworkDisconnect => Unit::Network,
         TagsSet | TagsDel | TagsGet | TagsSearch => Unit::Tags,
-        ClusterSetParams | ClusterRedistConf | ClusterQuery | OsDiagnose | Query | QueryFields
-        | TestDelay => Unit::Cluster,
+        ClusterSetParams | ClusterRedistConf | ClusterQuery | ClusterVerifyConfig | OsDiagnose
+        | Query | QueryFields | TestDelay => Unit::Cluster,
     }
 }
 

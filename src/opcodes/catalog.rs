@@ -112,6 +112,8 @@ pub enum OpId {
     TestDelay,
     /// `OP_NODE_ADD`
     NodeAdd,
+    /// `OP_CLUSTER_VERIFY_CONFIG`
+    ClusterVerifyConfig,
 }
 
 impl OpId {
@@ -169,6 +171,7 @@ impl OpId {
         OpId::QueryFields,
         OpId::TestDelay,
         OpId::NodeAdd,
+        OpId::ClusterVerifyConfig,
     ];
 
     /// The wire name, e.g. `OP_INSTANCE_CREATE`.
@@ -227,6 +230,7 @@ impl OpId {
             OpId::QueryFields => "OP_QUERY_FIELDS",
             OpId::TestDelay => "OP_TEST_DELAY",
             OpId::NodeAdd => "OP_NODE_ADD",
+            OpId::ClusterVerifyConfig => "OP_CLUSTER_VERIFY_CONFIG",
         }
     }
 
@@ -285,6 +289,7 @@ impl OpId {
             "OP_QUERY_FIELDS" => Some(OpId::QueryFields),
             "OP_TEST_DELAY" => Some(OpId::TestDelay),
             "OP_NODE_ADD" => Some(OpId::NodeAdd),
+            "OP_CLUSTER_VERIFY_CONFIG" => Some(OpId::ClusterVerifyConfig),
             _ => None,
         }
     }
@@ -2477,6 +2482,32 @@ pub static OPCODES: &[OpDef] = &[
                 name: "ndparams",
                 ty: Object,
                 default: Unset,
+            },
+        ],
+    },
+    // Upstream OpClusterVerifyConfig (gnt-cluster verify, configuration part): checks the configuration's invariants and answers whether it is sound.
+    OpDef {
+        id: OpId::ClusterVerifyConfig,
+        params: &[
+            ParamDef {
+                name: "verbose",
+                ty: Bool,
+                default: Value(r#"false"#),
+            },
+            ParamDef {
+                name: "error_codes",
+                ty: Bool,
+                default: Value(r#"false"#),
+            },
+            ParamDef {
+                name: "debug_simulate_errors",
+                ty: Bool,
+                default: Value(r#"false"#),
+            },
+            ParamDef {
+                name: "ignore_errors",
+                ty: ListOfStr,
+                default: Value(r#"[]"#),
             },
         ],
     },

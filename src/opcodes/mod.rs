@@ -439,8 +439,8 @@ mod tests {
 
     #[test]
     fn catalog_has_every_opcode() {
-        // The 52 of the spec plus OP_NODE_ADD.
-        assert_eq!(all_definitions().len(), 53);
+        // The 52 of the spec plus OP_NODE_ADD and OP_CLUSTER_VERIFY_CONFIG.
+        assert_eq!(all_definitions().len(), 54);
         assert!(definition("OP_TEST_DELAY").is_some());
         assert!(definition("OP_NO_SUCH_THING").is_none());
         // `OpId::def` indexes the table by the enum's discriminant.
