@@ -394,3 +394,44 @@ fn concurrent_creates_never_share_an_address() {
     assert_eq!(net["free_count"], 0, "{net}");
     assert_config_sound(&s);
 }
+
+#[test]
+fn disk_sizes_no_node_could_hold_are_refused() {
+    let s = start(&[]);
+    let huge = create_body(
+        "web2.example.com",
+        json!({"disks": [{"size": 18446744073709551615u64}]}),
+    );
+    let (class, message) = failure(&submit(&s, "POST", "/2/instances", huge));
+    assert_eq!(class, "OpPrereqError");
+    assert!(
+        message.contains("larger than the largest supported"),
+        "{message}"
+    );
+    let ok = submit(
+        &s,
+        "POST",
+        "/2/instances",
+        create_body("web1.example.com", json!({})),
+    );
+    assert_eq!(ok["status"], "success", "{ok}");
+    for amount in [json!(18446744073709551615u64), json!("1e20G")] {
+        let body = json!({"amount": amount}).to_string();
+        let path = "/2/instances/web1.example.com/disk/0/grow";
+        let (code, answer) = curl(&s, "POST", path, ADMIN, Some(&body));
+        // Refused before a job exists (400), or the job fails: either way nothing grows.
+        if code == 200 {
+            let job = wait_job(&s, answer.as_u64().unwrap());
+            assert_eq!(job["status"], "error", "{job}");
+        } else {
+            assert_eq!(code, 400, "{answer}");
+        }
+    }
+    let (_, inst) = curl(&s, "GET", "/2/instances/web1.example.com", None, None);
+    assert_eq!(
+        inst["disk.sizes"],
+        json!([128]),
+        "a refused grow changed nothing"
+    );
+    assert_config_sound(&s);
+}

@@ -21,6 +21,7 @@ pub(super) async fn grow_disk(ctx: &Ctx) -> Result<Value, OpError> {
     let inst = op_instance(&ctx.op, &cfg)?.clone();
     let idx = disk_index(&inst, &ctx.op)?;
     let amount = ctx.op.get("amount").and_then(parse_size_mib).unwrap_or(0);
+    check_disk_size(amount)?;
     let current = inst.disks[idx].size;
     let new_size = if ctx.op.bool("absolute") {
         if amount < current {
@@ -31,8 +32,9 @@ pub(super) async fn grow_disk(ctx: &Ctx) -> Result<Value, OpError> {
         }
         amount
     } else {
-        current + amount
+        current.saturating_add(amount)
     };
+    check_disk_size(new_size)?;
     for node in std::iter::once(&inst.pnode).chain(inst.snodes.iter()) {
         let info = ctx
             .backend

@@ -223,6 +223,20 @@ pub fn check_os(
 }
 
 /// Builds a disk record from a client's disk object (spec opcodes.md §2.1).
+/// Sizes no node could hold are refused before any arithmetic can overflow on them.
+pub fn check_disk_size(mib: u64) -> Result<(), OpError> {
+    if mib > crate::cluster::params::MAX_SIZE_MIB {
+        return Err(OpError::prereq(
+            format!(
+                "Disk size {mib} MiB is larger than the largest supported ({} MiB)",
+                crate::cluster::params::MAX_SIZE_MIB
+            ),
+            ErrorCode::WrongInput,
+        ));
+    }
+    Ok(())
+}
+
 pub fn disk_from_json(v: &Value, template: &str, idx: usize) -> Result<Disk, OpError> {
     let obj = v.as_object().ok_or_else(|| {
         OpError::prereq(
@@ -236,6 +250,7 @@ pub fn disk_from_json(v: &Value, template: &str, idx: usize) -> Result<Disk, OpE
             ErrorCode::WrongInput,
         )
     })?;
+    check_disk_size(size)?;
     let mode = obj.get("mode").and_then(Value::as_str).unwrap_or("rw");
     if mode != "rw" && mode != "ro" {
         return Err(OpError::prereq(
