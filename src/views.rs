@@ -493,15 +493,30 @@ pub fn network_field(cfg: &Config, net: &Network, name: &str) -> Option<Value> {
                 .collect::<Vec<_>>()
         ),
         "inst_list" => json!(net.used.values().collect::<std::collections::BTreeSet<_>>()),
-        "external_reservations" => json!(
-            net.external_reservations
-                .iter()
-                .cloned()
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
+        "external_reservations" => json!(external_reservations(net).join(", ")),
         _ => return None,
     })
+}
+
+/// What upstream's address pool marks as reserved outside instances: the network and broadcast
+/// addresses and the gateway (reserved when the network is created), plus the admin's ones.
+fn external_reservations(net: &Network) -> Vec<String> {
+    let mut reserved: Vec<std::net::Ipv4Addr> = net
+        .external_reservations
+        .iter()
+        .chain(net.gateway.iter())
+        .filter_map(|ip| ip.parse().ok())
+        .collect();
+    if let Some((base, len)) = crate::cluster::addresses::parse_cidr(&net.network) {
+        let last = base + ((1u64 << (32 - len)) - 1) as u32;
+        reserved.extend([
+            std::net::Ipv4Addr::from(base),
+            std::net::Ipv4Addr::from(last),
+        ]);
+    }
+    reserved.sort();
+    reserved.dedup();
+    reserved.iter().map(ToString::to_string).collect()
 }
 
 /// Ganeti's pool map: one character per address, `X` reserved/used, `.` free.

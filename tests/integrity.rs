@@ -392,6 +392,11 @@ fn concurrent_creates_never_share_an_address() {
     assert_eq!(ips.len(), 13, "addresses are unique: {ips:?}");
     let (_, net) = curl(&s, "GET", "/2/networks/net1", None, None);
     assert_eq!(net["free_count"], 0, "{net}");
+    // Network, gateway and broadcast addresses are reserved outside instances (upstream).
+    assert_eq!(
+        net["external_reservations"], "10.9.0.0, 10.9.0.1, 10.9.0.15",
+        "{net}"
+    );
     assert_config_sound(&s);
 }
 
