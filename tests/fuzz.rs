@@ -14,8 +14,18 @@ use std::net::TcpStream;
 use std::process::Command;
 use std::time::Duration;
 
+/// Kills the server when the test ends, also when it fails.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// The server under test, with its stderr kept to look for panics afterwards.
-fn start_logged(dir: &tempfile::TempDir) -> (std::process::Child, String) {
+fn start_logged(dir: &tempfile::TempDir) -> (Killed, String) {
     std::fs::write(
         dir.path().join("users"),
         "admin {cleartext}admin write\nviewer viewer read\n",
@@ -30,7 +40,8 @@ fn start_logged(dir: &tempfile::TempDir) -> (std::process::Child, String) {
         "--queue-limit",
         "100000",
     ];
-    spawn_gantry(&dir.path().join("data"), &extra, log)
+    let (child, base) = spawn_gantry(&dir.path().join("data"), &extra, log);
+    (Killed(child), base)
 }
 
 /// Posts `{"ops": [...]}` to /2/jobs as the write user over a raw connection.
@@ -269,7 +280,7 @@ fn all_jobs_end(base: &str) -> Vec<Value> {
 #[test]
 fn fuzzed_requests_and_opcodes_never_panic_or_fail_the_server() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut child, base) = start_logged(&dir);
+    let (_server, base) = start_logged(&dir);
     let addr = base.trim_start_matches("http://").to_string();
 
     let answered = std::cell::RefCell::new(std::collections::BTreeMap::<u16, u32>::new());
@@ -304,8 +315,6 @@ fn fuzzed_requests_and_opcodes_never_panic_or_fail_the_server() {
     assert!(open.is_empty(), "jobs that never ended: {open:?}");
     let log = std::fs::read_to_string(dir.path().join("stderr.log")).unwrap();
     assert!(!log.contains("panicked"), "the server panicked:\n{log}");
-    let _ = child.kill();
-    let _ = child.wait();
     let answered = answered.into_inner();
     eprintln!("answers by status: {answered:?}");
     assert!(
@@ -340,7 +349,7 @@ fn plausible(ty: &Value) -> Value {
 #[test]
 fn every_opcode_reaches_its_logical_unit() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut child, base) = start_logged(&dir);
+    let (_server, base) = start_logged(&dir);
     let addr = base.trim_start_matches("http://").to_string();
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/src/opcodes/opcodes.json");
     let table: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
@@ -375,6 +384,4 @@ fn every_opcode_reaches_its_logical_unit() {
             job["summary"]
         );
     }
-    let _ = child.kill();
-    let _ = child.wait();
 }
