@@ -369,7 +369,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(Duration::from_millis(250)).await;
-            watcher.has_room();
+            watcher.check();
         }
     });
     let opts = QueueOptions {

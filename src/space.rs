@@ -6,6 +6,8 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 pub const RESERVE_FILE: &str = "space-reserve";
 
@@ -13,9 +15,17 @@ pub const RESERVE_FILE: &str = "space-reserve";
 pub struct SpaceGuard {
     dir: PathBuf,
     reserve: u64,
-    /// True while submissions are refused.
-    low: Mutex<bool>,
+    /// (refusing submissions, reserve file held).
+    state: Mutex<(bool, bool)>,
+    /// The last answer and when it was computed (ms since `started`): a submission reuses an
+    /// answer younger than `FRESH_MS` instead of asking the file system again.
+    last: AtomicU64,
+    started: Instant,
 }
+
+/// How long a free-space answer is reused. The reserve covers what a disk filling faster than
+/// this could still take.
+const FRESH_MS: u64 = 10;
 
 /// Bytes available to this (non-root reserved blocks excluded) user on `dir`'s file system.
 pub fn available(dir: &Path) -> Option<u64> {
@@ -38,9 +48,11 @@ impl SpaceGuard {
         let guard = SpaceGuard {
             dir: dir.to_path_buf(),
             reserve,
-            low: Mutex::new(false),
+            state: Mutex::new((false, false)),
+            last: AtomicU64::new(u64::MAX),
+            started: Instant::now(),
         };
-        guard.has_room();
+        guard.check();
         guard
     }
 
@@ -48,18 +60,33 @@ impl SpaceGuard {
         self.dir.join(RESERVE_FILE)
     }
 
-    /// Whether new work may be accepted; gives up or retakes the reserve as space changes.
+    /// Whether new work may be accepted (at most `FRESH_MS` old).
     pub fn has_room(&self) -> bool {
         if self.reserve == 0 {
             return true;
         }
+        let now = self.started.elapsed().as_millis() as u64;
+        let last = self.last.load(Ordering::Relaxed);
+        if last != u64::MAX && now.saturating_sub(last >> 1) < FRESH_MS {
+            return last & 1 == 1;
+        }
+        let room = self.check();
+        self.last
+            .store((now << 1) | u64::from(room), Ordering::Relaxed);
+        room
+    }
+
+    /// Asks the file system; gives up or retakes the reserve as space changes.
+    pub fn check(&self) -> bool {
         let Some(free) = available(&self.dir) else {
             return true;
         };
-        let mut low = self.low.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let (low, held) = &mut *state;
         let file = self.reserve_file();
         if !*low && free < self.reserve / 2 {
             *low = true;
+            *held = false;
             let _ = std::fs::remove_file(&file);
             tracing::error!(
                 dir = %self.dir.display(),
@@ -70,8 +97,12 @@ impl SpaceGuard {
             *low = false;
             tracing::warn!(dir = %self.dir.display(), "space is back: accepting jobs again");
         }
-        if !*low && !file.exists() && take_reserve(&file, self.reserve).is_err() {
-            *low = true;
+        // One statvfs per call on the common path; the reserve is (re)taken only when missing.
+        if !*low && !*held {
+            match take_reserve(&file, self.reserve) {
+                Ok(()) => *held = true,
+                Err(_) => *low = true,
+            }
         }
         !*low
     }

@@ -187,6 +187,15 @@ impl JobQueue {
         &self,
         jobs: Vec<Vec<OpCode>>,
     ) -> Result<Vec<Result<JobId, SubmitError>>, SubmitError> {
+        // Outside the state lock: a statvfs must not lengthen every submitter's critical section.
+        if let Some(space) = &self.inner.opts.space
+            && !space.has_room()
+        {
+            return Err(SubmitError::NoSpace {
+                dir: space.dir().display().to_string(),
+                reserve_mib: space.reserve_mib(),
+            });
+        }
         let received = Timestamp::now();
         let mut accepted = vec![];
         let mut replies = Vec::with_capacity(jobs.len());
@@ -197,14 +206,6 @@ impl JobQueue {
             }
             if self.drained() {
                 return Err(SubmitError::Drained);
-            }
-            if let Some(space) = &self.inner.opts.space
-                && !space.has_room()
-            {
-                return Err(SubmitError::NoSpace {
-                    dir: space.dir().display().to_string(),
-                    reserve_mib: space.reserve_mib(),
-                });
             }
             if st.jobs.len() + jobs.len() > self.inner.opts.hard_limit {
                 return Err(SubmitError::Full);

@@ -17,7 +17,9 @@ enum Secret {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct User {
-    secret: Secret,
+    /// The HA1 digest the password must produce, computed once when the file is read (None:
+    /// an `{HA1}` value that is not 32 hex digits, which no password matches).
+    digest: Option<[u8; 16]>,
     pub options: Vec<String>,
 }
 
@@ -31,12 +33,38 @@ impl User {
     }
 }
 
-pub fn ha1(user: &str, password: &str) -> String {
+/// MD5 of `user:Ganeti Remote API:password`, as bytes.
+fn ha1_digest(user: &str, password: &str) -> [u8; 16] {
     let input = format!("{user}:{REALM}:{password}");
     #[cfg(test)]
     tests::HASHED.with(|n| n.set(n.get() + input.len()));
-    let digest = Md5::digest(input.as_bytes());
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+    Md5::digest(input.as_bytes()).into()
+}
+
+/// The `{HA1}` form of a password, in hex (`gantry users hash`).
+pub fn ha1(user: &str, password: &str) -> String {
+    use std::fmt::Write;
+    ha1_digest(user, password)
+        .iter()
+        .fold(String::with_capacity(32), |mut hex, b| {
+            let _ = write!(hex, "{b:02x}");
+            hex
+        })
+}
+
+/// What a users-file secret says the digest must be.
+fn expected_digest(user: &str, secret: &Secret) -> Option<[u8; 16]> {
+    match secret {
+        Secret::Cleartext(p) => Some(ha1_digest(user, p)),
+        Secret::Ha1(h) if h.len() == 32 => {
+            let mut out = [0u8; 16];
+            for (i, byte) in out.iter_mut().enumerate() {
+                *byte = u8::from_str_radix(h.get(2 * i..2 * i + 2)?, 16).ok()?;
+            }
+            Some(out)
+        }
+        Secret::Ha1(_) => None,
+    }
 }
 
 /// Parses a users file; broken lines are logged with their number and skipped. A second line
@@ -82,7 +110,8 @@ pub fn parse_users(text: &str) -> HashMap<String, User> {
                     .collect()
             })
             .unwrap_or_default();
-        users.insert(parts[0].to_string(), User { secret, options });
+        let digest = expected_digest(parts[0], &secret);
+        users.insert(parts[0].to_string(), User { digest, options });
     }
     users
 }
@@ -147,26 +176,23 @@ impl UserDb {
     }
 
     /// The user, if the name exists and the password matches. An unknown name costs the same
-    /// work as a known one, so timing does not tell which names exist.
+    /// work as a known one (one hash of the given password, one constant-time compare), so
+    /// timing does not tell which names exist.
     pub fn authenticate(&self, name: &str, password: &str) -> Option<User> {
         let users = self.users.read().unwrap_or_else(|e| e.into_inner());
-        let Some(user) = users.get(name) else {
-            verify(&Secret::Ha1(String::new()), name, password);
-            return None;
-        };
-        verify(&user.secret, name, password).then(|| user.clone())
+        let user = users.get(name);
+        let matches = verify(user.and_then(|u| u.digest), name, password);
+        user.filter(|_| matches).cloned()
     }
 }
 
 /// The one way a password is checked: the given password is hashed exactly once whatever the
-/// stored form, and compared in constant time, so a request costs the same for every user name.
-fn verify(secret: &Secret, name: &str, password: &str) -> bool {
-    let given = ha1(name, password);
-    let expected = match secret {
-        Secret::Ha1(h) => h.clone(),
-        Secret::Cleartext(p) => ha1(name, p),
-    };
-    crate::http::constant_time_eq(expected.as_bytes(), given.as_bytes())
+/// stored form (or none), and compared in constant time.
+fn verify(expected: Option<[u8; 16]>, name: &str, password: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    let given = ha1_digest(name, password);
+    let same: bool = expected.unwrap_or([0; 16]).ct_eq(&given).into();
+    same && expected.is_some()
 }
 
 /// Decodes `Authorization: Basic …` into (user, password).
