@@ -13,6 +13,14 @@ use std::process::{Child, Command, Stdio};
 const ADMIN: Option<&str> = Some("admin:admin");
 const NAME: &str = "vm1.example.com";
 
+/// The tests of this file run one at a time: the flood test measures answers within a deadline,
+/// and a live migration next to it would take the CPU it measures.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 struct Agent {
     child: Child,
     url: String,
@@ -105,6 +113,7 @@ fn add_node(s: &Server, name: &str, url: &str) -> Value {
 
 #[test]
 fn live_migration_between_two_node_agents() {
+    let _serial = one_at_a_time();
     if !have_qemu() {
         return;
     }
@@ -212,6 +221,7 @@ fn live_migration_between_two_node_agents() {
 
 #[test]
 fn agents_and_master_refuse_strangers() {
+    let _serial = one_at_a_time();
     if !have_qemu() {
         return;
     }
@@ -324,6 +334,7 @@ fn post_signed(url: &str, headers: &(String, String, String), body: &str) -> (St
 
 #[test]
 fn agents_refuse_replayed_requests() {
+    let _serial = one_at_a_time();
     if !have_qemu() {
         return;
     }
@@ -343,6 +354,7 @@ fn agents_refuse_replayed_requests() {
 
 #[test]
 fn idle_connections_cannot_starve_an_agent() {
+    let _serial = one_at_a_time();
     if !have_qemu() {
         return;
     }
