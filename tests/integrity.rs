@@ -17,6 +17,12 @@ fn create_body(name: &str, extra: Value) -> Value {
     body
 }
 
+/// Creates a plain instance with defaults and asserts it worked.
+fn create_ok(s: &Server, name: &str) {
+    let job = submit(s, "POST", "/2/instances", create_body(name, json!({})));
+    assert_eq!(job["status"], "success", "{job}");
+}
+
 /// Submits and waits; answers the finished job.
 fn submit(s: &Server, method: &str, path: &str, body: Value) -> Value {
     let (code, id) = curl(s, method, path, ADMIN, Some(&body.to_string()));
@@ -163,13 +169,7 @@ fn nic_addresses_are_checked() {
             "Invalid IP address '300.1.1.1'".into()
         )
     );
-    let ok = submit(
-        &s,
-        "POST",
-        "/2/instances",
-        create_body("web1.example.com", json!({})),
-    );
-    assert_eq!(ok["status"], "success", "{ok}");
+    create_ok(&s, "web1.example.com");
     let job = submit(
         &s,
         "PUT",
@@ -199,13 +199,7 @@ fn nic_addresses_are_checked() {
 #[test]
 fn dry_run_changes_nothing_on_modify_and_reinstall() {
     let s = start(&[]);
-    let ok = submit(
-        &s,
-        "POST",
-        "/2/instances",
-        create_body("web1.example.com", json!({})),
-    );
-    assert_eq!(ok["status"], "success", "{ok}");
+    create_ok(&s, "web1.example.com");
     // Stopped, so that each opcode of the reinstall job passes its checks in a dry run too.
     let down = submit(
         &s,
@@ -413,13 +407,7 @@ fn disk_sizes_no_node_could_hold_are_refused() {
         message.contains("larger than the largest supported"),
         "{message}"
     );
-    let ok = submit(
-        &s,
-        "POST",
-        "/2/instances",
-        create_body("web1.example.com", json!({})),
-    );
-    assert_eq!(ok["status"], "success", "{ok}");
+    create_ok(&s, "web1.example.com");
     for amount in [json!(18446744073709551615u64), json!("1e20G")] {
         let body = json!({"amount": amount}).to_string();
         let path = "/2/instances/web1.example.com/disk/0/grow";
