@@ -528,11 +528,7 @@ fn network_map(net: &Network) -> String {
     (0..size)
         .map(|i| {
             let ip = std::net::Ipv4Addr::from(base + i as u32).to_string();
-            let taken = i == 0
-                || i == size - 1
-                || Some(&ip) == net.gateway.as_ref()
-                || net.used.contains_key(&ip)
-                || net.external_reservations.contains(&ip);
+            let taken = i == 0 || i == size - 1 || crate::cluster::addresses::is_taken(net, &ip);
             if taken { 'X' } else { '.' }
         })
         .collect()

@@ -23,17 +23,21 @@ pub fn contains(net: &Network, ip: &str) -> bool {
     u32::from(addr) & mask == base
 }
 
-/// The lowest address that is neither the network/broadcast address, the gateway, used nor reserved.
-pub fn free_address(net: &Network) -> Option<String> {
+/// Whether the address is the gateway, used by an instance or reserved by the admin.
+pub fn is_taken(net: &Network, ip: &str) -> bool {
+    Some(ip) == net.gateway.as_deref()
+        || net.used.contains_key(ip)
+        || net.external_reservations.contains(ip)
+}
+
+/// The lowest address that is neither the network/broadcast address nor taken, nor `also_taken`
+/// (other jobs' claims).
+pub fn free_address(net: &Network, also_taken: impl Fn(&str) -> bool) -> Option<String> {
     let (base, len) = parse_cidr(&net.network)?;
     let size = 1u64 << (32 - len);
     (1..size - 1)
         .map(|i| Ipv4Addr::from(base + i as u32).to_string())
-        .find(|ip| {
-            Some(ip) != net.gateway.as_ref()
-                && !net.used.contains_key(ip)
-                && !net.external_reservations.contains(ip)
-        })
+        .find(|ip| !is_taken(net, ip) && !also_taken(ip))
 }
 
 /// (free, reserved) addresses of the network.
@@ -61,9 +65,9 @@ mod tests {
             used: Default::default(),
             external_reservations: ["10.0.0.2".to_string()].into_iter().collect(),
         };
-        assert_eq!(free_address(&net).as_deref(), Some("10.0.0.3"));
+        assert_eq!(free_address(&net, |_| false).as_deref(), Some("10.0.0.3"));
         net.used.insert("10.0.0.3".into(), "x".into());
-        assert_eq!(free_address(&net).as_deref(), Some("10.0.0.4"));
+        assert_eq!(free_address(&net, |_| false).as_deref(), Some("10.0.0.4"));
         assert!(parse_cidr("10.0.0.0/33").is_none());
     }
 }

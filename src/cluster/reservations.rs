@@ -4,10 +4,9 @@
 //! both get it. Claims end when the job's opcode ends; by then a successful one is in the
 //! configuration itself.
 
-use super::addresses::{contains, parse_cidr};
+use super::addresses::{contains, free_address, is_taken};
 use super::model::Config;
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
 
 #[derive(Debug, Default)]
 pub struct Reservations {
@@ -54,30 +53,20 @@ impl Reservations {
             .networks
             .get(net)
             .ok_or_else(|| Conflict::UnknownNetwork(net.to_string()))?;
-        let taken = |ip: &str, ips: &HashMap<(String, String), u64>| {
-            Some(ip) == network.gateway.as_deref()
-                || network.used.contains_key(ip)
-                || network.external_reservations.contains(ip)
-                || ips
-                    .get(&(net.to_string(), ip.to_string()))
-                    .is_some_and(|j| *j != job)
+        let claimed = |ip: &str| {
+            self.ips
+                .get(&(net.to_string(), ip.to_string()))
+                .is_some_and(|j| *j != job)
         };
         let ip = match wanted {
             Some(ip) => {
-                if taken(ip, &self.ips) || !contains(network, ip) {
+                if is_taken(network, ip) || claimed(ip) || !contains(network, ip) {
                     return Err(Conflict::IpInUse(ip.to_string(), network.name.clone()));
                 }
                 ip.to_string()
             }
-            None => {
-                let (base, len) = parse_cidr(&network.network)
-                    .ok_or_else(|| Conflict::PoolExhausted(network.name.clone()))?;
-                let size = 1u64 << (32 - len);
-                (1..size.saturating_sub(1))
-                    .map(|i| Ipv4Addr::from(base + i as u32).to_string())
-                    .find(|ip| !taken(ip, &self.ips))
-                    .ok_or_else(|| Conflict::PoolExhausted(network.name.clone()))?
-            }
+            None => free_address(network, claimed)
+                .ok_or_else(|| Conflict::PoolExhausted(network.name.clone()))?,
         };
         self.ips.insert((net.to_string(), ip.clone()), job);
         Ok(ip)

@@ -1,6 +1,6 @@
 //! HTTP plumbing shared by the RAPI server and the node agent: the connection loop (keep-alive,
-//! header-read timeout, connection cap, optional TLS, graceful shutdown), TLS material, and a
-//! constant-time comparison for secrets. Knows nothing of Ganeti.
+//! header-read timeout, connection cap, optional TLS, graceful shutdown), and TLS material.
+//! Knows nothing of Ganeti.
 
 mod slots;
 pub mod tls;
@@ -22,14 +22,6 @@ pub struct ServerOptions {
     /// Open connections at once from one address.
     pub max_per_ip: usize,
     pub tls: Option<Arc<rustls::ServerConfig>>,
-}
-
-/// Compares two secrets in time independent of where they differ. Both sides are hashed first
-/// so that the length of the expected secret does not leak either.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    use md5::{Digest, Md5};
-    use subtle::ConstantTimeEq;
-    Md5::digest(a).ct_eq(&Md5::digest(b)).into()
 }
 
 /// Serves any warp filter with gantry's connection handling (see `slots.rs`): keep-alive, a
@@ -136,18 +128,5 @@ where
             conn.idle.store(true, Ordering::Relaxed);
             result
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn secrets_compare_equal_only_when_equal() {
-        assert!(constant_time_eq(b"s3cret", b"s3cret"));
-        assert!(!constant_time_eq(b"s3cret", b"s3creT"));
-        assert!(!constant_time_eq(b"s3cret", b"s3cret-longer"));
-        assert!(!constant_time_eq(b"", b"x"));
     }
 }

@@ -2,7 +2,7 @@
 
 use serde_json::Value;
 
-/// The JSON type a parameter accepts (the closed set used by `shared/spec/opcodes.md`).
+/// The JSON type a parameter accepts (the closed set used by `opcodes.json`).
 #[derive(Debug, Clone, Copy)]
 pub enum ParamType {
     Bool,

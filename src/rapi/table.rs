@@ -265,21 +265,23 @@ pub static ROUTES: &[OpRoute] = &[
     ),
 ];
 
-/// The `{param}` values of `path` if `segments` match it.
+/// The `{param}` values of `path` if `segments` match it (no allocation unless they do: this
+/// runs for every route on every request).
 fn captures<'a>(path: &'static str, segments: &[&'a str]) -> Option<Vec<(&'static str, &'a str)>> {
-    let pattern: Vec<&'static str> = path.trim_start_matches('/').split('/').collect();
-    if pattern.len() != segments.len() {
+    let pattern = || path.trim_start_matches('/').split('/');
+    if pattern().count() != segments.len()
+        || pattern()
+            .zip(segments)
+            .any(|(p, s)| !p.starts_with('{') && p != *s)
+    {
         return None;
     }
-    let mut found = vec![];
-    for (p, s) in pattern.iter().zip(segments) {
-        match p.strip_prefix('{').and_then(|p| p.strip_suffix('}')) {
-            Some(name) => found.push((name, *s)),
-            None if p == s => {}
-            None => return None,
-        }
-    }
-    Some(found)
+    Some(
+        pattern()
+            .zip(segments)
+            .filter_map(|(p, s)| Some((p.strip_prefix('{')?.strip_suffix('}')?, *s)))
+            .collect(),
+    )
 }
 
 /// The route for this method and path, with the path's parameters.

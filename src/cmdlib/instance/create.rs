@@ -6,15 +6,6 @@ use crate::cluster::params::{self, force_dict_type};
 use crate::cluster::reservations::Conflict;
 use crate::opcodes::OpId;
 
-pub fn valid_hostname(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 255
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))
-        && name.split('.').all(|label| !label.is_empty())
-}
-
 fn instance_name(op: &OpCode) -> String {
     op.str("instance_name")
         .unwrap_or_default()
@@ -36,7 +27,7 @@ fn check_arguments(op: &OpCode, cfg: &Config) -> Result<(), OpError> {
         return wrong("Forthcoming generation and committing are mutually exclusive");
     }
     let name = instance_name(op);
-    if !valid_hostname(&name) {
+    if !crate::validate::is_safe_component(&name) {
         return Err(OpError::prereq(
             format!("Invalid hostname '{name}'"),
             ErrorCode::WrongInput,

@@ -190,7 +190,7 @@ async fn rename(ctx: &Ctx) -> Result<Value, OpError> {
         .unwrap_or_default()
         .trim_end_matches('.')
         .to_lowercase();
-    if !create::valid_hostname(&new) {
+    if !crate::validate::is_safe_component(&new) {
         return Err(OpError::prereq(
             format!("Invalid hostname '{new}'"),
             ErrorCode::WrongInput,
