@@ -359,15 +359,7 @@ async fn check_placement(
             .node_info(n)
             .await
             .map_err(|e| check_failure(&format!("Can't get data from node {n}"), e))?;
-        if info.disk_free < disk {
-            return Err(OpError::prereq(
-                format!(
-                    "Not enough disk space on target node {n} vg {}: required {disk} MiB, available {} MiB",
-                    cfg.cluster.volume_group_name, info.disk_free
-                ),
-                ErrorCode::InsufficientResources,
-            ));
-        }
+        check_free_disk(cfg, n, disk, info.disk_free)?;
         if i == 0 && ctx.op.bool("start") && info.memory_free < memory {
             return Err(OpError::prereq(
                 format!(

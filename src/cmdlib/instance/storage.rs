@@ -41,16 +41,7 @@ pub(super) async fn grow_disk(ctx: &Ctx) -> Result<Value, OpError> {
             .node_info(node)
             .await
             .map_err(|e| check_failure(&format!("Can't get data from node {node}"), e))?;
-        let needed = new_size - current;
-        if info.disk_free < needed {
-            return Err(OpError::prereq(
-                format!(
-                    "Not enough disk space on target node {node} vg {}: required {needed} MiB, available {} MiB",
-                    cfg.cluster.volume_group_name, info.disk_free
-                ),
-                ErrorCode::InsufficientResources,
-            ));
-        }
+        check_free_disk(&cfg, node, new_size - current, info.disk_free)?;
     }
     if ctx.stop_for_dry_run() {
         return Ok(Value::Null);

@@ -223,6 +223,20 @@ pub fn check_os(
 }
 
 /// Builds a disk record from a client's disk object (spec opcodes.md §2.1).
+/// Upstream's refusal when a node lacks the disk space an operation needs.
+pub fn check_free_disk(cfg: &Config, node: &str, needed: u64, free: u64) -> Result<(), OpError> {
+    if free < needed {
+        return Err(OpError::prereq(
+            format!(
+                "Not enough disk space on target node {node} vg {}: required {needed} MiB, available {free} MiB",
+                cfg.cluster.volume_group_name
+            ),
+            ErrorCode::InsufficientResources,
+        ));
+    }
+    Ok(())
+}
+
 /// Sizes no node could hold are refused before any arithmetic can overflow on them.
 pub fn check_disk_size(mib: u64) -> Result<(), OpError> {
     if mib > crate::cluster::params::MAX_SIZE_MIB {
