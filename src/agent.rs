@@ -66,6 +66,7 @@ async fn dispatch(backend: &QemuBackend, call: AgentCall) -> Result<Value, Backe
         ImportInstance { node, vm, source } => {
             to_value(backend.import_instance(&node, &vm, &source).await)
         }
+        ListExports { node } => to_value(backend.list_exports(&node).await),
         RemoveExport { node, name } => to_value(backend.remove_export(&node, &name).await),
         RunningConfig { node, name } => to_value(backend.running_config(&node, &name).await),
         PrepareIncoming { node, name, config } => {

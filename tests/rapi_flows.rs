@@ -106,7 +106,7 @@ fn errors_and_auth() {
     let s = start(&[]);
     let (code, body) = curl(&s, "POST", "/2/instances", ADMIN, Some(r#"{"name": "x"}"#));
     assert_eq!(code, 400);
-    assert!(body["explain"].as_str().unwrap().contains("version 0"));
+    assert!(body["message"].as_str().unwrap().contains("version 0"));
     let (code, body) = curl(
         &s,
         "PUT",
@@ -132,10 +132,10 @@ fn errors_and_auth() {
     );
     assert_eq!(code, 400);
     assert!(
-        body["explain"]
+        body["message"]
             .as_str()
             .unwrap()
-            .contains("doesn't support the parameter 'bogus'"),
+            .contains("doesn&#x27;t support the parameter &#x27;bogus&#x27;"),
         "{body}"
     );
     let (code, _) = curl(&s, "GET", "/2/nosuch", None, None);

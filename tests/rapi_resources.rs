@@ -110,7 +110,7 @@ fn cluster_level_resources() {
     assert_eq!(call(&s, "GET", "/2/info", None, 200)["max_running_jobs"], 8);
     let bad = call(&s, "PUT", "/2/modify", Some(r#"{"no_such": 1}"#), 400);
     assert!(
-        bad["explain"].as_str().unwrap().contains("no_such"),
+        bad["message"].as_str().unwrap().contains("no_such"),
         "{bad}"
     );
     succeeds(&s, "PUT", "/2/redistribute-config", None);
@@ -775,7 +775,7 @@ fn job_and_query_resources() {
         400,
     );
     assert!(
-        bad["explain"]
+        bad["message"]
             .as_str()
             .unwrap()
             .contains("Unknown operator"),
@@ -885,8 +885,8 @@ fn filter_rules_pause_reject_and_rate_limit_jobs() {
     // Bad rules: unknown keys (RAPI), bad actions and predicates (the queue).
     let bad = call(&s, "POST", "/2/filters", Some(r#"{"colour": "red"}"#), 400);
     assert_eq!(
-        bad["explain"],
-        "Invalid body parameters: filter rule doesn't support the parameter 'colour'"
+        bad["message"],
+        "Invalid body parameters: filter rule doesn&#x27;t support the parameter &#x27;colour&#x27;"
     );
     call(
         &s,

@@ -236,6 +236,10 @@ impl Backend for ClusterBackend {
         Box::pin(async move { self.for_node(node).import_instance(node, vm, source).await })
     }
 
+    fn list_exports<'a>(&'a self, node: &'a str) -> BoxFuture<'a, BackendResult<Vec<String>>> {
+        Box::pin(async move { self.for_node(node).list_exports(node).await })
+    }
+
     fn remove_export<'a>(
         &'a self,
         node: &'a str,

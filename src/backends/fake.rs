@@ -18,6 +18,8 @@ struct FakeVm {
 struct FakeNode {
     spec: NodeSpec,
     vms: HashMap<String, FakeVm>,
+    /// Names of the instances exported to this node.
+    exports: std::collections::BTreeSet<String>,
     unreachable: bool,
 }
 
@@ -126,6 +128,7 @@ impl Backend for FakeBackend {
                     .or_insert(FakeNode {
                         spec,
                         vms: HashMap::new(),
+                        exports: Default::default(),
                         unreachable: false,
                     });
             }
@@ -404,6 +407,45 @@ impl Backend for FakeBackend {
                 n.vms.values_mut().for_each(|vm| vm.running = false);
             }
             Ok("Reboot scheduled in 5 seconds".to_string())
+        })
+    }
+
+    fn export_instance<'a>(
+        &'a self,
+        node: &'a str,
+        vm: &'a VmSpec,
+    ) -> BoxFuture<'a, BackendResult<Vec<String>>> {
+        Box::pin(async move {
+            self.enter("export_instance", node).await?;
+            if let Some(n) = self.lock().get_mut(node) {
+                n.exports.insert(vm.name.to_string());
+            }
+            Ok(vec![])
+        })
+    }
+
+    fn list_exports<'a>(&'a self, node: &'a str) -> BoxFuture<'a, BackendResult<Vec<String>>> {
+        Box::pin(async move {
+            self.enter("list_exports", node).await?;
+            let nodes = self.lock();
+            Ok(nodes[node].exports.iter().cloned().collect())
+        })
+    }
+
+    fn remove_export<'a>(
+        &'a self,
+        node: &'a str,
+        name: &'a str,
+    ) -> BoxFuture<'a, BackendResult<()>> {
+        Box::pin(async move {
+            self.enter("remove_export", node).await?;
+            match self.lock().get_mut(node).map(|n| n.exports.remove(name)) {
+                Some(true) => Ok(()),
+                _ => Err(BackendError {
+                    kind: FailureKind::OperationFailed,
+                    message: format!("no export of {name}"),
+                }),
+            }
         })
     }
 

@@ -204,6 +204,10 @@ pub trait Backend: Send + Sync {
     ) -> BoxFuture<'a, BackendResult<Vec<String>>> {
         Box::pin(async { Ok(vec![]) })
     }
+    /// The exports kept on a node, by instance name (the export query).
+    fn list_exports<'a>(&'a self, _node: &'a str) -> BoxFuture<'a, BackendResult<Vec<String>>> {
+        Box::pin(async { Ok(vec![]) })
+    }
     /// Deletes an instance's export.
     fn remove_export<'a>(
         &'a self,
@@ -287,6 +291,10 @@ impl LiveState {
 
     pub async fn instance_state(&self, node: &str, name: &str) -> BackendResult<Option<VmState>> {
         self.0.instance_state(node, name).await
+    }
+
+    pub async fn list_exports(&self, node: &str) -> BackendResult<Vec<String>> {
+        self.0.list_exports(node).await
     }
 
     pub async fn console(&self, node: &str, name: &str) -> Option<serde_json::Value> {

@@ -92,6 +92,9 @@ pub enum AgentCall {
         vm: VmSpec,
         source: String,
     },
+    ListExports {
+        node: String,
+    },
     RemoveExport {
         node: String,
         name: String,

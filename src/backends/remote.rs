@@ -269,6 +269,12 @@ impl Backend for RemoteBackend {
         }))
     }
 
+    fn list_exports<'a>(&'a self, node: &'a str) -> BoxFuture<'a, BackendResult<Vec<String>>> {
+        Box::pin(self.call(AgentCall::ListExports {
+            node: node.to_string(),
+        }))
+    }
+
     fn remove_export<'a>(
         &'a self,
         node: &'a str,

@@ -32,20 +32,22 @@ fn obj(v: Value) -> Params {
     v.as_object().cloned().unwrap_or_default()
 }
 
+/// Ganeti 3.0's parameter defaults for a new cluster (hypervisors, disk templates, node
+/// parameters, instance policy, data collectors), captured from a real `gnt-cluster init`.
+/// The one change: kvm's `kernel_path` is empty, as gantry boots guests from their own disks.
+static DEFAULTS: std::sync::LazyLock<Params> = std::sync::LazyLock::new(|| {
+    serde_json::from_str(include_str!("defaults.json")).expect("defaults.json is valid")
+});
+
+fn default(key: &str) -> Params {
+    DEFAULTS
+        .get(key)
+        .map(|v| obj(v.clone()))
+        .unwrap_or_default()
+}
+
 pub fn default_ipolicy() -> Params {
-    obj(json!({
-        "minmax": [{
-            "min": {"memory-size": 128, "cpu-count": 1, "disk-count": 1, "disk-size": 1024,
-                    "nic-count": 1, "spindle-use": 1},
-            "max": {"memory-size": 32768, "cpu-count": 8, "disk-count": 16, "disk-size": 1048576,
-                    "nic-count": 8, "spindle-use": 12}
-        }],
-        "std": {"memory-size": 128, "cpu-count": 1, "disk-count": 1, "disk-size": 1024,
-                "nic-count": 1, "spindle-use": 1},
-        "disk-templates": ["plain", "drbd", "file", "sharedfile", "diskless", "blockdev", "rbd", "ext", "gluster"],
-        "vcpu-ratio": 4.0,
-        "spindle-ratio": 32.0
-    }))
+    default("ipolicy")
 }
 
 pub fn initial_config(opts: &InitOptions) -> Config {
@@ -131,11 +133,7 @@ pub fn initial_config(opts: &InitOptions) -> Config {
                     "diskless".into(),
                 ]
             },
-            hvparams: obj(json!({
-                "fake": {"migration_mode": "live"},
-                "kvm": {"kernel_path": "", "acpi": true, "serial_console": true,
-                        "migration_mode": "live", "boot_order": "disk"}
-            })),
+            hvparams: default("hvparams"),
             beparams: obj(
                 json!({"maxmem": 128, "minmem": 128, "vcpus": 1, "auto_balance": true,
                 "always_failover": false, "spindle_use": 1}),
@@ -143,14 +141,8 @@ pub fn initial_config(opts: &InitOptions) -> Config {
             osparams: Params::new(),
             os_hvp: Params::new(),
             nicparams: obj(json!({"mode": "bridged", "link": "br0", "vlan": ""})),
-            ndparams: obj(
-                json!({"oob_program": "", "spindle_count": 1, "exclusive_storage": false,
-                "ovs": false, "ovs_name": "switch1", "ovs_link": "", "ssh_port": 22, "cpu_speed": 1.0}),
-            ),
-            diskparams: obj(
-                json!({"plain": {"stripes": 1}, "drbd": {"resync-rate": 61440},
-                "file": {}, "diskless": {}}),
-            ),
+            ndparams: default("ndparams"),
+            diskparams: default("diskparams"),
             ipolicy: default_ipolicy(),
             candidate_pool_size: 10,
             max_running_jobs: 20,
@@ -178,8 +170,8 @@ pub fn initial_config(opts: &InitOptions) -> Config {
             zeroing_image: String::new(),
             compression_tools: vec!["gzip".into(), "gzip-fast".into(), "gzip-slow".into()],
             enabled_user_shutdown: false,
-            enabled_data_collectors: Params::new(),
-            data_collector_interval: Params::new(),
+            enabled_data_collectors: default("enabled_data_collectors"),
+            data_collector_interval: default("data_collector_interval"),
             hv_state: Params::new(),
             disk_state: Params::new(),
         },

@@ -180,9 +180,10 @@ async fn set_params(ctx: &Ctx) -> Result<Value, OpError> {
     let uuid = find_group_uuid(&cfg, &name)?;
     let mut changes = vec![];
     let mut group = cfg.groups[&uuid].clone();
-    if let Some(p) = op.str("alloc_policy") {
+    // Upstream reports the parameter dictionaries it changed, not the policy.
+    let policy = op.str("alloc_policy");
+    if let Some(p) = policy {
         group.alloc_policy = p.into();
-        changes.push(json!(["alloc_policy", p]));
     }
     for (key, target) in [
         ("ndparams", &mut group.ndparams),
@@ -202,7 +203,7 @@ async fn set_params(ctx: &Ctx) -> Result<Value, OpError> {
             changes.push(json!([key, target.clone()]));
         }
     }
-    if changes.is_empty() {
+    if changes.is_empty() && policy.is_none() {
         return Err(OpError::prereq(
             "Please pass at least one modification",
             ErrorCode::WrongInput,

@@ -6,9 +6,11 @@ mod group;
 mod instance;
 mod network;
 mod node;
+mod recorded;
 mod tags;
 
 pub use node::node_spec;
+pub use recorded::recorded_params;
 
 use crate::backends::{Backend, BackendError, BoxFuture, FailureKind, VmSpec};
 use crate::cluster::model::{Config, Instance, Node};

@@ -623,6 +623,11 @@ impl JobQueue {
         }
     }
 
+    /// Locks held and waited for by running jobs (the lock query).
+    pub fn lock_snapshot(&self) -> Vec<crate::locking::LockInfo> {
+        self.inner.locks.snapshot()
+    }
+
     /// The filter rules, in the order they are consulted.
     pub fn filter_rules(&self) -> Vec<FilterRule> {
         self.state()

@@ -41,6 +41,8 @@ pub(super) async fn run_job(queue: JobQueue, id: JobId) {
 
 /// Marks the next opcode `waiting`; `None` when the job is done (or canceled at a boundary).
 async fn start_next_op(queue: &JobQueue, id: JobId) -> Option<(usize, OpCode)> {
+    // Taken before the queue lock: the configuration lock is never waited for under it.
+    let cfg = queue.cluster().snapshot();
     let (snapshot, next, flush) = {
         let mut st = queue.state();
         let job = st.jobs.get_mut(&id)?;
@@ -55,6 +57,9 @@ async fn start_next_op(queue: &JobQueue, id: JobId) -> Option<(usize, OpCode)> {
             (job.clone(), None, true)
         } else {
             let op = &mut job.ops[idx];
+            for (name, value) in cmdlib::recorded_params(&op.input, &cfg) {
+                op.input.set(name, value);
+            }
             op.status = Status::Waiting;
             op.start.get_or_insert(now);
             job.start_ts.get_or_insert(now);
@@ -84,7 +89,7 @@ async fn run_op(
     // Lock lists computed from the configuration are re-checked once held (spec opcodes.md §1.5).
     let held = loop {
         let held = tokio::select! {
-            held = queue.inner.locks.acquire(&plan, priority) => held,
+            held = queue.inner.locks.acquire(&plan, priority, id.0) => held,
             _ = cancel.wait_for(|c| *c) => return Outcome::Canceled,
         };
         match cmdlib::plan(&op, &cluster.snapshot()) {

@@ -8,6 +8,7 @@ use tokio::sync::oneshot;
 
 struct Waiter {
     mode: LockMode,
+    owner: u64,
     grant: oneshot::Sender<()>,
 }
 
@@ -17,6 +18,8 @@ struct LockState {
     shared: usize,
     /// Ordered by (priority, arrival): lower priority value first.
     waiters: BTreeMap<(i64, u64), Waiter>,
+    /// Job ids holding the lock, for the lock query.
+    owners: Vec<(u64, LockMode)>,
 }
 
 impl LockState {
@@ -27,17 +30,21 @@ impl LockState {
         }
     }
 
-    fn take(&mut self, mode: LockMode) {
+    fn take(&mut self, mode: LockMode, owner: u64) {
         match mode {
             LockMode::Shared => self.shared += 1,
             LockMode::Exclusive => self.exclusive = true,
         }
+        self.owners.push((owner, mode));
     }
 
-    fn release(&mut self, mode: LockMode) {
+    fn release(&mut self, mode: LockMode, owner: u64) {
         match mode {
             LockMode::Shared => self.shared -= 1,
             LockMode::Exclusive => self.exclusive = false,
+        }
+        if let Some(i) = self.owners.iter().position(|o| *o == (owner, mode)) {
+            self.owners.swap_remove(i);
         }
     }
 
@@ -51,7 +58,7 @@ impl LockState {
                 return;
             };
             if waiter.grant.send(()).is_ok() {
-                self.take(waiter.mode);
+                self.take(waiter.mode, waiter.owner);
             }
         }
     }
@@ -74,9 +81,19 @@ pub struct LockManager {
     table: Arc<Mutex<Table>>,
 }
 
+/// One lock as the lock query shows it: who holds it and who waits, by job id.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LockInfo {
+    pub level: LockLevel,
+    pub name: String,
+    pub owners: Vec<(u64, LockMode)>,
+    pub pending: Vec<(u64, LockMode)>,
+}
+
 /// Locks held by one opcode; dropping it releases them all.
 pub struct HeldLocks {
     manager: LockManager,
+    owner: u64,
     held: Vec<(Key, LockMode)>,
 }
 
@@ -84,14 +101,14 @@ impl Drop for HeldLocks {
     fn drop(&mut self) {
         let mut table = self.manager.lock_table();
         for (key, mode) in self.held.drain(..) {
-            release_one(&mut table, &key, mode);
+            release_one(&mut table, &key, mode, self.owner);
         }
     }
 }
 
-fn release_one(table: &mut Table, key: &Key, mode: LockMode) {
+fn release_one(table: &mut Table, key: &Key, mode: LockMode, owner: u64) {
     if let Some(state) = table.locks.get_mut(key) {
-        state.release(mode);
+        state.release(mode, owner);
         state.grant_waiters();
         if state.is_idle() {
             table.locks.remove(key);
@@ -105,6 +122,7 @@ struct Pending {
     key: Key,
     slot: (i64, u64),
     mode: LockMode,
+    owner: u64,
     granted: bool,
 }
 
@@ -121,7 +139,7 @@ impl Drop for Pending {
             .is_some();
         if !still_queued {
             // The grant raced with our withdrawal: give the lock back.
-            release_one(&mut table, &self.key, self.mode);
+            release_one(&mut table, &self.key, self.mode, self.owner);
         } else if table.locks.get(&self.key).is_some_and(LockState::is_idle) {
             table.locks.remove(&self.key);
         }
@@ -135,9 +153,10 @@ impl LockManager {
 
     /// Acquires every lock of `plan` in order, waiting as needed. Cancel-safe: dropping the future
     /// releases what was taken and withdraws what was queued.
-    pub async fn acquire(&self, plan: &LockPlan, priority: i64) -> HeldLocks {
+    pub async fn acquire(&self, plan: &LockPlan, priority: i64, owner: u64) -> HeldLocks {
         let mut held = HeldLocks {
             manager: self.clone(),
+            owner,
             held: Vec::with_capacity(plan.locks.len()),
         };
         for (key, mode) in plan.iter() {
@@ -147,7 +166,7 @@ impl LockManager {
                 let slot = (priority, table.arrivals);
                 let state = table.locks.entry(key.clone()).or_default();
                 if state.waiters.is_empty() && state.can_take(*mode) {
-                    state.take(*mode);
+                    state.take(*mode, owner);
                     None
                 } else {
                     let (tx, rx) = oneshot::channel();
@@ -155,6 +174,7 @@ impl LockManager {
                         slot,
                         Waiter {
                             mode: *mode,
+                            owner,
                             grant: tx,
                         },
                     );
@@ -163,6 +183,7 @@ impl LockManager {
                         key: key.clone(),
                         slot,
                         mode: *mode,
+                        owner,
                         granted: false,
                     };
                     Some((pending, rx))
@@ -177,6 +198,23 @@ impl LockManager {
             held.held.push((key.clone(), *mode));
         }
         held
+    }
+
+    /// Every lock held or waited for, sorted by level and name.
+    pub fn snapshot(&self) -> Vec<LockInfo> {
+        let table = self.lock_table();
+        let mut out: Vec<LockInfo> = table
+            .locks
+            .iter()
+            .map(|((level, name), state)| LockInfo {
+                level: *level,
+                name: name.clone(),
+                owners: state.owners.clone(),
+                pending: state.waiters.values().map(|w| (w.owner, w.mode)).collect(),
+            })
+            .collect();
+        out.sort_by(|a, b| (a.level, &a.name).cmp(&(b.level, &b.name)));
+        out
     }
 
     /// Number of locks currently tracked (held or waited for); for tests and diagnostics.
@@ -203,13 +241,13 @@ mod tests {
         let m = LockManager::default();
         let x = plan(&[(LockLevel::Instance, "a", LockMode::Exclusive)]);
         let s = plan(&[(LockLevel::Instance, "a", LockMode::Shared)]);
-        let first = m.acquire(&s, 0).await;
-        let _second = m.acquire(&s, 0).await;
-        let blocked = tokio::time::timeout(Duration::from_millis(50), m.acquire(&x, 0)).await;
+        let first = m.acquire(&s, 0, 7).await;
+        let _second = m.acquire(&s, 0, 7).await;
+        let blocked = tokio::time::timeout(Duration::from_millis(50), m.acquire(&x, 0, 7)).await;
         assert!(blocked.is_err(), "exclusive must wait for shared holders");
         drop(first);
         drop(_second);
-        let _got = tokio::time::timeout(Duration::from_secs(5), m.acquire(&x, 0))
+        let _got = tokio::time::timeout(Duration::from_secs(5), m.acquire(&x, 0, 7))
             .await
             .expect("granted once free");
     }
@@ -218,13 +256,13 @@ mod tests {
     async fn waiters_are_served_by_priority() {
         let m = LockManager::default();
         let x = plan(&[(LockLevel::Node, "n1", LockMode::Exclusive)]);
-        let holder = m.acquire(&x, 0).await;
+        let holder = m.acquire(&x, 0, 7).await;
         let order = Arc::new(Mutex::new(vec![]));
         let mut tasks = vec![];
         for prio in [10, 0, -10] {
             let (m, x, order) = (m.clone(), x.clone(), order.clone());
             tasks.push(tokio::spawn(async move {
-                let _l = m.acquire(&x, prio).await;
+                let _l = m.acquire(&x, prio, 7).await;
                 order.lock().unwrap().push(prio);
             }));
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -244,9 +282,9 @@ mod tests {
             (LockLevel::Node, "n1", LockMode::Exclusive),
         ]);
         let holder = m
-            .acquire(&plan(&[(LockLevel::Node, "n1", LockMode::Exclusive)]), 0)
+            .acquire(&plan(&[(LockLevel::Node, "n1", LockMode::Exclusive)]), 0, 7)
             .await;
-        let attempt = tokio::time::timeout(Duration::from_millis(50), m.acquire(&x, 0)).await;
+        let attempt = tokio::time::timeout(Duration::from_millis(50), m.acquire(&x, 0, 7)).await;
         assert!(attempt.is_err());
         drop(holder);
         assert_eq!(

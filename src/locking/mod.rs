@@ -4,7 +4,7 @@
 
 mod manager;
 
-pub use manager::{HeldLocks, LockManager};
+pub use manager::{HeldLocks, LockInfo, LockManager};
 
 use std::collections::BTreeMap;
 

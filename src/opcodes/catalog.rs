@@ -672,7 +672,12 @@ pub static OPCODES: &[OpDef] = &[
             ParamDef {
                 name: "hotplug",
                 ty: Bool,
-                default: Value(r#"true"#),
+                default: Value(r#"false"#),
+            },
+            ParamDef {
+                name: "hotplug_if_possible",
+                ty: Bool,
+                default: Value(r#"false"#),
             },
             ParamDef {
                 name: "instance_communication",

@@ -176,8 +176,9 @@ impl OpCode {
             }
         }
         match p.get("debug_level") {
-            Some(Value::Null) => {
-                p.remove("debug_level");
+            // Upstream's base opcode default, shown in every job record.
+            None | Some(Value::Null) => {
+                p.insert("debug_level".into(), Value::from(0));
             }
             Some(v) if v.as_u64().is_none() => return Err(self.fails("debug_level")),
             _ => {}

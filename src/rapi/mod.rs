@@ -69,25 +69,23 @@ fn check_auth(state: &State, headers: &HeaderMap, access: Access) -> Result<(), 
     let creds = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
-        .map(|h| {
-            auth::basic_credentials(h)
-                .ok_or_else(|| ApiError::new(401, "Unsupported authentication"))
-        });
+        .map(|h| auth::basic_credentials(h).ok_or_else(|| ApiError::plain(401)));
     let user = match creds {
         Some(Ok((u, p))) => Some(
             state
                 .users
                 .authenticate(&u, &p)
-                .ok_or_else(|| ApiError::new(401, "Authentication failed"))?,
+                .ok_or_else(|| ApiError::plain(401))?,
         ),
         Some(Err(e)) => return Err(e),
         None => None,
     };
     let needs_user = access != Access::Open || state.require_auth;
     match (user, access) {
-        (None, _) if needs_user => Err(ApiError::new(401, "Authentication required")),
-        (Some(u), Access::Write) if !u.can_write() => Err(ApiError::new(403, "Forbidden")),
-        (Some(u), Access::Read) if !u.can_read() => Err(ApiError::new(403, "Forbidden")),
+        // Upstream says no more than the status for either.
+        (None, _) if needs_user => Err(ApiError::plain(401)),
+        (Some(u), Access::Write) if !u.can_write() => Err(ApiError::plain(403)),
+        (Some(u), Access::Read) if !u.can_read() => Err(ApiError::plain(403)),
         _ => Ok(()),
     }
 }
@@ -123,7 +121,7 @@ async fn handle(
     };
     Ok(match routes::dispatch(&state, &req).await {
         Ok(v) => json_response(StatusCode::OK, &v),
-        Err(e) => error_response(&e),
+        Err(e) => error_response(&e.at_path(path.as_str())),
     })
 }
 

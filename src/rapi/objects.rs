@@ -17,13 +17,18 @@ pub const I_FIELDS: &[&str] = &[
     "nic.ips",
     "nic.macs",
     "nic.modes",
+    "nic.uuids",
+    "nic.names",
     "nic.links",
     "nic.networks",
+    "nic.networks.names",
     "nic.bridges",
     "network_port",
     "disk.sizes",
     "disk.spindles",
     "disk_usage",
+    "disk.uuids",
+    "disk.names",
     "beparams",
     "hvparams",
     "oper_state",
@@ -132,10 +137,13 @@ pub async fn live_instances<'a>(state: &State, insts: impl Iterator<Item = &'a I
     live
 }
 
-fn object(fields: &[&str], get: impl Fn(&str) -> Option<Value>) -> Value {
+fn object(fields: &[&str], get: impl Fn(&str) -> Option<views::Cell>) -> Value {
     let mut m = Map::new();
     for f in fields {
-        m.insert((*f).to_string(), get(f).unwrap_or(Value::Null));
+        m.insert(
+            (*f).to_string(),
+            get(f).map_or(Value::Null, views::Cell::into_value),
+        );
     }
     Value::Object(m)
 }
@@ -151,9 +159,7 @@ pub fn instance_json(cfg: &Config, live: &Live, inst: &crate::cluster::model::In
 }
 
 pub fn node_json(cfg: &Config, live: &Live, node: &crate::cluster::model::Node) -> Value {
-    let mut v = object(N_FIELDS, |f| views::node_field(cfg, live, node, f));
-    v["secondary_ip"] = json!(node.secondary_ip);
-    v
+    object(N_FIELDS, |f| views::node_field(cfg, live, node, f))
 }
 
 pub fn group_json(cfg: &Config, group: &crate::cluster::model::Group) -> Value {

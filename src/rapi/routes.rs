@@ -16,9 +16,10 @@ use crate::views::{self, Live};
 use serde_json::{Map, Value, json};
 use std::time::Duration;
 
+/// In the order Ganeti 3.0 lists them.
 pub const FEATURES: &[&str] = &[
-    "instance-create-reqv1",
     "instance-reinstall-reqv1",
+    "instance-create-reqv1",
     "node-migrate-reqv1",
     "node-evac-res1",
 ];
@@ -32,6 +33,10 @@ pub enum Access {
 }
 
 pub fn access_for(method: &str, segments: &[&str]) -> Access {
+    // A query with a filter in the body changes nothing: read users may send it.
+    if method == "PUT" && matches!(segments, ["2", "query", _]) {
+        return Access::Read;
+    }
     if method != "GET" {
         return Access::Write;
     }
@@ -53,7 +58,7 @@ pub async fn dispatch(state: &State, req: &Request) -> R {
     let answer = handwritten(state, req, &segs).await;
     match answer {
         // A path the table serves with other methods.
-        Err(e) if e.code == 404 && e.explain == "Not Found" && table::knows_path(&segs) => {
+        Err(e) if e.code == 404 && e.message.is_empty() && table::knows_path(&segs) => {
             Err(ApiError::unsupported(m))
         }
         other => other,
@@ -66,12 +71,7 @@ async fn handwritten(state: &State, req: &Request, segs: &[&str]) -> R {
     match segs {
         [] | ["2"] => only(m, &["GET"]).map(|_| Value::Null),
         ["version"] => only(m, &["GET"]).map(|_| json!(2)),
-        ["2", "info"] => {
-            only(m, &["GET"])?;
-            let mut info = views::cluster_info(&state.config.snapshot());
-            info["drain_flag"] = json!(state.queue.drained());
-            Ok(info)
-        }
+        ["2", "info"] => only(m, &["GET"]).map(|_| views::cluster_info(&state.config.snapshot())),
         ["2", "features"] => only(m, &["GET"]).map(|_| json!(FEATURES)),
         ["2", "modify"] => {
             only(m, &["PUT"])?;
@@ -136,7 +136,10 @@ async fn handwritten(state: &State, req: &Request, segs: &[&str]) -> R {
             let cfg = state.config.snapshot();
             let node = find(names::node(&cfg, name), "node", name)?;
             let live = live_nodes(state, std::iter::once(node)).await;
-            Ok(node_json(&cfg, &live, node))
+            // Upstream shows the secondary IP under this name too, here only.
+            let mut answer = node_json(&cfg, &live, node);
+            answer["secondary_ip"] = json!(node.secondary_ip);
+            Ok(answer)
         }
         ["2", "nodes", name, "tags"] => tags(state, req, "node", Some(name)).await,
         ["2", "nodes", name, rest @ ..] => node_action(state, req, name, rest).await,
@@ -148,7 +151,7 @@ async fn handwritten(state: &State, req: &Request, segs: &[&str]) -> R {
         ["2", "networks", name, "tags"] => tags(state, req, "network", Some(name)).await,
         ["2", "query", what] => super::query::query(state, req, what).await,
         ["2", "query", what, "fields"] => super::query::fields(req, what),
-        _ => Err(ApiError::not_found("Not Found")),
+        _ => Err(ApiError::plain(404)),
     }
 }
 
@@ -210,6 +213,29 @@ async fn submit_route(
     .await
 }
 
+/// Resources whose rlib2 handler always passes `dry_run` (false unless asked), so upstream's
+/// job records show it; the others pass it only when `?dry-run=1` is given.
+const ALWAYS_DRY_RUN: &[&str] = &[
+    "groups",
+    "groups_name",
+    "groups_name_assign_nodes",
+    "instances",
+    "instances_name",
+    "instances_name_reboot",
+    "instances_name_shutdown",
+    "instances_name_startup",
+    "instances_name_tags",
+    "nodes_name_tags",
+    "groups_name_tags",
+    "networks_name_tags",
+    "tags",
+    "networks",
+    "networks_name",
+    "networks_name_connect",
+    "networks_name_disconnect",
+    "nodes_name_evacuate",
+];
+
 /// The common case: body + statics (+ dry-run) into one opcode job.
 async fn op(
     state: &State,
@@ -232,8 +258,9 @@ async fn op_renamed(
     mut stat: Vec<(&str, Value)>,
     renames: &[(&str, &str)],
 ) -> R {
-    if req.dry_run()? {
-        stat.push(("dry_run", json!(true)));
+    let dry_run = req.dry_run()?;
+    if dry_run || ALWAYS_DRY_RUN.contains(&resource) {
+        stat.push(("dry_run", json!(dry_run)));
     }
     let spec = OpSpec {
         op_id,
@@ -726,7 +753,7 @@ async fn instance_action(state: &State, req: &Request, name: &str, action: &str)
                 None => Ok(views::console_info(inst)),
             }
         }
-        _ => Err(ApiError::not_found("Not Found")),
+        _ => Err(ApiError::plain(404)),
     }
 }
 
@@ -943,7 +970,7 @@ async fn node_action(state: &State, req: &Request, name: &str, rest: &[&str]) ->
                 .await
             }
         }
-        _ => Err(ApiError::not_found("Not Found")),
+        _ => Err(ApiError::plain(404)),
     }
 }
 

@@ -874,6 +874,21 @@ impl Backend for QemuBackend {
         })
     }
 
+    fn list_exports<'a>(&'a self, _node: &'a str) -> BoxFuture<'a, BackendResult<Vec<String>>> {
+        Box::pin(async move {
+            let dir = self.settings.storage_dir.join(".export");
+            let mut names: Vec<String> = std::fs::read_dir(dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter(|e| e.path().is_dir())
+                .filter_map(|e| e.file_name().into_string().ok())
+                .collect();
+            names.sort();
+            Ok(names)
+        })
+    }
+
     fn remove_export<'a>(
         &'a self,
         _node: &'a str,

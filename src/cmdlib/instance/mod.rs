@@ -153,7 +153,8 @@ async fn remove(ctx: &Ctx) -> Result<Value, OpError> {
     }
     let ignore = ctx.op.bool("ignore_failures");
     let timeout = ctx.op.int("shutdown_timeout").unwrap_or(120) as u64;
-    ctx.log(format!("* shutting down instance {}", inst.name));
+    // Upstream logs these steps to its daemon log only, not to the job.
+    tracing::info!(instance = %inst.name, "shutting down instance");
     if let Err(e) = ctx.backend.stop(&inst.pnode, &inst.name, timeout).await {
         if !ignore {
             return Err(exec_failure(
@@ -163,7 +164,7 @@ async fn remove(ctx: &Ctx) -> Result<Value, OpError> {
         }
         ctx.warn(format!("Could not shutdown instance {}: {e}", inst.name));
     }
-    ctx.log("* removing instance disks");
+    tracing::info!(instance = %inst.name, "removing instance disks");
     for node in std::iter::once(&inst.pnode).chain(inst.snodes.iter()) {
         if let Err(e) = ctx.backend.remove_disks(node, &inst.name).await {
             if !ignore {
