@@ -282,6 +282,14 @@ async fn evacuate(ctx: &Ctx) -> Result<Value, OpError> {
         }
     }
     let mut jobs = vec![];
+    let none_primary = mode == "secondary-only" || cfg.primary_instances(&node.name).is_empty();
+    let none_secondary = mode == "primary-only" || cfg.secondary_instances(&node.name).is_empty();
+    if none_primary && none_secondary {
+        ctx.info(format!(
+            "No instances to evacuate from node '{}'",
+            node.name
+        ));
+    }
     if mode != "secondary-only" {
         for name in cfg.primary_instances(&node.name) {
             let inst = &cfg.instances[&name];

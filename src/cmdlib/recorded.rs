@@ -36,10 +36,51 @@ pub fn recorded_params(op: &OpCode, cfg: &Config) -> Vec<(&'static str, Value)> 
             }
         }
         OpId::InstanceShutdown => out.push(("admin_state_source", json!("admin"))),
+        OpId::BackupExport => {
+            if let Some(node) = op.str("target_node").and_then(|n| cfg.nodes.get(n)) {
+                out.push(("target_node_uuid", json!(node.meta.uuid)));
+            }
+        }
+        OpId::InstanceReinstall => {
+            out.push(("osparams", json!({})));
+            out.push(("osparams_private", json!({})));
+            out.push(("osparams_secret", json!({})));
+        }
+        // Without a target node, the cluster's default allocator chooses.
+        OpId::NodeEvacuate if op.get("remote_node").is_none() => {
+            out.push(("iallocator", json!(cfg.cluster.default_iallocator)));
+        }
         _ => {}
     }
     out.retain(|(name, _)| {
         op.get(name).is_none() && op.def().params.iter().any(|p| p.name == *name)
     });
+    match op.id() {
+        OpId::InstanceMultiAlloc => out.push(("instances", multi_alloc_records(op, cfg))),
+        OpId::GroupAssignNodes => {
+            let uuids: Vec<&str> = op
+                .strings("nodes")
+                .iter()
+                .filter_map(|n| cfg.nodes.get(n).map(|n| n.meta.uuid.as_str()))
+                .collect();
+            out.push(("node_uuids", json!(uuids)));
+        }
+        _ => {}
+    }
     out
+}
+
+/// The instances of a multi-allocation share the parent's reason trail and get their primary
+/// node's UUID, as upstream's records show.
+fn multi_alloc_records(op: &OpCode, cfg: &Config) -> Value {
+    let reason = op.get("reason").cloned().unwrap_or(json!([]));
+    let mut instances = op.get("instances").cloned().unwrap_or(json!([]));
+    for inst in instances.as_array_mut().into_iter().flatten() {
+        let node = inst.get("pnode").and_then(Value::as_str);
+        if let Some(node) = node.and_then(|n| cfg.nodes.get(n)) {
+            inst["pnode_uuid"] = json!(node.meta.uuid);
+        }
+        inst["reason"] = reason.clone();
+    }
+    instances
 }

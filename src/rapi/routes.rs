@@ -219,12 +219,14 @@ const ALWAYS_DRY_RUN: &[&str] = &[
     "groups",
     "groups_name",
     "groups_name_assign_nodes",
+    "groups_name_rename",
     "instances",
     "instances_name",
     "instances_name_reboot",
     "instances_name_shutdown",
     "instances_name_startup",
     "instances_name_tags",
+    "instances_multi_alloc",
     "nodes_name_tags",
     "groups_name_tags",
     "networks_name_tags",
@@ -636,9 +638,9 @@ async fn multi_alloc(state: &State, req: &Request) -> R {
         }
         m.remove("__version__");
         m.insert("OP_ID".into(), json!(OpId::InstanceCreate.as_str()));
-        OpCode::from_json(&Value::Object(m.clone()))
+        let op = OpCode::from_json(&Value::Object(m))
             .map_err(|e| ApiError::bad_request(format!("Invalid body parameters: {}", e.0)))?;
-        ops.push(Value::Object(m));
+        ops.push(inner_create_record(&op));
     }
     body.insert("instances".into(), Value::Array(ops));
     op(
@@ -650,6 +652,25 @@ async fn multi_alloc(state: &State, req: &Request) -> R {
         vec![],
     )
     .await
+}
+
+/// An instance of a multi-allocation as upstream stores it inside the job: every parameter of
+/// the create opcode, unset ones as null, and a comment naming the parent.
+fn inner_create_record(op: &OpCode) -> Value {
+    let mut record = op.to_json();
+    for p in op.def().params {
+        record
+            .as_object_mut()
+            .map(|m| m.entry(p.name).or_insert(Value::Null));
+    }
+    for secret in ["osparams_private", "osparams_secret"] {
+        if record[secret].is_null() {
+            record[secret] = json!({});
+        }
+    }
+    record["dry_run"] = Value::Null;
+    record["comment"] = json!("Submitted by OP_INSTANCE_MULTI_ALLOC");
+    record
 }
 
 async fn instance(state: &State, req: &Request, name: &str) -> R {

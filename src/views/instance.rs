@@ -134,7 +134,8 @@ pub fn instance_field(cfg: &Config, live: &Live, inst: &Instance, name: &str) ->
         "snodes.group.uuid" => json!(inst.snodes.iter().map(|s| group_of(s)).collect::<Vec<_>>()),
         "disks_active" => json!(inst.disks_active),
         "forthcoming" => json!(inst.forthcoming),
-        "console" => return Some(Cell::or_unavail(running.map(|_| console_info(inst)))),
+        // Upstream describes the console of stopped instances too.
+        "console" => console_info(inst),
         other => {
             if let Some(k) = other.strip_prefix("be/") {
                 return Some(Cell::or_unavail(be.get(k)));

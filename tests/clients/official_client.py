@@ -35,6 +35,10 @@ assert "debootstrap+default" in rapi.GetOperatingSystems()
 # Non-bulk lists of groups and networks are keyed "name" upstream (KeyError otherwise).
 assert "default" in rapi.GetGroups(), rapi.GetGroups()
 assert rapi.GetNetworks() == [], rapi.GetNetworks()
+finished_ok(rapi.CreateNetwork("official-net", "10.9.0.0/24"), "network add")
+assert rapi.GetNetworks() == ["official-net"], rapi.GetNetworks()
+assert rapi.GetNetwork("official-net")["free_count"] == 254
+finished_ok(rapi.DeleteNetwork("official-net"), "network remove")
 
 create = dict(mode="create", name=NAME, disk_template="drbd",
               disks=[{"size": 1024}], nics=[{}], os="debootstrap+default",
@@ -48,6 +52,31 @@ inst = rapi.GetInstance(NAME)
 assert inst["status"] == "running" and inst["disk_template"] == "drbd", inst
 assert inst["beparams"]["memory"] == 256, inst["beparams"]
 primary = inst["pnode"]
+# Every field Ganeti 3.0's rlib2 returns for an instance (I_FIELDS), with its type.
+I_FIELDS = {"name": str, "admin_state": str, "os": str, "pnode": str, "snodes": list,
+            "disk_template": str, "nic.ips": list, "nic.macs": list, "nic.modes": list,
+            "nic.uuids": list, "nic.names": list, "nic.links": list, "nic.networks": list,
+            "nic.networks.names": list, "nic.bridges": list, "network_port": type(None),
+            "disk.sizes": list, "disk.spindles": list, "disk_usage": int, "disk.uuids": list,
+            "disk.names": list, "beparams": dict, "hvparams": dict, "oper_state": bool,
+            "oper_ram": int, "oper_vcpus": int, "status": str, "custom_hvparams": dict,
+            "custom_beparams": dict, "custom_nicparams": list, "ctime": float, "mtime": float,
+            "uuid": str, "serial_no": int, "tags": list}
+for field, kind in I_FIELDS.items():
+    assert isinstance(inst.get(field, KeyError), kind), (field, inst.get(field, KeyError))
+assert set(inst) == set(I_FIELDS), set(inst) ^ set(I_FIELDS)
+assert len(inst["nic.uuids"]) == len(inst["nic.macs"]) == 1, inst
+# Every query resource lists its fields, and a query of all instance fields answers a cell
+# [status, value] for each.
+for kind in ("instance", "node", "group", "network", "job", "export", "lock", "filter"):
+    fields = rapi.QueryFields(kind)["fields"]
+    assert fields and all(set(f) == {"name", "title", "kind", "doc"} for f in fields), kind
+    assert all(f["kind"] != "unknown" for f in fields), kind
+everything = [f["name"] for f in rapi.QueryFields("instance")["fields"]]
+assert len(everything) == 292, len(everything)
+rows = rapi.Query("instance", everything, qfilter=["=", "name", NAME])["data"]
+assert len(rows) == 1 and len(rows[0]) == 292, rows
+assert all(status in (0, 2, 3) for status, _ in rows[0]), rows[0]
 
 # WaitForJobChange is what `gnt-*` style tools poll with.
 job = rapi.RebootInstance(NAME, reboot_type="hard")

@@ -140,7 +140,13 @@ pub(super) async fn reinstall(ctx: &Ctx) -> Result<Value, OpError> {
     if ctx.stop_for_dry_run() {
         return Ok(Value::Null);
     }
-    let osparams = ctx.op.get("osparams").and_then(Value::as_object).cloned();
+    // As upstream: empty OS parameters (the recorded default) leave the instance's alone.
+    let osparams = ctx
+        .op
+        .get("osparams")
+        .and_then(Value::as_object)
+        .filter(|p| !p.is_empty())
+        .cloned();
     let t = now();
     ctx.cluster
         .update(|cfg| {

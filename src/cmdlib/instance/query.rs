@@ -124,7 +124,10 @@ fn disk_status(
             } else {
                 &cfg.cluster.shared_file_storage_dir
             };
-            json!(["loop", format!("{dir}/{}/disk{index}", inst.name)])
+            json!([
+                "loop",
+                format!("{dir}/{}/{}.file.disk{index}", inst.name, disk.uuid)
+            ])
         }
         "plain" | "drbd" => json!([
             cfg.cluster.volume_group_name,

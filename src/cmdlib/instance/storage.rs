@@ -35,6 +35,9 @@ pub(super) async fn grow_disk(ctx: &Ctx) -> Result<Value, OpError> {
         current.saturating_add(amount)
     };
     check_disk_size(new_size)?;
+    if !ctx.op.bool("ignore_ipolicy") {
+        check_disk_policy(&cfg, &inst, idx, new_size)?;
+    }
     for node in std::iter::once(&inst.pnode).chain(inst.snodes.iter()) {
         let info = ctx
             .backend
@@ -161,4 +164,43 @@ pub(super) async fn replace_disks(ctx: &Ctx) -> Result<Value, OpError> {
     }
     ctx.log("STEP 1/1 Replacing disks (fake: data is already in sync)");
     Ok(Value::Null)
+}
+
+/// The instance policy of the primary node's group bounds a grown disk's size (upstream's
+/// `ComputeIPolicyDiskSizesViolation` on grow): it must fit one of the policy's min/max pairs.
+fn check_disk_policy(
+    cfg: &Config,
+    inst: &crate::cluster::model::Instance,
+    idx: usize,
+    size: u64,
+) -> Result<(), OpError> {
+    let Some(group) = cfg
+        .nodes
+        .get(&inst.pnode)
+        .and_then(|n| cfg.groups.get(&n.group))
+    else {
+        return Ok(());
+    };
+    let policy = cfg.effective_ipolicy(group);
+    let bounds: Vec<(u64, u64)> = policy
+        .get("minmax")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|pair| {
+            let get = |end: &str| pair.get(end)?.get("disk-size")?.as_u64();
+            Some((get("min")?, get("max")?))
+        })
+        .collect();
+    match bounds.first() {
+        Some(&(min, max)) if !bounds.iter().any(|(lo, hi)| (*lo..=*hi).contains(&size)) => {
+            Err(OpError::prereq(
+                format!(
+                    "Growing disk {idx} violates policy: disk-size/{idx} value {size} is not in range [{min}, {max}]"
+                ),
+                ErrorCode::WrongInput,
+            ))
+        }
+        _ => Ok(()),
+    }
 }
