@@ -503,8 +503,16 @@ fn node_group_and_network_resources() {
     succeeds(
         &s,
         "PUT",
+        "/2/nodes/node1.example.com/storage/modify?storage_type=lvm-pv&name=/dev/sda1&allocatable=1",
+        None,
+    );
+    // Only physical volumes have a changeable field (upstream MODIFIABLE_STORAGE_FIELDS).
+    fails_with(
+        &s,
+        "PUT",
         "/2/nodes/node1.example.com/storage/modify?storage_type=lvm-vg&name=xenvg&allocatable=1",
         None,
+        "wrong_input",
     );
     call(
         &s,
@@ -518,6 +526,13 @@ fn node_group_and_network_resources() {
         "PUT",
         "/2/nodes/node1.example.com/storage/repair?storage_type=lvm-vg&name=xenvg",
         None,
+    );
+    fails_with(
+        &s,
+        "PUT",
+        "/2/nodes/node1.example.com/storage/repair?storage_type=file&name=/srv",
+        None,
+        "wrong_input",
     );
     call(
         &s,

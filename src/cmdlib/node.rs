@@ -53,11 +53,39 @@ pub async fn execute(ctx: &Ctx) -> Result<Value, OpError> {
         _ => {
             let cfg = ctx.cfg();
             op_node(&ctx.op, &cfg)?;
-            storage_type(&ctx.op)?;
+            let kind = storage_type(&ctx.op)?;
+            storage_enabled(&cfg, kind)?;
+            // As upstream: only physical volumes change (allocatable), only volume groups repair.
+            let (allowed, verb) = match ctx.op.id() {
+                OpId::NodeModifyStorage => ("lvm-pv", "modified"),
+                _ => ("lvm-vg", "repaired"),
+            };
+            if kind != allowed {
+                return Err(OpError::prereq(
+                    format!("Storage units of type '{kind}' can not be {verb}"),
+                    ErrorCode::WrongInput,
+                ));
+            }
             ctx.stop_for_dry_run();
             Ok(Value::Null)
         }
     }
+}
+
+/// A storage type is usable only while a disk template that stores on it is enabled.
+fn storage_enabled(cfg: &Config, kind: &str) -> Result<(), OpError> {
+    let templates: &[&str] = match kind {
+        "lvm-vg" | "lvm-pv" => &["plain", "drbd"],
+        other => &[other],
+    };
+    let enabled = &cfg.cluster.enabled_disk_templates;
+    if enabled.iter().any(|t| templates.contains(&t.as_str())) {
+        return Ok(());
+    }
+    Err(OpError::prereq_bare(format!(
+        "No disk template of storage type '{kind}' is enabled in this cluster. Enabled disk templates are: {}",
+        enabled.join(",")
+    )))
 }
 
 fn storage_type(op: &OpCode) -> Result<&str, OpError> {

@@ -75,12 +75,33 @@ pub fn recorded_params(op: &OpCode, cfg: &Config) -> Vec<(&'static str, Value)> 
 fn multi_alloc_records(op: &OpCode, cfg: &Config) -> Value {
     let reason = op.get("reason").cloned().unwrap_or(json!([]));
     let mut instances = op.get("instances").cloned().unwrap_or(json!([]));
-    for inst in instances.as_array_mut().into_iter().flatten() {
+    // Only objects: the list is checked when the opcode runs, not when it is recorded.
+    let objects = instances.as_array_mut().into_iter().flatten();
+    for inst in objects.filter_map(Value::as_object_mut) {
         let node = inst.get("pnode").and_then(Value::as_str);
         if let Some(node) = node.and_then(|n| cfg.nodes.get(n)) {
-            inst["pnode_uuid"] = json!(node.meta.uuid);
+            inst.insert("pnode_uuid".into(), json!(node.meta.uuid));
         }
-        inst["reason"] = reason.clone();
+        inst.insert("reason".into(), reason.clone());
     }
     instances
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn malformed_multi_allocations_are_recorded_without_panicking() {
+        let cfg = crate::cluster::bootstrap::initial_config(&Default::default());
+        let op = OpCode::build(
+            OpId::InstanceMultiAlloc,
+            serde_json::from_value(json!({"instances": [1, "x", null, [], {"pnode": 3}]})).unwrap(),
+        )
+        .unwrap();
+        let recorded = recorded_params(&op, &cfg);
+        let (_, instances) = recorded.iter().find(|(k, _)| *k == "instances").unwrap();
+        assert_eq!(instances[4]["reason"], json!([]));
+        assert_eq!(instances[0], json!(1));
+    }
 }

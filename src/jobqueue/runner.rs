@@ -57,7 +57,11 @@ async fn start_next_op(queue: &JobQueue, id: JobId) -> Option<(usize, OpCode)> {
             (job.clone(), None, true)
         } else {
             let op = &mut job.ops[idx];
-            for (name, value) in cmdlib::recorded_params(&op.input, &cfg) {
+            // Cosmetic for the record: a bug there must not wedge the job under this lock.
+            let recorded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                cmdlib::recorded_params(&op.input, &cfg)
+            }));
+            for (name, value) in recorded.unwrap_or_default() {
                 op.input.set(name, value);
             }
             op.status = Status::Waiting;

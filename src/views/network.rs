@@ -59,9 +59,13 @@ fn external_reservations(net: &Network) -> Vec<String> {
     reserved.iter().map(ToString::to_string).collect()
 }
 
-/// One character per address of the network, `1` where `taken` says so (upstream keeps its
-/// address pool as such bit strings).
-fn bitmap(net: &Network, taken: &dyn Fn(u64, u64, &str) -> bool) -> String {
+/// One character per address of the network: `yes` where `taken(index, size, address)`,
+/// else `no` (upstream keeps its address pool as such strings).
+fn per_address(
+    net: &Network,
+    (yes, no): (char, char),
+    taken: &dyn Fn(u64, u64, &str) -> bool,
+) -> String {
     let Some((base, len)) = crate::cluster::addresses::parse_cidr(&net.network) else {
         return String::new();
     };
@@ -69,33 +73,27 @@ fn bitmap(net: &Network, taken: &dyn Fn(u64, u64, &str) -> bool) -> String {
     (0..size)
         .map(|i| {
             let ip = std::net::Ipv4Addr::from(base + i as u32).to_string();
-            if taken(i, size, &ip) { '1' } else { '0' }
+            if taken(i, size, &ip) { yes } else { no }
         })
         .collect()
 }
 
 /// The addresses instances hold, as upstream's `reservations` bit string.
 pub fn network_reservations(net: &Network) -> String {
-    bitmap(net, &|_, _, ip| net.used.contains_key(ip))
+    per_address(net, ('1', '0'), &|_, _, ip| net.used.contains_key(ip))
 }
 
 /// The addresses reserved outside instances, as upstream's `ext_reservations` bit string.
 pub fn network_external_bitmap(net: &Network) -> String {
     let external = external_reservations(net);
-    bitmap(net, &|_, _, ip| external.iter().any(|e| e == ip))
+    per_address(net, ('1', '0'), &|_, _, ip| {
+        external.iter().any(|e| e == ip)
+    })
 }
 
-/// Ganeti's pool map: one character per address, `X` reserved/used, `.` free.
+/// Ganeti's pool map: `X` for the network and broadcast addresses and taken ones, `.` free.
 fn network_map(net: &Network) -> String {
-    let Some((base, len)) = crate::cluster::addresses::parse_cidr(&net.network) else {
-        return String::new();
-    };
-    let size = 1u64 << (32 - len);
-    (0..size)
-        .map(|i| {
-            let ip = std::net::Ipv4Addr::from(base + i as u32).to_string();
-            let taken = i == 0 || i == size - 1 || crate::cluster::addresses::is_taken(net, &ip);
-            if taken { 'X' } else { '.' }
-        })
-        .collect()
+    per_address(net, ('X', '.'), &|i, size, ip| {
+        i == 0 || i == size - 1 || crate::cluster::addresses::is_taken(net, ip)
+    })
 }
