@@ -156,9 +156,18 @@ struct ServeArgs {
     /// Archive finalized jobs older than this many seconds.
     #[arg(long, default_value_t = 6 * 3600)]
     archive_age: u64,
-    /// Seconds between automatic archiving runs.
+    /// Seconds between automatic archiving runs (expired idempotency keys are swept then too).
     #[arg(long, default_value_t = 300)]
     archive_interval: u64,
+    /// Seconds an Idempotency-Key is remembered: a retry within it gets the first job.
+    #[arg(long, default_value_t = 24 * 3600)]
+    idempotency_ttl: u64,
+    /// Job events kept for event-stream clients that resume with Last-Event-ID.
+    #[arg(long, default_value_t = 100_000)]
+    event_retention: usize,
+    /// Events an event-stream client may fall behind before it is dropped.
+    #[arg(long, default_value_t = 4096)]
+    event_buffer: usize,
     /// Seconds a /2/jobs/N/wait request waits for a change.
     #[arg(long, default_value_t = 10)]
     wait_timeout: u64,
@@ -377,6 +386,9 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         archive_age: Duration::from_secs(args.archive_age),
         archive_interval: Duration::from_secs(args.archive_interval.max(1)),
         space: Some(space),
+        idempotency_ttl: Duration::from_secs(args.idempotency_ttl),
+        event_retention: args.event_retention,
+        event_buffer: args.event_buffer,
     };
     let config = cluster.reader();
     let live = crate::backends::LiveState::new(backend.clone());

@@ -2,8 +2,10 @@
 //! and dependencies, cancel, priority change, wait-for-change, archiving and crash recovery.
 //! The per-job runner lives in `runner.rs`.
 
+pub mod events;
 pub mod filters;
 pub use filters::FilterRuleError;
+pub mod idempotency;
 pub mod job;
 mod recovery;
 mod runner;
@@ -38,6 +40,8 @@ pub enum SubmitError {
     ShuttingDown,
     #[error("Not enough free space for new jobs in {dir} (keeping {reserve_mib} MiB in reserve)")]
     NoSpace { dir: String, reserve_mib: u64 },
+    #[error("Idempotency key '{0}' was already used for a different request")]
+    KeyReused(String),
 }
 
 #[derive(Debug, Error, PartialEq)]
@@ -63,6 +67,12 @@ pub struct QueueOptions {
     pub archive_interval: Duration,
     /// Refuses new jobs while the data dir's file system is nearly full (none: no check).
     pub space: Option<Arc<crate::space::SpaceGuard>>,
+    /// How long an idempotency key is remembered.
+    pub idempotency_ttl: Duration,
+    /// Events kept for followers that resume (`Last-Event-ID`).
+    pub event_retention: usize,
+    /// How far a live follower may fall behind before it is dropped.
+    pub event_buffer: usize,
 }
 
 impl Default for QueueOptions {
@@ -72,6 +82,9 @@ impl Default for QueueOptions {
             archive_age: Duration::from_secs(6 * 3600),
             archive_interval: Duration::from_secs(300),
             space: None,
+            idempotency_ttl: Duration::from_secs(24 * 3600),
+            event_retention: 100_000,
+            event_buffer: 4096,
         }
     }
 }
@@ -103,6 +116,17 @@ struct Inner {
     opts: QueueOptions,
     /// Scans of the archive running at once (queries over archived jobs).
     archive_scans: tokio::sync::Semaphore,
+    events: events::EventHub,
+}
+
+/// What the locked part of a submission decided.
+enum Admission {
+    /// A retry of a keyed request: its first job.
+    Reused(JobId),
+    New {
+        accepted: Vec<JobId>,
+        replies: Vec<Result<JobId, SubmitError>>,
+    },
 }
 
 /// Cheap, cloneable handle to the queue.
@@ -143,6 +167,7 @@ impl JobQueue {
                 archive_scans: tokio::sync::Semaphore::new(2),
                 state: Mutex::new(state),
                 wake_scheduler: Notify::new(),
+                events: events::EventHub::new(opts.event_retention, opts.event_buffer),
                 opts,
             }),
         };
@@ -165,7 +190,17 @@ impl JobQueue {
     }
 
     pub async fn submit(&self, ops: Vec<OpCode>) -> Result<JobId, SubmitError> {
-        match self.submit_many(vec![ops]).await?.pop() {
+        self.submit_keyed(ops, None).await
+    }
+
+    /// Submits one job; with a key, a retry of the same request answers the job the first one
+    /// created (and a different request under that key is refused).
+    pub async fn submit_keyed(
+        &self,
+        ops: Vec<OpCode>,
+        key: Option<idempotency::Idempotency>,
+    ) -> Result<JobId, SubmitError> {
+        match self.submit_jobs(vec![ops], key.as_ref()).await?.pop() {
             Some(Ok(id)) => Ok(id),
             Some(Err(e)) => Err(e),
             None => Err(SubmitError::Invalid("no job submitted".into())),
@@ -187,22 +222,44 @@ impl JobQueue {
         &self,
         jobs: Vec<Vec<OpCode>>,
     ) -> Result<Vec<Result<JobId, SubmitError>>, SubmitError> {
-        // Outside the state lock: a statvfs must not lengthen every submitter's critical section.
-        if let Some(space) = &self.inner.opts.space
-            && !space.has_room()
-        {
-            return Err(SubmitError::NoSpace {
-                dir: space.dir().display().to_string(),
-                reserve_mib: space.reserve_mib(),
-            });
+        self.submit_jobs(jobs, None).await
+    }
+
+    /// The remembered job of a key, if the key is known and not expired; a different request
+    /// under the key is an error.
+    fn keyed_job(&self, key: &idempotency::Idempotency) -> Result<Option<JobId>, SubmitError> {
+        let Some(record) = self.inner.store.key_record(key)? else {
+            return Ok(None);
+        };
+        let ttl = self.inner.opts.idempotency_ttl.as_secs();
+        if record.created.saturating_add(ttl) < idempotency::now_secs() {
+            return Ok(None);
         }
-        let received = Timestamp::now();
+        if record.digest != key.digest {
+            return Err(SubmitError::KeyReused(key.key.clone()));
+        }
+        Ok(Some(JobId(record.job)))
+    }
+
+    /// The part of a submission done under the queue lock: limits, the key, the records.
+    fn admit(
+        &self,
+        jobs: Vec<Vec<OpCode>>,
+        key: Option<&idempotency::Idempotency>,
+        received: Timestamp,
+    ) -> Result<Admission, SubmitError> {
         let mut accepted = vec![];
         let mut replies = Vec::with_capacity(jobs.len());
         {
             let mut st = self.state();
             if st.closing {
                 return Err(SubmitError::ShuttingDown);
+            }
+            // Under the queue lock: concurrent retries of one key see each other.
+            if let Some(key) = key
+                && let Some(id) = self.keyed_job(key)?
+            {
+                return Ok(Admission::Reused(id));
             }
             if self.drained() {
                 return Err(SubmitError::Drained);
@@ -214,7 +271,19 @@ impl JobQueue {
                 let id = JobId(st.next_id);
                 match build_job(id, ops, received) {
                     Ok(job) => {
-                        if let Err(e) = self.inner.store.put_job(&job) {
+                        let written = match key {
+                            Some(k) => self.inner.store.put_job_keyed(
+                                &job,
+                                k,
+                                &idempotency::KeyRecord {
+                                    job: id.0,
+                                    digest: k.digest.clone(),
+                                    created: idempotency::now_secs(),
+                                },
+                            ),
+                            None => self.inner.store.put_job(&job),
+                        };
+                        if let Err(e) = written {
                             self.forget(&mut st, &accepted);
                             return Err(e.into());
                         }
@@ -233,13 +302,42 @@ impl JobQueue {
                 return Err(e.into());
             }
         }
+        Ok(Admission::New { accepted, replies })
+    }
+
+    async fn submit_jobs(
+        &self,
+        jobs: Vec<Vec<OpCode>>,
+        key: Option<&idempotency::Idempotency>,
+    ) -> Result<Vec<Result<JobId, SubmitError>>, SubmitError> {
+        // Outside the state lock: a statvfs must not lengthen every submitter's critical section.
+        if let Some(space) = &self.inner.opts.space
+            && !space.has_room()
+        {
+            return Err(SubmitError::NoSpace {
+                dir: space.dir().display().to_string(),
+                reserve_mib: space.reserve_mib(),
+            });
+        }
+        let received = Timestamp::now();
+        let (accepted, replies) = match self.admit(jobs, key, received)? {
+            Admission::Reused(id) => {
+                // The first answer waited for durability; so does every retry.
+                self.inner.store.durable().await?;
+                return Ok(vec![Ok(id)]);
+            }
+            Admission::New { accepted, replies } => (accepted, replies),
+        };
         if accepted.is_empty() {
             return Ok(replies);
         }
         if let Err(e) = self.inner.store.durable().await {
             // No id is answered for a job whose record may not be durable; its record goes too,
-            // so it cannot turn up after a restart either.
+            // so it cannot turn up after a restart either (nor can its key).
             self.forget(&mut self.state(), &accepted);
+            if let Some(k) = key {
+                let _ = self.inner.store.remove_key(k);
+            }
             return Err(SubmitError::Storage(e));
         }
         {
@@ -248,6 +346,7 @@ impl JobQueue {
                 let Some(job) = st.jobs.get(&id) else {
                     continue;
                 };
+                self.inner.events.job_changed(job);
                 if job.status() == Status::Queued && job.start_ts.is_none() {
                     let prio = job.priority();
                     st.runnable.insert((prio, id));
@@ -573,6 +672,7 @@ impl JobQueue {
             if n > 0 {
                 tracing::info!(archived = n, "archived old jobs");
             }
+            self.sweep_keys();
         }
     }
 
@@ -584,6 +684,8 @@ impl JobQueue {
         if flush && let Err(e) = self.inner.store.durable().await {
             tracing::error!(job = %job.id, "flushing job failed: {e}");
         }
+        // After the flush: a follower never hears of a final state that could be lost.
+        self.inner.events.job_changed(job);
         self.bump(job.id);
     }
 
@@ -621,6 +723,29 @@ impl JobQueue {
                 });
             }
         }
+    }
+
+    /// Forgets idempotency keys older than their lifetime.
+    pub fn sweep_keys(&self) {
+        let ttl = self.inner.opts.idempotency_ttl.as_secs();
+        match self
+            .inner
+            .store
+            .sweep_keys(idempotency::now_secs().saturating_sub(ttl))
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(expired = n, "forgot expired idempotency keys"),
+            Err(e) => tracing::warn!("sweeping idempotency keys failed: {e}"),
+        }
+    }
+
+    /// The job event stream: retained events after `since` and the live feed.
+    pub fn follow_events(&self, since: Option<u64>) -> events::Subscription {
+        self.inner.events.subscribe(since)
+    }
+
+    pub fn event_followers(&self) -> usize {
+        self.inner.events.followers()
     }
 
     /// Locks held and waited for by running jobs (the lock query).

@@ -273,6 +273,8 @@ fn feedback_sink(queue: JobQueue, id: JobId, idx: usize) -> Feedback {
                 message,
             );
             job.ops[idx].log.push(entry.clone());
+            // Under the queue lock: followers get a job's entries in serial order.
+            queue.inner.events.log_entry(job, idx, &entry);
             entry
         };
         if let Err(e) = queue.inner.store.put_log(id, idx, &entry) {

@@ -3,6 +3,7 @@
 //! can set it while the server runs: `gantry queue drain`, or just creating the file.
 
 use super::filters::FilterRule;
+use super::idempotency::{Idempotency, KeyRecord};
 use super::job::{Job, JobId, LogEntry};
 use crate::storage::{GroupCommit, StorageError};
 use thiserror::Error;
@@ -27,6 +28,8 @@ pub struct Store {
     /// One record per log entry: key = job id, serial (both big-endian), value =
     /// `[opcode index, entry]`.
     logs: sled::Tree,
+    /// Idempotency keys: user NUL key → `KeyRecord`.
+    keys: sled::Tree,
     drain_file: std::path::PathBuf,
 }
 
@@ -47,6 +50,7 @@ impl Store {
             meta: db.open_tree("meta")?,
             filters: db.open_tree("filters")?,
             logs: db.open_tree("joblog")?,
+            keys: db.open_tree("idempotency")?,
             drain_file: commit.data_dir().join(DRAIN_FILE),
             commit: commit.clone(),
         })
@@ -66,6 +70,55 @@ impl Store {
         };
         tree.insert(key(job.id), bytes)?;
         Ok(())
+    }
+
+    /// Writes a new job and the idempotency key that created it in one transaction: after a
+    /// crash both exist or neither does.
+    pub fn put_job_keyed(
+        &self,
+        job: &Job,
+        idem: &Idempotency,
+        record: &KeyRecord,
+    ) -> Result<(), StoreError> {
+        use sled::Transactional;
+        let bytes = serde_json::to_vec(job).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let rec = serde_json::to_vec(record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let store_key = idem.store_key();
+        (&self.jobs, &self.keys)
+            .transaction(|(jobs, keys)| {
+                jobs.insert(&key(job.id), bytes.clone())?;
+                keys.insert(store_key.clone(), rec.clone())?;
+                Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| StoreError::Corrupt(format!("keyed submit transaction: {e:?}")))?;
+        Ok(())
+    }
+
+    pub fn key_record(&self, key: &Idempotency) -> Result<Option<KeyRecord>, StoreError> {
+        match self.keys.get(key.store_key())? {
+            Some(bytes) => Ok(serde_json::from_slice(&bytes).ok()),
+            None => Ok(None),
+        }
+    }
+
+    pub fn remove_key(&self, key: &Idempotency) -> Result<(), StoreError> {
+        self.keys.remove(key.store_key())?;
+        Ok(())
+    }
+
+    /// Forgets keys created before `cutoff` (seconds since the epoch); answers how many.
+    pub fn sweep_keys(&self, cutoff: u64) -> Result<usize, StoreError> {
+        let mut removed = 0;
+        for item in self.keys.iter() {
+            let (k, v) = item?;
+            let expired =
+                serde_json::from_slice::<KeyRecord>(&v).map_or(true, |r| r.created < cutoff);
+            if expired {
+                self.keys.remove(k)?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 
     /// Deletes a live job's record (a submission that was refused after its record was written).

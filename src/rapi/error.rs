@@ -94,6 +94,7 @@ fn explanation(code: u16) -> &'static str {
         413 => "Entity is too large.",
         414 => "URI is too long.",
         415 => "Entity body in unsupported format",
+        422 => "The request was well-formed but was unable to be followed due to semantic errors",
         429 => "The user has sent too many requests in a given amount of time (\"rate limiting\").",
         431 => "The server refused this request because the request header fields are too large.",
         500 => "Server got itself in trouble",
@@ -111,6 +112,7 @@ impl From<crate::jobqueue::SubmitError> for ApiError {
         match e {
             Drained | Full | ShuttingDown | NoSpace { .. } => ApiError::new(503, e.to_string()),
             Invalid(msg) => ApiError::bad_request(format!("Invalid body parameters: {msg}")),
+            KeyReused(_) => ApiError::new(422, e.to_string()),
             // Temporary (a full disk, a failed flush): the client may retry later.
             Storage(e) => ApiError::new(503, e.to_string()),
         }

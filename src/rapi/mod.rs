@@ -4,6 +4,7 @@
 
 pub mod auth;
 mod error;
+mod events;
 mod filters;
 mod objects;
 mod opjob;
@@ -16,8 +17,10 @@ use crate::backends::LiveState;
 use crate::cluster::ConfigReader;
 use crate::http::{ServerOptions, serve_filter};
 use crate::jobqueue::JobQueue;
+use crate::jobqueue::idempotency::Idempotency;
 use auth::{REALM, UserDb};
 use error::ApiError;
+use md5::{Digest, Md5};
 use request::Request;
 use routes::Access;
 use serde_json::Value;
@@ -65,18 +68,24 @@ fn error_response(e: &ApiError) -> Response<Vec<u8>> {
     resp
 }
 
-fn check_auth(state: &State, headers: &HeaderMap, access: Access) -> Result<(), ApiError> {
+/// Checks the credentials against the access the request needs; answers the user's name.
+fn check_auth(
+    state: &State,
+    headers: &HeaderMap,
+    access: Access,
+) -> Result<Option<String>, ApiError> {
     let creds = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .map(|h| auth::basic_credentials(h).ok_or_else(|| ApiError::plain(401)));
     let user = match creds {
-        Some(Ok((u, p))) => Some(
+        Some(Ok((u, p))) => Some((
             state
                 .users
                 .authenticate(&u, &p)
                 .ok_or_else(|| ApiError::plain(401))?,
-        ),
+            u,
+        )),
         Some(Err(e)) => return Err(e),
         None => None,
     };
@@ -84,9 +93,9 @@ fn check_auth(state: &State, headers: &HeaderMap, access: Access) -> Result<(), 
     match (user, access) {
         // Upstream says no more than the status for either.
         (None, _) if needs_user => Err(ApiError::plain(401)),
-        (Some(u), Access::Write) if !u.can_write() => Err(ApiError::plain(403)),
-        (Some(u), Access::Read) if !u.can_read() => Err(ApiError::plain(403)),
-        _ => Ok(()),
+        (Some((u, _)), Access::Write) if !u.can_write() => Err(ApiError::plain(403)),
+        (Some((u, _)), Access::Read) if !u.can_read() => Err(ApiError::plain(403)),
+        (user, _) => Ok(user.map(|(_, name)| name)),
     }
 }
 
@@ -106,9 +115,23 @@ async fn handle(
         .collect();
     let seg_refs: Vec<&str> = segments.iter().map(String::as_str).collect();
     let access = routes::access_for(method.as_str(), &seg_refs);
-    if let Err(e) = check_auth(&state, &headers, access) {
-        return Ok(error_response(&e));
-    }
+    let user = match check_auth(&state, &headers, access) {
+        Ok(user) => user,
+        Err(e) => return Ok(error_response(&e)),
+    };
+    let query_pairs = parse_query(&query);
+    let idempotency = match idempotency_key(
+        &method,
+        path.as_str(),
+        &query,
+        &query_pairs,
+        user,
+        &headers,
+        &body,
+    ) {
+        Ok(k) => k,
+        Err(e) => return Ok(error_response(&e)),
+    };
     let body = match parse_body(&headers, &body) {
         Ok(b) => b,
         Err(e) => return Ok(error_response(&e)),
@@ -116,13 +139,63 @@ async fn handle(
     let req = Request {
         method: method.as_str().to_string(),
         segments,
-        query: parse_query(&query),
+        query: query_pairs,
         body,
+        idempotency,
     };
     Ok(match routes::dispatch(&state, &req).await {
         Ok(v) => json_response(StatusCode::OK, &v),
         Err(e) => error_response(&e.at_path(path.as_str())),
     })
+}
+
+/// The `Idempotency-Key` of a mutating request, with the digest of everything that makes the
+/// request what it is; none for reads and dry runs (they create nothing to remember).
+fn idempotency_key(
+    method: &Method,
+    path: &str,
+    raw_query: &str,
+    query: &[(String, String)],
+    user: Option<String>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Option<Idempotency>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .ok()
+        .filter(|k| !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| b.is_ascii_graphic()))
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "Invalid Idempotency-Key header: 1 to 255 visible ASCII characters expected",
+            )
+        })?;
+    let dry_run = query
+        .iter()
+        .any(|(k, v)| k == "dry-run" && v.parse::<i64>().is_ok_and(|n| n != 0));
+    if *method == Method::GET || dry_run {
+        return Ok(None);
+    }
+    let user = user.unwrap_or_default();
+    let mut digest = Md5::new();
+    for part in [
+        method.as_str().as_bytes(),
+        path.as_bytes(),
+        raw_query.as_bytes(),
+        user.as_bytes(),
+        body,
+    ] {
+        digest.update((part.len() as u64).to_be_bytes());
+        digest.update(part);
+    }
+    let digest: [u8; 16] = digest.finalize().into();
+    Ok(Some(Idempotency {
+        user,
+        key: key.to_string(),
+        digest: digest.iter().map(|b| format!("{b:02x}")).collect(),
+    }))
 }
 
 fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
@@ -212,6 +285,22 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let with_state = warp::any().map(move || state.clone());
+    let events = warp::path!("gantry" / "v1" / "events")
+        .and(warp::get())
+        .and(with_state.clone())
+        .and(warp::header::headers_cloned())
+        .and(warp::query::raw().or(warp::any().map(String::new)).unify())
+        .map(|state: Arc<State>, headers: HeaderMap, query: String| {
+            use warp::Reply;
+            let followed = check_auth(&state, &headers, Access::Open)
+                .and_then(|_| events::follow(&state, &headers, &parse_query(&query)));
+            match followed {
+                Ok(stream) => {
+                    warp::sse::reply(warp::sse::keep_alive().stream(stream)).into_response()
+                }
+                Err(e) => error_response(&e).into_response(),
+            }
+        });
     let routes = with_state
         .and(warp::method())
         .and(warp::path::full())
@@ -237,7 +326,7 @@ pub async fn serve(
             };
             Ok::<_, std::convert::Infallible>(error_response(&e))
         });
-    serve_filter(listener, routes, opts, shutdown).await;
+    serve_filter(listener, events.or(routes), opts, shutdown).await;
 }
 
 #[cfg(test)]

@@ -64,15 +64,19 @@ pub fn build(req: &Request, spec: OpSpec) -> Result<OpCode, ApiError> {
         .map_err(|e| ApiError::bad_request(format!("Invalid body parameters: {}", e.0)))
 }
 
-/// Submits one job and answers its id as a bare JSON integer.
-pub async fn submit(state: &State, ops: Vec<OpCode>) -> Result<Value, ApiError> {
-    let id = state.queue.submit(ops).await?;
+/// Submits one job and answers its id as a bare JSON integer; under the request's idempotency
+/// key, a retry answers the first job's id.
+pub async fn submit(state: &State, req: &Request, ops: Vec<OpCode>) -> Result<Value, ApiError> {
+    let id = state
+        .queue
+        .submit_keyed(ops, req.idempotency.clone())
+        .await?;
     Ok(json!(id.0))
 }
 
 pub async fn submit_one(state: &State, req: &Request, spec: OpSpec<'_>) -> Result<Value, ApiError> {
     let op = build(req, spec)?;
-    submit(state, vec![op]).await
+    submit(state, req, vec![op]).await
 }
 
 pub fn statics(pairs: &[(&str, Value)]) -> Map<String, Value> {

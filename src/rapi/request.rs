@@ -8,6 +8,8 @@ pub struct Request {
     pub segments: Vec<String>,
     pub query: Vec<(String, String)>,
     pub body: Value,
+    /// The request's `Idempotency-Key` (not for dry runs): its job is remembered under it.
+    pub idempotency: Option<crate::jobqueue::idempotency::Idempotency>,
 }
 
 impl Request {

@@ -309,7 +309,7 @@ async fn jobs(state: &State, req: &Request) -> R {
                 .map(OpCode::from_json)
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| ApiError::bad_request(format!("Invalid body parameters: {}", e.0)))?;
-            submit(state, ops).await
+            submit(state, req, ops).await
         }
         m => Err(ApiError::unsupported(m)),
     }
@@ -829,7 +829,7 @@ async fn reinstall(state: &State, req: &Request, name: &str) -> R {
             vec![("instance_name", json!(name)), ("force", json!(false))],
         )?);
     }
-    submit(state, ops).await
+    submit(state, req, ops).await
 }
 
 // ---- nodes ----
