@@ -11,6 +11,7 @@ pub mod cmdlib;
 pub mod http;
 pub mod jobqueue;
 pub mod locking;
+pub mod metrics;
 pub mod opcodes;
 pub mod qlang;
 pub mod rapi;

@@ -147,3 +147,76 @@ fn the_official_client_ignores_keys_and_nothing_changes_for_it() {
     assert_ne!(id, id2, "without a key every submission is a job");
     assert_eq!(json!(job_count(&s)), json!(2));
 }
+
+/// The metrics page parsed by Prometheus's own Python parser: metric name → value.
+fn scrape(s: &Server) -> std::collections::BTreeMap<String, f64> {
+    let out = Command::new("curl")
+        .args(["-s", "-k", "-u", "viewer:viewer"])
+        .arg(format!("{}/metrics", s.base))
+        .output()
+        .unwrap();
+    let parser = r#"
+import sys
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+for family in text_string_to_metric_families(sys.stdin.read()):
+    for sample in family.samples:
+        print(sample.name, sample.value)
+"#;
+    let mut py = Command::new("/usr/bin/python3")
+        .args(["-c", parser])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 with prometheus_client (python3-prometheus-client)");
+    use std::io::Write;
+    py.stdin.take().unwrap().write_all(&out.stdout).unwrap();
+    let parsed = py.wait_with_output().unwrap();
+    assert!(
+        parsed.status.success(),
+        "not valid OpenMetrics: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&parsed.stdout)
+        .lines()
+        .filter_map(|l| {
+            let (name, value) = l.split_once(' ')?;
+            Some((name.to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+#[test]
+fn metrics_count_idempotent_hits_conflicts_and_followers() {
+    let s = start(&[]);
+    let before = scrape(&s);
+    assert_eq!(before["gantry_idempotent_hits_total"], 0.0);
+    keyed(&s, "/2/jobs", "m", DELAY);
+    keyed(&s, "/2/jobs", "m", DELAY);
+    keyed(&s, "/2/jobs", "m", DELAY);
+    keyed(
+        &s,
+        "/2/jobs",
+        "m",
+        r#"{"ops": [{"OP_ID": "OP_TEST_DELAY", "duration": 0.5}]}"#,
+    );
+    let mut follower = Command::new("curl")
+        .args(["-s", "-k", "-N", "-o", "/dev/null"])
+        .arg(format!("{}/gantry/v1/events?since=0", s.base))
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let after = scrape(&s);
+    let _ = follower.kill();
+    let _ = follower.wait();
+    assert_eq!(after["gantry_idempotent_hits_total"], 2.0);
+    assert_eq!(after["gantry_idempotent_conflicts_total"], 1.0);
+    assert_eq!(after["gantry_jobs_submitted_total"], 1.0);
+    assert_eq!(after["gantry_event_followers"], 1.0);
+    assert!(after["gantry_events_published_total"] >= 4.0, "{after:?}");
+    assert!(
+        after["gantry_events_sent_total"] >= 4.0,
+        "the follower got the backlog: {after:?}"
+    );
+    // Read access: no user, no metrics.
+    assert_eq!(curl(&s, "GET", "/metrics", None, None).0, 401);
+}

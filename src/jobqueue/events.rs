@@ -112,6 +112,7 @@ impl EventHub {
         let id = st.next_id;
         st.next_id += 1;
         let event = Arc::new(make(id));
+        crate::metrics::METRICS.events_published.inc();
         if st.window.len() == self.retain {
             st.window.pop_front();
         }

@@ -14,6 +14,7 @@ mod store;
 use crate::backends::Backend;
 use crate::cluster::ClusterStore;
 use crate::locking::LockManager;
+use crate::metrics::METRICS;
 use crate::opcodes::OpCode;
 use filters::{Action, CompiledRule, FilterRule};
 use job::{Job, JobId, LogEntry, Status, Timestamp};
@@ -236,6 +237,7 @@ impl JobQueue {
             return Ok(None);
         }
         if record.digest != key.digest {
+            METRICS.idempotent_conflicts.inc();
             return Err(SubmitError::KeyReused(key.key.clone()));
         }
         Ok(Some(JobId(record.job)))
@@ -322,6 +324,7 @@ impl JobQueue {
         let received = Timestamp::now();
         let (accepted, replies) = match self.admit(jobs, key, received)? {
             Admission::Reused(id) => {
+                METRICS.idempotent_hits.inc();
                 // The first answer waited for durability; so does every retry.
                 self.inner.store.durable().await?;
                 return Ok(vec![Ok(id)]);
@@ -346,6 +349,7 @@ impl JobQueue {
                 let Some(job) = st.jobs.get(&id) else {
                     continue;
                 };
+                METRICS.jobs_submitted.inc();
                 self.inner.events.job_changed(job);
                 if job.status() == Status::Queued && job.start_ts.is_none() {
                     let prio = job.priority();

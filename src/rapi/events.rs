@@ -7,6 +7,7 @@
 use super::State;
 use super::error::ApiError;
 use crate::jobqueue::events::Event;
+use crate::metrics::METRICS;
 use futures_util::stream::{self, Stream, StreamExt};
 use serde_json::json;
 use std::collections::HashSet;
@@ -80,7 +81,24 @@ impl Selection {
     }
 }
 
+/// Counts a follower while its stream exists.
+struct Following;
+
+impl Following {
+    fn new() -> Following {
+        METRICS.event_followers.inc();
+        Following
+    }
+}
+
+impl Drop for Following {
+    fn drop(&mut self) {
+        METRICS.event_followers.dec();
+    }
+}
+
 fn frame(e: &Event) -> Sse {
+    METRICS.events_sent.inc();
     Sse::default()
         .id(e.id.to_string())
         .event(e.kind)
@@ -129,8 +147,8 @@ pub fn follow(
         last = last.max(e.id);
     }
     let live = stream::unfold(
-        (sub.live, selection, last, false),
-        |(mut rx, selection, mut last, done)| async move {
+        (sub.live, selection, last, false, Following::new()),
+        |(mut rx, selection, mut last, done, following)| async move {
             if done {
                 return None;
             }
@@ -141,15 +159,16 @@ pub fn follow(
                     Ok(e) => {
                         last = e.id;
                         if selection.wants(&e) {
-                            return Some((frame(&e), (rx, selection, last, false)));
+                            return Some((frame(&e), (rx, selection, last, false, following)));
                         }
                     }
                     Err(RecvError::Lagged(missed)) => {
+                        METRICS.event_follower_drops.inc();
                         let bye = Sse::default().event("dropped").data(
                             json!({"reason": "this client fell too far behind", "missed": missed, "last_event_id": last})
                                 .to_string(),
                         );
-                        return Some((bye, (rx, selection, last, true)));
+                        return Some((bye, (rx, selection, last, true, following)));
                     }
                     Err(RecvError::Closed) => return None,
                 }

@@ -301,6 +301,22 @@ pub async fn serve(
                 Err(e) => error_response(&e).into_response(),
             }
         });
+    let metrics = warp::path!("metrics")
+        .and(warp::get())
+        .and(with_state.clone())
+        .and(warp::header::headers_cloned())
+        .map(|state: Arc<State>, headers: HeaderMap| {
+            use warp::Reply;
+            match check_auth(&state, &headers, Access::Read) {
+                Ok(_) => warp::reply::with_header(
+                    crate::metrics::render(),
+                    "Content-Type",
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                )
+                .into_response(),
+                Err(e) => error_response(&e).into_response(),
+            }
+        });
     let routes = with_state
         .and(warp::method())
         .and(warp::path::full())
@@ -326,7 +342,7 @@ pub async fn serve(
             };
             Ok::<_, std::convert::Infallible>(error_response(&e))
         });
-    serve_filter(listener, events.or(routes), opts, shutdown).await;
+    serve_filter(listener, events.or(metrics).or(routes), opts, shutdown).await;
 }
 
 #[cfg(test)]
