@@ -428,3 +428,102 @@ fn disk_sizes_no_node_could_hold_are_refused() {
     );
     assert_config_sound(&s);
 }
+
+#[test]
+fn hypervisor_nic_node_and_disk_parameters_are_typed_per_hypervisor_and_template() {
+    let s = start(&[]);
+    // The fake hypervisor has no kernel: upstream's HypervisorError, as a real Ganeti answers.
+    let job = submit(
+        &s,
+        "POST",
+        "/2/instances",
+        create_body(
+            "hv1.example.com",
+            json!({"hvparams": {"kernel_path": "/x"}}),
+        ),
+    );
+    assert_eq!(
+        failure(&job),
+        (
+            "HypervisorError".into(),
+            "Parameter 'kernel_path' is not supported".into()
+        )
+    );
+    let job = submit(
+        &s,
+        "POST",
+        "/2/instances",
+        create_body("hv2.example.com", json!({"hvparams": {"bogus": 1}})),
+    );
+    assert_eq!(
+        failure(&job),
+        (
+            "TypeEnforcementError".into(),
+            "Unknown parameter 'bogus'".into()
+        )
+    );
+    create_ok(&s, "hv3.example.com");
+    let job = submit(
+        &s,
+        "PUT",
+        "/2/instances/hv3.example.com/modify",
+        json!({"hvparams": {"kernel_path": "/x"}}),
+    );
+    assert_eq!(failure(&job).0, "HypervisorError");
+    // Cluster-wide: per hypervisor and per disk template, NIC modes, node parameters.
+    for (body, class, message) in [
+        (
+            json!({"hvparams": {"kvm": {"acpi": "maybe"}}}),
+            "TypeEnforcementError",
+            "'acpi' (value maybe) is not a valid boolean",
+        ),
+        (
+            json!({"hvparams": {"vmware": {}}}),
+            "TypeEnforcementError",
+            "Unknown hypervisor 'vmware'",
+        ),
+        (
+            json!({"diskparams": {"drbd": {"resync-rate": "fast"}}}),
+            "TypeEnforcementError",
+            "'resync-rate' (value fast) is not a valid integer",
+        ),
+        (
+            json!({"nicparams": {"mode": "weird"}}),
+            "ConfigurationError",
+            "Invalid NIC mode 'weird'",
+        ),
+        (
+            json!({"ndparams": {"cpu_speed": "fast"}}),
+            "TypeEnforcementError",
+            "'cpu_speed' (value fast) is not a valid float",
+        ),
+    ] {
+        let job = submit(&s, "PUT", "/2/modify", body.clone());
+        assert_eq!(failure(&job), (class.into(), message.into()), "{body}");
+    }
+    let job = submit(
+        &s,
+        "PUT",
+        "/2/groups/default/modify",
+        json!({"ndparams": {"spindle_count": "many"}}),
+    );
+    assert_eq!(failure(&job).0, "TypeEnforcementError");
+    let job = submit(
+        &s,
+        "POST",
+        "/2/nodes/node2.example.com/modify",
+        json!({"ndparams": {"ssh_port": "x"}}),
+    );
+    assert_eq!(failure(&job).0, "TypeEnforcementError");
+    // Convertible values are stored converted.
+    let job = submit(
+        &s,
+        "PUT",
+        "/2/modify",
+        json!({"ndparams": {"cpu_speed": "1.5"}}),
+    );
+    assert_eq!(job["status"], "success", "{job}");
+    let (_, info) = curl(&s, "GET", "/2/info", None, None);
+    assert_eq!(info["ndparams"]["cpu_speed"], 1.5);
+    assert_config_sound(&s);
+}

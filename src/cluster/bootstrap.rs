@@ -39,7 +39,8 @@ static DEFAULTS: std::sync::LazyLock<Params> = std::sync::LazyLock::new(|| {
     serde_json::from_str(include_str!("defaults.json")).expect("defaults.json is valid")
 });
 
-fn default(key: &str) -> Params {
+/// One dictionary of Ganeti 3.0's defaults (`hvparams`, `diskparams`, `ndparams`...).
+pub fn defaults(key: &str) -> Params {
     DEFAULTS
         .get(key)
         .map(|v| obj(v.clone()))
@@ -47,7 +48,7 @@ fn default(key: &str) -> Params {
 }
 
 pub fn default_ipolicy() -> Params {
-    default("ipolicy")
+    defaults("ipolicy")
 }
 
 pub fn initial_config(opts: &InitOptions) -> Config {
@@ -133,7 +134,7 @@ pub fn initial_config(opts: &InitOptions) -> Config {
                     "diskless".into(),
                 ]
             },
-            hvparams: default("hvparams"),
+            hvparams: defaults("hvparams"),
             beparams: obj(
                 json!({"maxmem": 128, "minmem": 128, "vcpus": 1, "auto_balance": true,
                 "always_failover": false, "spindle_use": 1}),
@@ -141,8 +142,8 @@ pub fn initial_config(opts: &InitOptions) -> Config {
             osparams: Params::new(),
             os_hvp: Params::new(),
             nicparams: obj(json!({"mode": "bridged", "link": "br0", "vlan": ""})),
-            ndparams: default("ndparams"),
-            diskparams: default("diskparams"),
+            ndparams: defaults("ndparams"),
+            diskparams: defaults("diskparams"),
             ipolicy: default_ipolicy(),
             candidate_pool_size: 10,
             max_running_jobs: 20,
@@ -170,8 +171,8 @@ pub fn initial_config(opts: &InitOptions) -> Config {
             zeroing_image: String::new(),
             compression_tools: vec!["gzip".into(), "gzip-fast".into(), "gzip-slow".into()],
             enabled_user_shutdown: false,
-            enabled_data_collectors: default("enabled_data_collectors"),
-            data_collector_interval: default("data_collector_interval"),
+            enabled_data_collectors: defaults("enabled_data_collectors"),
+            data_collector_interval: defaults("data_collector_interval"),
             hv_state: Params::new(),
             disk_state: Params::new(),
         },

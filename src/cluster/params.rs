@@ -12,6 +12,7 @@ pub enum VType {
     /// MiB: an integer or a string with a unit.
     Size,
     Int,
+    Float,
 }
 
 /// Backend parameters (`BES_PARAMETER_TYPES`).
@@ -24,6 +25,149 @@ pub const BACKEND: &[(&str, VType)] = &[
     ("spindle_use", VType::Int),
     ("vcpus", VType::Int),
 ];
+
+/// Node parameters (`NDS_PARAMETER_TYPES`), plus gantry's: a fake node's simulated capacity
+/// and a node agent's address.
+pub const NODE: &[(&str, VType)] = &[
+    ("oob_program", VType::Str),
+    ("spindle_count", VType::Int),
+    ("exclusive_storage", VType::Bool),
+    ("ovs", VType::Bool),
+    ("ovs_name", VType::Str),
+    ("ovs_link", VType::Str),
+    ("ssh_port", VType::Int),
+    ("cpu_speed", VType::Float),
+    ("fake_memory_mib", VType::Int),
+    ("fake_disk_mib", VType::Int),
+    ("fake_cpus", VType::Int),
+    ("agent_address", VType::Str),
+];
+
+/// NIC parameters (`NICS_PARAMETER_TYPES`).
+pub const NIC: &[(&str, VType)] = &[
+    ("mode", VType::Str),
+    ("link", VType::Str),
+    ("vlan", VType::Str),
+];
+
+pub const NIC_MODES: &[&str] = &["bridged", "routed", "openvswitch"];
+
+/// The type of a default value: what upstream's tables say for every parameter whose default
+/// is a bool, an integer or a string (hypervisor and disk parameters).
+fn type_of(default: &Value) -> VType {
+    match default {
+        Value::Bool(_) => VType::Bool,
+        Value::Number(n) if n.is_f64() => VType::Float,
+        Value::Number(_) => VType::Int,
+        _ => VType::Str,
+    }
+}
+
+/// A parameter table from a dictionary of defaults (`hvparams.kvm`, `diskparams.drbd`...).
+pub fn table_of(defaults: &Map<String, Value>) -> Vec<(String, VType)> {
+    defaults
+        .iter()
+        .map(|(k, v)| (k.clone(), type_of(v)))
+        .collect()
+}
+
+/// Every hypervisor's parameters, from Ganeti 3.0's defaults: hypervisor → table.
+pub fn hypervisor_tables() -> Vec<(String, Vec<(String, VType)>)> {
+    nested_tables("hvparams")
+}
+
+/// Every disk template's parameters, from Ganeti 3.0's defaults: template → table.
+pub fn disk_tables() -> Vec<(String, Vec<(String, VType)>)> {
+    nested_tables("diskparams")
+}
+
+fn nested_tables(key: &str) -> Vec<(String, Vec<(String, VType)>)> {
+    super::bootstrap::defaults(key)
+        .iter()
+        .filter_map(|(name, d)| Some((name.clone(), table_of(d.as_object()?))))
+        .collect()
+}
+
+/// A refusal of hypervisor parameters: unknown to every hypervisor (`TypeEnforcementError`),
+/// or not one of this hypervisor's (`HypervisorError`), as upstream words them.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum HvParamsError {
+    #[error("{0}")]
+    Type(#[from] TypeEnforcementError),
+    #[error("Parameter '{0}' is not supported")]
+    NotSupported(String),
+}
+
+/// Checks and converts an instance's hypervisor parameters for hypervisor `hv`.
+pub fn check_hvparams(
+    hv: &str,
+    target: &mut Map<String, Value>,
+    allowed: &[&str],
+) -> Result<(), HvParamsError> {
+    let tables = hypervisor_tables();
+    let any = |key: &str| {
+        tables
+            .iter()
+            .flat_map(|(_, t)| t.iter())
+            .find(|(k, _)| k == key)
+            .map(|(_, ty)| *ty)
+    };
+    force_with(target, &any, allowed)?;
+    let own = tables.iter().find(|(name, _)| name == hv).map(|(_, t)| t);
+    if let Some(key) = target
+        .keys()
+        .find(|k| !own.is_some_and(|t| t.iter().any(|(name, _)| name == *k)))
+    {
+        return Err(HvParamsError::NotSupported(key.clone()));
+    }
+    Ok(())
+}
+
+/// Checks cluster-level parameters nested per hypervisor or disk template.
+pub fn check_nested(
+    tables: &[(String, Vec<(String, VType)>)],
+    target: &mut Map<String, Value>,
+    what: &str,
+) -> Result<(), TypeEnforcementError> {
+    for (name, params) in target.iter_mut() {
+        let Some((_, table)) = tables.iter().find(|(n, _)| n == name) else {
+            return Err(TypeEnforcementError(format!("Unknown {what} '{name}'")));
+        };
+        let Some(params) = params.as_object_mut() else {
+            return Err(TypeEnforcementError(format!(
+                "Invalid {what} parameters for '{name}': not a dictionary"
+            )));
+        };
+        force_with(
+            params,
+            &|k| table.iter().find(|(n, _)| n == k).map(|(_, t)| *t),
+            &[],
+        )?;
+    }
+    Ok(())
+}
+
+/// Checks NIC parameters: types, then the mode (`ConfigurationError` upstream).
+pub fn check_nicparams(
+    target: &mut Map<String, Value>,
+    allowed: &[&str],
+) -> Result<(), NicParamsError> {
+    force_dict_type(target, NIC, allowed)?;
+    match target.get("mode").and_then(Value::as_str) {
+        Some(m) if !NIC_MODES.contains(&m) && !allowed.contains(&m) => {
+            Err(NicParamsError::Mode(m.to_string()))
+        }
+        _ => Ok(()),
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum NicParamsError {
+    #[error("{0}")]
+    Type(#[from] TypeEnforcementError),
+    #[error("Invalid NIC mode '{0}'")]
+    Mode(String),
+}
 
 /// The largest size accepted, in MiB (16 PiB): more than any node holds, far below overflow.
 pub const MAX_SIZE_MIB: u64 = 1 << 34;
@@ -53,14 +197,27 @@ pub fn force_dict_type(
     types: &[(&str, VType)],
     allowed: &[&str],
 ) -> Result<(), TypeEnforcementError> {
+    force_with(
+        target,
+        &|key| types.iter().find(|(k, _)| *k == key).map(|(_, t)| *t),
+        allowed,
+    )
+}
+
+/// `force_dict_type` with the table as a lookup.
+fn force_with(
+    target: &mut Map<String, Value>,
+    type_of: &dyn Fn(&str) -> Option<VType>,
+    allowed: &[&str],
+) -> Result<(), TypeEnforcementError> {
     for (key, value) in target.iter_mut() {
-        let Some((_, ty)) = types.iter().find(|(k, _)| k == key) else {
+        let Some(ty) = type_of(key) else {
             return Err(TypeEnforcementError(format!("Unknown parameter '{key}'")));
         };
         if value.as_str().is_some_and(|s| allowed.contains(&s)) {
             continue;
         }
-        *value = convert(key, *ty, value)?;
+        *value = convert(key, ty, value)?;
     }
     Ok(())
 }
@@ -104,6 +261,18 @@ fn convert(key: &str, ty: VType, value: &Value) -> Result<Value, TypeEnforcement
             match n {
                 Some(n) if (-MAX_INT..=MAX_INT).contains(&n) => json!(n),
                 _ => return Err(bad("integer")),
+            }
+        }
+        VType::Float => {
+            let f = match value {
+                Value::Number(n) => n.as_f64(),
+                Value::String(s) => s.trim().parse::<f64>().ok(),
+                Value::Bool(b) => Some(f64::from(u8::from(*b))),
+                _ => None,
+            };
+            match f {
+                Some(f) if f.is_finite() => json!(f),
+                _ => return Err(bad("float")),
             }
         }
         VType::Size => match crate::opcodes::parse_size_mib(value) {

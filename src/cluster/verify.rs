@@ -4,7 +4,7 @@
 //! invariant; none means the configuration is sound.
 
 use super::model::Config;
-use super::params::{BACKEND, force_dict_type};
+use super::params::{BACKEND, NODE, check_hvparams, force_dict_type};
 use std::collections::BTreeMap;
 
 pub fn verify(cfg: &Config) -> Vec<String> {
@@ -51,6 +51,16 @@ pub fn verify(cfg: &Config) -> Vec<String> {
             errors.push(format!(
                 "instance {name}: backend parameters are not normalised"
             ));
+        }
+        let mut hv = inst.hvparams.clone();
+        if let Err(e) = check_hvparams(&inst.hypervisor, &mut hv, &[]) {
+            errors.push(format!("instance {name}: hypervisor parameters: {e}"));
+        }
+    }
+    for node in cfg.nodes.values() {
+        let mut nd = node.ndparams.clone();
+        if let Err(e) = force_dict_type(&mut nd, NODE, &[]) {
+            errors.push(format!("node {}: node parameters: {e}", node.name));
         }
     }
     for (mac, owners) in macs.iter().filter(|(_, o)| o.len() > 1) {

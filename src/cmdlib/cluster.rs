@@ -213,6 +213,35 @@ async fn set_params(ctx: &Ctx) -> Result<Value, OpError> {
         }
         c.volume_group_name = vg.into();
     }
+    use crate::cluster::params;
+    // Typed first: what is merged below is what the tables allow.
+    let mut op = op.clone();
+    let mut typed =
+        |key: &str, check: &dyn Fn(&mut serde_json::Map<String, Value>) -> Result<(), OpError>| {
+            match op.params_mut().get_mut(key) {
+                Some(Value::Object(m)) => check(m),
+                _ => Ok(()),
+            }
+        };
+    typed("hvparams", &|m| {
+        Ok(params::check_nested(
+            &params::hypervisor_tables(),
+            m,
+            "hypervisor",
+        )?)
+    })?;
+    typed("diskparams", &|m| {
+        Ok(params::check_nested(
+            &params::disk_tables(),
+            m,
+            "disk template",
+        )?)
+    })?;
+    typed("nicparams", &|m| Ok(params::check_nicparams(m, &[])?))?;
+    typed("ndparams", &|m| {
+        Ok(params::force_dict_type(m, params::NODE, &[])?)
+    })?;
+    let op = &op;
     let merge = |target: &mut crate::cluster::model::Params, key: &str, nested: bool| {
         if let Some(changes) = op.get(key).and_then(Value::as_object) {
             for (k, v) in changes {

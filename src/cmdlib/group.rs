@@ -93,6 +93,13 @@ async fn add(ctx: &Ctx) -> Result<Value, OpError> {
             ErrorCode::AlreadyExists,
         ));
     }
+    let mut ndparams = obj(op, "ndparams").unwrap_or_default();
+    let mut diskparams = obj(op, "diskparams").unwrap_or_default();
+    {
+        use crate::cluster::params;
+        params::force_dict_type(&mut ndparams, params::NODE, &[])?;
+        params::check_nested(&params::disk_tables(), &mut diskparams, "disk template")?;
+    }
     if ctx.stop_for_dry_run() {
         return Ok(Value::Null);
     }
@@ -101,8 +108,8 @@ async fn add(ctx: &Ctx) -> Result<Value, OpError> {
         name,
         meta,
         alloc_policy: op.str("alloc_policy").unwrap_or("preferred").into(),
-        ndparams: obj(op, "ndparams").unwrap_or_default(),
-        diskparams: obj(op, "diskparams").unwrap_or_default(),
+        ndparams,
+        diskparams,
         ipolicy: obj(op, "ipolicy").unwrap_or_default(),
         hv_state: obj(op, "hv_state").unwrap_or_default(),
         disk_state: obj(op, "disk_state").unwrap_or_default(),
@@ -192,7 +199,15 @@ async fn set_params(ctx: &Ctx) -> Result<Value, OpError> {
         ("hv_state", &mut group.hv_state),
         ("disk_state", &mut group.disk_state),
     ] {
-        if let Some(p) = obj(op, key) {
+        if let Some(mut p) = obj(op, key) {
+            use crate::cluster::params;
+            match key {
+                "ndparams" => params::force_dict_type(&mut p, params::NODE, &["default"])?,
+                "diskparams" => {
+                    params::check_nested(&params::disk_tables(), &mut p, "disk template")?
+                }
+                _ => {}
+            }
             for (k, v) in p {
                 if v.as_str() == Some("default") {
                     target.remove(&k);

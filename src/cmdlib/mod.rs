@@ -83,6 +83,34 @@ impl From<crate::cluster::ConfigError> for OpError {
     }
 }
 
+impl From<crate::cluster::params::HvParamsError> for OpError {
+    fn from(e: crate::cluster::params::HvParamsError) -> OpError {
+        use crate::cluster::params::HvParamsError::*;
+        match e {
+            Type(t) => t.into(),
+            NotSupported(_) => OpError {
+                class: "HypervisorError",
+                message: e.to_string(),
+                ecode: None,
+            },
+        }
+    }
+}
+
+impl From<crate::cluster::params::NicParamsError> for OpError {
+    fn from(e: crate::cluster::params::NicParamsError) -> OpError {
+        use crate::cluster::params::NicParamsError::*;
+        match e {
+            Type(t) => t.into(),
+            Mode(_) => OpError {
+                class: "ConfigurationError",
+                message: e.to_string(),
+                ecode: None,
+            },
+        }
+    }
+}
+
 impl From<crate::cluster::params::TypeEnforcementError> for OpError {
     fn from(e: crate::cluster::params::TypeEnforcementError) -> OpError {
         OpError {

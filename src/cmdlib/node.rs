@@ -138,6 +138,12 @@ async fn set_params(ctx: &Ctx) -> Result<Value, OpError> {
         ));
     }
     if let Some(nd) = op.get("ndparams").and_then(Value::as_object) {
+        let mut typed = nd.clone();
+        crate::cluster::params::force_dict_type(
+            &mut typed,
+            crate::cluster::params::NODE,
+            &["default"],
+        )?;
         check_agent_address(nd)?;
     }
     if [mc, off, dr].iter().filter(|f| **f == Some(true)).count() > 1 {
@@ -224,7 +230,13 @@ async fn set_params(ctx: &Ctx) -> Result<Value, OpError> {
         changed.push(json!(["secondary_ip", ip]));
     }
     if let Some(nd) = op.get("ndparams").and_then(Value::as_object) {
-        for (k, v) in nd {
+        let mut nd = nd.clone();
+        crate::cluster::params::force_dict_type(
+            &mut nd,
+            crate::cluster::params::NODE,
+            &["default"],
+        )?;
+        for (k, v) in &nd {
             if v.as_str() == Some("default") {
                 updated.ndparams.remove(k);
             } else {
@@ -427,10 +439,11 @@ async fn add(ctx: &Ctx) -> Result<Value, OpError> {
         Some(g) => find_group_uuid(&cfg, g)?,
         None => cfg.groups.keys().next().cloned().unwrap_or_default(),
     };
-    let ndparams = match op.get("ndparams") {
+    let mut ndparams = match op.get("ndparams") {
         Some(Value::Object(m)) => m.clone(),
         _ => Default::default(),
     };
+    crate::cluster::params::force_dict_type(&mut ndparams, crate::cluster::params::NODE, &[])?;
     check_agent_address(&ndparams)?;
     let spec = node_spec(&name, &ndparams);
     if ctx.stop_for_dry_run() {

@@ -234,6 +234,12 @@ pub async fn execute(ctx: &Ctx) -> Result<Value, OpError> {
         .cloned()
         .unwrap_or_default();
     force_dict_type(&mut beparams, params::BACKEND, &[])?;
+    let mut hvparams = op
+        .get("hvparams")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+    params::check_hvparams(&hv, &mut hvparams, &[])?;
     if let Some(mem) = beparams.remove("memory") {
         let mib = parse_size_mib(&mem)
             .ok_or_else(|| OpError::prereq("Invalid memory size", ErrorCode::WrongInput))?;
@@ -260,11 +266,7 @@ pub async fn execute(ctx: &Ctx) -> Result<Value, OpError> {
         disks,
         nics,
         beparams,
-        hvparams: op
-            .get("hvparams")
-            .and_then(Value::as_object)
-            .cloned()
-            .unwrap_or_default(),
+        hvparams,
         osparams: op
             .get("osparams")
             .and_then(Value::as_object)

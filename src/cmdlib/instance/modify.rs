@@ -179,7 +179,8 @@ pub async fn execute(ctx: &Ctx) -> Result<Value, OpError> {
         }
         merge_params(&mut inst.beparams, &be, "be", &mut changes);
     }
-    if let Some(hv) = obj("hvparams") {
+    if let Some(mut hv) = obj("hvparams") {
+        crate::cluster::params::check_hvparams(&inst.hypervisor, &mut hv, &["default"])?;
         merge_params(&mut inst.hvparams, &hv, "hv", &mut changes);
     }
     if let Some(os) = obj("osparams") {
