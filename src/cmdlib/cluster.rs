@@ -213,35 +213,8 @@ async fn set_params(ctx: &Ctx) -> Result<Value, OpError> {
         }
         c.volume_group_name = vg.into();
     }
-    use crate::cluster::params;
     // Typed first: what is merged below is what the tables allow.
-    let mut op = op.clone();
-    let mut typed =
-        |key: &str, check: &dyn Fn(&mut serde_json::Map<String, Value>) -> Result<(), OpError>| {
-            match op.params_mut().get_mut(key) {
-                Some(Value::Object(m)) => check(m),
-                _ => Ok(()),
-            }
-        };
-    typed("hvparams", &|m| {
-        Ok(params::check_nested(
-            &params::hypervisor_tables(),
-            m,
-            "hypervisor",
-        )?)
-    })?;
-    typed("diskparams", &|m| {
-        Ok(params::check_nested(
-            &params::disk_tables(),
-            m,
-            "disk template",
-        )?)
-    })?;
-    typed("nicparams", &|m| Ok(params::check_nicparams(m, &[])?))?;
-    typed("ndparams", &|m| {
-        Ok(params::force_dict_type(m, params::NODE, &[])?)
-    })?;
-    let op = &op;
+    let op = &typed_cluster_params(op)?;
     let merge = |target: &mut crate::cluster::model::Params, key: &str, nested: bool| {
         if let Some(changes) = op.get(key).and_then(Value::as_object) {
             for (k, v) in changes {
@@ -447,4 +420,25 @@ fn os_diagnose(ctx: &Ctx) -> Result<Value, OpError> {
         rows.push(Value::Array(row));
     }
     Ok(Value::Array(rows))
+}
+
+/// The cluster modification with its parameter dictionaries checked and converted: hvparams
+/// per hypervisor, diskparams per template, nicparams, ndparams.
+fn typed_cluster_params(op: &OpCode) -> Result<OpCode, OpError> {
+    use crate::cluster::params;
+    let mut op = op.clone();
+    let p = op.params_mut();
+    if let Some(Value::Object(m)) = p.get_mut("hvparams") {
+        params::check_nested(&params::hypervisor_tables(), m, "hypervisor")?;
+    }
+    if let Some(Value::Object(m)) = p.get_mut("diskparams") {
+        params::check_nested(&params::disk_tables(), m, "disk template")?;
+    }
+    if let Some(Value::Object(m)) = p.get_mut("nicparams") {
+        params::check_nicparams(m, &[])?;
+    }
+    if let Some(Value::Object(m)) = p.get_mut("ndparams") {
+        params::force_dict_type(m, params::NODE, &[])?;
+    }
+    Ok(op)
 }
