@@ -527,3 +527,90 @@ fn hypervisor_nic_node_and_disk_parameters_are_typed_per_hypervisor_and_template
     assert_eq!(info["ndparams"]["cpu_speed"], 1.5);
     assert_config_sound(&s);
 }
+
+fn job_of(s: &Server, op: Value) -> Value {
+    submit(s, "POST", "/2/jobs", json!({"ops": [op]}))
+}
+
+#[test]
+fn group_changes_and_evacuations_compute_their_moves_first() {
+    let s = start(&[]);
+    assert_eq!(
+        submit(&s, "POST", "/2/groups", json!({"name": "g2"}))["status"],
+        "success"
+    );
+    let moved = submit(
+        &s,
+        "PUT",
+        "/2/groups/g2/assign-nodes?force=1",
+        json!({"nodes": ["node3.example.com"]}),
+    );
+    assert_eq!(moved["status"], "success", "{moved}");
+    let pinned = |name: &str, template: &str| {
+        let body = create_body(
+            name,
+            json!({"disk_template": template, "pnode": "node1.example.com",
+                   "disks": if template == "diskless" { json!([]) } else { json!([{"size": 128}]) }}),
+        );
+        assert_eq!(
+            submit(&s, "POST", "/2/instances", body)["status"],
+            "success"
+        );
+    };
+    pinned("shared1.example.com", "diskless");
+    pinned("local1.example.com", "plain");
+
+    // Node-local disks cannot change group: the parent fails and submits nothing.
+    let before = job_ids(&s).len();
+    let job = job_of(
+        &s,
+        json!({"OP_ID": "OP_INSTANCE_CHANGE_GROUP", "instance_name": "local1.example.com",
+               "target_groups": ["g2"]}),
+    );
+    let (class, message) = failure(&job);
+    assert_eq!(class, "OpPrereqError");
+    assert!(message.starts_with("Can't compute solution for changing group of instance 'local1.example.com' using iallocator 'hail'"), "{message}");
+    assert_eq!(job["opresult"][0][1][1], "insufficient_resources");
+    assert_eq!(job_ids(&s).len(), before + 1, "no child job");
+    // The same for a group evacuation that would leave it behind.
+    let job = job_of(
+        &s,
+        json!({"OP_ID": "OP_GROUP_EVACUATE", "group_name": "default"}),
+    );
+    assert!(
+        failure(&job)
+            .1
+            .starts_with("Can't compute group evacuation using iallocator 'hail'")
+    );
+    assert_eq!(job_ids(&s).len(), before + 2, "still no child job");
+    // Its own group is no target.
+    let job = job_of(
+        &s,
+        json!({"OP_ID": "OP_INSTANCE_CHANGE_GROUP", "instance_name": "shared1.example.com",
+               "target_groups": ["default"]}),
+    );
+    assert_eq!(job["opresult"][0][1][1], "wrong_input", "{job}");
+    // A dry run computes and moves nothing.
+    let job = job_of(
+        &s,
+        json!({"OP_ID": "OP_INSTANCE_CHANGE_GROUP", "instance_name": "shared1.example.com",
+               "target_groups": ["g2"], "dry_run": true}),
+    );
+    assert_eq!(job["opresult"][0], json!({"jobs": []}), "{job}");
+    // Shared storage moves: one child job migrates it to the target group's node.
+    let job = job_of(
+        &s,
+        json!({"OP_ID": "OP_INSTANCE_CHANGE_GROUP", "instance_name": "shared1.example.com",
+               "target_groups": ["g2"]}),
+    );
+    assert_eq!(job["status"], "success", "{job}");
+    let child = job["opresult"][0]["jobs"][0][1]
+        .as_u64()
+        .expect("a child job");
+    let child = wait_job(&s, child);
+    assert_eq!(child["status"], "success", "{child}");
+    assert_eq!(child["ops"][0]["OP_ID"], "OP_INSTANCE_MIGRATE");
+    let (_, inst) = curl(&s, "GET", "/2/instances/shared1.example.com", None, None);
+    assert_eq!(inst["pnode"], "node3.example.com");
+    assert_config_sound(&s);
+}

@@ -295,18 +295,38 @@ async fn evacuate(ctx: &Ctx) -> Result<Value, OpError> {
         find_group_uuid(&cfg, &g)?;
     }
     let nodes = cfg.group_nodes(&uuid);
-    let jobs: Vec<Vec<OpCode>> = cfg
-        .instances
-        .values()
-        .filter(|i| nodes.contains(&i.pnode))
-        .filter_map(|i| {
-            let mut m = serde_json::Map::new();
-            m.insert("instance_name".into(), json!(i.name));
-            m.insert("target_groups".into(), json!(op.strings("target_groups")));
-            OpCode::build(OpId::InstanceChangeGroup, m).ok()
-        })
-        .map(|o| vec![o])
-        .collect();
+    let targets = op.strings("target_groups");
+    if targets
+        .iter()
+        .any(|g| cfg.group_by_name(g).is_some_and(|t| t.meta.uuid == uuid))
+    {
+        return Err(OpError::prereq(
+            format!("Group '{name}' can't be evacuated into itself"),
+            ErrorCode::WrongInput,
+        ));
+    }
+    // Every instance's moves first: the parent fails rather than leave some behind.
+    let mut jobs = vec![];
+    let mut stuck = vec![];
+    for inst in cfg.instances.values().filter(|i| nodes.contains(&i.pnode)) {
+        match super::instance::group_moves(&cfg, inst, &targets) {
+            Ok(ops) => jobs.push(ops),
+            Err(why) => stuck.push(why),
+        }
+    }
+    if !stuck.is_empty() {
+        return Err(OpError::prereq(
+            format!(
+                "Can't compute group evacuation using iallocator '{}': {}",
+                cfg.cluster.default_iallocator,
+                stuck.join("; ")
+            ),
+            ErrorCode::InsufficientResources,
+        ));
+    }
+    if ctx.stop_for_dry_run() {
+        return Ok(json!({"jobs": []}));
+    }
     let submitted = ctx.submit_children(jobs).await?;
     Ok(json!({"jobs": submitted}))
 }

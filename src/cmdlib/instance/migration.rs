@@ -135,11 +135,106 @@ pub(super) async fn migrate(ctx: &Ctx) -> Result<Value, OpError> {
 
 pub(super) async fn change_group(ctx: &Ctx) -> Result<Value, OpError> {
     let cfg = ctx.cfg();
-    op_instance(&ctx.op, &cfg)?;
-    for g in ctx.op.strings("target_groups") {
-        find_group_uuid(&cfg, &g)?;
+    let inst = op_instance(&ctx.op, &cfg)?.clone();
+    let targets = ctx.op.strings("target_groups");
+    let current = cfg.nodes.get(&inst.pnode).map(|n| n.group.clone());
+    for g in &targets {
+        let uuid = find_group_uuid(&cfg, g)?;
+        if Some(&uuid) == current.as_ref() {
+            return Err(OpError::prereq(
+                format!(
+                    "Can't use group(s) '{g}' as targets, they are used by the instance '{}'",
+                    inst.name
+                ),
+                ErrorCode::WrongInput,
+            ));
+        }
     }
-    // Moving instances between groups is not computed yet: no follow-up jobs (see issue note).
-    ctx.stop_for_dry_run();
-    Ok(json!({"jobs": []}))
+    // Computed up front, as the allocator does: no job runs when the move is impossible.
+    let ops = group_moves(&cfg, &inst, &targets).map_err(|why| {
+        OpError::prereq(
+            format!(
+                "Can't compute solution for changing group of instance '{}' using iallocator '{}': {why}",
+                inst.name, cfg.cluster.default_iallocator
+            ),
+            ErrorCode::InsufficientResources,
+        )
+    })?;
+    if ctx.stop_for_dry_run() {
+        return Ok(json!({"jobs": []}));
+    }
+    Ok(json!({"jobs": ctx.submit_children(vec![ops]).await?}))
+}
+
+/// The opcodes that move `inst` to a node group among `targets` (every other group when
+/// empty), as upstream's allocator plans a group change: shared storage migrates (or fails
+/// over when stopped) to a node there; DRBD replaces its secondary with a node there, moves,
+/// and replaces the old primary's half too; node-local storage cannot change group.
+pub fn group_moves(
+    cfg: &Config,
+    inst: &crate::cluster::model::Instance,
+    targets: &[String],
+) -> Result<Vec<OpCode>, String> {
+    let current = cfg.nodes.get(&inst.pnode).map(|n| n.group.clone());
+    let groups: Vec<String> = if targets.is_empty() {
+        cfg.groups
+            .iter()
+            .filter(|(uuid, g)| Some(*uuid) != current.as_ref() && g.alloc_policy != "unallocable")
+            .map(|(uuid, _)| uuid.clone())
+            .collect()
+    } else {
+        targets
+            .iter()
+            .filter_map(|g| cfg.group_by_name(g).map(|g| g.meta.uuid.clone()))
+            .collect()
+    };
+    // Candidates: usable nodes of the target groups, least loaded first.
+    let mut nodes: Vec<&crate::cluster::model::Node> = cfg
+        .nodes
+        .values()
+        .filter(|n| groups.contains(&n.group) && n.vm_capable && !n.offline && !n.drained)
+        .filter(|n| n.name != inst.pnode && !inst.snodes.contains(&n.name))
+        .collect();
+    nodes.sort_by_key(|n| (cfg.primary_instances(&n.name).len(), n.name.clone()));
+    let op = |id, params: Value| {
+        OpCode::build(id, params.as_object().cloned().unwrap_or_default()).map_err(|e| e.0)
+    };
+    let running = inst.admin_state == crate::cluster::model::AdminState::Up;
+    let template = inst.disk_template.as_str();
+    if SHARED.contains(&template) {
+        let target = nodes.first().ok_or("no usable node in the target groups")?;
+        let params = json!({"instance_name": inst.name, "target_node": target.name});
+        return Ok(vec![if running {
+            let mut p = params;
+            p["allow_failover"] = json!(true);
+            op(OpId::InstanceMigrate, p)?
+        } else {
+            op(OpId::InstanceFailover, params)?
+        }]);
+    }
+    if MIRRORED.contains(&template) {
+        let [first, second, ..] = nodes.as_slice() else {
+            return Err("a DRBD instance needs two usable nodes in the target groups".into());
+        };
+        let replace = |node: &str| {
+            op(
+                OpId::InstanceReplaceDisks,
+                json!({"instance_name": inst.name, "mode": "replace_new_secondary",
+                       "remote_node": node, "early_release": false}),
+            )
+        };
+        let moved = if running {
+            op(
+                OpId::InstanceMigrate,
+                json!({"instance_name": inst.name, "allow_failover": true}),
+            )?
+        } else {
+            op(OpId::InstanceFailover, json!({"instance_name": inst.name}))?
+        };
+        return Ok(vec![replace(&first.name)?, moved, replace(&second.name)?]);
+    }
+    Err(format!(
+        "instance {} has a non-mirrored disk template ('{template}'): its disks cannot leave the node",
+        inst.name
+    ))
 }

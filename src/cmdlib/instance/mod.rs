@@ -19,8 +19,8 @@ mod storage;
 mod utils;
 
 use backup::*;
-pub use migration::movable;
 use migration::*;
+pub use migration::{group_moves, movable};
 use operation::*;
 use query::*;
 use storage::*;
