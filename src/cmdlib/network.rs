@@ -51,58 +51,6 @@ pub fn plan(op: &OpCode, cfg: &Config) -> Result<LockPlan, OpError> {
     Ok(p)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn network_lock_plans_are_upstreams() {
-        let mut cfg = crate::cluster::bootstrap::initial_config(&Default::default());
-        let net = crate::cluster::model::Network {
-            name: "n".into(),
-            meta: crate::cluster::model::Meta::new("net-uuid".into(), 0.0),
-            network: "10.0.0.0/24".into(),
-            gateway: None,
-            network6: None,
-            gateway6: None,
-            mac_prefix: None,
-            used: Default::default(),
-            external_reservations: Default::default(),
-        };
-        cfg.networks.insert("net-uuid".into(), net);
-        let op = |id, extra: serde_json::Value| {
-            let mut params = serde_json::json!({"network_name": "n"});
-            params
-                .as_object_mut()
-                .unwrap()
-                .extend(extra.as_object().unwrap().clone());
-            OpCode::build(id, params.as_object().unwrap().clone()).unwrap()
-        };
-        let group = cfg.groups.keys().next().unwrap().clone();
-        let connect = plan(
-            &op(
-                OpId::NetworkConnect,
-                serde_json::json!({"group_name": "default", "network_mode": "bridged", "network_link": "br0"}),
-            ),
-            &cfg,
-        )
-        .unwrap();
-        let locks: Vec<_> = connect
-            .iter()
-            .map(|((l, n), m)| (*l, n.clone(), *m))
-            .collect();
-        assert!(locks.contains(&(LockLevel::Network, "net-uuid".into(), LockMode::Shared)));
-        assert!(locks.contains(&(LockLevel::NodeGroup, group.clone(), LockMode::Exclusive)));
-        let remove = plan(&op(OpId::NetworkRemove, serde_json::json!({})), &cfg).unwrap();
-        let locks: Vec<_> = remove
-            .iter()
-            .map(|((l, n), m)| (*l, n.clone(), *m))
-            .collect();
-        assert!(locks.contains(&(LockLevel::Network, "net-uuid".into(), LockMode::Exclusive)));
-        assert!(locks.contains(&(LockLevel::NodeGroup, group, LockMode::Shared)));
-    }
-}
-
 fn check_ip_list(net: &Network, op: &OpCode, key: &str) -> Result<Vec<String>, OpError> {
     let ips = op.strings(key);
     for ip in &ips {
@@ -325,4 +273,56 @@ async fn disconnect(ctx: &Ctx) -> Result<Value, OpError> {
         })
         .await?;
     Ok(Value::Null)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn network_lock_plans_are_upstreams() {
+        let mut cfg = crate::cluster::bootstrap::initial_config(&Default::default());
+        let net = crate::cluster::model::Network {
+            name: "n".into(),
+            meta: crate::cluster::model::Meta::new("net-uuid".into(), 0.0),
+            network: "10.0.0.0/24".into(),
+            gateway: None,
+            network6: None,
+            gateway6: None,
+            mac_prefix: None,
+            used: Default::default(),
+            external_reservations: Default::default(),
+        };
+        cfg.networks.insert("net-uuid".into(), net);
+        let op = |id, extra: serde_json::Value| {
+            let mut params = serde_json::json!({"network_name": "n"});
+            params
+                .as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            OpCode::build(id, params.as_object().unwrap().clone()).unwrap()
+        };
+        let group = cfg.groups.keys().next().unwrap().clone();
+        let connect = plan(
+            &op(
+                OpId::NetworkConnect,
+                serde_json::json!({"group_name": "default", "network_mode": "bridged", "network_link": "br0"}),
+            ),
+            &cfg,
+        )
+        .unwrap();
+        let locks: Vec<_> = connect
+            .iter()
+            .map(|((l, n), m)| (*l, n.clone(), *m))
+            .collect();
+        assert!(locks.contains(&(LockLevel::Network, "net-uuid".into(), LockMode::Shared)));
+        assert!(locks.contains(&(LockLevel::NodeGroup, group.clone(), LockMode::Exclusive)));
+        let remove = plan(&op(OpId::NetworkRemove, serde_json::json!({})), &cfg).unwrap();
+        let locks: Vec<_> = remove
+            .iter()
+            .map(|((l, n), m)| (*l, n.clone(), *m))
+            .collect();
+        assert!(locks.contains(&(LockLevel::Network, "net-uuid".into(), LockMode::Exclusive)));
+        assert!(locks.contains(&(LockLevel::NodeGroup, group, LockMode::Shared)));
+    }
 }
