@@ -384,6 +384,15 @@ pub fn reserve_mac(ctx: &Ctx, mac: &str) -> Result<(), OpError> {
 }
 
 /// Upstream's messages for a reservation that failed.
+/// Claims an address of a network for this job (`pool`: a free one): no other job can take it
+/// until this one ends, and one already used or outside the network is refused.
+pub fn claim_ip(ctx: &Ctx, net_uuid: &str, ip: &str) -> Result<String, OpError> {
+    let wanted = (ip != "pool").then_some(ip);
+    ctx.cluster
+        .reserve(|cfg, r| r.reserve_ip(cfg, ctx.job_id, net_uuid, wanted))
+        .map_err(conflict)
+}
+
 fn conflict(c: Conflict) -> OpError {
     match c {
         Conflict::MacInUse(mac) => OpError::prereq(
@@ -439,11 +448,7 @@ fn check_nic_networks(
         nic.link = link.link.clone();
         // Claimed now, atomically: parallel creates never share an address.
         if let Some(ip) = nic.ip.clone() {
-            let wanted = (ip != "pool").then_some(ip.as_str());
-            let claimed = ctx
-                .cluster
-                .reserve(|cfg, r| r.reserve_ip(cfg, ctx.job_id, &net_uuid, wanted));
-            nic.ip = Some(claimed.map_err(conflict)?);
+            nic.ip = Some(claim_ip(ctx, &net_uuid, &ip)?);
         }
     }
     Ok(())

@@ -325,8 +325,11 @@ pub async fn execute(ctx: &Ctx) -> Result<Value, OpError> {
                         ));
                     }
                     let taken: Vec<String> = inst.nics.iter().map(|n| n.mac.clone()).collect();
-                    let nic = nic_from_json(&cfg, &params, &taken)?;
+                    let mut nic = nic_from_json(&cfg, &params, &taken)?;
                     super::create::reserve_mac(ctx, &nic.mac)?;
+                    if let (Some(net), Some(ip)) = (nic.network.clone(), nic.ip.clone()) {
+                        nic.ip = Some(super::create::claim_ip(ctx, &net, &ip)?);
+                    }
                     let idx = inst.nics.len();
                     changes.push(json!([
                         format!("nic.{idx}"),
@@ -362,7 +365,15 @@ pub async fn execute(ctx: &Ctx) -> Result<Value, OpError> {
                                 nic.mac = nic_mac(&cfg, s.as_deref(), &[], prefix.as_deref())?;
                                 super::create::reserve_mac(ctx, &nic.mac)?;
                             }
-                            "ip" => nic.ip = nic_ip(s)?,
+                            // On a network, the address must be a free one of it (or `pool`).
+                            "ip" => {
+                                nic.ip = match (nic.network.clone(), nic_ip(s)?) {
+                                    (Some(net), Some(ip)) => {
+                                        Some(super::create::claim_ip(ctx, &net, &ip)?)
+                                    }
+                                    (_, ip) => ip.filter(|ip| ip != "pool"),
+                                }
+                            }
                             "mode" => nic.mode = s.unwrap_or_default(),
                             "link" => nic.link = s.unwrap_or_default(),
                             "vlan" => nic.vlan = s.unwrap_or_default(),
@@ -407,6 +418,15 @@ pub async fn execute(ctx: &Ctx) -> Result<Value, OpError> {
     inst.meta.touch(t);
     ctx.cluster
         .update(|cfg| {
+            // The networks record exactly the addresses the instance's NICs now hold.
+            release_ips(cfg, &inst.name);
+            for nic in &inst.nics {
+                if let (Some(net), Some(ip)) = (&nic.network, &nic.ip)
+                    && let Some(n) = cfg.networks.get_mut(net)
+                {
+                    n.used.insert(ip.clone(), inst.name.clone());
+                }
+            }
             cfg.instances.insert(inst.name.clone(), inst);
         })
         .await?;
