@@ -121,6 +121,44 @@ pub enum AgentCall {
     },
 }
 
+impl AgentCall {
+    /// How long the master waits for the agent's answer: a hung agent fails the job in bounded
+    /// time. Questions are quick; disk copies, OS scripts and migrations may take long.
+    pub fn timeout(&self) -> std::time::Duration {
+        use std::time::Duration;
+        const QUICK: Duration = Duration::from_secs(60);
+        const LONG: Duration = Duration::from_secs(3 * 3600);
+        match self {
+            AgentCall::NodeInfo { .. }
+            | AgentCall::InstanceState { .. }
+            | AgentCall::Console { .. }
+            | AgentCall::ListExports { .. }
+            | AgentCall::RunningConfig { .. }
+            | AgentCall::VerifyOsParams { .. }
+            | AgentCall::AddNode { .. }
+            | AgentCall::Powercycle { .. }
+            | AgentCall::RemoveExport { .. }
+            | AgentCall::Rename { .. }
+            | AgentCall::FinishIncoming { .. } => QUICK,
+            AgentCall::Stop { timeout_s, .. } => Duration::from_secs(*timeout_s) + QUICK,
+            AgentCall::Delay { seconds, .. } => {
+                Duration::try_from_secs_f64(*seconds).unwrap_or(LONG).min(LONG) + QUICK
+            }
+            AgentCall::CreateDisks { .. }
+            | AgentCall::RemoveDisks { .. }
+            | AgentCall::GrowDisk { .. }
+            | AgentCall::InstallOs { .. }
+            | AgentCall::Start { .. }
+            | AgentCall::Reboot { .. }
+            | AgentCall::Migrate { .. }
+            | AgentCall::ExportInstance { .. }
+            | AgentCall::ImportInstance { .. }
+            | AgentCall::PrepareIncoming { .. }
+            | AgentCall::SendMigration { .. } => LONG,
+        }
+    }
+}
+
 /// The wire format of an agent's answer.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

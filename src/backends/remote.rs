@@ -47,9 +47,11 @@ impl RemoteBackend {
         let url = format!("{}{AGENT_PATH}", self.base);
         let body = serde_json::to_vec(&call).map_err(|e| BackendError::failed(e.to_string()))?;
         let (timestamp, nonce, signature) = auth::sign(&self.secret, &body);
+        let timeout = call.timeout();
         let response = self
             .client
             .post(&url)
+            .timeout(timeout)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .header(auth::TIMESTAMP, timestamp)
             .header(auth::NONCE, nonce)
@@ -57,7 +59,14 @@ impl RemoteBackend {
             .body(body)
             .send()
             .await
-            .map_err(|e| unreachable(format!("Error while contacting {}: {e}", self.base)))?;
+            .map_err(|e| {
+                let what = if e.is_timeout() {
+                    format!("no answer from {} within {} s", self.base, timeout.as_secs())
+                } else {
+                    format!("Error while contacting {}: {e}", self.base)
+                };
+                unreachable(what)
+            })?;
         let status = response.status();
         let reply: AgentReply = response
             .json()
