@@ -54,7 +54,10 @@ fn a_retry_after_a_crash_gets_the_same_job() {
     assert_eq!(job_count(&s), 1, "one job, not two");
     // It ran, or (killed while running) recovery ended it: either way it ended, once.
     let job = wait_job(&s, first.as_u64().unwrap());
-    assert!(["success", "error"].contains(&job["status"].as_str().unwrap()), "{job}");
+    assert!(
+        ["success", "error"].contains(&job["status"].as_str().unwrap()),
+        "{job}"
+    );
 }
 
 #[test]

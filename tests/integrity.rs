@@ -497,6 +497,21 @@ fn hypervisor_nic_node_and_disk_parameters_are_typed_per_hypervisor_and_template
             "TypeEnforcementError",
             "'cpu_speed' (value fast) is not a valid float",
         ),
+        (
+            json!({"ipolicy": {"vcpu-ratio": "x"}}),
+            "TypeEnforcementError",
+            "'vcpu-ratio' (value x) is not a valid float",
+        ),
+        (
+            json!({"ipolicy": {"bogus": 1}}),
+            "TypeEnforcementError",
+            "Invalid keys in ipolicy: bogus",
+        ),
+        (
+            json!({"ipolicy": {"std": {"memory-size": "big"}}}),
+            "TypeEnforcementError",
+            "'memory-size' (value big) is not a valid integer",
+        ),
     ] {
         let job = submit(&s, "PUT", "/2/modify", body.clone());
         assert_eq!(failure(&job), (class.into(), message.into()), "{body}");
@@ -515,6 +530,19 @@ fn hypervisor_nic_node_and_disk_parameters_are_typed_per_hypervisor_and_template
         json!({"ndparams": {"ssh_port": "x"}}),
     );
     assert_eq!(failure(&job).0, "TypeEnforcementError");
+    let job = submit(
+        &s,
+        "PUT",
+        "/2/groups/default/modify",
+        json!({"custom_ipolicy": {"disk-templates": ["floppy"]}}),
+    );
+    assert_eq!(
+        failure(&job),
+        (
+            "TypeEnforcementError".into(),
+            "Invalid disk template specified: floppy".into()
+        )
+    );
     // Convertible values are stored converted.
     let job = submit(
         &s,

@@ -142,7 +142,10 @@ impl AgentCall {
             | AgentCall::FinishIncoming { .. } => QUICK,
             AgentCall::Stop { timeout_s, .. } => Duration::from_secs(*timeout_s) + QUICK,
             AgentCall::Delay { seconds, .. } => {
-                Duration::try_from_secs_f64(*seconds).unwrap_or(LONG).min(LONG) + QUICK
+                Duration::try_from_secs_f64(*seconds)
+                    .unwrap_or(LONG)
+                    .min(LONG)
+                    + QUICK
             }
             AgentCall::CreateDisks { .. }
             | AgentCall::RemoveDisks { .. }

@@ -61,7 +61,11 @@ impl RemoteBackend {
             .await
             .map_err(|e| {
                 let what = if e.is_timeout() {
-                    format!("no answer from {} within {} s", self.base, timeout.as_secs())
+                    format!(
+                        "no answer from {} within {} s",
+                        self.base,
+                        timeout.as_secs()
+                    )
                 } else {
                     format!("Error while contacting {}: {e}", self.base)
                 };

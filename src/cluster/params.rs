@@ -169,6 +169,100 @@ pub enum NicParamsError {
     Mode(String),
 }
 
+/// The instance specs an instance policy bounds (`ISPECS_PARAMETER_TYPES`).
+pub const ISPECS: &[(&str, VType)] = &[
+    ("memory-size", VType::Int),
+    ("cpu-count", VType::Int),
+    ("disk-count", VType::Int),
+    ("disk-size", VType::Int),
+    ("nic-count", VType::Int),
+    ("spindle-use", VType::Int),
+];
+
+pub const DISK_TEMPLATES: &[&str] = &[
+    "diskless",
+    "file",
+    "sharedfile",
+    "plain",
+    "blockdev",
+    "drbd",
+    "rbd",
+    "ext",
+    "gluster",
+];
+
+/// Checks and converts an instance policy (cluster or group): `minmax` pairs and `std` of
+/// instance specs, `disk-templates` among the known ones, the two ratios as floats; unknown
+/// keys are refused. Values in `allowed` (`"default"` in a group) pass.
+pub fn check_ipolicy(
+    policy: &mut Map<String, Value>,
+    allowed: &[&str],
+) -> Result<(), TypeEnforcementError> {
+    for (key, value) in policy.iter_mut() {
+        if value.as_str().is_some_and(|s| allowed.contains(&s)) {
+            continue;
+        }
+        match key.as_str() {
+            "minmax" => {
+                let pairs = value.as_array_mut().ok_or_else(|| {
+                    TypeEnforcementError("Invalid instance policy: 'minmax' is not a list".into())
+                })?;
+                for pair in pairs {
+                    let pair = pair.as_object_mut().ok_or_else(|| {
+                        TypeEnforcementError(
+                            "Invalid instance policy: a 'minmax' item is not a dictionary".into(),
+                        )
+                    })?;
+                    for (end, specs) in pair.iter_mut() {
+                        if end != "min" && end != "max" {
+                            return Err(TypeEnforcementError(format!(
+                                "Invalid keys in ipolicy/minmax: {end}"
+                            )));
+                        }
+                        let specs = specs.as_object_mut().ok_or_else(|| {
+                            TypeEnforcementError(format!(
+                                "Invalid instance policy: '{end}' is not a dictionary"
+                            ))
+                        })?;
+                        force_dict_type(specs, ISPECS, &[])?;
+                    }
+                }
+            }
+            "std" => {
+                let specs = value.as_object_mut().ok_or_else(|| {
+                    TypeEnforcementError(
+                        "Invalid instance policy: 'std' is not a dictionary".into(),
+                    )
+                })?;
+                force_dict_type(specs, ISPECS, &[])?;
+            }
+            "disk-templates" => {
+                let list = value.as_array().ok_or_else(|| {
+                    TypeEnforcementError(
+                        "Invalid instance policy: 'disk-templates' is not a list".into(),
+                    )
+                })?;
+                if let Some(bad) = list
+                    .iter()
+                    .find(|t| !t.as_str().is_some_and(|t| DISK_TEMPLATES.contains(&t)))
+                {
+                    return Err(TypeEnforcementError(format!(
+                        "Invalid disk template specified: {}",
+                        shown(bad)
+                    )));
+                }
+            }
+            "vcpu-ratio" | "spindle-ratio" => *value = convert(key, VType::Float, value)?,
+            other => {
+                return Err(TypeEnforcementError(format!(
+                    "Invalid keys in ipolicy: {other}"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The largest size accepted, in MiB (16 PiB): more than any node holds, far below overflow.
 pub const MAX_SIZE_MIB: u64 = 1 << 34;
 /// The largest integer accepted.

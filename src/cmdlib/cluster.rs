@@ -440,5 +440,8 @@ fn typed_cluster_params(op: &OpCode) -> Result<OpCode, OpError> {
     if let Some(Value::Object(m)) = p.get_mut("ndparams") {
         params::force_dict_type(m, params::NODE, &[])?;
     }
+    if let Some(Value::Object(m)) = p.get_mut("ipolicy") {
+        params::check_ipolicy(m, &[])?;
+    }
     Ok(op)
 }

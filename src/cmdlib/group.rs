@@ -95,10 +95,12 @@ async fn add(ctx: &Ctx) -> Result<Value, OpError> {
     }
     let mut ndparams = obj(op, "ndparams").unwrap_or_default();
     let mut diskparams = obj(op, "diskparams").unwrap_or_default();
+    let mut ipolicy = obj(op, "ipolicy").unwrap_or_default();
     {
         use crate::cluster::params;
         params::force_dict_type(&mut ndparams, params::NODE, &[])?;
         params::check_nested(&params::disk_tables(), &mut diskparams, "disk template")?;
+        params::check_ipolicy(&mut ipolicy, &[])?;
     }
     if ctx.stop_for_dry_run() {
         return Ok(Value::Null);
@@ -110,7 +112,7 @@ async fn add(ctx: &Ctx) -> Result<Value, OpError> {
         alloc_policy: op.str("alloc_policy").unwrap_or("preferred").into(),
         ndparams,
         diskparams,
-        ipolicy: obj(op, "ipolicy").unwrap_or_default(),
+        ipolicy,
         hv_state: obj(op, "hv_state").unwrap_or_default(),
         disk_state: obj(op, "disk_state").unwrap_or_default(),
         networks: Default::default(),
@@ -206,6 +208,7 @@ async fn set_params(ctx: &Ctx) -> Result<Value, OpError> {
                 "diskparams" => {
                     params::check_nested(&params::disk_tables(), &mut p, "disk template")?
                 }
+                "ipolicy" => params::check_ipolicy(&mut p, &["default"])?,
                 _ => {}
             }
             for (k, v) in p {
