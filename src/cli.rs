@@ -102,8 +102,9 @@ struct ServeArgs {
     /// Port to listen on.
     #[arg(long, default_value_t = 5080)]
     port: u16,
-    /// Address to bind.
-    #[arg(long, default_value = "0.0.0.0")]
+    /// Address to bind: this host only by default (as Debian's Ganeti RAPI); `0.0.0.0` for
+    /// every interface.
+    #[arg(long, default_value = "127.0.0.1")]
     bind: String,
     /// Data directory (sled database, certificate, default users file).
     #[arg(long, default_value = "gantry-data")]
@@ -422,6 +423,14 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         .map_err(|e| format!("{addr}: {e}"))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(%local, tls = tls.is_some(), "gantry RAPI listening");
+    let writers = state.users.cleartext_writers();
+    if !local.ip().is_loopback() && !writers.is_empty() {
+        tracing::warn!(
+            users = %writers.join(","),
+            "users with write access have clear-text passwords while the RAPI listens beyond \
+             this host: store {{HA1}} digests instead (gantry users hash NAME)"
+        );
+    }
     println!(
         "gantry listening on {}://{local}",
         if tls.is_some() { "https" } else { "http" }

@@ -41,8 +41,6 @@ pub(super) async fn run_job(queue: JobQueue, id: JobId) {
 
 /// Marks the next opcode `waiting`; `None` when the job is done (or canceled at a boundary).
 async fn start_next_op(queue: &JobQueue, id: JobId) -> Option<(usize, OpCode)> {
-    // Taken before the queue lock: the configuration lock is never waited for under it.
-    let cfg = queue.cluster().snapshot();
     let (snapshot, next, flush) = {
         let mut st = queue.state();
         let job = st.jobs.get_mut(&id)?;
@@ -57,13 +55,6 @@ async fn start_next_op(queue: &JobQueue, id: JobId) -> Option<(usize, OpCode)> {
             (job.clone(), None, true)
         } else {
             let op = &mut job.ops[idx];
-            // Cosmetic for the record: a bug there must not wedge the job under this lock.
-            let recorded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                cmdlib::recorded_params(&op.input, &cfg)
-            }));
-            for (name, value) in recorded.unwrap_or_default() {
-                op.input.set(name, value);
-            }
             op.status = Status::Waiting;
             op.start.get_or_insert(now);
             job.start_ts.get_or_insert(now);
@@ -72,6 +63,25 @@ async fn start_next_op(queue: &JobQueue, id: JobId) -> Option<(usize, OpCode)> {
     };
     queue.persist(&snapshot, flush).await;
     next
+}
+
+/// What upstream's logical unit writes back into its opcode (resolved UUIDs, computed
+/// defaults); only for the record, so a bug there must not wedge the job. Computed outside the
+/// queue lock: the configuration lock is never waited for under it.
+fn recorded(op: &OpCode, cluster: &crate::cluster::ClusterStore) -> Vec<(&'static str, Value)> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        cmdlib::recorded_params(op, &cluster.snapshot())
+    }))
+    .unwrap_or_default()
+}
+
+/// Writes recorded parameters into the job's opcode (persisted with its next change).
+fn record(queue: &JobQueue, id: JobId, idx: usize, params: Vec<(&'static str, Value)>) {
+    if let Some(job) = queue.state().jobs.get_mut(&id) {
+        for (name, value) in params {
+            job.ops[idx].input.set(name, value);
+        }
+    }
 }
 
 async fn run_op(
@@ -87,7 +97,11 @@ async fn run_op(
     let cluster = queue.cluster().clone();
     let mut plan = match cmdlib::plan(&op, &cluster.snapshot()) {
         Ok(p) => p,
-        Err(e) => return Outcome::Failed(e.to_json()),
+        Err(e) => {
+            // Upstream resolves names before its checks fail: the record shows them too.
+            record(queue, id, idx, recorded(&op, &cluster));
+            return Outcome::Failed(e.to_json());
+        }
     };
     let priority = op.priority();
     // Lock lists computed from the configuration are re-checked once held (spec opcodes.md §1.5).
@@ -105,6 +119,7 @@ async fn run_op(
     if *cancel.borrow() {
         return Outcome::Canceled;
     }
+    let recorded = recorded(&op, &cluster);
     let snapshot = {
         let mut st = queue.state();
         let Some(job) = st.jobs.get_mut(&id) else {
@@ -112,6 +127,9 @@ async fn run_op(
         };
         if job.ops[idx].status == Status::Canceling {
             return Outcome::Canceled;
+        }
+        for (name, value) in recorded {
+            job.ops[idx].input.set(name, value);
         }
         job.ops[idx].status = Status::Running;
         job.ops[idx].exec = Some(Timestamp::now());

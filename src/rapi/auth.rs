@@ -21,6 +21,8 @@ pub struct User {
     /// an `{HA1}` value that is not 32 hex digits, which no password matches).
     digest: Option<[u8; 16]>,
     pub options: Vec<String>,
+    /// The password is in the file in clear text (not `{HA1}`).
+    pub cleartext: bool,
 }
 
 impl User {
@@ -111,7 +113,15 @@ pub fn parse_users(text: &str) -> HashMap<String, User> {
             })
             .unwrap_or_default();
         let digest = expected_digest(parts[0], &secret);
-        users.insert(parts[0].to_string(), User { digest, options });
+        let cleartext = matches!(secret, Secret::Cleartext(_));
+        users.insert(
+            parts[0].to_string(),
+            User {
+                digest,
+                options,
+                cleartext,
+            },
+        );
     }
     users
 }
@@ -173,6 +183,18 @@ impl UserDb {
                 self.reload(&path);
             }
         }
+    }
+
+    /// Users who may write and whose password is in the file in clear text.
+    pub fn cleartext_writers(&self) -> Vec<String> {
+        let users = self.users.read().unwrap_or_else(|e| e.into_inner());
+        let mut names: Vec<String> = users
+            .iter()
+            .filter(|(_, u)| u.cleartext && u.can_write())
+            .map(|(n, _)| n.clone())
+            .collect();
+        names.sort();
+        names
     }
 
     /// The user, if the name exists and the password matches. An unknown name costs the same
