@@ -55,16 +55,7 @@ fn follow(s: &Server, out: &std::path::Path, last_id: Option<u64>) -> Child {
 }
 
 fn submit_delay(s: &Server, repeat: u64) -> u64 {
-    let op = json!({"OP_ID": "OP_TEST_DELAY", "duration": 0.001, "repeat": repeat});
-    let (code, id) = curl(
-        s,
-        "POST",
-        "/2/jobs",
-        Some("admin:admin"),
-        Some(&json!({"ops": [op]}).to_string()),
-    );
-    assert_eq!(code, 200, "{id}");
-    id.as_u64().unwrap()
+    delay_job(s, 0.001, json!({"repeat": repeat}))
 }
 
 /// Waits until the stream file holds a final status event for every job in `ids`.
