@@ -64,24 +64,34 @@ fn type_of(default: &Value) -> VType {
 }
 
 /// A parameter table from a dictionary of defaults (`hvparams.kvm`, `diskparams.drbd`...).
-pub fn table_of(defaults: &Map<String, Value>) -> Vec<(String, VType)> {
+fn table_of(defaults: &Map<String, Value>) -> Vec<(String, VType)> {
     defaults
         .iter()
         .map(|(k, v)| (k.clone(), type_of(v)))
         .collect()
 }
 
-/// Every hypervisor's parameters, from Ganeti 3.0's defaults: hypervisor → table.
-pub fn hypervisor_tables() -> Vec<(String, Vec<(String, VType)>)> {
-    nested_tables("hvparams")
+/// Named parameter tables: hypervisor or disk template → its parameters' types.
+pub type Tables = Vec<(String, Vec<(String, VType)>)>;
+
+/// Built once: checks run per instance (config verification walks them all).
+static HV_TABLES: std::sync::LazyLock<Tables> =
+    std::sync::LazyLock::new(|| nested_tables("hvparams"));
+static DISK_TABLES: std::sync::LazyLock<Tables> =
+    std::sync::LazyLock::new(|| nested_tables("diskparams"));
+
+/// Every hypervisor's parameters, from Ganeti 3.0's defaults.
+pub fn hypervisor_tables() -> &'static Tables {
+    &HV_TABLES
 }
 
-/// Every disk template's parameters, from Ganeti 3.0's defaults: template → table.
-pub fn disk_tables() -> Vec<(String, Vec<(String, VType)>)> {
-    nested_tables("diskparams")
+/// Every disk template's parameters, from Ganeti 3.0's defaults; its names are the known
+/// disk templates.
+pub fn disk_tables() -> &'static Tables {
+    &DISK_TABLES
 }
 
-fn nested_tables(key: &str) -> Vec<(String, Vec<(String, VType)>)> {
+fn nested_tables(key: &str) -> Tables {
     super::bootstrap::defaults(key)
         .iter()
         .filter_map(|(name, d)| Some((name.clone(), table_of(d.as_object()?))))
@@ -125,7 +135,7 @@ pub fn check_hvparams(
 
 /// Checks cluster-level parameters nested per hypervisor or disk template.
 pub fn check_nested(
-    tables: &[(String, Vec<(String, VType)>)],
+    tables: &Tables,
     target: &mut Map<String, Value>,
     what: &str,
 ) -> Result<(), TypeEnforcementError> {
@@ -179,18 +189,6 @@ pub const ISPECS: &[(&str, VType)] = &[
     ("spindle-use", VType::Int),
 ];
 
-pub const DISK_TEMPLATES: &[&str] = &[
-    "diskless",
-    "file",
-    "sharedfile",
-    "plain",
-    "blockdev",
-    "drbd",
-    "rbd",
-    "ext",
-    "gluster",
-];
-
 /// Checks and converts an instance policy (cluster or group): `minmax` pairs and `std` of
 /// instance specs, `disk-templates` among the known ones, the two ratios as floats; unknown
 /// keys are refused. Values in `allowed` (`"default"` in a group) pass.
@@ -242,10 +240,10 @@ pub fn check_ipolicy(
                         "Invalid instance policy: 'disk-templates' is not a list".into(),
                     )
                 })?;
-                if let Some(bad) = list
-                    .iter()
-                    .find(|t| !t.as_str().is_some_and(|t| DISK_TEMPLATES.contains(&t)))
-                {
+                if let Some(bad) = list.iter().find(|t| {
+                    !t.as_str()
+                        .is_some_and(|t| disk_tables().iter().any(|(n, _)| n == t))
+                }) {
                     return Err(TypeEnforcementError(format!(
                         "Invalid disk template specified: {}",
                         shown(bad)

@@ -429,10 +429,10 @@ fn typed_cluster_params(op: &OpCode) -> Result<OpCode, OpError> {
     let mut op = op.clone();
     let p = op.params_mut();
     if let Some(Value::Object(m)) = p.get_mut("hvparams") {
-        params::check_nested(&params::hypervisor_tables(), m, "hypervisor")?;
+        params::check_nested(params::hypervisor_tables(), m, "hypervisor")?;
     }
     if let Some(Value::Object(m)) = p.get_mut("diskparams") {
-        params::check_nested(&params::disk_tables(), m, "disk template")?;
+        params::check_nested(params::disk_tables(), m, "disk template")?;
     }
     if let Some(Value::Object(m)) = p.get_mut("nicparams") {
         params::check_nicparams(m, &[])?;

@@ -99,7 +99,7 @@ async fn add(ctx: &Ctx) -> Result<Value, OpError> {
     {
         use crate::cluster::params;
         params::force_dict_type(&mut ndparams, params::NODE, &[])?;
-        params::check_nested(&params::disk_tables(), &mut diskparams, "disk template")?;
+        params::check_nested(params::disk_tables(), &mut diskparams, "disk template")?;
         params::check_ipolicy(&mut ipolicy, &[])?;
     }
     if ctx.stop_for_dry_run() {
@@ -206,7 +206,7 @@ async fn set_params(ctx: &Ctx) -> Result<Value, OpError> {
             match key {
                 "ndparams" => params::force_dict_type(&mut p, params::NODE, &["default"])?,
                 "diskparams" => {
-                    params::check_nested(&params::disk_tables(), &mut p, "disk template")?
+                    params::check_nested(params::disk_tables(), &mut p, "disk template")?
                 }
                 "ipolicy" => params::check_ipolicy(&mut p, &["default"])?,
                 _ => {}
