@@ -46,6 +46,11 @@ fn assert_config_sound(s: &Server) {
     );
 }
 
+/// Submits, waits, and answers the (class, message) of the job's failure.
+fn refused(s: &Server, method: &str, path: &str, body: Value) -> (String, String) {
+    failure(&submit(s, method, path, body))
+}
+
 /// The (class, message) of a failed job.
 fn failure(job: &Value) -> (String, String) {
     assert_eq!(job["status"], "error", "{job}");
@@ -156,14 +161,13 @@ fn backend_parameters_are_typed_as_upstream_types_them() {
 #[test]
 fn nic_addresses_are_checked() {
     let s = start(&[]);
-    let job = submit(
-        &s,
-        "POST",
-        "/2/instances",
-        create_body("web1.example.com", json!({"nics": [{"ip": "300.1.1.1"}]})),
-    );
     assert_eq!(
-        failure(&job),
+        refused(
+            &s,
+            "POST",
+            "/2/instances",
+            create_body("web1.example.com", json!({"nics": [{"ip": "300.1.1.1"}]})),
+        ),
         (
             "OpPrereqError".into(),
             "Invalid IP address '300.1.1.1'".into()
@@ -433,30 +437,28 @@ fn disk_sizes_no_node_could_hold_are_refused() {
 fn hypervisor_nic_node_and_disk_parameters_are_typed_per_hypervisor_and_template() {
     let s = start(&[]);
     // The fake hypervisor has no kernel: upstream's HypervisorError, as a real Ganeti answers.
-    let job = submit(
-        &s,
-        "POST",
-        "/2/instances",
-        create_body(
-            "hv1.example.com",
-            json!({"hvparams": {"kernel_path": "/x"}}),
-        ),
-    );
     assert_eq!(
-        failure(&job),
+        refused(
+            &s,
+            "POST",
+            "/2/instances",
+            create_body(
+                "hv1.example.com",
+                json!({"hvparams": {"kernel_path": "/x"}}),
+            ),
+        ),
         (
             "HypervisorError".into(),
             "Parameter 'kernel_path' is not supported".into()
         )
     );
-    let job = submit(
-        &s,
-        "POST",
-        "/2/instances",
-        create_body("hv2.example.com", json!({"hvparams": {"bogus": 1}})),
-    );
     assert_eq!(
-        failure(&job),
+        refused(
+            &s,
+            "POST",
+            "/2/instances",
+            create_body("hv2.example.com", json!({"hvparams": {"bogus": 1}})),
+        ),
         (
             "TypeEnforcementError".into(),
             "Unknown parameter 'bogus'".into()
@@ -530,14 +532,13 @@ fn hypervisor_nic_node_and_disk_parameters_are_typed_per_hypervisor_and_template
         json!({"ndparams": {"ssh_port": "x"}}),
     );
     assert_eq!(failure(&job).0, "TypeEnforcementError");
-    let job = submit(
-        &s,
-        "PUT",
-        "/2/groups/default/modify",
-        json!({"custom_ipolicy": {"disk-templates": ["floppy"]}}),
-    );
     assert_eq!(
-        failure(&job),
+        refused(
+            &s,
+            "PUT",
+            "/2/groups/default/modify",
+            json!({"custom_ipolicy": {"disk-templates": ["floppy"]}}),
+        ),
         (
             "TypeEnforcementError".into(),
             "Invalid disk template specified: floppy".into()
