@@ -7,6 +7,8 @@
 //!
 //! Results go to stdout; doc/benchmarks.md records a run.
 
+mod common;
+
 use gantry::backends::fake::FakeBackend;
 use gantry::cluster::ClusterStore;
 use gantry::cluster::bootstrap::InitOptions;
@@ -15,52 +17,11 @@ use gantry::opcodes::OpCode;
 use gantry::storage::GroupCommit;
 use serde_json::json;
 use std::io::Write;
-use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 const RUN: Duration = Duration::from_secs(3);
-
-fn fdatasync_loop() -> f64 {
-    let dir = tempfile::tempdir().unwrap();
-    let file = std::fs::File::create(dir.path().join("log")).unwrap();
-    let record = [7u8; 256];
-    let (start, mut n) = (Instant::now(), 0u64);
-    while start.elapsed() < RUN {
-        file.write_at(&record, n * 256).unwrap();
-        file.sync_data().unwrap();
-        n += 1;
-    }
-    n as f64 / start.elapsed().as_secs_f64()
-}
-
-async fn group_commit(writers: usize) -> f64 {
-    let dir = tempfile::tempdir().unwrap();
-    let commit = GroupCommit::open(&dir.path().join("db")).unwrap();
-    let tree = commit.db().open_tree("bench").unwrap();
-    let done = Arc::new(AtomicU64::new(0));
-    let start = Instant::now();
-    let tasks: Vec<_> = (0..writers)
-        .map(|w| {
-            let (commit, tree, done) = (commit.clone(), tree.clone(), done.clone());
-            tokio::spawn(async move {
-                let mut i = 0u64;
-                while start.elapsed() < RUN {
-                    let key = format!("{w:04}-{i:012}");
-                    tree.insert(key.as_bytes(), &[7u8; 256][..]).unwrap();
-                    commit.durable().await.unwrap();
-                    done.fetch_add(1, Ordering::Relaxed);
-                    i += 1;
-                }
-            })
-        })
-        .collect();
-    for t in tasks {
-        t.await.unwrap();
-    }
-    done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
-}
 
 async fn job_submits(submitters: usize) -> f64 {
     let dir = tempfile::tempdir().unwrap();
@@ -112,11 +73,11 @@ fn main() {
     writeln!(
         out,
         "fdatasync loop, 1 writer              {:>10.0}",
-        fdatasync_loop()
+        common::fdatasync_loop(RUN)
     )
     .unwrap();
     for writers in [1, 8, 32] {
-        let rate = rt.block_on(group_commit(writers));
+        let rate = rt.block_on(common::group_commit(writers, RUN));
         writeln!(
             out,
             "sled group commit, {writers:>2} writers        {rate:>10.0}"

@@ -151,9 +151,12 @@ struct ServeArgs {
     /// Disk of each fake node in MiB.
     #[arg(long, default_value_t = 524288)]
     node_disk: u64,
-    /// Refuse submissions beyond this many non-archived jobs.
-    #[arg(long, default_value_t = 5000)]
+    /// Refuse submissions while this many jobs are unfinished (queued, waiting or running).
+    #[arg(long, default_value_t = 10_000)]
     queue_limit: usize,
+    /// Finished jobs kept unarchived (listed by GET /2/jobs); beyond it the oldest are archived.
+    #[arg(long, default_value_t = 20_000)]
+    keep_finished: usize,
     /// Archive finalized jobs older than this many seconds.
     #[arg(long, default_value_t = 6 * 3600)]
     archive_age: u64,
@@ -259,7 +262,7 @@ fn check_db(data_dir: &Path) -> Result<String, String> {
     let config = crate::cluster::check_stored(&commit)
         .map_err(|e| format!("{}: configuration: {e}", db_dir.display()))?;
     let store = Store::open(&commit).map_err(|e| e.to_string())?;
-    let (live, archived, logs) = store
+    let (unfinished, finished, archived, logs) = store
         .check()
         .map_err(|e| format!("{}: job queue: {e}", db_dir.display()))?;
     let cluster = match config {
@@ -272,7 +275,8 @@ fn check_db(data_dir: &Path) -> Result<String, String> {
         None => "no cluster yet".into(),
     };
     Ok(format!(
-        "{}: {cluster}; {live} live and {archived} archived jobs, {logs} log entries: all readable",
+        "{}: {cluster}; {unfinished} unfinished, {finished} finished and {archived} archived jobs, \
+         {logs} log entries: all readable",
         db_dir.display()
     ))
 }
@@ -384,6 +388,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     });
     let opts = QueueOptions {
         hard_limit: args.queue_limit,
+        keep_finished: args.keep_finished,
         archive_age: Duration::from_secs(args.archive_age),
         archive_interval: Duration::from_secs(args.archive_interval.max(1)),
         space: Some(space),

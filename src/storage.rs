@@ -111,6 +111,10 @@ impl GroupCommit {
 
 /// Opens sled, turning its panics on a damaged file (it asserts while recovering) into an error
 /// that names the database and says what to do.
+/// sled's page cache. Its default (1 GiB) would let memory grow with the stored history; hot
+/// records (unfinished jobs, the config) are few, and finished jobs are read rarely.
+const CACHE_BYTES: u64 = 64 << 20;
+
 fn open_db(path: &Path) -> Result<sled::Db, StorageError> {
     let damaged = |detail: String| {
         StorageError::Open(format!(
@@ -122,7 +126,12 @@ fn open_db(path: &Path) -> Result<sled::Db, StorageError> {
     // Quiet the default hook for the duration: the message goes into the error instead.
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
-    let opened = std::panic::catch_unwind(|| sled::Config::new().path(path).open());
+    let opened = std::panic::catch_unwind(|| {
+        sled::Config::new()
+            .path(path)
+            .cache_capacity(CACHE_BYTES)
+            .open()
+    });
     std::panic::set_hook(previous);
     match opened {
         Ok(Ok(db)) => Ok(db),

@@ -69,7 +69,7 @@ impl Engine {
         for _ in 0..1000 {
             let job = self.queue.job(id).expect("job exists");
             if job.is_finalized() {
-                return job;
+                return (*job).clone();
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -386,25 +386,26 @@ async fn archiving_drain_and_limits() {
     assert!(e.queue.archive(done).await);
     let archived = e.queue.job(done).expect("archived jobs stay readable");
     assert!(archived.archived);
-    assert!(!e.queue.live_jobs(|j| j.id).contains(&done));
+    assert!(!e.queue.job_ids().contains(&done));
 
-    // Hard limit: three live jobs at most.
-    e.submit(vec![delay(0.01)]).await;
-    e.submit(vec![delay(0.01)]).await;
+    // Hard limit: three unfinished jobs at most (the running one and two more).
+    let more = [
+        e.submit(vec![delay(0.5)]).await,
+        e.submit(vec![delay(0.5)]).await,
+    ];
     assert!(matches!(
         e.queue.submit(vec![delay(0.01)]).await,
         Err(SubmitError::Full)
     ));
     e.finished(running).await;
-    for _ in 0..100 {
-        if e.queue.live_jobs(|j| j.is_finalized()).iter().all(|f| *f) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    for id in more {
+        e.finished(id).await;
     }
+    // Finished jobs no longer count against the limit.
+    e.finished(e.submit(vec![delay(0.01)]).await).await;
     let (archived, left) = e.queue.auto_archive(0.0, Duration::from_secs(5)).await;
-    assert_eq!((archived, left), (3, 0));
-    assert!(e.queue.live_jobs(|j| j.id).is_empty());
+    assert_eq!((archived, left), (4, 0));
+    assert!(e.queue.job_ids().is_empty());
 
     // Drain: refused submissions until undrained.
     e.queue.set_drained(true).unwrap();
@@ -543,4 +544,31 @@ async fn error_encoding_of_each_ecode() {
         result[1][0].as_str().unwrap().contains("qemu exploded"),
         "{result}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_jobs_beyond_the_keep_count_are_archived_oldest_first() {
+    let opts = QueueOptions {
+        keep_finished: 10,
+        ..QueueOptions::default()
+    };
+    let e = engine_in(tempfile::tempdir().unwrap(), 0, opts).await;
+    let mut ids = vec![];
+    for _ in 0..25 {
+        let id = e.submit(vec![delay(0.001)]).await;
+        e.finished(id).await;
+        ids.push(id);
+    }
+    let mut listed = e.queue.job_ids();
+    for _ in 0..200 {
+        if listed.len() <= 10 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        listed = e.queue.job_ids();
+    }
+    assert!(listed.len() <= 10, "still listed: {listed:?}");
+    assert!(listed.contains(ids.last().unwrap()), "the newest stays");
+    let first = e.queue.job(ids[0]).expect("archived jobs stay readable");
+    assert!(first.archived && first.is_finalized());
 }

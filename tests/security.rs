@@ -440,7 +440,8 @@ fn a_full_disk_never_acknowledges_a_job_it_loses_and_service_returns() {
 #[test]
 fn a_damaged_database_is_reported_not_panicked_on() {
     let s = start(&["--no-ssl"]);
-    delay_job(&s, 0.01, json!({}));
+    let id = delay_job(&s, 0.01, json!({}));
+    wait_job(&s, id);
     let dir = kill_9(s);
     let check = |dir: &std::path::Path| {
         Command::new(env!("CARGO_BIN_EXE_gantry"))
@@ -452,7 +453,8 @@ fn a_damaged_database_is_reported_not_panicked_on() {
     let healthy = check(dir.path());
     assert!(healthy.status.success());
     assert!(
-        String::from_utf8_lossy(&healthy.stdout).contains("1 live and 0 archived jobs"),
+        String::from_utf8_lossy(&healthy.stdout)
+            .contains("0 unfinished, 1 finished and 0 archived jobs"),
         "{}",
         String::from_utf8_lossy(&healthy.stdout)
     );

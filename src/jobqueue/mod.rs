@@ -60,8 +60,11 @@ pub struct InvalidPriority(pub i64);
 
 #[derive(Debug, Clone)]
 pub struct QueueOptions {
-    /// Non-archived jobs allowed before submissions are refused.
+    /// Unfinished jobs allowed before submissions are refused (each is held in memory).
     pub hard_limit: usize,
+    /// Finished jobs kept unarchived (listed by `GET /2/jobs`); past this many the oldest are
+    /// archived at once, whatever their age.
+    pub keep_finished: usize,
     /// Finalized jobs older than this are archived automatically.
     pub archive_age: Duration,
     /// How often automatic archiving runs.
@@ -79,7 +82,8 @@ pub struct QueueOptions {
 impl Default for QueueOptions {
     fn default() -> Self {
         QueueOptions {
-            hard_limit: 5000,
+            hard_limit: 10_000,
+            keep_finished: 20_000,
             archive_age: Duration::from_secs(6 * 3600),
             archive_interval: Duration::from_secs(300),
             space: None,
@@ -90,21 +94,53 @@ impl Default for QueueOptions {
     }
 }
 
-#[derive(Default)]
+/// Finished jobs kept in memory for readers (they are on disk too).
+const RECENT_JOBS: usize = 4096;
+
 struct State {
+    /// Unfinished jobs: the only ones memory must hold. Finished jobs are on disk.
     jobs: BTreeMap<JobId, Job>,
+    /// Recently finished or read jobs, so polling clients rarely reach the disk.
+    recent: lru::LruCache<JobId, Arc<Job>>,
+    /// Bumped by every archiving: a job read from disk before it is not cached (it may be stale).
+    archive_generation: u64,
+    /// Finished jobs not yet archived.
+    finished_count: usize,
     /// Durable, queued, not yet picked up: ordered by (priority, id).
     runnable: BTreeSet<(i64, JobId)>,
     /// Queued jobs a PAUSE rule holds: set aside until the rules change, so a large paused
     /// backlog costs nothing per scheduling pass.
     paused: BTreeSet<(i64, JobId)>,
     started: HashSet<JobId>,
-    versions: BTreeMap<JobId, watch::Sender<u64>>,
+    /// Change counters of unfinished jobs that someone waits for; the first waiter creates one
+    /// and the last one to leave (or the job's end) drops it.
+    versions: HashMap<JobId, watch::Sender<u64>>,
     cancels: BTreeMap<JobId, watch::Sender<bool>>,
     next_id: u64,
     closing: bool,
     /// Job filter rules in the order they are consulted.
     filters: Vec<CompiledRule>,
+}
+
+impl State {
+    fn new(filters: Vec<CompiledRule>) -> State {
+        State {
+            jobs: BTreeMap::new(),
+            recent: lru::LruCache::new(
+                std::num::NonZeroUsize::new(RECENT_JOBS).unwrap_or(std::num::NonZeroUsize::MIN),
+            ),
+            archive_generation: 0,
+            finished_count: 0,
+            runnable: BTreeSet::new(),
+            paused: BTreeSet::new(),
+            started: HashSet::new(),
+            versions: HashMap::new(),
+            cancels: BTreeMap::new(),
+            next_id: 1,
+            closing: false,
+            filters,
+        }
+    }
 }
 
 struct Inner {
@@ -114,6 +150,8 @@ struct Inner {
     locks: LockManager,
     state: Mutex<State>,
     wake_scheduler: Notify,
+    /// Too many finished jobs: archive the oldest now.
+    archive_now: Notify,
     opts: QueueOptions,
     /// Scans of the archive running at once (queries over archived jobs).
     archive_scans: tokio::sync::Semaphore,
@@ -154,10 +192,7 @@ impl JobQueue {
             }
         }
         filters::sort_rules(&mut filters);
-        let mut state = State {
-            filters,
-            ..State::default()
-        };
+        let mut state = State::new(filters);
         recovery::recover(&store, &mut state).await?;
         let queue = JobQueue {
             inner: Arc::new(Inner {
@@ -168,6 +203,7 @@ impl JobQueue {
                 archive_scans: tokio::sync::Semaphore::new(2),
                 state: Mutex::new(state),
                 wake_scheduler: Notify::new(),
+                archive_now: Notify::new(),
                 events: events::EventHub::new(opts.event_retention, opts.event_buffer),
                 opts,
             }),
@@ -355,37 +391,75 @@ impl JobQueue {
                     let prio = job.priority();
                     st.runnable.insert((prio, id));
                 }
-                st.versions.entry(id).or_insert_with(|| watch::channel(0).0);
             }
         }
         self.inner.wake_scheduler.notify_one();
         Ok(replies)
     }
 
-    /// A job by id, live or archived.
-    pub fn job(&self, id: JobId) -> Option<Job> {
-        if let Some(job) = self.state().jobs.get(&id) {
-            return Some(job.clone());
+    /// A job by id: unfinished (a copy), recently finished, or read from disk.
+    pub fn job(&self, id: JobId) -> Option<Arc<Job>> {
+        let generation = {
+            let mut st = self.state();
+            if let Some(job) = st.jobs.get(&id) {
+                return Some(Arc::new(job.clone()));
+            }
+            if let Some(job) = st.recent.get(&id) {
+                return Some(job.clone());
+            }
+            st.archive_generation
+        };
+        let job = match self.inner.store.stored_job(id) {
+            Ok(job) => Arc::new(job?),
+            Err(e) => {
+                tracing::error!(job = %id, "reading a stored job failed: {e}");
+                return None;
+            }
+        };
+        let mut st = self.state();
+        if st.archive_generation == generation && !st.jobs.contains_key(&id) {
+            st.recent.put(id, job.clone());
         }
-        self.inner.store.archived_job(id).ok().flatten()
+        Some(job)
     }
 
-    /// A job's derived status, live or archived, without copying the job.
+    /// A job's derived status, without copying an unfinished job.
     pub fn job_status(&self, id: JobId) -> Option<Status> {
         if let Some(job) = self.state().jobs.get(&id) {
             return Some(job.status());
         }
-        self.inner
-            .store
-            .archived_job(id)
-            .ok()
-            .flatten()
-            .map(|j| j.status())
+        self.job(id).map(|j| j.status())
     }
 
-    /// Non-archived jobs in id order, mapped through `f` while the queue is locked.
-    pub fn live_jobs<T>(&self, mut f: impl FnMut(&Job) -> T) -> Vec<T> {
-        self.state().jobs.values().map(&mut f).collect()
+    /// The ids of the non-archived jobs, in order.
+    pub fn job_ids(&self) -> Vec<JobId> {
+        let mut ids: Vec<JobId> = self.state().jobs.keys().copied().collect();
+        match self.inner.store.finished_ids() {
+            Ok(finished) => ids.extend(finished),
+            Err(e) => tracing::error!("listing finished jobs failed: {e}"),
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
+    /// Non-archived jobs in id order, mapped through `f`: unfinished ones from memory, finished
+    /// ones read from disk one at a time (with their logs only when `logs` is set).
+    pub async fn map_jobs<T>(&self, logs: bool, mut f: impl FnMut(&Job) -> T) -> Vec<T> {
+        let mut rows: Vec<(JobId, T)> = self.state().jobs.values().map(|j| (j.id, f(j))).collect();
+        let _permit = self.inner.archive_scans.acquire().await;
+        let scan = || {
+            self.inner
+                .store
+                .each_finished(logs, |j| rows.push((j.id, f(j))))
+        };
+        if let Err(e) = tokio::task::block_in_place(scan) {
+            tracing::error!("reading finished jobs failed: {e}");
+        }
+        // A job that finished during the scan is in both: the first copy stays.
+        rows.sort_by_key(|(id, _)| *id);
+        rows.dedup_by_key(|(id, _)| *id);
+        rows.into_iter().map(|(_, row)| row).collect()
     }
 
     /// Maps archived jobs (those in `ids` when given) in id order, one job in memory at a time.
@@ -409,6 +483,28 @@ impl JobQueue {
         out
     }
 
+    /// A receiver of an unfinished job's changes; `None` once it is finished (or unknown).
+    fn watch(&self, id: JobId) -> Option<watch::Receiver<u64>> {
+        let mut st = self.state();
+        if !st.jobs.contains_key(&id) {
+            return None;
+        }
+        let tx = st.versions.entry(id).or_insert_with(|| watch::channel(0).0);
+        Some(tx.subscribe())
+    }
+
+    /// Drops a job's change counter once nobody watches it any more.
+    fn unwatch(&self, id: JobId) {
+        let mut st = self.state();
+        if st
+            .versions
+            .get(&id)
+            .is_some_and(|tx| tx.receiver_count() == 0)
+        {
+            st.versions.remove(&id);
+        }
+    }
+
     /// Read from the drain file on every call, so `gantry queue drain` applies at once.
     pub fn drained(&self) -> bool {
         self.inner.store.drain_flag().unwrap_or(false)
@@ -422,14 +518,14 @@ impl JobQueue {
     pub async fn cancel(&self, id: JobId) -> (bool, String) {
         enum Step {
             Reply(bool, String),
-            Dequeued(Job),
-            Canceling(Job, Option<watch::Receiver<u64>>),
-            Informed(Option<Job>),
+            Dequeued,
+            Canceling(Option<watch::Receiver<u64>>),
+            Informed(bool),
         }
+        let rx = self.watch(id);
         let step = {
             let mut st = self.state();
             let started = st.started.contains(&id);
-            let rx = st.versions.get(&id).map(|v| v.subscribe());
             match st.jobs.get_mut(&id) {
                 Some(job) if !job.is_finalized() => {
                     let idx = job.current_op().unwrap_or(0);
@@ -441,16 +537,16 @@ impl JobQueue {
                                 op.end = Some(now);
                             }
                             job.end_ts = Some(now);
-                            Step::Dequeued(job.clone())
+                            Step::Dequeued
                         }
                         Status::Queued | Status::Waiting => {
                             job.ops[idx].status = Status::Canceling;
-                            Step::Canceling(job.clone(), rx)
+                            Step::Canceling(rx)
                         }
                         _ => {
                             let more = idx + 1 < job.ops.len();
                             job.cancel_at_boundary |= more;
-                            Step::Informed(more.then(|| job.clone()))
+                            Step::Informed(more)
                         }
                     }
                 }
@@ -459,26 +555,26 @@ impl JobQueue {
         };
         let mut version = match step {
             Step::Reply(ok, msg) => return (ok, msg),
-            Step::Dequeued(job) => {
+            Step::Dequeued => {
                 {
                     let mut st = self.state();
                     st.runnable.retain(|(_, j)| *j != id);
                     st.paused.retain(|(_, j)| *j != id);
                 }
-                self.persist(&job, true).await;
+                self.persist(id, true).await;
                 return (true, format!("Dequeued job {id}"));
             }
-            Step::Informed(job) => {
-                if let Some(job) = job {
-                    self.persist(&job, false).await;
+            Step::Informed(more) => {
+                if more {
+                    self.persist(id, false).await;
                 }
                 return (
                     false,
                     "Job no longer waiting, can't cancel (informed it anyway)".into(),
                 );
             }
-            Step::Canceling(job, rx) => {
-                self.persist(&job, false).await;
+            Step::Canceling(rx) => {
+                self.persist(id, false).await;
                 if let Some(tx) = self.state().cancels.get(&id) {
                     tx.send_replace(true);
                 }
@@ -489,8 +585,13 @@ impl JobQueue {
             }
         };
         let deadline = tokio::time::Instant::now() + CANCEL_WAIT;
+        let mut ended = false;
         loop {
-            if let Some(status) = self.job_status(id).filter(|s| s.is_finalized()) {
+            let status = self.job_status(id).filter(|s| s.is_finalized());
+            if ended && status.is_none() {
+                return (true, "Job will be canceled".into());
+            }
+            if let Some(status) = status {
                 return match status {
                     Status::Canceled => (true, "Job successfully cancelled".into()),
                     s => (
@@ -502,11 +603,11 @@ impl JobQueue {
                     ),
                 };
             }
-            if tokio::time::timeout_at(deadline, version.changed())
-                .await
-                .map_or(true, |r| r.is_err())
-            {
-                return (true, "Job will be canceled".into());
+            match tokio::time::timeout_at(deadline, version.changed()).await {
+                Err(_) => return (true, "Job will be canceled".into()),
+                // The job finished: its final status is read above.
+                Ok(Err(_)) => ended = true,
+                Ok(Ok(())) => {}
             }
         }
     }
@@ -520,7 +621,7 @@ impl JobQueue {
         if !crate::opcodes::PRIORITIES.contains(&prio) {
             return Err(InvalidPriority(prio));
         }
-        let snapshot = {
+        {
             let mut st = self.state();
             let queued_not_started = !st.started.contains(&id);
             let Some(job) = st.jobs.get_mut(&id).filter(|j| !j.is_finalized()) else {
@@ -540,16 +641,14 @@ impl JobQueue {
             if !changed {
                 return Ok((false, format!("Job {id} had no pending opcodes")));
             }
-            let snapshot = job.clone();
             if queued_not_started && st.runnable.remove(&(old, id)) {
                 st.runnable.insert((prio, id));
             }
             if queued_not_started && st.paused.remove(&(old, id)) {
                 st.paused.insert((prio, id));
             }
-            snapshot
-        };
-        self.persist(&snapshot, true).await;
+        }
+        self.persist(id, true).await;
         self.inner.wake_scheduler.notify_one();
         Ok((
             true,
@@ -573,48 +672,65 @@ impl JobQueue {
         {
             return Err(WaitError::UnknownField(bad.clone()));
         }
+        let answer = self
+            .wait_changes(id, fields, previous, previous_serial, timeout)
+            .await;
+        self.unwatch(id);
+        answer
+    }
+
+    async fn wait_changes(
+        &self,
+        id: JobId,
+        fields: &[String],
+        previous: Option<&Value>,
+        previous_serial: Option<u64>,
+        timeout: Duration,
+    ) -> Result<Option<(Vec<Value>, Vec<LogEntry>)>, WaitError> {
         let deadline = tokio::time::Instant::now() + timeout;
-        let mut rx = self
-            .state()
-            .versions
-            .get(&id)
-            .map(|v| v.subscribe())
-            .ok_or(WaitError::NotFound(id))?;
+        let look = |job: &Job| {
+            let info: Vec<Value> = fields.iter().filter_map(|f| job.field(f)).collect();
+            let logs: Vec<LogEntry> = job
+                .log_entries_after(previous_serial.unwrap_or(0))
+                .into_iter()
+                .cloned()
+                .collect();
+            (info, logs, job.is_finalized())
+        };
         loop {
-            let (info, logs, done) = {
-                let st = self.state();
-                let job = st.jobs.get(&id).ok_or(WaitError::NotFound(id))?;
-                let info: Vec<Value> = fields.iter().filter_map(|f| job.field(f)).collect();
-                let logs: Vec<LogEntry> = job
-                    .log_entries_after(previous_serial.unwrap_or(0))
-                    .into_iter()
-                    .cloned()
-                    .collect();
-                (info, logs, job.is_finalized())
+            let rx = self.watch(id);
+            let seen = self.state().jobs.get(&id).map(look);
+            let (info, logs, done) = match seen {
+                Some(seen) => seen,
+                None => look(&*self.job(id).ok_or(WaitError::NotFound(id))?),
             };
             let changed = previous != Some(&Value::Array(info.clone()));
             if done || changed || !logs.is_empty() {
                 return Ok(Some((info, logs)));
             }
-            match tokio::time::timeout_at(deadline, rx.changed()).await {
-                Err(_) => return Ok(None),
-                Ok(Err(_)) => return Err(WaitError::NotFound(id)),
-                Ok(Ok(())) => {}
+            // No receiver: the job finished in between, and the next look sees it.
+            let Some(mut rx) = rx else { continue };
+            // A change, or the channel dropped because the job finished: look again.
+            if tokio::time::timeout_at(deadline, rx.changed())
+                .await
+                .is_err()
+            {
+                return Ok(None);
             }
         }
     }
 
-    /// Archives one finalized job; false if unknown, already archived or not finalized.
+    /// Archives one finished job; false if unknown, already archived or not finished.
     pub async fn archive(&self, id: JobId) -> bool {
-        let job = match self.state().jobs.get(&id) {
-            Some(j) if j.is_finalized() => j.clone(),
+        let job = match self.inner.store.stored_job(id) {
+            Ok(Some(j)) if j.is_finalized() && !j.archived => j,
             _ => return false,
         };
         self.archive_jobs(vec![job], None).await.0 > 0
     }
 
-    /// Moves jobs to the archive, stopping at `deadline`; one flush covers the whole batch.
-    /// Answers (archived, left unchecked).
+    /// Moves finished jobs to the archive, stopping at `deadline`; one flush covers the whole
+    /// batch. Answers (archived, left unchecked).
     async fn archive_jobs(
         &self,
         jobs: Vec<Job>,
@@ -633,8 +749,9 @@ impl JobQueue {
                 continue;
             }
             let mut st = self.state();
-            st.jobs.remove(&job.id);
-            st.versions.remove(&job.id);
+            st.recent.pop(&job.id);
+            st.archive_generation += 1;
+            st.finished_count = st.finished_count.saturating_sub(1);
             done += 1;
         }
         self.flush_archive(done).await;
@@ -649,48 +766,105 @@ impl JobQueue {
         }
     }
 
-    /// Archives finalized jobs older than `age` (negative: all), in id order, within `timeout`;
+    /// Archives finished jobs older than `age` (negative: all), in id order, within `timeout`;
     /// answers `(archived, left unchecked)` like upstream's AutoArchiveJobs.
     pub async fn auto_archive(&self, age: f64, timeout: Duration) -> (usize, usize) {
         let deadline = tokio::time::Instant::now() + timeout;
         let now = Timestamp::now().as_secs_f64();
-        let old: Vec<Job> = self
-            .state()
-            .jobs
-            .values()
-            .filter(|j| {
+        let mut old = vec![];
+        let scan = || {
+            self.inner.store.each_finished(false, |j| {
                 let when = j.end_ts.or(j.start_ts).map_or(0.0, |t| t.as_secs_f64());
-                j.is_finalized() && (age < 0.0 || now - when > age)
+                if age < 0.0 || now - when > age {
+                    old.push(j.clone());
+                }
             })
-            .cloned()
-            .collect();
+        };
+        if let Err(e) = tokio::task::block_in_place(scan) {
+            tracing::error!("reading finished jobs failed: {e}");
+        }
         self.archive_jobs(old, Some(deadline)).await
+    }
+
+    /// Archives the oldest finished jobs while more than `keep_finished` wait, down to nine
+    /// tenths of it (so a steady stream archives in batches, not one job at a time).
+    async fn archive_excess(&self) -> usize {
+        let keep = self.inner.opts.keep_finished;
+        let count = self.state().finished_count;
+        if count <= keep {
+            return 0;
+        }
+        let excess = count - keep + keep / 10;
+        let oldest = tokio::task::block_in_place(|| self.inner.store.oldest_finished(excess));
+        match oldest {
+            Ok(jobs) => self.archive_jobs(jobs, None).await.0,
+            Err(e) => {
+                tracing::error!("reading finished jobs failed: {e}");
+                0
+            }
+        }
     }
 
     async fn archive_loop(self) {
         let every = self.inner.opts.archive_interval;
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         loop {
-            tokio::time::sleep(every).await;
-            let age = self.inner.opts.archive_age.as_secs_f64();
-            let (n, _) = self.auto_archive(age, Duration::from_secs(60)).await;
-            if n > 0 {
-                tracing::info!(archived = n, "archived old jobs");
+            tokio::select! {
+                _ = tick.tick() => {
+                    let age = self.inner.opts.archive_age.as_secs_f64();
+                    let (n, _) = self.auto_archive(age, Duration::from_secs(60)).await;
+                    if n > 0 {
+                        tracing::info!(archived = n, "archived old jobs");
+                    }
+                    self.sweep_keys();
+                }
+                _ = self.inner.archive_now.notified() => {}
             }
-            self.sweep_keys();
+            let n = self.archive_excess().await;
+            if n > 0 {
+                tracing::debug!(archived = n, "archived the oldest finished jobs");
+            }
         }
     }
 
-    /// Writes a job and wakes its waiters; `flush` makes it durable first (final states).
-    async fn persist(&self, job: &Job, flush: bool) {
-        if let Err(e) = self.inner.store.put_job(job) {
-            tracing::error!(job = %job.id, "writing job failed: {e}");
-        }
-        if flush && let Err(e) = self.inner.store.durable().await {
-            tracing::error!(job = %job.id, "flushing job failed: {e}");
+    /// Writes a job's current state and wakes its waiters; `flush` makes it durable first, and
+    /// final states always are. A finished job leaves memory: it is on disk and in `recent`.
+    async fn persist(&self, id: JobId, flush: bool) {
+        let (job, ended) = {
+            let mut st = self.state();
+            let Some(job) = st.jobs.get(&id) else {
+                // Already finished: its final state was written then.
+                return;
+            };
+            if let Err(e) = self.inner.store.put_job(job) {
+                tracing::error!(job = %id, "writing job failed: {e}");
+            }
+            if job.is_finalized() {
+                let Some(job) = st.jobs.remove(&id).map(Arc::new) else {
+                    return;
+                };
+                st.recent.put(id, job.clone());
+                st.finished_count += 1;
+                if st.finished_count > self.inner.opts.keep_finished {
+                    self.inner.archive_now.notify_one();
+                }
+                (job, Some(st.versions.remove(&id)))
+            } else {
+                (Arc::new(job.clone()), None)
+            }
+        };
+        if (flush || ended.is_some())
+            && let Err(e) = self.inner.store.durable().await
+        {
+            tracing::error!(job = %id, "flushing job failed: {e}");
         }
         // After the flush: a follower never hears of a final state that could be lost.
-        self.inner.events.job_changed(job);
-        self.bump(job.id);
+        self.inner.events.job_changed(&job);
+        match ended {
+            // Waiters wake, find the channel gone and read the final state.
+            Some(tx) => drop(tx),
+            None => self.bump(id),
+        }
     }
 
     fn bump(&self, id: JobId) {

@@ -4,25 +4,32 @@
 use super::job::{ERROR_MSG_CANCELED, Job, JobId, Status, Timestamp};
 use super::{State, Store, StoreError};
 use serde_json::json;
-use tokio::sync::watch;
 
 pub(super) async fn recover(store: &Store, state: &mut State) -> Result<(), StoreError> {
+    let moved = store.migrate()?;
+    if moved > 0 {
+        tracing::info!(
+            jobs = moved,
+            "moved finished jobs to the finished-jobs tree"
+        );
+    }
     let now = Timestamp::now();
-    let mut max_id = store.max_archived_id()?;
     let mut touched = 0;
-    for mut job in store.live_jobs()? {
-        max_id = max_id.max(job.id.0);
+    for mut job in store.unfinished_jobs()? {
         if recover_job(&mut job, now) {
             store.put_job(&job)?;
             touched += 1;
         }
-        if job.status() == Status::Queued && !job.is_finalized() {
+        if job.is_finalized() {
+            continue;
+        }
+        if job.status() == Status::Queued {
             state.runnable.insert((job.priority(), job.id));
         }
-        state.versions.insert(job.id, watch::channel(0).0);
         state.jobs.insert(job.id, job);
     }
-    state.next_id = store.next_id()?.max(max_id + 1);
+    state.finished_count = store.finished_count();
+    state.next_id = store.next_id()?.max(store.max_stored_id()? + 1);
     store.set_next_id(state.next_id)?;
     store.durable().await?;
     if touched > 0 {

@@ -41,27 +41,27 @@ pub(super) async fn run_job(queue: JobQueue, id: JobId) {
 
 /// Marks the next opcode `waiting`; `None` when the job is done (or canceled at a boundary).
 async fn start_next_op(queue: &JobQueue, id: JobId) -> Option<(usize, OpCode)> {
-    let (snapshot, next, flush) = {
+    let (next, flush) = {
         let mut st = queue.state();
         let job = st.jobs.get_mut(&id)?;
         let idx = job.current_op()?;
         let now = Timestamp::now();
         if job.cancel_at_boundary && idx > 0 && job.ops[idx].status == Status::Queued {
             job.finalize_rest(idx, Status::Canceled, json!(ERROR_MSG_CANCELED), now);
-            (job.clone(), None, true)
+            (None, true)
         } else if job.ops[idx].status == Status::Canceling {
             job.ops[idx].end = Some(now);
             job.finalize_rest(idx, Status::Canceled, json!(ERROR_MSG_CANCELED), now);
-            (job.clone(), None, true)
+            (None, true)
         } else {
             let op = &mut job.ops[idx];
             op.status = Status::Waiting;
             op.start.get_or_insert(now);
             job.start_ts.get_or_insert(now);
-            (job.clone(), Some((idx, job.ops[idx].input.clone())), false)
+            (Some((idx, job.ops[idx].input.clone())), false)
         }
     };
-    queue.persist(&snapshot, flush).await;
+    queue.persist(id, flush).await;
     next
 }
 
@@ -120,7 +120,7 @@ async fn run_op(
         return Outcome::Canceled;
     }
     let recorded = recorded(&op, &cluster);
-    let snapshot = {
+    {
         let mut st = queue.state();
         let Some(job) = st.jobs.get_mut(&id) else {
             return Outcome::Canceled;
@@ -133,9 +133,8 @@ async fn run_op(
         }
         job.ops[idx].status = Status::Running;
         job.ops[idx].exec = Some(Timestamp::now());
-        job.clone()
-    };
-    queue.persist(&snapshot, false).await;
+    }
+    queue.persist(id, false).await;
     let ctx = Ctx {
         op,
         job_id: id.0,
@@ -185,16 +184,23 @@ async fn check_dependencies(
             return exec_error("Job can't depend on itself".into());
         }
         let final_status = loop {
-            let rx = queue.state().versions.get(&dep_id).map(|v| v.subscribe());
-            match queue.job_status(dep_id) {
+            let rx = queue.watch(dep_id);
+            let status = queue.job_status(dep_id);
+            match status {
                 None => return exec_error(format!("Dependency error: Job {dep_id} not found")),
                 Some(s) if s.is_finalized() => break s,
                 Some(_) => {}
             }
+            // No receiver means the job finished in between: the next look sees it.
             let Some(mut rx) = rx else { continue };
-            tokio::select! {
-                _ = rx.changed() => {}
-                _ = cancel.wait_for(|c| *c) => return Some(Outcome::Canceled),
+            let canceled = tokio::select! {
+                _ = rx.changed() => false,
+                _ = cancel.wait_for(|c| *c) => true,
+            };
+            drop(rx);
+            queue.unwatch(dep_id);
+            if canceled {
+                return Some(Outcome::Canceled);
             }
         };
         let accepted = if wanted.is_empty() {
@@ -219,14 +225,14 @@ async fn check_dependencies(
 /// Records an opcode's outcome; returns whether the job goes on to its next opcode.
 async fn finish_op(queue: &JobQueue, id: JobId, idx: usize, outcome: Outcome) -> bool {
     let now = Timestamp::now();
-    let (snapshot, go_on) = {
+    let go_on = {
         let mut st = queue.state();
         let Some(job) = st.jobs.get_mut(&id) else {
             return false;
         };
         let op = &mut job.ops[idx];
         op.end = Some(now);
-        let go_on = match outcome {
+        match outcome {
             Outcome::Success(v) => {
                 op.status = Status::Success;
                 op.result = v;
@@ -246,11 +252,10 @@ async fn finish_op(queue: &JobQueue, id: JobId, idx: usize, outcome: Outcome) ->
                 job.finalize_rest(idx, Status::Canceled, json!(ERROR_MSG_CANCELED), now);
                 false
             }
-        };
-        (job.clone(), go_on)
+        }
     };
     // Final states are durable before dependents may act on them (spec jobs.md §14.3).
-    queue.persist(&snapshot, snapshot.is_finalized()).await;
+    queue.persist(id, false).await;
     go_on
 }
 

@@ -1,5 +1,6 @@
-//! Durable job storage in sled: live jobs, archived jobs, the id counter, filter rules; and the
-//! drain flag, which is a file in the data dir (as upstream keeps it in the queue dir) so an admin
+//! Durable job storage in sled: unfinished, finished and archived jobs in three trees (so a
+//! restart reads only the unfinished ones), log entries as their own records, the id counter,
+//! filter rules; and the drain flag, which is a file in the data dir (as upstream keeps it in the queue dir) so an admin
 //! can set it while the server runs: `gantry queue drain`, or just creating the file.
 
 use super::filters::FilterRule;
@@ -21,7 +22,10 @@ pub enum StoreError {
 #[derive(Clone)]
 pub struct Store {
     commit: GroupCommit,
+    /// Jobs not yet finalized: the only ones loaded at start-up.
     jobs: sled::Tree,
+    /// Finalized jobs not yet archived (listed by `GET /2/jobs`).
+    finished: sled::Tree,
     archive: sled::Tree,
     meta: sled::Tree,
     filters: sled::Tree,
@@ -34,6 +38,10 @@ pub struct Store {
 }
 
 const NEXT_ID: &[u8] = b"next_job_id";
+/// The storage layout's version: absent in data dirs of the first layout, where finished jobs
+/// shared the `jobs` tree with unfinished ones.
+const LAYOUT: &[u8] = b"layout";
+const LAYOUT_VERSION: u64 = 2;
 /// The drain flag's file name in the data dir.
 pub const DRAIN_FILE: &str = "queue-drained";
 
@@ -46,6 +54,7 @@ impl Store {
         let db = commit.db();
         Ok(Store {
             jobs: db.open_tree("jobs")?,
+            finished: db.open_tree("finished")?,
             archive: db.open_tree("archive")?,
             meta: db.open_tree("meta")?,
             filters: db.open_tree("filters")?,
@@ -61,14 +70,24 @@ impl Store {
         Ok(self.commit.durable().await?)
     }
 
+    /// Writes a job into the tree its state belongs to; a job that just finished moves from the
+    /// unfinished tree to the finished one atomically.
     pub fn put_job(&self, job: &Job) -> Result<(), StoreError> {
-        let bytes = serde_json::to_vec(job).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let tree = if job.archived {
-            &self.archive
+        use sled::Transactional;
+        let bytes = encode(job)?;
+        if job.archived {
+            self.archive.insert(key(job.id), bytes)?;
+        } else if job.is_finalized() {
+            (&self.jobs, &self.finished)
+                .transaction(|(jobs, finished)| {
+                    jobs.remove(&key(job.id))?;
+                    finished.insert(&key(job.id), bytes.clone())?;
+                    Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
+                })
+                .map_err(|e| StoreError::Corrupt(format!("finish transaction: {e:?}")))?;
         } else {
-            &self.jobs
-        };
-        tree.insert(key(job.id), bytes)?;
+            self.jobs.insert(key(job.id), bytes)?;
+        }
         Ok(())
     }
 
@@ -81,7 +100,7 @@ impl Store {
         record: &KeyRecord,
     ) -> Result<(), StoreError> {
         use sled::Transactional;
-        let bytes = serde_json::to_vec(job).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let bytes = encode(job)?;
         let rec = serde_json::to_vec(record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let store_key = idem.store_key();
         (&self.jobs, &self.keys)
@@ -127,13 +146,13 @@ impl Store {
         Ok(())
     }
 
-    /// Moves a finalized job to the archive tree, atomically.
+    /// Moves a finished job to the archive tree, atomically.
     pub fn archive_job(&self, job: &Job) -> Result<(), StoreError> {
         use sled::Transactional;
-        let bytes = serde_json::to_vec(job).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        (&self.jobs, &self.archive)
-            .transaction(|(jobs, archive)| {
-                jobs.remove(&key(job.id))?;
+        let bytes = encode(job)?;
+        (&self.finished, &self.archive)
+            .transaction(|(finished, archive)| {
+                finished.remove(&key(job.id))?;
                 archive.insert(&key(job.id), bytes.clone())?;
                 Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
             })
@@ -141,11 +160,14 @@ impl Store {
         Ok(())
     }
 
-    pub fn archived_job(&self, id: JobId) -> Result<Option<Job>, StoreError> {
-        match self.archive.get(key(id))? {
-            Some(bytes) => Ok(Some(self.with_logs(decode(&bytes)?)?)),
-            None => Ok(None),
+    /// A finished or archived job with its log, read from disk.
+    pub fn stored_job(&self, id: JobId) -> Result<Option<Job>, StoreError> {
+        for tree in [&self.finished, &self.archive] {
+            if let Some(bytes) = tree.get(key(id))? {
+                return Ok(Some(self.with_logs(decode(&bytes)?)?));
+            }
         }
+        Ok(None)
     }
 
     /// Calls `f` with each archived job in id order (only those in `ids` when given), one at a
@@ -153,6 +175,21 @@ impl Store {
     /// only when `logs` is set.
     pub fn each_archived(
         &self,
+        ids: Option<&[u64]>,
+        logs: bool,
+        f: impl FnMut(&Job),
+    ) -> Result<(), StoreError> {
+        self.each_in(&self.archive, ids, logs, f)
+    }
+
+    /// Like `each_archived`, over the finished (not archived) jobs.
+    pub fn each_finished(&self, logs: bool, f: impl FnMut(&Job)) -> Result<(), StoreError> {
+        self.each_in(&self.finished, None, logs, f)
+    }
+
+    fn each_in(
+        &self,
+        tree: &sled::Tree,
         ids: Option<&[u64]>,
         logs: bool,
         mut f: impl FnMut(&Job),
@@ -164,13 +201,13 @@ impl Store {
         match ids {
             Some(ids) => {
                 for id in ids {
-                    if let Some(bytes) = self.archive.get(key(JobId(*id)))? {
+                    if let Some(bytes) = tree.get(key(JobId(*id)))? {
                         f(&load(&bytes)?);
                     }
                 }
             }
             None => {
-                for bytes in self.archive.iter().values() {
+                for bytes in tree.iter().values() {
                     f(&load(&bytes?)?);
                 }
             }
@@ -178,7 +215,33 @@ impl Store {
         Ok(())
     }
 
-    pub fn live_jobs(&self) -> Result<Vec<Job>, StoreError> {
+    /// The ids of finished jobs, in order, without decoding their records.
+    pub fn finished_ids(&self) -> Result<Vec<JobId>, StoreError> {
+        self.finished
+            .iter()
+            .keys()
+            .map(|k| Ok(JobId(id_of(&k?))))
+            .collect()
+    }
+
+    /// The `n` finished jobs with the lowest ids (archived first when there are too many).
+    pub fn oldest_finished(&self, n: usize) -> Result<Vec<Job>, StoreError> {
+        self.finished
+            .iter()
+            .values()
+            .take(n)
+            .map(|v| decode(&v?))
+            .collect()
+    }
+
+    /// How many finished jobs wait for archiving (counted once at start-up; the queue keeps
+    /// the count after that).
+    pub fn finished_count(&self) -> usize {
+        self.finished.len()
+    }
+
+    /// The jobs a restart must look at: those not finalized.
+    pub fn unfinished_jobs(&self) -> Result<Vec<Job>, StoreError> {
         self.jobs
             .iter()
             .values()
@@ -186,16 +249,41 @@ impl Store {
             .collect()
     }
 
-    /// Reads every record (`gantry check-db`): answers (live jobs, archived jobs, log entries)
-    /// or the first record that does not decode.
-    pub fn check(&self) -> Result<(usize, usize, usize), StoreError> {
-        let live = self.live_jobs()?.len();
+    /// Brings a data dir of the first layout to this one: finished jobs leave the unfinished
+    /// tree. Each move is atomic and the layout mark is written last, so an interrupted
+    /// migration just runs again. Answers how many jobs moved.
+    pub fn migrate(&self) -> Result<usize, StoreError> {
+        let version = self
+            .meta
+            .get(LAYOUT)?
+            .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes));
+        if version.is_some_and(|v| v >= LAYOUT_VERSION) {
+            return Ok(0);
+        }
+        let mut moved = 0;
+        for item in self.jobs.iter().values() {
+            let job = decode(&item?)?;
+            if job.is_finalized() {
+                self.put_job(&job)?;
+                moved += 1;
+            }
+        }
+        self.meta.insert(LAYOUT, &LAYOUT_VERSION.to_be_bytes())?;
+        Ok(moved)
+    }
+
+    /// Reads every record (`gantry check-db`): answers (unfinished, finished, archived jobs, log
+    /// entries) or the first record that does not decode.
+    pub fn check(&self) -> Result<(usize, usize, usize, usize), StoreError> {
+        let unfinished = self.unfinished_jobs()?.len();
+        let mut finished = 0;
+        self.each_finished(true, |_| finished += 1)?;
         let mut archived = 0;
         self.each_archived(None, true, |_| archived += 1)?;
         let logs = self.logs.len();
         self.next_id()?;
         self.filter_rules()?;
-        Ok((live, archived, logs))
+        Ok((unfinished, finished, archived, logs))
     }
 
     /// Appends one log entry of opcode `index` of job `id` (made durable by the next flush).
@@ -224,11 +312,15 @@ impl Store {
         Ok(job)
     }
 
-    pub fn max_archived_id(&self) -> Result<u64, StoreError> {
-        Ok(match self.archive.last()? {
-            Some((k, _)) => u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8])),
-            None => 0,
-        })
+    /// The highest job id in any tree (the counter may lag behind it in old data dirs).
+    pub fn max_stored_id(&self) -> Result<u64, StoreError> {
+        let mut max = 0;
+        for tree in [&self.jobs, &self.finished, &self.archive] {
+            if let Some((k, _)) = tree.last()? {
+                max = max.max(id_of(&k));
+            }
+        }
+        Ok(max)
     }
 
     pub fn next_id(&self) -> Result<u64, StoreError> {
@@ -272,6 +364,14 @@ impl Store {
     pub fn delete_filter_rule(&self, uuid: &str) -> Result<bool, StoreError> {
         Ok(self.filters.remove(uuid.as_bytes())?.is_some())
     }
+}
+
+fn id_of(k: &[u8]) -> u64 {
+    u64::from_be_bytes(k.try_into().unwrap_or([0; 8]))
+}
+
+fn encode(job: &Job) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(job).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
 fn decode(bytes: &[u8]) -> Result<Job, StoreError> {

@@ -16,8 +16,10 @@ struct Waiter {
 struct LockState {
     exclusive: bool,
     shared: usize,
-    /// Ordered by (priority, arrival): lower priority value first.
-    waiters: BTreeMap<(i64, u64), Waiter>,
+    /// Ordered by (priority, job id, arrival): lower priority value first, then first in,
+    /// first out by job id (the id, not the moment of asking: jobs started together may ask in
+    /// any order).
+    waiters: BTreeMap<(i64, u64, u64), Waiter>,
     /// Job ids holding the lock, for the lock query.
     owners: Vec<(u64, LockMode)>,
 }
@@ -120,7 +122,7 @@ fn release_one(table: &mut Table, key: &Key, mode: LockMode, owner: u64) {
 struct Pending {
     manager: LockManager,
     key: Key,
-    slot: (i64, u64),
+    slot: (i64, u64, u64),
     mode: LockMode,
     owner: u64,
     granted: bool,
@@ -163,7 +165,7 @@ impl LockManager {
             let waiting = {
                 let mut table = self.lock_table();
                 table.arrivals += 1;
-                let slot = (priority, table.arrivals);
+                let slot = (priority, owner, table.arrivals);
                 let state = table.locks.entry(key.clone()).or_default();
                 if state.waiters.is_empty() && state.can_take(*mode) {
                     state.take(*mode, owner);

@@ -145,7 +145,14 @@ pub async fn query(state: &State, req: &Request, what: &str) -> Result<Value, Ap
             })
             .collect(),
         _ => {
-            let mut rows = state.queue.live_jobs(|j| row(&|f| normal(j.field(f))));
+            let logs = fields.iter().any(|f| f == "oplog")
+                || filter
+                    .as_ref()
+                    .is_some_and(|f| f.fields().contains(&"oplog"));
+            let mut rows = state
+                .queue
+                .map_jobs(logs, |j| row(&|f| normal(j.field(f))))
+                .await;
             // Archived jobs appear only when asked for: by id in the filter, or by the field.
             let named: Vec<u64> = filter
                 .as_ref()
@@ -158,10 +165,6 @@ pub async fn query(state: &State, req: &Request, what: &str) -> Result<Value, Ap
                 .unwrap_or_default();
             if !named.is_empty() || fields.iter().any(|f| f == "archived") {
                 let ids = (!named.is_empty()).then_some(named.as_slice());
-                let logs = fields.iter().any(|f| f == "oplog")
-                    || filter
-                        .as_ref()
-                        .is_some_and(|f| f.fields().contains(&"oplog"));
                 let archived = state
                     .queue
                     .map_archived(ids, logs, |j| row(&|f| normal(j.field(f))))

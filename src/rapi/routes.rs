@@ -290,11 +290,16 @@ async fn jobs(state: &State, req: &Request) -> R {
                     "start_ts",
                     "end_ts",
                 ];
-                Ok(Value::Array(state.queue.live_jobs(|j| job_fields(j, BULK))))
+                Ok(Value::Array(
+                    state.queue.map_jobs(false, |j| job_fields(j, BULK)).await,
+                ))
             } else {
-                Ok(Value::Array(state.queue.live_jobs(
-                    |j| json!({"id": j.id.0, "uri": format!("/2/jobs/{}", j.id)}),
-                )))
+                let ids = state.queue.job_ids();
+                Ok(Value::Array(
+                    ids.into_iter()
+                        .map(|id| json!({"id": id.0, "uri": format!("/2/jobs/{id}")}))
+                        .collect(),
+                ))
             }
         }
         // gantry extension: submit raw opcodes, e.g. OP_TEST_DELAY (spec opcodes.md §10).

@@ -1,0 +1,96 @@
+//! A data dir written by the first storage layout (finished and unfinished jobs in one tree;
+//! `tests/fixtures/queue-layout-1.tar.gz`, made with the release before the change) opens with
+//! the current one: every job keeps its state, the held job still waits for its filter rule and
+//! runs once released, ids continue, and `check-db` sees the jobs in their new trees.
+
+mod common;
+use common::*;
+use serde_json::Value;
+use std::process::Command;
+
+fn statuses(s: &Server) -> Vec<(u64, String)> {
+    let (code, jobs) = curl(s, "GET", "/2/jobs?bulk=1", None, None);
+    assert_eq!(code, 200);
+    jobs.as_array()
+        .unwrap()
+        .iter()
+        .map(|j| {
+            (
+                j["id"].as_u64().unwrap(),
+                j["status"].as_str().unwrap().into(),
+            )
+        })
+        .collect()
+}
+
+fn check_db(dir: &std::path::Path) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_gantry"))
+        .arg("check-db")
+        .arg("--data-dir")
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn a_first_layout_data_dir_is_migrated_and_keeps_every_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/queue-layout-1.tar.gz"
+    );
+    let untar = Command::new("tar")
+        .args(["xzf", fixture, "-C"])
+        .arg(dir.path())
+        .status()
+        .unwrap();
+    assert!(untar.success());
+
+    let s = start_in(dir, &["--no-ssl"]);
+    let before: Vec<(u64, String)> = vec![
+        (1, "error".into()),
+        (2, "error".into()),
+        (3, "error".into()),
+        (4, "success".into()),
+        (5, "queued".into()),
+    ];
+    assert_eq!(statuses(&s), before);
+    let (_, one) = curl(&s, "GET", "/2/jobs/1", None, None);
+    assert_eq!(
+        one["opresult"][0][1][0],
+        Value::from("Duration must be greater than zero")
+    );
+
+    // Job 5 waits for the stored PAUSE rule; deleting the rule runs it.
+    let (_, rules) = curl(&s, "GET", "/2/filters", None, None);
+    let uuid = rules[0]["uuid"].as_str().unwrap().to_string();
+    let (code, _) = curl(
+        &s,
+        "DELETE",
+        &format!("/2/filters/{uuid}"),
+        Some("admin:admin"),
+        None,
+    );
+    assert_eq!(code, 200);
+    assert_eq!(wait_job(&s, 5)["status"], "success");
+    assert_eq!(delay_job(&s, 0.01, serde_json::json!({})), 6);
+    wait_job(&s, 6);
+
+    // The migration ran once; a restart after kill -9 sees the same jobs.
+    let dir = kill_9(s);
+    let report = check_db(dir.path());
+    assert!(
+        report.contains("0 unfinished, 6 finished and 0 archived jobs"),
+        "{report}"
+    );
+    let s = start_in(dir, &["--no-ssl"]);
+    let after = statuses(&s);
+    assert_eq!(after.len(), 6);
+    assert!(after.iter().all(|(_, st)| st == "success" || st == "error"));
+}
