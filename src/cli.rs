@@ -412,6 +412,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         users: UserDb::load(Some(users_path)),
         require_auth: args.require_authentication,
         wait_timeout: Duration::from_secs(args.wait_timeout),
+        answers: Default::default(),
     });
     let tls = if args.no_ssl {
         None

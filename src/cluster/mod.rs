@@ -1,5 +1,8 @@
-//! The cluster model: one configuration document in sled, read as snapshots and changed only
-//! through `update`, atomically per opcode, with a serial number that grows on every change.
+//! The cluster model: one configuration, read as snapshots and changed only through `update`,
+//! atomically per opcode, with a serial number that grows on every change. On disk it is one
+//! document for everything but the instances, plus one record per instance (tree
+//! `config_instances`), so a change to one instance of thousands writes that instance, not
+//! megabytes; both are written in one transaction.
 
 pub mod addresses;
 pub mod bootstrap;
@@ -10,7 +13,8 @@ pub mod reservations;
 pub mod verify;
 
 use crate::storage::{GroupCommit, StorageError};
-use model::Config;
+use model::{Config, Instance};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
 use thiserror::Error;
 
@@ -28,12 +32,102 @@ pub enum ConfigError {
 
 const CONFIG_KEY: &[u8] = b"config";
 
+/// The document as stored: the configuration without its instances.
+#[derive(serde::Serialize)]
+struct StoredDoc<'a> {
+    serial_no: u64,
+    cluster: &'a model::ClusterInfo,
+    nodes: &'a BTreeMap<String, model::Node>,
+    groups: &'a BTreeMap<String, model::Group>,
+    instances: BTreeMap<String, Instance>,
+    networks: &'a BTreeMap<String, model::Network>,
+    os: &'a BTreeMap<String, model::OsDefinition>,
+}
+
+/// The two trees the configuration lives in.
+#[derive(Clone)]
+struct Trees {
+    doc: sled::Tree,
+    instances: sled::Tree,
+}
+
+impl Trees {
+    fn open(db: &sled::Db) -> Result<Trees, ConfigError> {
+        Ok(Trees {
+            doc: db.open_tree("config")?,
+            instances: db.open_tree("config_instances")?,
+        })
+    }
+
+    /// The stored configuration, and whether its instances are in their own records yet (a
+    /// document of the first layout carries them inline until the first write).
+    fn load(&self) -> Result<Option<(Config, bool)>, ConfigError> {
+        let corrupt = |e: serde_json::Error| ConfigError::Corrupt(e.to_string());
+        let Some(bytes) = self.doc.get(CONFIG_KEY)? else {
+            return Ok(None);
+        };
+        let mut cfg: Config = serde_json::from_slice(&bytes).map_err(corrupt)?;
+        let split = cfg.instances.is_empty();
+        for item in self.instances.iter() {
+            let (key, bytes) = item?;
+            let inst: Instance = serde_json::from_slice(&bytes).map_err(corrupt)?;
+            cfg.instances
+                .insert(String::from_utf8_lossy(&key).into_owned(), inst);
+        }
+        Ok(Some((cfg, split)))
+    }
+
+    /// Writes `newest`: the document, and the instance records that differ from `written`.
+    fn write(&self, written: &Config, newest: &Config) -> Result<(), ConfigError> {
+        use sled::Transactional;
+        let doc = encode(&StoredDoc {
+            serial_no: newest.serial_no,
+            cluster: &newest.cluster,
+            nodes: &newest.nodes,
+            groups: &newest.groups,
+            instances: BTreeMap::new(),
+            networks: &newest.networks,
+            os: &newest.os,
+        })?;
+        let mut changed = vec![];
+        for (key, inst) in &newest.instances {
+            if written.instances.get(key) != Some(inst) {
+                changed.push((key.as_bytes(), encode(inst)?));
+            }
+        }
+        let gone: Vec<&String> = written
+            .instances
+            .keys()
+            .filter(|k| !newest.instances.contains_key(*k))
+            .collect();
+        (&self.doc, &self.instances)
+            .transaction(|(doc_tree, inst_tree)| {
+                doc_tree.insert(CONFIG_KEY, doc.clone())?;
+                for (key, bytes) in &changed {
+                    inst_tree.insert(*key, bytes.clone())?;
+                }
+                for key in &gone {
+                    inst_tree.remove(key.as_bytes())?;
+                }
+                Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| ConfigError::Corrupt(format!("config transaction: {e:?}")))
+    }
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, ConfigError> {
+    serde_json::to_vec(value).map_err(|e| ConfigError::Corrupt(e.to_string()))
+}
+
 #[derive(Clone)]
 pub struct ClusterStore {
-    tree: sled::Tree,
+    trees: Trees,
     commit: GroupCommit,
     current: Arc<RwLock<Arc<Config>>>,
     writer: Arc<Mutex<()>>,
+    /// The newest configuration written to the trees; held while writing, so concurrent
+    /// updates share one write of the newest configuration (see `update`).
+    written: Arc<tokio::sync::Mutex<Arc<Config>>>,
     reservations: Arc<Mutex<reservations::Reservations>>,
 }
 
@@ -50,21 +144,28 @@ impl ConfigReader {
 impl ClusterStore {
     /// Opens the stored configuration, initialising a new cluster when there is none.
     pub fn open(commit: &GroupCommit, init: &InitOptions) -> Result<ClusterStore, ConfigError> {
-        let tree = commit.db().open_tree("config")?;
-        let config = match tree.get(CONFIG_KEY)? {
-            Some(bytes) => {
-                serde_json::from_slice(&bytes).map_err(|e| ConfigError::Corrupt(e.to_string()))?
+        let trees = Trees::open(commit.db())?;
+        let (config, written) = match trees.load()? {
+            // Instances still inline: the first write puts every one into its own record.
+            Some((cfg, false)) => {
+                let mut without = cfg.clone();
+                without.instances.clear();
+                (cfg, without)
             }
+            Some((cfg, true)) => (cfg.clone(), cfg),
             None => {
                 let cfg = initial_config(init);
-                tree.insert(CONFIG_KEY, encode(&cfg)?)?;
+                let mut none = cfg.clone();
+                none.instances.clear();
+                trees.write(&none, &cfg)?;
                 commit.flush_now()?;
                 tracing::info!(cluster = %cfg.cluster.name, nodes = cfg.nodes.len(), "initialised a new cluster");
-                cfg
+                (cfg.clone(), cfg)
             }
         };
         Ok(ClusterStore {
-            tree,
+            written: Arc::new(tokio::sync::Mutex::new(Arc::new(written))),
+            trees,
             commit: commit.clone(),
             current: Arc::new(RwLock::new(Arc::new(config))),
             writer: Arc::new(Mutex::new(())),
@@ -104,17 +205,31 @@ impl ClusterStore {
 
     /// Applies `change` to the newest configuration and makes the result durable. Locks held by
     /// the calling opcode guarantee no conflicting change runs concurrently; the writer mutex only
-    /// orders the commits.
+    /// orders the changes.
+    ///
+    /// The document is written whole, so concurrent updates share writes: each change is
+    /// published in memory at once, then whoever holds `written` writes the newest document,
+    /// which covers every change published before it; an update whose serial number is already
+    /// written only waits for the flush. (With a thousand instances the document is about a
+    /// megabyte: one write per change made parallel jobs wait in line for each other's writes.)
     pub async fn update<T>(&self, change: impl FnOnce(&mut Config) -> T) -> Result<T, ConfigError> {
-        let out = {
+        let (out, serial) = {
             let _w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
             let mut cfg = (*self.snapshot()).clone();
             let out = change(&mut cfg);
             cfg.serial_no += 1;
-            self.tree.insert(CONFIG_KEY, encode(&cfg)?)?;
+            let serial = cfg.serial_no;
             *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(cfg);
-            out
+            (out, serial)
         };
+        {
+            let mut written = self.written.lock().await;
+            if written.serial_no < serial {
+                let newest = self.snapshot();
+                self.trees.write(&written, &newest)?;
+                *written = newest;
+            }
+        }
         self.commit.durable().await?;
         Ok(out)
     }
@@ -123,15 +238,5 @@ impl ClusterStore {
 /// Reads the stored configuration without creating one (`gantry check-db`): `None` when the
 /// database holds no cluster.
 pub fn check_stored(commit: &GroupCommit) -> Result<Option<Config>, ConfigError> {
-    let tree = commit.db().open_tree("config")?;
-    match tree.get(CONFIG_KEY)? {
-        Some(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| ConfigError::Corrupt(e.to_string())),
-        None => Ok(None),
-    }
-}
-
-fn encode(cfg: &Config) -> Result<Vec<u8>, ConfigError> {
-    serde_json::to_vec(cfg).map_err(|e| ConfigError::Corrupt(e.to_string()))
+    Ok(Trees::open(commit.db())?.load()?.map(|(cfg, _)| cfg))
 }

@@ -3,6 +3,7 @@
 //! header-read timeout and a connection cap protect the server from slow clients.
 
 pub mod auth;
+mod cache;
 mod error;
 mod events;
 mod filters;
@@ -43,16 +44,35 @@ pub struct StateInner {
     pub users: UserDb,
     pub require_auth: bool,
     pub wait_timeout: Duration,
+    /// Serialized answers that are still valid (`cache.rs`).
+    pub answers: cache::Answers,
 }
 
 pub type State = StateInner;
 
 fn json_response(status: StatusCode, body: &Value) -> Response<Vec<u8>> {
+    bytes_response(status, serde_json::to_vec(body).unwrap_or_default())
+}
+
+fn bytes_response(status: StatusCode, body: Vec<u8>) -> Response<Vec<u8>> {
     Response::builder()
         .status(status)
         .header("Content-Type", "application/json")
-        .body(serde_json::to_vec(body).unwrap_or_default())
+        .body(body)
         .unwrap_or_default()
+}
+
+/// A plain GET whose answer may be cached: `Some(job id)` for `/2/jobs/N`, `Some(0)` for
+/// `/2/info`.
+fn cacheable(method: &Method, segments: &[&str], query: &str, body: &[u8]) -> Option<u64> {
+    if *method != Method::GET || !query.is_empty() || !body.is_empty() {
+        return None;
+    }
+    match segments {
+        ["2", "info"] => Some(0),
+        ["2", "jobs", id] => id.parse().ok().filter(|id| *id > 0),
+        _ => None,
+    }
 }
 
 fn error_response(e: &ApiError) -> Response<Vec<u8>> {
@@ -119,6 +139,19 @@ async fn handle(
         Ok(user) => user,
         Err(e) => return Ok(error_response(&e)),
     };
+    let cacheable = cacheable(&method, &seg_refs, &query, &body);
+    match cacheable {
+        Some(0) => {
+            let info = state.answers.info(state.config.snapshot());
+            return Ok(bytes_response(StatusCode::OK, info.to_vec()));
+        }
+        Some(id) => {
+            if let Some(answer) = state.answers.job(id) {
+                return Ok(bytes_response(StatusCode::OK, answer.to_vec()));
+            }
+        }
+        None => {}
+    }
     let query_pairs = parse_query(&query);
     let idempotency = match idempotency_key(
         &method,
@@ -144,7 +177,17 @@ async fn handle(
         idempotency,
     };
     Ok(match routes::dispatch(&state, &req).await {
-        Ok(v) => json_response(StatusCode::OK, &v),
+        Ok(v) => {
+            let bytes = serde_json::to_vec(&v).unwrap_or_default();
+            let finished = v
+                .get("status")
+                .and_then(Value::as_str)
+                .is_some_and(|s| ["success", "error", "canceled"].contains(&s));
+            if let Some(id) = cacheable.filter(|_| finished) {
+                state.answers.finished_job(id, Arc::new(bytes.clone()));
+            }
+            bytes_response(StatusCode::OK, bytes)
+        }
         Err(e) => error_response(&e.at_path(path.as_str())),
     })
 }

@@ -1,3 +1,5 @@
+//! Data dirs of earlier storage layouts open with the current one.
+//!
 //! A data dir written by the first storage layout (finished and unfinished jobs in one tree;
 //! `tests/fixtures/queue-layout-1.tar.gz`, made with the release before the change) opens with
 //! the current one: every job keeps its state, the held job still waits for its filter rule and
@@ -93,4 +95,73 @@ fn a_first_layout_data_dir_is_migrated_and_keeps_every_job() {
     let after = statuses(&s);
     assert_eq!(after.len(), 6);
     assert!(after.iter().all(|(_, st)| st == "success" || st == "error"));
+}
+
+/// A configuration written as one document with every instance inline (the layout before
+/// `config_instances`; `tests/fixtures/config-layout-1.tar.gz`, made by the release before the
+/// change) keeps every instance, and the first change moves them into their own records.
+#[test]
+fn a_single_document_configuration_is_split_without_losing_instances() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/config-layout-1.tar.gz"
+    );
+    let untar = Command::new("tar")
+        .args(["xzf", fixture, "-C"])
+        .arg(dir.path())
+        .status()
+        .unwrap();
+    assert!(untar.success());
+    let instances = |s: &Server| -> Vec<(String, String, Value)> {
+        let (code, list) = curl(s, "GET", "/2/instances?bulk=1", Some("admin:admin"), None);
+        assert_eq!(code, 200, "{list}");
+        list.as_array()
+            .unwrap()
+            .iter()
+            .map(|i| {
+                (
+                    i["name"].as_str().unwrap().to_string(),
+                    i["admin_state"].as_str().unwrap().to_string(),
+                    i["tags"].clone(),
+                )
+            })
+            .collect()
+    };
+    let expected = vec![
+        (
+            "db1.example.com".to_string(),
+            "up".to_string(),
+            serde_json::json!(["role:db"]),
+        ),
+        (
+            "web1.example.com".to_string(),
+            "down".to_string(),
+            serde_json::json!([]),
+        ),
+    ];
+    let s = start_in(dir, &["--no-ssl"]);
+    assert_eq!(instances(&s), expected);
+    // One change (a tag on the cluster) is the first write: every instance moves then.
+    let (code, id) = curl(&s, "PUT", "/2/tags?tag=migrated", Some("admin:admin"), None);
+    assert_eq!(code, 200, "{id}");
+    assert_eq!(wait_job(&s, id.as_u64().unwrap())["status"], "success");
+    let s = restart_after_kill_9(s, &["--no-ssl"]);
+    assert_eq!(instances(&s), expected);
+    // A change to one instance is kept across a restart, the other instance untouched.
+    let (code, id) = curl(
+        &s,
+        "PUT",
+        "/2/instances/web1.example.com/tags?tag=role:web",
+        Some("admin:admin"),
+        None,
+    );
+    assert_eq!(code, 200, "{id}");
+    assert_eq!(wait_job(&s, id.as_u64().unwrap())["status"], "success");
+    let dir = kill_9(s);
+    assert!(check_db(dir.path()).contains("2 instances"));
+    let s = start_in(dir, &["--no-ssl"]);
+    let after = instances(&s);
+    assert_eq!(after[0], expected[0]);
+    assert_eq!(after[1].2, serde_json::json!(["role:web"]));
 }
