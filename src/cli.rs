@@ -493,7 +493,11 @@ fn qemu_settings(
         storage_dir,
         run_root,
         accel: accel.to_string(),
-        os_search_path: std::env::split_paths(os_search_path).collect(),
+        // Absolute from the start: OS scripts run inside their own directory, where a relative
+        // search path (`--os-search-path ./os`, as in the README) no longer leads anywhere.
+        os_search_path: std::env::split_paths(os_search_path)
+            .map(|p| std::path::absolute(&p).unwrap_or(p))
+            .collect(),
         migration_host,
     })
 }

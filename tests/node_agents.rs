@@ -82,8 +82,16 @@ fn spawn_agent(dir: &Path, storage: &Path, run_dir: &Path, listen: &str) -> (Chi
 impl Agent {
     /// SIGKILLs the agent (its VMs keep running) and starts it again on the same port.
     fn kill_9_and_restart(&mut self) {
+        self.kill_9();
+        self.restart();
+    }
+
+    fn kill_9(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    fn restart(&mut self) {
         let listen = self.url.trim_start_matches("https://").to_string();
         let (child, url) = spawn_agent(self._dir.path(), &self.storage, &self.run_dir, &listen);
         self.child = child;
@@ -192,6 +200,37 @@ fn live_migration_between_two_node_agents() {
         inst["oper_state"], true,
         "reported running through the new agent"
     );
+
+    // While its agent is down the instance is ERROR_nodedown, not "crashed", and a job that
+    // needs the node says which agent did not answer and why.
+    a.kill_9();
+    let (_, inst) = curl(&master, "GET", &format!("/2/instances/{NAME}"), None, None);
+    assert_eq!(inst["status"], "ERROR_nodedown", "{inst}");
+    assert_eq!(
+        inst["oper_state"],
+        Value::Null,
+        "no live data from a node that is down"
+    );
+    let failed = job(
+        &master,
+        "POST",
+        &format!("/2/instances/{NAME}/reboot"),
+        json!({}),
+    );
+    assert_eq!(failed["status"], "error", "{failed}");
+    let why = failed["opresult"].to_string().to_lowercase();
+    assert!(
+        why.contains("connection refused") && why.contains(&a.url.to_lowercase()),
+        "{why}"
+    );
+    assert_eq!(
+        qemu_pids(&a.run_dir),
+        source,
+        "the VM ran on without its agent"
+    );
+    a.restart();
+    let (_, inst) = curl(&master, "GET", &format!("/2/instances/{NAME}"), None, None);
+    assert_eq!(inst["status"], "running", "{inst}");
 
     // A migration that cannot happen (agent B is gone) fails cleanly: the source runs on.
     let b_run_dir = b.run_dir.clone();

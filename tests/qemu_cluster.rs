@@ -86,6 +86,13 @@ fn an_instance_lives_its_whole_life_on_real_qemu() {
     );
     let (_, info) = curl(&s, "GET", "/2/info", None, None);
     assert_eq!(info["default_hypervisor"], "kvm");
+    // A real host reports its own sizes: no fake hypervisor parameters on its nodes.
+    let (_, node) = curl(&s, "GET", "/2/nodes/node1.example.com", None, None);
+    let ndparams = node["ndparams"].as_object().expect("ndparams");
+    assert!(
+        ndparams.keys().all(|k| !k.starts_with("fake_")),
+        "{ndparams:?}"
+    );
 
     // Create: disks, the OS create script (its output in the job log), start.
     let job = ok(

@@ -22,6 +22,16 @@ fn unreachable(message: String) -> BackendError {
     }
 }
 
+/// The innermost cause of a request error ("Connection refused (os error 111)"): reqwest's
+/// own text ("error sending request for url (...)") says nothing an operator can act on.
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = e;
+    while let Some(inner) = cause.source() {
+        cause = inner;
+    }
+    cause.to_string()
+}
+
 impl RemoteBackend {
     pub fn new(base: &str, secret: &str, cluster_cert_der: &[u8]) -> Result<RemoteBackend, String> {
         // The secret travels in every request: never in the clear, whatever the config says.
@@ -67,7 +77,11 @@ impl RemoteBackend {
                         timeout.as_secs()
                     )
                 } else {
-                    format!("Error while contacting {}: {e}", self.base)
+                    format!(
+                        "Error while contacting the node agent at {}: {}",
+                        self.base,
+                        root_cause(&e)
+                    )
                 };
                 unreachable(what)
             })?;

@@ -84,11 +84,16 @@ pub fn initial_config(opts: &InitOptions) -> Config {
                 master_candidate: i < 10,
                 master_capable: true,
                 vm_capable: true,
-                ndparams: obj(json!({
-                    "fake_memory_mib": opts.node_memory_mib,
-                    "fake_disk_mib": opts.node_disk_mib,
-                    "fake_cpus": opts.node_cpus,
-                })),
+                // The fake hypervisor's simulated sizes; a real host reports its own.
+                ndparams: if opts.hypervisor == "fake" {
+                    obj(json!({
+                        "fake_memory_mib": opts.node_memory_mib,
+                        "fake_disk_mib": opts.node_disk_mib,
+                        "fake_cpus": opts.node_cpus,
+                    }))
+                } else {
+                    Default::default()
+                },
                 powered: true,
             },
         );

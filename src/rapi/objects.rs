@@ -130,8 +130,19 @@ pub async fn live_instances<'a>(state: &State, insts: impl Iterator<Item = &'a I
     let mut live = Live::default();
     let backend = &state.live;
     for inst in insts {
-        if let Ok(Some(s)) = backend.instance_state(&inst.pnode, &inst.name).await {
-            live.instances.insert(inst.name.clone(), s);
+        // One failed call marks the node: its other instances are not asked again.
+        if live.unreachable.contains(&inst.pnode) {
+            continue;
+        }
+        match backend.instance_state(&inst.pnode, &inst.name).await {
+            Ok(Some(s)) => {
+                live.instances.insert(inst.name.clone(), s);
+            }
+            Ok(None) => {}
+            Err(e) if e.kind == crate::backends::FailureKind::NodeUnreachable => {
+                live.unreachable.insert(inst.pnode.clone());
+            }
+            Err(_) => {}
         }
     }
     live

@@ -118,11 +118,19 @@ pub fn instance_field(cfg: &Config, live: &Live, inst: &Instance, name: &str) ->
             Some(_) => json!({"mode": n.mode, "link": n.link, "vlan": n.vlan}),
             None => json!({"mode": n.mode, "link": n.link}),
         }),
+        "oper_state" | "oper_ram" | "oper_vcpus" if live.unreachable.contains(&inst.pnode) => {
+            return Some(Cell::NoData);
+        }
         "oper_state" => json!(running.is_some()),
         "oper_ram" | "oper_vcpus" if node_offline => return Some(Cell::NoData),
         "oper_ram" => return Some(Cell::or_unavail(running.map(|s| s.memory_mib))),
         "oper_vcpus" => return Some(Cell::or_unavail(running.map(|s| s.vcpus))),
-        "status" => json!(instance_status(cfg, inst, running.is_some())),
+        "status" => json!(instance_status(
+            cfg,
+            inst,
+            running.is_some(),
+            live.unreachable.contains(&inst.pnode)
+        )),
         "pnode.group" => json!(group_name(&inst.pnode)),
         "pnode.group.uuid" => json!(group_of(&inst.pnode)),
         "snodes.group" => json!(
@@ -157,10 +165,16 @@ fn disk_usage(inst: &Instance) -> u64 {
 }
 
 /// Ganeti's instance `status` field.
-fn instance_status(cfg: &Config, inst: &Instance, running: bool) -> &'static str {
-    let node_down = cfg.nodes.get(&inst.pnode).is_none_or(|n| n.offline);
+fn instance_status(
+    cfg: &Config,
+    inst: &Instance,
+    running: bool,
+    unreachable: bool,
+) -> &'static str {
+    let offline = cfg.nodes.get(&inst.pnode).is_none_or(|n| n.offline);
     match (inst.admin_state, running) {
-        _ if node_down => "ERROR_nodeoffline",
+        _ if offline => "ERROR_nodeoffline",
+        _ if unreachable => "ERROR_nodedown",
         (AdminState::Up, true) => "running",
         (AdminState::Up, false) => "ERROR_down",
         (AdminState::Down, true) => "ERROR_up",

@@ -25,6 +25,9 @@ pub struct Live {
     pub nodes: HashMap<String, crate::backends::NodeInfo>,
     /// Instance name → (running, memory, vcpus); missing means not running.
     pub instances: HashMap<String, crate::backends::VmState>,
+    /// Nodes that did not answer when asked: their instances are `ERROR_nodedown`, with no
+    /// live data (upstream's "bad nodes").
+    pub unreachable: std::collections::HashSet<String>,
 }
 
 pub fn cluster_info(cfg: &Config) -> Value {

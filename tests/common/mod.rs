@@ -218,6 +218,7 @@ pub fn short_tempdir(prefix: &str) -> tempfile::TempDir {
 }
 
 /// The flags for a kvm cluster with the repository's OS definitions and the given run dir.
+/// The OS path is relative, as the README has it (tests run from the package root).
 pub fn kvm_args(run_dir: &std::path::Path) -> Vec<String> {
     [
         "--hypervisor",
@@ -226,7 +227,7 @@ pub fn kvm_args(run_dir: &std::path::Path) -> Vec<String> {
         "--nodes",
         "node1.example.com,node2.example.com",
         "--os-search-path",
-        concat!(env!("CARGO_MANIFEST_DIR"), "/os"),
+        "./os",
         "--run-dir",
     ]
     .iter()
