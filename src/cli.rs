@@ -487,9 +487,18 @@ fn qemu_settings(
     os_search_path: &str,
     migration_host: Option<String>,
 ) -> Result<crate::backends::qemu::QemuSettings, String> {
+    let qemu = find_tool("qemu-system-x86_64")?;
+    let probe = crate::backends::qemu::probe::probe(&qemu)?;
+    tracing::info!(
+        qemu = %qemu.display(),
+        version = format!("{}.{}", probe.version.0, probe.version.1),
+        machine = %probe.machine,
+        "QEMU found"
+    );
     Ok(crate::backends::qemu::QemuSettings {
-        qemu: find_tool("qemu-system-x86_64")?,
+        qemu,
         qemu_img: find_tool("qemu-img")?,
+        machine: probe.machine,
         storage_dir,
         run_root,
         accel: accel.to_string(),

@@ -33,6 +33,10 @@ fn config(dir: &Path, name: &str, disks: Vec<PathBuf>) -> VmConfig {
         disks,
         macs: vec!["aa:00:00:12:34:56".into()],
         accel: "tcg".into(),
+        // The installed QEMU's own versioned type, as the server picks it.
+        machine: gantry::backends::qemu::probe::probe(Path::new("qemu-system-x86_64"))
+            .map(|p| p.machine)
+            .unwrap_or_else(|e| panic!("probing QEMU: {e}")),
         incoming: None,
     }
 }

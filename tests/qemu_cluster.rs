@@ -449,3 +449,34 @@ fn instance_node(s: &Server) -> String {
     let (_, nodes) = curl(s, "GET", "/2/nodes", None, None);
     nodes[0]["id"].as_str().unwrap().to_string()
 }
+
+/// A QEMU older than the oldest supported one is refused at start-up, naming its path and
+/// version (a stand-in script plays QEMU 7.1 here).
+#[test]
+fn a_too_old_qemu_is_refused_at_start_up() {
+    use std::os::unix::fs::PermissionsExt;
+    let bin = tempfile::tempdir().unwrap();
+    for (name, text) in [
+        ("qemu-system-x86_64", "QEMU emulator version 7.1.0 (Debian 1:7.1+dfsg-2)"),
+        ("qemu-img", "qemu-img version 7.1.0"),
+    ] {
+        let path = bin.path().join(name);
+        std::fs::write(&path, format!("#!/bin/sh\necho '{text}'\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let data = tempfile::tempdir().unwrap();
+    let path = format!("{}:{}", bin.path().display(), std::env::var("PATH").unwrap());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gantry"))
+        .args(["serve", "--port", "0", "--no-ssl", "--hypervisor", "kvm", "--data-dir"])
+        .arg(data.path())
+        .env("PATH", path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("is QEMU 7.1; gantry needs QEMU 7.2 or newer")
+            && stderr.contains(&bin.path().display().to_string()),
+        "{stderr}"
+    );
+}

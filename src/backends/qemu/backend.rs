@@ -25,6 +25,8 @@ pub struct QemuSettings {
     /// Sockets, pidfiles and logs; keep it short (unix socket paths must stay < 108 bytes).
     pub run_root: PathBuf,
     pub accel: String,
+    /// The machine type new VMs get (`probe.rs`).
+    pub machine: String,
     pub os_search_path: Vec<PathBuf>,
     /// Address other hosts reach this one at for incoming migrations (TCP); None: this host
     /// only migrates to itself, over unix sockets.
@@ -159,6 +161,7 @@ impl QemuBackend {
             disks: self.disk_paths(vm)?,
             macs: vm.macs.iter().map(|m| m.to_string()).collect(),
             accel: self.settings.accel.clone(),
+            machine: self.settings.machine.clone(),
             incoming,
         })
     }

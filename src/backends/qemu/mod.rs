@@ -3,6 +3,7 @@
 
 pub mod backend;
 pub mod os;
+pub mod probe;
 pub mod qmp;
 pub mod vm;
 

@@ -33,8 +33,16 @@ pub struct VmConfig {
     pub macs: Vec<String>,
     /// `tcg` unless asked otherwise: nested KVM on these machines hangs Linux guests.
     pub accel: String,
+    /// The versioned machine type (`probe.rs`); records written before it was chosen used
+    /// QEMU 10's.
+    #[serde(default = "machine_of_old_records")]
+    pub machine: String,
     /// `-incoming` URI for a migration target.
     pub incoming: Option<String>,
+}
+
+fn machine_of_old_records() -> String {
+    "pc-i440fx-10.0".into()
 }
 
 impl VmConfig {
@@ -61,7 +69,7 @@ impl VmConfig {
             "-name".into(),
             self.name.clone(),
             "-machine".into(),
-            "pc-i440fx-10.0".into(),
+            self.machine.clone(),
             "-accel".into(),
             self.accel.clone(),
             "-m".into(),
