@@ -457,7 +457,10 @@ fn a_too_old_qemu_is_refused_at_start_up() {
     use std::os::unix::fs::PermissionsExt;
     let bin = tempfile::tempdir().unwrap();
     for (name, text) in [
-        ("qemu-system-x86_64", "QEMU emulator version 7.1.0 (Debian 1:7.1+dfsg-2)"),
+        (
+            "qemu-system-x86_64",
+            "QEMU emulator version 7.1.0 (Debian 1:7.1+dfsg-2)",
+        ),
         ("qemu-img", "qemu-img version 7.1.0"),
     ] {
         let path = bin.path().join(name);
@@ -465,9 +468,21 @@ fn a_too_old_qemu_is_refused_at_start_up() {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
     let data = tempfile::tempdir().unwrap();
-    let path = format!("{}:{}", bin.path().display(), std::env::var("PATH").unwrap());
+    let path = format!(
+        "{}:{}",
+        bin.path().display(),
+        std::env::var("PATH").unwrap()
+    );
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_gantry"))
-        .args(["serve", "--port", "0", "--no-ssl", "--hypervisor", "kvm", "--data-dir"])
+        .args([
+            "serve",
+            "--port",
+            "0",
+            "--no-ssl",
+            "--hypervisor",
+            "kvm",
+            "--data-dir",
+        ])
         .arg(data.path())
         .env("PATH", path)
         .output()
