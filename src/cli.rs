@@ -22,6 +22,10 @@ use std::time::Duration;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log lines as `text` (coloured only on a terminal, and never with NO_COLOR set) or as
+    /// `json`, one object per line.
+    #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
 }
 
 #[derive(Subcommand)]
@@ -91,8 +95,10 @@ struct NodeArgs {
     /// Sockets, pidfiles, runtime records; short and local to this host.
     #[arg(long)]
     run_dir: PathBuf,
+    /// Ganeti OS definition directories, colon separated.
     #[arg(long, default_value = "/srv/ganeti/os")]
     os_search_path: String,
+    /// QEMU accelerator (`tcg`; `kvm` only when the host really supports it).
     #[arg(long, default_value = "tcg")]
     qemu_accel: String,
 }
@@ -118,9 +124,11 @@ struct ServeArgs {
     /// Serve plain HTTP instead of HTTPS.
     #[arg(long)]
     no_ssl: bool,
-    #[arg(long)]
+    /// TLS certificate (PEM) to serve; default: a self-signed one created in the data dir.
+    #[arg(long, requires = "ssl_key")]
     ssl_cert: Option<PathBuf>,
-    #[arg(long)]
+    /// The private key (PEM) of --ssl-cert.
+    #[arg(long, requires = "ssl_cert")]
     ssl_key: Option<PathBuf>,
     /// Every fake-hypervisor operation takes this long (to observe parallelism).
     #[arg(long, default_value_t = 0)]
@@ -210,14 +218,24 @@ pub fn main() -> ExitCode {
                 let _ = std::io::stdin().read_line(&mut line);
                 line.trim_end_matches(['\n', '\r']).to_string()
             });
-            println!(
+            let line = format!(
                 "{user} {{HA1}}{} {options}",
                 rapi::auth::ha1(&user, &password)
             );
+            println!("{}", line.trim_end());
             ExitCode::SUCCESS
         }
-        Command::Node(args) => run_daemon(node_agent(*args)),
+        Command::Node(args) => run_daemon(&cli.log_format, node_agent(*args)),
         Command::Queue { command, data_dir } => {
+            // Only a data dir gets a flag: a typo must not leave a stray file anywhere.
+            if !data_dir.join("db").is_dir() {
+                eprintln!(
+                    "gantry: {} is not a gantry data dir (it has no db/); give the server's \
+                     --data-dir",
+                    data_dir.display()
+                );
+                return ExitCode::FAILURE;
+            }
             let file = data_dir.join(crate::jobqueue::DRAIN_FILE);
             let result = match command {
                 QueueCommand::Drain => crate::jobqueue::set_drain_file(&file, true),
@@ -238,7 +256,7 @@ pub fn main() -> ExitCode {
                 }
             }
         }
-        Command::Serve(args) => run_daemon(serve(*args)),
+        Command::Serve(args) => run_daemon(&cli.log_format, serve(*args)),
         Command::CheckDb { data_dir } => match check_db(&data_dir) {
             Ok(report) => {
                 println!("{report}");
@@ -281,9 +299,13 @@ fn check_db(data_dir: &Path) -> Result<String, String> {
     ))
 }
 
-/// Runs a daemon (`serve`, `node`) on a fresh runtime with logging to stderr.
-fn run_daemon(daemon: impl std::future::Future<Output = Result<(), String>>) -> ExitCode {
-    init_logging();
+/// Runs a daemon (`serve`, `node`) on a fresh runtime with logging to stderr. A fatal error is
+/// printed once, as `gantry: ...`.
+fn run_daemon(
+    log_format: &str,
+    daemon: impl std::future::Future<Output = Result<(), String>>,
+) -> ExitCode {
+    init_logging(log_format);
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -294,20 +316,25 @@ fn run_daemon(daemon: impl std::future::Future<Output = Result<(), String>>) -> 
     match rt.block_on(daemon) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e}");
             eprintln!("gantry: {e}");
             ExitCode::FAILURE
         }
     }
 }
 
-fn init_logging() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+fn init_logging(format: &str) {
+    use std::io::IsTerminal;
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+        builder.with_ansi(colour).init();
+    }
 }
 
 async fn node_agent(args: NodeArgs) -> Result<(), String> {
@@ -329,8 +356,29 @@ async fn node_agent(args: NodeArgs) -> Result<(), String> {
 }
 
 async fn serve(args: ServeArgs) -> Result<(), String> {
-    crate::util::create_private_dir(&args.data_dir)
-        .map_err(|e| format!("{}: {e}", args.data_dir.display()))?;
+    // The port first: a server that cannot listen must not create a cluster or a certificate.
+    let addr = format!("{}:{}", args.bind, args.port);
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::AddrInUse => format!(
+                "cannot listen on {addr}: the port is in use (another gantry or Ganeti RAPI?); \
+                 choose another one with --port"
+            ),
+            _ => format!("cannot listen on {addr}: {e}"),
+        })?;
+    if args.data_dir.exists() && !args.data_dir.is_dir() {
+        return Err(format!(
+            "{} is a file, not a directory: give --data-dir a directory",
+            args.data_dir.display()
+        ));
+    }
+    crate::util::create_private_dir(&args.data_dir).map_err(|e| {
+        format!(
+            "cannot create the data dir {}: {e}",
+            args.data_dir.display()
+        )
+    })?;
     // The database holds job records and the configuration: its owner's only.
     let db_dir = args.data_dir.join("db");
     crate::util::create_private_dir(&db_dir).map_err(|e| format!("{}: {e}", db_dir.display()))?;
@@ -339,7 +387,8 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         std::fs::set_permissions(&db_dir, std::fs::Permissions::from_mode(0o700))
             .map_err(|e| format!("{}: {e}", db_dir.display()))?;
     }
-    let commit = GroupCommit::open(&db_dir).map_err(|e| e.to_string())?;
+    let commit = GroupCommit::open(&db_dir).map_err(|e| held_by_another(&args.data_dir, e))?;
+    write_pid_file(&args.data_dir);
     let init = InitOptions {
         hypervisor: args.hypervisor.clone(),
         cluster_name: args.cluster_name.clone(),
@@ -423,10 +472,6 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
             &args.data_dir,
         )?)
     };
-    let addr = format!("{}:{}", args.bind, args.port);
-    let listener = tokio::net::TcpListener::bind(&addr)
-        .await
-        .map_err(|e| format!("{addr}: {e}"))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(%local, tls = tls.is_some(), "gantry RAPI listening");
     let writers = state.users.cleartext_writers();
@@ -452,6 +497,33 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     tracing::info!("shutting down: waiting for running jobs");
     queue.shutdown(Duration::from_secs(10)).await;
     Ok(())
+}
+
+/// The pid of the server using a data dir, for the message a second one prints.
+const PID_FILE: &str = "gantry.pid";
+
+fn write_pid_file(data_dir: &Path) {
+    if let Err(e) = std::fs::write(data_dir.join(PID_FILE), std::process::id().to_string()) {
+        tracing::warn!("cannot write {}: {e}", data_dir.join(PID_FILE).display());
+    }
+}
+
+/// sled says "could not acquire lock ... WouldBlock" when another process has the database
+/// open: say which process, and where.
+fn held_by_another(data_dir: &Path, e: crate::storage::StorageError) -> String {
+    let text = e.to_string();
+    if !text.contains("could not acquire lock") {
+        return text;
+    }
+    let pid = std::fs::read_to_string(data_dir.join(PID_FILE))
+        .ok()
+        .map(|p| format!(" (pid {})", p.trim()))
+        .unwrap_or_default();
+    format!(
+        "another gantry process{pid} is using the data dir {}: stop it first, or give this \
+         one another --data-dir",
+        data_dir.display()
+    )
 }
 
 fn default_nodes(hypervisor: &str) -> Vec<String> {

@@ -858,6 +858,9 @@ impl JobQueue {
         {
             tracing::error!(job = %id, "flushing job failed: {e}");
         }
+        if ended.is_some() {
+            log_finished(&job);
+        }
         // After the flush: a follower never hears of a final state that could be lost.
         self.inner.events.job_changed(&job);
         match ended {
@@ -1012,6 +1015,22 @@ impl JobQueue {
             tracing::error!("final flush failed: {e}");
         }
     }
+}
+
+/// One line per finished job, for the operator's log.
+fn log_finished(job: &Job) {
+    let ops: Vec<&str> = job.ops.iter().map(|o| o.input.id().as_str()).collect();
+    let seconds = match (job.start_ts, job.end_ts) {
+        (Some(start), Some(end)) => end.as_secs_f64() - start.as_secs_f64(),
+        _ => 0.0,
+    };
+    tracing::info!(
+        job = %job.id,
+        ops = %ops.join(","),
+        status = job.status().as_str(),
+        seconds = format!("{seconds:.3}"),
+        "job finished"
+    );
 }
 
 /// Rules changed: paused jobs are judged again in the next pass.
