@@ -1,5 +1,6 @@
-//! Command line: `gantry serve` (RAPI + queue + executor in one process), `gantry users hash` and
-//! `gantry queue drain|undrain|info`.
+//! Command line: `gantry serve` (RAPI + queue + executor in one process), `gantry node` (an
+//! agent), `gantry users hash`, `gantry queue drain|undrain|info` on a data dir, and the RAPI
+//! client commands of `client/` (`gantry job|instance|cluster|os ...`).
 
 use crate::backends::{Backend, fake::FakeBackend};
 use crate::cluster::{ClusterStore, InitOptions};
@@ -45,6 +46,15 @@ enum Command {
         #[arg(long, default_value = "gantry-data")]
         data_dir: PathBuf,
     },
+    /// Jobs on a RAPI server (gnt-job): list, info, watch, cancel.
+    Job(crate::client::JobArgs),
+    /// Instances on a RAPI server (gnt-instance): list, info, add, remove, startup, shutdown,
+    /// reboot, migrate.
+    Instance(crate::client::InstanceArgs),
+    /// The cluster behind a RAPI server (gnt-cluster): info, verify.
+    Cluster(crate::client::ClusterArgs),
+    /// OS definitions on a RAPI server (gnt-os): list.
+    Os(crate::client::OsArgs),
     /// The job queue's drain flag, like `gnt-cluster queue`; works while the server runs.
     Queue {
         #[command(subcommand)]
@@ -257,6 +267,10 @@ pub fn main() -> ExitCode {
             }
         }
         Command::Serve(args) => run_daemon(&cli.log_format, serve(*args)),
+        Command::Job(a) => crate::client::main(crate::client::Request::Job(a)),
+        Command::Instance(a) => crate::client::main(crate::client::Request::Instance(a)),
+        Command::Cluster(a) => crate::client::main(crate::client::Request::Cluster(a)),
+        Command::Os(a) => crate::client::main(crate::client::Request::Os(a)),
         Command::CheckDb { data_dir } => match check_db(&data_dir) {
             Ok(report) => {
                 println!("{report}");

@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod backends;
 pub mod cli;
+pub mod client;
 pub mod cluster;
 pub mod cmdlib;
 pub mod http;

@@ -1,0 +1,127 @@
+//! The connection to a RAPI server (gantry or Ganeti): where, who, which certificate to trust,
+//! and the calls. Only HTTP: the client never opens a data dir.
+
+use super::ClientError;
+use serde_json::Value;
+use std::path::PathBuf;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ConnArgs {
+    /// The RAPI server's base URL.
+    #[arg(
+        long,
+        env = "GANTRY_URL",
+        default_value = "https://127.0.0.1:5080",
+        global = true
+    )]
+    pub url: String,
+    /// User name (a users-file entry with `write` for changes).
+    #[arg(long, env = "GANTRY_USER", global = true)]
+    pub user: Option<String>,
+    /// Password; asked for on a terminal when a user is given without one.
+    #[arg(long, env = "GANTRY_PASSWORD", hide_env_values = true, global = true)]
+    pub password: Option<String>,
+    /// Trust this CA or self-signed certificate (PEM), e.g. a gantry data dir's `server.pem`.
+    #[arg(long, global = true)]
+    pub ca_cert: Option<PathBuf>,
+    /// Do not check the server's certificate at all.
+    #[arg(long, global = true)]
+    pub insecure: bool,
+}
+
+pub struct Conn {
+    base: String,
+    auth: Option<(String, String)>,
+    http: reqwest::Client,
+}
+
+impl Conn {
+    pub fn new(args: &ConnArgs) -> Result<Conn, ClientError> {
+        let mut builder = reqwest::Client::builder().timeout(std::time::Duration::from_secs(120));
+        if args.insecure {
+            builder = builder.danger_accept_invalid_certs(true);
+        }
+        if let Some(path) = &args.ca_cert {
+            let pem = std::fs::read(path)
+                .map_err(|e| ClientError::Usage(format!("{}: {e}", path.display())))?;
+            let cert = reqwest::Certificate::from_pem(&pem)
+                .map_err(|e| ClientError::Usage(format!("{}: {e}", path.display())))?;
+            builder = builder.add_root_certificate(cert);
+        }
+        let http = builder
+            .build()
+            .map_err(|e| ClientError::Connect(e.to_string()))?;
+        let auth = match (&args.user, &args.password) {
+            (Some(u), Some(p)) => Some((u.clone(), p.clone())),
+            (Some(u), None) => {
+                let p = rpassword::prompt_password(format!("Password for {u}: "))
+                    .map_err(|e| ClientError::Usage(format!("no password for {u}: {e}")))?;
+                Some((u.clone(), p))
+            }
+            (None, _) => None,
+        };
+        Ok(Conn {
+            base: args.url.trim_end_matches('/').to_string(),
+            auth,
+            http,
+        })
+    }
+
+    pub async fn get(&self, path: &str) -> Result<Value, ClientError> {
+        self.call(reqwest::Method::GET, path, None).await
+    }
+
+    /// One request; RAPI errors become `ClientError::Api` with the server's message.
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, ClientError> {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some((u, p)) = &self.auth {
+            req = req.basic_auth(u, Some(p));
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let answer = req
+            .send()
+            .await
+            .map_err(|e| ClientError::Connect(format!("{}: {}", self.base, root_cause(&e))))?;
+        let status = answer.status();
+        let text = answer
+            .text()
+            .await
+            .map_err(|e| ClientError::Connect(e.to_string()))?;
+        let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        if status.is_success() {
+            return Ok(value);
+        }
+        let message = value
+            .get("message")
+            .and_then(Value::as_str)
+            .filter(|m| !m.is_empty())
+            .map(str::to_string)
+            .unwrap_or_else(|| match status.as_u16() {
+                401 => "wrong user name or password (or none given: --user)".into(),
+                403 => "this user may not do that (a `write` user is needed)".into(),
+                _ => status.canonical_reason().unwrap_or("error").into(),
+            });
+        Err(ClientError::Api(status.as_u16(), message))
+    }
+}
+
+/// The innermost cause ("Connection refused", "invalid peer certificate: UnknownIssuer").
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = e;
+    while let Some(inner) = cause.source() {
+        cause = inner;
+    }
+    let text = cause.to_string();
+    if text.contains("UnknownIssuer") || text.contains("certificate") {
+        format!("{text} (trust the server with --ca-cert FILE, or --insecure)")
+    } else {
+        text
+    }
+}

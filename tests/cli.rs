@@ -1,0 +1,152 @@
+//! The command-line client against a real gantry over HTTPS: what an admin types, with the exit
+//! codes and JSON a script relies on.
+
+mod common;
+use common::*;
+use serde_json::{Value, json};
+use std::process::{Command, Output};
+
+struct Cli<'a> {
+    server: &'a Server,
+    ca: String,
+}
+
+impl Cli<'_> {
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_gantry"))
+            .args(args)
+            .args(["--ca-cert", &self.ca])
+            .env("GANTRY_URL", &self.server.base)
+            .env("GANTRY_USER", "admin")
+            .env("GANTRY_PASSWORD", "admin")
+            .output()
+            .unwrap()
+    }
+
+    /// Runs and expects exit code `code`; answers stdout.
+    fn expect(&self, code: i32, args: &[&str]) -> String {
+        let out = self.run(args);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "gantry {args:?}\nstdout: {stdout}\nstderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        serde_json::from_str(&self.expect(0, args)).expect("JSON output")
+    }
+}
+
+#[test]
+fn an_admin_runs_an_instance_through_its_life_from_the_shell() {
+    let s = start(&[]);
+    let cli = Cli {
+        server: &s,
+        ca: s.dir.path().join("rapi.pem").display().to_string(),
+    };
+    let add = [
+        "instance",
+        "add",
+        "web1.example.com",
+        "-t",
+        "drbd",
+        "-o",
+        "debootstrap+default",
+        "--disk",
+        "0:size=1G",
+        "--net",
+        "0",
+        "-n",
+        "node1.example.com:node2.example.com",
+        "-B",
+        "memory=256",
+        "--no-name-check",
+    ];
+    // A dry run checks and creates nothing.
+    let mut dry = add.to_vec();
+    dry.push("--dry-run");
+    let log = cli.expect(0, &dry);
+    assert!(log.contains("dry-run mode requested"), "{log}");
+    assert_eq!(cli.json(&["instance", "list", "--json"]), json!([]));
+
+    // For real, with the job's log printed as it runs.
+    let log = cli.expect(0, &add);
+    assert!(log.contains("* creating instance disks..."), "{log}");
+    let listed = cli.json(&["instance", "list", "-o", "name,status,pnode", "--json"]);
+    assert_eq!(
+        listed,
+        json!([{"name": "web1.example.com", "status": "running", "pnode": "node1.example.com"}])
+    );
+    let table = cli.expect(0, &["instance", "list", "-o", "name,pnode", "--no-headers"]);
+    assert_eq!(table.trim(), "web1.example.com  node1.example.com");
+
+    cli.expect(0, &["instance", "reboot", "web1.example.com"]);
+    cli.expect(0, &["instance", "migrate", "web1.example.com"]);
+    let inst = cli.json(&["instance", "info", "web1.example.com", "--json"]);
+    assert_eq!(inst["pnode"], "node2.example.com", "migrated: {inst}");
+
+    // Jobs: the list, and one job in detail.
+    let jobs = cli.json(&["job", "list", "--json"]);
+    assert!(jobs.as_array().unwrap().len() >= 4, "{jobs}");
+    let first = cli.json(&["job", "info", "1", "--json"]);
+    assert_eq!(first["status"], "success");
+
+    // A held job is canceled from the shell; following it then reports "canceled" (exit 5).
+    let (code, _) = curl(
+        &s,
+        "POST",
+        "/2/filters",
+        Some("admin:admin"),
+        Some(r#"{"action": "PAUSE"}"#),
+    );
+    assert_eq!(code, 200);
+    let id = cli.expect(0, &["instance", "reboot", "web1.example.com", "--submit"]);
+    let id = id.trim();
+    assert!(
+        id.parse::<u64>().is_ok(),
+        "--submit prints the job id: {id}"
+    );
+    cli.expect(0, &["job", "cancel", id]);
+    cli.expect(5, &["job", "watch", id]);
+    let (_, rules) = curl(&s, "GET", "/2/filters", None, None);
+    let uuid = rules[0]["uuid"].as_str().unwrap();
+    curl(
+        &s,
+        "DELETE",
+        &format!("/2/filters/{uuid}"),
+        Some("admin:admin"),
+        None,
+    );
+
+    // Failures have their own exit codes: a failed job 4, a refused request 3, no server 1.
+    cli.expect(4, &["instance", "startup", "nosuch.example.com"]);
+    let out = Command::new(env!("CARGO_BIN_EXE_gantry"))
+        .args(["job", "list", "--ca-cert", &cli.ca])
+        .env("GANTRY_URL", &s.base)
+        .env("GANTRY_USER", "admin")
+        .env("GANTRY_PASSWORD", "wrong")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("HTTP 401"));
+    let out = Command::new(env!("CARGO_BIN_EXE_gantry"))
+        .args(["job", "list", "--url", "https://127.0.0.1:1", "--insecure"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Connection refused"));
+    // Without a trusted certificate the message says how to trust it.
+    let out = Command::new(env!("CARGO_BIN_EXE_gantry"))
+        .args(["job", "list", "--url", &s.base])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--ca-cert"));
+
+    cli.expect(0, &["instance", "remove", "web1.example.com"]);
+    assert_eq!(cli.json(&["instance", "list", "--json"]), json!([]));
+}
