@@ -1,4 +1,4 @@
-//! `gantry node`: the node agent. It runs the QEMU backend for its own host and serves every
+//! `gantry agent`: the node agent. It runs the QEMU backend for its own host and serves every
 //! backend call to the master over HTTPS: the agent presents the cluster certificate and accepts
 //! only requests signed with the cluster secret, fresh and never seen before (both copied from
 //! the master's data dir; see `backends::protocol::auth`).
@@ -148,7 +148,7 @@ pub async fn run(
         .await
         .map_err(|e| format!("{}: {e}", opts.listen))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
-    println!("gantry node listening on https://{local}");
+    println!("gantry agent listening on https://{local}");
     let server = ServerOptions {
         header_timeout: Duration::from_secs(30),
         handshake_timeout: Duration::from_secs(5),

@@ -1,5 +1,5 @@
-//! Command line: `gantry serve` (RAPI + queue + executor in one process), `gantry node` (an
-//! agent), `gantry users hash`, `gantry queue drain|undrain|info` on a data dir, and the RAPI
+//! Command line: `gantry serve` (RAPI + queue + executor in one process), `gantry agent` (a
+//! node agent), `gantry users hash`, `gantry queue drain|undrain|info` on a data dir, and the RAPI
 //! client commands of `client/` (`gantry job|instance|cluster|os ...`).
 
 use crate::backends::{Backend, fake::FakeBackend};
@@ -39,7 +39,7 @@ enum Command {
         command: UsersCommand,
     },
     /// Run a node agent: this host's QEMU backend, served to the master over HTTPS.
-    Node(Box<NodeArgs>),
+    Agent(Box<NodeArgs>),
     /// Read every record of a stopped server's database and report what is damaged.
     CheckDb {
         /// The server's data directory.
@@ -51,6 +51,8 @@ enum Command {
     /// Instances on a RAPI server (gnt-instance): list, info, add, remove, startup, shutdown,
     /// reboot, migrate.
     Instance(crate::client::InstanceArgs),
+    /// Nodes on a RAPI server (gnt-node): list, info.
+    Node(crate::client::NodeArgs),
     /// The cluster behind a RAPI server (gnt-cluster): info, verify.
     Cluster(crate::client::ClusterArgs),
     /// OS definitions on a RAPI server (gnt-os): list.
@@ -63,6 +65,10 @@ enum Command {
         #[arg(long, default_value = "gantry-data", global = true)]
         data_dir: PathBuf,
     },
+    /// Print a shell completion script: `gantry completions bash > /etc/bash_completion.d/gantry`.
+    Completions { shell: clap_complete::Shell },
+    /// Print the manual page (roff): `gantry man | man -l -`.
+    Man,
 }
 
 #[derive(Subcommand)]
@@ -235,7 +241,25 @@ pub fn main() -> ExitCode {
             println!("{}", line.trim_end());
             ExitCode::SUCCESS
         }
-        Command::Node(args) => run_daemon(&cli.log_format, node_agent(*args)),
+        Command::Agent(args) => run_daemon(&cli.log_format, node_agent(*args)),
+        Command::Node(a) => crate::client::main(crate::client::Request::Node(a)),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            crate::client::quiet_pipe();
+            clap_complete::generate(shell, &mut Cli::command(), "gantry", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Command::Man => {
+            use clap::CommandFactory;
+            crate::client::quiet_pipe();
+            match clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("gantry: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Queue { command, data_dir } => {
             // Only a data dir gets a flag: a typo must not leave a stray file anywhere.
             if !data_dir.join("db").is_dir() {
@@ -313,7 +337,7 @@ fn check_db(data_dir: &Path) -> Result<String, String> {
     ))
 }
 
-/// Runs a daemon (`serve`, `node`) on a fresh runtime with logging to stderr. A fatal error is
+/// Runs a daemon (`serve`, `agent`) on a fresh runtime with logging to stderr. A fatal error is
 /// printed once, as `gantry: ...`.
 fn run_daemon(
     log_format: &str,

@@ -150,3 +150,64 @@ fn an_admin_runs_an_instance_through_its_life_from_the_shell() {
     cli.expect(0, &["instance", "remove", "web1.example.com"]);
     assert_eq!(cli.json(&["instance", "list", "--json"]), json!([]));
 }
+
+/// `gantry job watch` in a terminal (a tmux pane): the log lines appear while the job still
+/// runs, then its final status.
+#[test]
+fn job_watch_shows_the_log_live_in_a_terminal() {
+    let s = start(&[]);
+    let ca = s.dir.path().join("rapi.pem").display().to_string();
+    // Three iterations of half a second, one log line each.
+    let id = delay_job(&s, 0.5, json!({"repeat": 3}));
+    let session = format!("gantry-watch-{}", std::process::id());
+    let command = format!(
+        "GANTRY_URL={} GANTRY_USER=admin GANTRY_PASSWORD=admin {} job watch {id} --ca-cert {ca}; \
+         echo EXIT=$?; sleep 60",
+        s.base,
+        env!("CARGO_BIN_EXE_gantry")
+    );
+    let tmux = |args: &[&str]| {
+        Command::new("tmux")
+            .args(args)
+            .output()
+            .expect("tmux runs (apt-get install tmux)")
+    };
+    assert!(
+        tmux(&[
+            "new-session",
+            "-d",
+            "-s",
+            &session,
+            "-x",
+            "160",
+            "-y",
+            "40",
+            &command
+        ])
+        .status
+        .success()
+    );
+    let screen = || {
+        String::from_utf8_lossy(&tmux(&["capture-pane", "-p", "-t", &session]).stdout).into_owned()
+    };
+    let mut seen_live = false;
+    let mut last = String::new();
+    for _ in 0..400 {
+        last = screen();
+        let (_, job) = curl(&s, "GET", &format!("/2/jobs/{id}"), None, None);
+        if last.contains("Test delay iteration 0/2") && job["status"] == "running" {
+            seen_live = true;
+        }
+        if last.contains("EXIT=") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    tmux(&["kill-session", "-t", &session]);
+    assert!(seen_live, "no log line while the job ran:\n{last}");
+    assert!(last.contains("Test delay iteration 2/2"), "{last}");
+    assert!(
+        last.contains(&format!("Job {id}: success")) && last.contains("EXIT=0"),
+        "{last}"
+    );
+}

@@ -37,7 +37,7 @@ impl Drop for Agent {
     }
 }
 
-/// Starts `gantry node` with the given cluster files (copied into its own dir).
+/// Starts `gantry agent` with the given cluster files (copied into its own dir).
 fn agent(cluster_files: &Path, storage: &Path) -> Agent {
     let dir = short_tempdir("ga");
     for f in ["cluster.pem", "cluster.key", "cluster.secret"] {
@@ -56,7 +56,7 @@ fn agent(cluster_files: &Path, storage: &Path) -> Agent {
 
 fn spawn_agent(dir: &Path, storage: &Path, run_dir: &Path, listen: &str) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_gantry"))
-        .args(["node", "--listen", listen, "--cluster-dir"])
+        .args(["agent", "--listen", listen, "--cluster-dir"])
         .arg(dir)
         .arg("--storage-dir")
         .arg(storage)

@@ -1,5 +1,5 @@
 //! A node on another machine: every backend call becomes an HTTPS request to that host's node
-//! agent (`gantry node`, `src/agent.rs`). The agent must present the cluster certificate (pinned,
+//! agent (`gantry agent`, `src/agent.rs`). The agent must present the cluster certificate (pinned,
 //! no CA involved) and every request carries the cluster secret, so neither side talks to a
 //! stranger.
 

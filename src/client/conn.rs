@@ -98,16 +98,17 @@ impl Conn {
         if status.is_success() {
             return Ok(value);
         }
-        let message = value
-            .get("message")
-            .and_then(Value::as_str)
-            .filter(|m| !m.is_empty())
-            .map(str::to_string)
-            .unwrap_or_else(|| match status.as_u16() {
-                401 => "wrong user name or password (or none given: --user)".into(),
-                403 => "this user may not do that (a `write` user is needed)".into(),
-                _ => status.canonical_reason().unwrap_or("error").into(),
-            });
+        // RAPI servers say no more than the status for these two; say what to do.
+        let message = match status.as_u16() {
+            401 => "wrong user name or password, or none given (--user, GANTRY_USER)".into(),
+            403 => "this user may not do that (changes need a `write` user)".into(),
+            _ => value
+                .get("message")
+                .and_then(Value::as_str)
+                .filter(|m| !m.is_empty())
+                .map(str::to_string)
+                .unwrap_or_else(|| status.canonical_reason().unwrap_or("error").into()),
+        };
         Err(ClientError::Api(status.as_u16(), message))
     }
 }

@@ -185,6 +185,28 @@ pub struct AddArgs {
 }
 
 #[derive(clap::Args, Debug)]
+pub struct NodeArgs {
+    #[command(flatten)]
+    conn: ConnArgs,
+    #[command(subcommand)]
+    command: NodeCommand,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum NodeCommand {
+    /// List nodes; any field of /2/query/node (name, mtotal, mfree, dtotal, dfree, pinst_cnt,
+    /// sinst_cnt, offline, role...).
+    List(ListArgs),
+    /// Show one node.
+    Info {
+        name: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(clap::Args, Debug)]
 pub struct ClusterArgs {
     #[command(flatten)]
     conn: ConnArgs,
@@ -229,16 +251,22 @@ enum OsCommand {
 pub enum Request {
     Job(JobArgs),
     Instance(InstanceArgs),
+    Node(NodeArgs),
     Cluster(ClusterArgs),
     Os(OsArgs),
 }
 
-pub fn main(request: Request) -> ExitCode {
-    // `gantry job list | head` ends quietly, as other tools do, instead of failing to print.
+/// `gantry job list | head` ends quietly, as other tools do, instead of failing to print. Only
+/// for commands that print and exit: a server must see EPIPE on a socket as an error instead.
+pub fn quiet_pipe() {
     // SAFETY: setting a signal's disposition to the default before any thread starts.
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+}
+
+pub fn main(request: Request) -> ExitCode {
+    quiet_pipe();
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -262,6 +290,28 @@ async fn run(request: Request) -> Result<(), ClientError> {
     match request {
         Request::Job(a) => job(&Conn::new(&a.conn)?, a.command).await,
         Request::Instance(a) => instance(&Conn::new(&a.conn)?, a.command).await,
+        Request::Node(a) => {
+            let conn = Conn::new(&a.conn)?;
+            match a.command {
+                NodeCommand::List(list) => {
+                    let fields = list.fields(&[
+                        "name",
+                        "dtotal",
+                        "dfree",
+                        "mtotal",
+                        "mnode",
+                        "mfree",
+                        "pinst_cnt",
+                        "sinst_cnt",
+                    ]);
+                    query_list(&conn, "node", &list, &fields).await
+                }
+                NodeCommand::Info { name, json } => {
+                    output::print_object(json, &conn.get(&format!("/2/nodes/{name}")).await?);
+                    Ok(())
+                }
+            }
+        }
         Request::Cluster(a) => {
             let conn = Conn::new(&a.conn)?;
             match a.command {
@@ -353,23 +403,7 @@ async fn instance(conn: &Conn, command: InstanceCommand) -> Result<(), ClientErr
     match command {
         InstanceCommand::List(list) => {
             let fields = list.fields(&["name", "os", "pnode", "status", "be/memory"]);
-            let answer = conn
-                .get(&format!("/2/query/instance?fields={}", fields.join(",")))
-                .await?;
-            let rows: Vec<Vec<Value>> = answer["data"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|row| {
-                    row.as_array()
-                        .into_iter()
-                        .flatten()
-                        .map(|cell| cell[1].clone())
-                        .collect()
-                })
-                .collect();
-            output::print_rows(&list, &fields, &rows);
-            Ok(())
+            query_list(conn, "instance", &list, &fields).await
         }
         InstanceCommand::Info { name, json } => {
             output::print_object(json, &conn.get(&format!("/2/instances/{name}")).await?);
@@ -449,6 +483,32 @@ async fn instance(conn: &Conn, command: InstanceCommand) -> Result<(), ClientErr
             .await
         }
     }
+}
+
+/// Lists `kind` objects through `/2/query/<kind>` with the chosen fields.
+async fn query_list(
+    conn: &Conn,
+    kind: &str,
+    list: &ListArgs,
+    fields: &[String],
+) -> Result<(), ClientError> {
+    let answer = conn
+        .get(&format!("/2/query/{kind}?fields={}", fields.join(",")))
+        .await?;
+    let rows: Vec<Vec<Value>> = answer["data"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|row| {
+            row.as_array()
+                .into_iter()
+                .flatten()
+                .map(|cell| cell[1].clone())
+                .collect()
+        })
+        .collect();
+    output::print_rows(list, fields, &rows);
+    Ok(())
 }
 
 /// Submits, then prints the job id (`--submit`) or follows the job to its end.
