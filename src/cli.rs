@@ -46,6 +46,8 @@ enum Command {
         #[arg(long, default_value = "gantry-data")]
         data_dir: PathBuf,
     },
+    /// Remember a RAPI server, its user and its certificate (trusted on first use, like ssh).
+    Login(crate::client::LoginArgs),
     /// Jobs on a RAPI server (gnt-job): list, info, watch, cancel.
     Job(crate::client::JobArgs),
     /// Instances on a RAPI server (gnt-instance): list, info, add, remove, startup, shutdown,
@@ -291,6 +293,7 @@ pub fn main() -> ExitCode {
             }
         }
         Command::Serve(args) => run_daemon(&cli.log_format, serve(*args)),
+        Command::Login(a) => crate::client::main(crate::client::Request::Login(a)),
         Command::Job(a) => crate::client::main(crate::client::Request::Job(a)),
         Command::Instance(a) => crate::client::main(crate::client::Request::Instance(a)),
         Command::Cluster(a) => crate::client::main(crate::client::Request::Cluster(a)),

@@ -211,3 +211,73 @@ fn job_watch_shows_the_log_live_in_a_terminal() {
         "{last}"
     );
 }
+
+/// `gantry login` shows the certificate's fingerprint, saves the server (0600, no password),
+/// and pins the certificate: later commands need no URL or CA, and a server presenting another
+/// certificate under that URL is refused with the reason.
+#[test]
+fn login_trusts_on_first_use_and_notices_a_changed_certificate() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = start(&[]);
+    let home = tempfile::tempdir().unwrap();
+    let config = home.path().join("gantry.json");
+    let gantry = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_gantry"))
+            .args(args)
+            .env("GANTRY_CONFIG", &config)
+            .env("GANTRY_PASSWORD", "admin")
+            .env_remove("GANTRY_URL")
+            .output()
+            .unwrap()
+    };
+    let expected = Command::new("openssl")
+        .args(["x509", "-noout", "-fingerprint", "-sha256", "-in"])
+        .arg(s.dir.path().join("rapi.pem"))
+        .output()
+        .unwrap();
+    let expected = String::from_utf8_lossy(&expected.stdout);
+    let expected = expected.trim().rsplit('=').next().unwrap().to_string();
+
+    // Without a terminal the fingerprint is shown and nothing is saved unless --yes.
+    let out = gantry(&["login", &s.base, "--user", "admin"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&expected));
+    assert!(!config.exists());
+    let out = gantry(&["login", &s.base, "--user", "admin", "--yes"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("SHA256:{expected}")));
+    let mode = std::fs::metadata(&config).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    assert!(
+        !std::fs::read_to_string(&config)
+            .unwrap()
+            .contains("\"admin\"\n  \"password")
+    );
+
+    // From now on: no URL, no user, no CA on the command line.
+    let out = gantry(&["job", "list", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[]");
+
+    // Another server (another certificate) behind the saved URL is refused.
+    let other = start(&[]);
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace(&s.base, &other.base);
+    std::fs::write(&config, text).unwrap();
+    let out = gantry(&["job", "list"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("certificate changed") && err.contains("gantry login"),
+        "{err}"
+    );
+}

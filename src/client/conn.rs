@@ -7,21 +7,17 @@ use std::path::PathBuf;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ConnArgs {
-    /// The RAPI server's base URL.
-    #[arg(
-        long,
-        env = "GANTRY_URL",
-        default_value = "https://127.0.0.1:5080",
-        global = true
-    )]
-    pub url: String,
+    /// The RAPI server's base URL [default: the one saved by `gantry login`, else
+    /// https://127.0.0.1:5080].
+    #[arg(long, env = "GANTRY_URL", global = true)]
+    pub url: Option<String>,
     /// User name (a users-file entry with `write` for changes).
     #[arg(long, env = "GANTRY_USER", global = true)]
     pub user: Option<String>,
     /// Password; asked for on a terminal when a user is given without one.
     #[arg(long, env = "GANTRY_PASSWORD", hide_env_values = true, global = true)]
     pub password: Option<String>,
-    /// Trust this CA or self-signed certificate (PEM), e.g. a gantry data dir's `server.pem`.
+    /// Trust this CA or self-signed certificate (PEM), e.g. a gantry data dir's `rapi.pem`.
     #[arg(long, global = true)]
     pub ca_cert: Option<PathBuf>,
     /// Do not check the server's certificate at all.
@@ -37,7 +33,21 @@ pub struct Conn {
 
 impl Conn {
     pub fn new(args: &ConnArgs) -> Result<Conn, ClientError> {
+        let saved = super::login::load();
+        let url = args
+            .url
+            .clone()
+            .or_else(|| saved.as_ref().map(|s| s.url.clone()))
+            .unwrap_or_else(|| "https://127.0.0.1:5080".into());
+        let url = url.trim_end_matches('/').to_string();
+        // The login's certificate, for the server it was saved for.
+        let saved = saved.filter(|s| s.url == url);
         let mut builder = reqwest::Client::builder().timeout(std::time::Duration::from_secs(120));
+        let pinned = saved.as_ref().and_then(|s| s.certificate_der());
+        if let Some(der) = pinned.filter(|_| !args.insecure && args.ca_cert.is_none()) {
+            let tls = crate::http::tls::pinned_client_config(&der).map_err(ClientError::Connect)?;
+            builder = builder.use_preconfigured_tls(tls);
+        }
         if args.insecure {
             builder = builder.danger_accept_invalid_certs(true);
         }
@@ -51,7 +61,11 @@ impl Conn {
         let http = builder
             .build()
             .map_err(|e| ClientError::Connect(e.to_string()))?;
-        let auth = match (&args.user, &args.password) {
+        let user = args
+            .user
+            .clone()
+            .or_else(|| saved.as_ref().and_then(|s| s.user.clone()));
+        let auth = match (&user, &args.password) {
             (Some(u), Some(p)) => Some((u.clone(), p.clone())),
             (Some(u), None) => {
                 let p = rpassword::prompt_password(format!("Password for {u}: "))
@@ -61,7 +75,7 @@ impl Conn {
             (None, _) => None,
         };
         Ok(Conn {
-            base: args.url.trim_end_matches('/').to_string(),
+            base: url,
             auth,
             http,
         })
@@ -114,14 +128,19 @@ impl Conn {
 }
 
 /// The innermost cause ("Connection refused", "invalid peer certificate: UnknownIssuer").
-fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+pub fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     let mut cause = e;
     while let Some(inner) = cause.source() {
         cause = inner;
     }
     let text = cause.to_string();
-    if text.contains("UnknownIssuer") || text.contains("certificate") {
-        format!("{text} (trust the server with --ca-cert FILE, or --insecure)")
+    if text.contains("pinned certificate") {
+        format!(
+            "{text}: its certificate changed since `gantry login`; if that is expected, run \
+             `gantry login URL` again"
+        )
+    } else if text.contains("UnknownIssuer") || text.contains("certificate") {
+        format!("{text} (trust the server with `gantry login URL`, --ca-cert FILE, or --insecure)")
     } else {
         text
     }

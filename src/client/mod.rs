@@ -5,6 +5,7 @@
 //! refused the request, 4 the job failed, 5 the job was canceled, 130 detached with Ctrl-C.
 
 mod conn;
+mod login;
 mod output;
 mod watch;
 
@@ -247,8 +248,22 @@ enum OsCommand {
     },
 }
 
+/// `gantry login`: remember a server and trust its certificate.
+#[derive(clap::Args, Debug)]
+pub struct LoginArgs {
+    /// The server's base URL, e.g. https://cluster.example.com:5080.
+    url: String,
+    /// The user to log in as from now on (the password is never saved).
+    #[arg(long)]
+    user: Option<String>,
+    /// Trust the certificate without asking (compare its fingerprint first!).
+    #[arg(long)]
+    yes: bool,
+}
+
 /// The client commands, each with its connection options.
 pub enum Request {
+    Login(LoginArgs),
     Job(JobArgs),
     Instance(InstanceArgs),
     Node(NodeArgs),
@@ -288,6 +303,7 @@ pub fn main(request: Request) -> ExitCode {
 
 async fn run(request: Request) -> Result<(), ClientError> {
     match request {
+        Request::Login(a) => login::login(&a.url, a.user, a.yes).await,
         Request::Job(a) => job(&Conn::new(&a.conn)?, a.command).await,
         Request::Instance(a) => instance(&Conn::new(&a.conn)?, a.command).await,
         Request::Node(a) => {

@@ -110,10 +110,17 @@ pub fn cluster_credentials(dir: &Path, create: bool) -> Result<ClusterCredential
     })
 }
 
-/// Accepts exactly one certificate: the cluster's.
+/// The certificate a pinned client accepts: exactly one (the cluster's, or one an admin trusted
+/// on first use), or, to learn it, whichever the server presents (recorded for the caller).
+#[derive(Debug)]
+enum Pin {
+    Exactly(Vec<u8>),
+    Learn(Arc<std::sync::Mutex<Option<Vec<u8>>>>),
+}
+
 #[derive(Debug)]
 struct PinnedCertificate {
-    der: Vec<u8>,
+    pin: Pin,
     provider: Arc<rustls::crypto::CryptoProvider>,
 }
 
@@ -126,12 +133,17 @@ impl rustls::client::danger::ServerCertVerifier for PinnedCertificate {
         _ocsp: &[u8],
         _now: rustls::pki_types::UnixTime,
     ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        if end_entity.as_ref() == self.der.as_slice() {
-            Ok(rustls::client::danger::ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::General(
-                "the node does not present the cluster certificate".into(),
-            ))
+        match &self.pin {
+            Pin::Exactly(der) if end_entity.as_ref() == der.as_slice() => {
+                Ok(rustls::client::danger::ServerCertVerified::assertion())
+            }
+            Pin::Exactly(_) => Err(rustls::Error::General(
+                "the server does not present the pinned certificate".into(),
+            )),
+            Pin::Learn(seen) => {
+                *seen.lock().unwrap_or_else(|e| e.into_inner()) = Some(end_entity.to_vec());
+                Ok(rustls::client::danger::ServerCertVerified::assertion())
+            }
         }
     }
 
@@ -172,9 +184,31 @@ impl rustls::client::danger::ServerCertVerifier for PinnedCertificate {
 
 /// A client configuration that trusts exactly one certificate (the cluster's), no CA involved.
 pub fn pinned_client_config(cert_der: &[u8]) -> Result<rustls::ClientConfig, String> {
+    client_config(Pin::Exactly(cert_der.to_vec()))
+}
+
+/// A client configuration that accepts any certificate and records the one it saw (trust on
+/// first use: the caller shows its fingerprint and pins it from then on).
+pub fn learning_client_config()
+-> Result<(rustls::ClientConfig, Arc<std::sync::Mutex<Option<Vec<u8>>>>), String> {
+    let seen = Arc::new(std::sync::Mutex::new(None));
+    Ok((client_config(Pin::Learn(seen.clone()))?, seen))
+}
+
+/// `SHA256:ab:cd:...`, as a certificate's fingerprint is shown to people.
+pub fn fingerprint(der: &[u8]) -> String {
+    use sha2::Digest;
+    let hex: Vec<String> = sha2::Sha256::digest(der)
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect();
+    format!("SHA256:{}", hex.join(":"))
+}
+
+fn client_config(pin: Pin) -> Result<rustls::ClientConfig, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = PinnedCertificate {
-        der: cert_der.to_vec(),
+        pin,
         provider: provider.clone(),
     };
     Ok(rustls::ClientConfig::builder_with_provider(provider)
