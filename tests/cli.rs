@@ -252,10 +252,10 @@ fn login_trusts_on_first_use_and_notices_a_changed_certificate() {
     assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("SHA256:{expected}")));
     let mode = std::fs::metadata(&config).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
+    let saved = std::fs::read_to_string(&config).unwrap();
     assert!(
-        !std::fs::read_to_string(&config)
-            .unwrap()
-            .contains("\"admin\"\n  \"password")
+        saved.contains("\"admin\"") && !saved.contains("password"),
+        "{saved}"
     );
 
     // From now on: no URL, no user, no CA on the command line.

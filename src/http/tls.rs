@@ -115,8 +115,11 @@ pub fn cluster_credentials(dir: &Path, create: bool) -> Result<ClusterCredential
 #[derive(Debug)]
 enum Pin {
     Exactly(Vec<u8>),
-    Learn(Arc<std::sync::Mutex<Option<Vec<u8>>>>),
+    Learn(SeenCertificate),
 }
+
+/// Where a learning client leaves the certificate (DER) it was shown.
+pub type SeenCertificate = Arc<std::sync::Mutex<Option<Vec<u8>>>>;
 
 #[derive(Debug)]
 struct PinnedCertificate {
@@ -189,8 +192,7 @@ pub fn pinned_client_config(cert_der: &[u8]) -> Result<rustls::ClientConfig, Str
 
 /// A client configuration that accepts any certificate and records the one it saw (trust on
 /// first use: the caller shows its fingerprint and pins it from then on).
-pub fn learning_client_config()
--> Result<(rustls::ClientConfig, Arc<std::sync::Mutex<Option<Vec<u8>>>>), String> {
+pub fn learning_client_config() -> Result<(rustls::ClientConfig, SeenCertificate), String> {
     let seen = Arc::new(std::sync::Mutex::new(None));
     Ok((client_config(Pin::Learn(seen.clone()))?, seen))
 }
