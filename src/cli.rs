@@ -55,7 +55,13 @@ enum Command {
     Instance(crate::client::InstanceArgs),
     /// Nodes on a RAPI server (gnt-node): list, info.
     Node(crate::client::NodeArgs),
-    /// The cluster behind a RAPI server (gnt-cluster): info, verify.
+    /// Node groups on a RAPI server (gnt-group): list, info, add, remove, rename.
+    Group(crate::client::GroupArgs),
+    /// Networks on a RAPI server (gnt-network): list, info, add, remove.
+    Network(crate::client::NetworkArgs),
+    /// Job filter rules on a RAPI server (gnt-filter): list, add, delete.
+    Filter(crate::client::FilterArgs),
+    /// The cluster behind a RAPI server (gnt-cluster): info, verify, modify, tags.
     Cluster(crate::client::ClusterArgs),
     /// OS definitions on a RAPI server (gnt-os): list.
     Os(crate::client::OsArgs),
@@ -245,6 +251,9 @@ pub fn main() -> ExitCode {
         }
         Command::Agent(args) => run_daemon(&cli.log_format, node_agent(*args)),
         Command::Node(a) => crate::client::main(crate::client::Request::Node(a)),
+        Command::Group(a) => crate::client::main(crate::client::Request::Group(a)),
+        Command::Network(a) => crate::client::main(crate::client::Request::Network(a)),
+        Command::Filter(a) => crate::client::main(crate::client::Request::Filter(a)),
         Command::Completions { shell } => {
             use clap::CommandFactory;
             crate::client::quiet_pipe();

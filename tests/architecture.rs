@@ -230,3 +230,23 @@ fn opcode_ids_are_named_only_by_the_catalog() {
     });
     assert!(found.is_empty(), "{found:#?}");
 }
+
+#[test]
+fn the_client_speaks_only_http() {
+    let found = violations("client", |rel, code| {
+        if !rel.starts_with("client/") {
+            return vec![];
+        }
+        [
+            "crate::jobqueue",
+            "crate::cluster",
+            "crate::cmdlib",
+            "crate::storage",
+            "sled::",
+        ]
+        .iter()
+        .flat_map(|needle| lines_with(rel, code, needle))
+        .collect()
+    });
+    assert!(found.is_empty(), "{found:#?}");
+}

@@ -281,3 +281,124 @@ fn login_trusts_on_first_use_and_notices_a_changed_certificate() {
         "{err}"
     );
 }
+
+#[test]
+fn groups_networks_filters_nodes_and_the_cluster_from_the_shell() {
+    let s = start(&[]);
+    let cli = Cli {
+        server: &s,
+        ca: s.dir.path().join("rapi.pem").display().to_string(),
+    };
+    cli.expect(0, &["group", "add", "rack2"]);
+    cli.expect(0, &["group", "rename", "rack2", "rack3"]);
+    let groups = cli.json(&["group", "list", "-o", "name", "--json"]);
+    assert!(
+        groups
+            .as_array()
+            .unwrap()
+            .contains(&json!({"name": "rack3"})),
+        "{groups}"
+    );
+    cli.expect(0, &["group", "remove", "rack3"]);
+
+    cli.expect(
+        0,
+        &[
+            "network",
+            "add",
+            "net1",
+            "--network",
+            "192.0.2.0/28",
+            "--gateway",
+            "192.0.2.1",
+        ],
+    );
+    let nets = cli.json(&["network", "list", "-o", "name,network", "--json"]);
+    assert_eq!(nets, json!([{"name": "net1", "network": "192.0.2.0/28"}]));
+    cli.expect(0, &["network", "remove", "net1"]);
+
+    let uuid = cli.expect(
+        0,
+        &[
+            "filter",
+            "add",
+            "--action",
+            "REJECT",
+            "--predicate",
+            r#"["opcode", ["=", "OP_ID", "OP_TEST_DELAY"]]"#,
+        ],
+    );
+    let rules = cli.json(&["filter", "list", "--json"]);
+    assert_eq!(rules[0]["uuid"], uuid.trim(), "{rules}");
+    cli.expect(0, &["filter", "delete", uuid.trim()]);
+    assert_eq!(cli.json(&["filter", "list", "--json"]), json!([]));
+
+    cli.expect(0, &["cluster", "modify", "max_running_jobs=30"]);
+    assert_eq!(
+        cli.json(&["cluster", "info", "--json"])["max_running_jobs"],
+        30
+    );
+    cli.expect(
+        0,
+        &[
+            "cluster",
+            "tags",
+            "add",
+            "env:test",
+            "--reason",
+            "trying tags",
+        ],
+    );
+    assert_eq!(cli.expect(0, &["cluster", "tags"]).trim(), "env:test");
+
+    cli.expect(
+        0,
+        &["node", "modify", "node3.example.com", "--drained", "yes"],
+    );
+    let node = cli.json(&["node", "info", "node3.example.com", "--json"]);
+    assert_eq!(node["drained"], true, "{node}");
+    cli.expect(0, &["node", "role", "node3.example.com", "regular"]);
+
+    cli.expect(
+        0,
+        &[
+            "instance",
+            "add",
+            "db1.example.com",
+            "-t",
+            "drbd",
+            "-o",
+            "debootstrap+default",
+            "--disk",
+            "0:size=512M",
+            "-n",
+            "node1.example.com:node2.example.com",
+            "--no-name-check",
+        ],
+    );
+    cli.expect(
+        0,
+        &["instance", "modify", "db1.example.com", "-B", "memory=512"],
+    );
+    cli.expect(
+        0,
+        &["instance", "grow-disk", "db1.example.com", "0", "512M"],
+    );
+    cli.expect(0, &["instance", "failover", "db1.example.com"]);
+    // Ganeti renames stopped instances only.
+    cli.expect(0, &["instance", "shutdown", "db1.example.com"]);
+    cli.expect(
+        0,
+        &[
+            "instance",
+            "rename",
+            "db1.example.com",
+            "db2.example.com",
+            "--no-name-check",
+        ],
+    );
+    let inst = cli.json(&["instance", "info", "db2.example.com", "--json"]);
+    assert_eq!(inst["pnode"], "node2.example.com", "{inst}");
+    assert_eq!(inst["disk.sizes"], json!([1024]), "{inst}");
+    assert_eq!(inst["beparams"]["maxmem"], 512, "{inst}");
+}

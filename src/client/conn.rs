@@ -81,6 +81,14 @@ impl Conn {
         })
     }
 
+    /// Whether the server is this host (its console commands can run here).
+    pub fn is_local(&self) -> bool {
+        reqwest::Url::parse(&self.base)
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_string))
+            .is_some_and(|h| h == "localhost" || h == "127.0.0.1" || h == "[::1]")
+    }
+
     pub async fn get(&self, path: &str) -> Result<Value, ClientError> {
         self.call(reqwest::Method::GET, path, None).await
     }
