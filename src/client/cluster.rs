@@ -58,7 +58,7 @@ pub(super) enum FilterCommand {
     /// List the job filter rules in the order they apply.
     List(ListArgs),
     /// Add a rule: `--action PAUSE|REJECT|ACCEPT|CONTINUE|RATE_LIMIT:N` with predicates as JSON,
-    /// e.g. `--predicate '["opcode", ["=", "OP_ID", "OP_TEST_DELAY"]]'`.
+    /// e.g. `--predicate '["jobid", [">", "id", 100]]'`.
     Add {
         #[arg(long)]
         action: String,
@@ -129,7 +129,8 @@ pub(super) async fn cluster(a: ClusterArgs) -> Result<(), ClientError> {
             .await
         }
         ClusterCommand::Verify { submit } => {
-            let op = json!({"OP_ID": "OP_CLUSTER_VERIFY"});
+            // A gantry extension (raw opcodes on /2/jobs): Ganeti's RAPI has no verify resource.
+            let op = json!({"OP_ID": crate::opcodes::OpId::ClusterVerify.as_str()});
             submit_and_follow(
                 &conn,
                 reqwest::Method::POST,
