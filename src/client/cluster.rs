@@ -22,7 +22,7 @@ pub(super) enum ClusterCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Verify the cluster's configuration and nodes.
+    /// Verify the cluster configuration (OP_CLUSTER_VERIFY_CONFIG; a gantry extension).
     Verify {
         #[command(flatten)]
         submit: SubmitArgs,
@@ -130,7 +130,7 @@ pub(super) async fn cluster(a: ClusterArgs) -> Result<(), ClientError> {
         }
         ClusterCommand::Verify { submit } => {
             // A gantry extension (raw opcodes on /2/jobs): Ganeti's RAPI has no verify resource.
-            let op = json!({"OP_ID": crate::opcodes::OpId::ClusterVerify.as_str()});
+            let op = json!({"OP_ID": crate::opcodes::OpId::ClusterVerifyConfig.as_str()});
             submit_and_follow(
                 &conn,
                 reqwest::Method::POST,
