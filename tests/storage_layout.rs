@@ -25,6 +25,19 @@ fn statuses(s: &Server) -> Vec<(u64, String)> {
         .collect()
 }
 
+/// A data dir from `tests/fixtures`, unpacked into a new temp dir.
+fn unpack(fixture: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let path = format!("{}/tests/fixtures/{fixture}", env!("CARGO_MANIFEST_DIR"));
+    let untar = Command::new("tar")
+        .args(["xzf", &path, "-C"])
+        .arg(dir.path())
+        .status()
+        .unwrap();
+    assert!(untar.success());
+    dir
+}
+
 fn check_db(dir: &std::path::Path) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_gantry"))
         .arg("check-db")
@@ -42,17 +55,7 @@ fn check_db(dir: &std::path::Path) -> String {
 
 #[test]
 fn a_first_layout_data_dir_is_migrated_and_keeps_every_job() {
-    let dir = tempfile::tempdir().unwrap();
-    let fixture = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/queue-layout-1.tar.gz"
-    );
-    let untar = Command::new("tar")
-        .args(["xzf", fixture, "-C"])
-        .arg(dir.path())
-        .status()
-        .unwrap();
-    assert!(untar.success());
+    let dir = unpack("queue-layout-1.tar.gz");
 
     let s = start_in(dir, &["--no-ssl"]);
     let before: Vec<(u64, String)> = vec![
@@ -102,17 +105,7 @@ fn a_first_layout_data_dir_is_migrated_and_keeps_every_job() {
 /// change) keeps every instance, and the first change moves them into their own records.
 #[test]
 fn a_single_document_configuration_is_split_without_losing_instances() {
-    let dir = tempfile::tempdir().unwrap();
-    let fixture = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/config-layout-1.tar.gz"
-    );
-    let untar = Command::new("tar")
-        .args(["xzf", fixture, "-C"])
-        .arg(dir.path())
-        .status()
-        .unwrap();
-    assert!(untar.success());
+    let dir = unpack("config-layout-1.tar.gz");
     let instances = |s: &Server| -> Vec<(String, String, Value)> {
         let (code, list) = curl(s, "GET", "/2/instances?bulk=1", Some("admin:admin"), None);
         assert_eq!(code, 200, "{list}");

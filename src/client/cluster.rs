@@ -37,8 +37,10 @@ pub(super) enum ClusterCommand {
     },
     /// The cluster's tags: list them, or `add`/`remove` some.
     Tags {
+        /// list, add or remove.
         #[arg(value_parser = ["list", "add", "remove"], default_value = "list")]
         action: String,
+        /// The tags to add or remove.
         tags: Vec<String>,
         #[command(flatten)]
         submit: SubmitArgs,
@@ -60,10 +62,13 @@ pub(super) enum FilterCommand {
     /// Add a rule: `--action PAUSE|REJECT|ACCEPT|CONTINUE|RATE_LIMIT:N` with predicates as JSON,
     /// e.g. `--predicate '["jobid", [">", "id", 100]]'`.
     Add {
+        /// What matching jobs get: ACCEPT, PAUSE, REJECT, CONTINUE or RATE_LIMIT:N.
         #[arg(long)]
         action: String,
+        /// Rules are consulted by priority, lowest first.
         #[arg(long, default_value_t = 0)]
         priority: i64,
+        /// A predicate as JSON (repeat for several; all must match).
         #[arg(long = "predicate")]
         predicates: Vec<String>,
     },

@@ -83,7 +83,9 @@ pub(super) enum InstanceCommand {
     /// Grow one disk by an amount (`1G`, `512M`).
     GrowDisk {
         name: String,
+        /// The disk's index (0 for the first).
         disk: u32,
+        /// How much to add: `512M`, `1G`.
         amount: String,
         #[command(flatten)]
         submit: SubmitArgs,
@@ -121,6 +123,7 @@ pub(super) enum InstanceCommand {
     /// Migrate an instance to its secondary node or, with --target-node, another node.
     Migrate {
         name: String,
+        /// Migrate to this node instead of the secondary (shared storage templates).
         #[arg(long)]
         target_node: Option<String>,
         /// Stop, move and start instead of a live migration.

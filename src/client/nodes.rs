@@ -28,8 +28,10 @@ pub(super) enum NodeCommand {
     /// Set a node's flags: `--offline yes|no`, `--drained yes|no`.
     Modify {
         name: String,
+        /// Mark the node offline (unreachable: nothing is asked of it) or back online.
         #[arg(long, value_parser = ["yes", "no"])]
         offline: Option<String>,
+        /// Mark the node drained (no new instances are placed on it) or not.
         #[arg(long, value_parser = ["yes", "no"])]
         drained: Option<String>,
         #[command(flatten)]
@@ -39,6 +41,7 @@ pub(super) enum NodeCommand {
     Role {
         name: String,
         #[arg(value_parser = ["master-candidate", "regular", "drained", "offline"])]
+        /// The new role.
         role: String,
         #[command(flatten)]
         submit: SubmitArgs,
@@ -72,6 +75,7 @@ pub(super) enum GroupCommand {
     /// Show one group.
     Info {
         name: String,
+        /// Print JSON.
         #[arg(long)]
         json: bool,
     },
@@ -111,14 +115,17 @@ pub(super) enum NetworkCommand {
     /// Show one network.
     Info {
         name: String,
+        /// Print JSON.
         #[arg(long)]
         json: bool,
     },
     /// Add a network: `gantry network add net1 --network 192.0.2.0/24 --gateway 192.0.2.1`.
     Add {
         name: String,
+        /// The network's address range in CIDR form.
         #[arg(long)]
         network: String,
+        /// The gateway address inside the range.
         #[arg(long)]
         gateway: Option<String>,
         #[command(flatten)]
