@@ -402,3 +402,36 @@ fn groups_networks_filters_nodes_and_the_cluster_from_the_shell() {
     assert_eq!(inst["disk.sizes"], json!([1024]), "{inst}");
     assert_eq!(inst["beparams"]["maxmem"], 512, "{inst}");
 }
+
+/// Credentials from a netrc file (`$NETRC`, as `~/.netrc`) for the server's host.
+#[test]
+fn credentials_come_from_netrc() {
+    let s = start(&[]);
+    let ca = s.dir.path().join("rapi.pem").display().to_string();
+    let netrc = s.dir.path().join("netrc");
+    std::fs::write(&netrc, "machine 127.0.0.1 login admin password admin\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_gantry"))
+        .args([
+            "cluster",
+            "tags",
+            "add",
+            "from-netrc",
+            "--url",
+            &s.base,
+            "--ca-cert",
+            &ca,
+        ])
+        .env("NETRC", &netrc)
+        .env_remove("GANTRY_USER")
+        .env_remove("GANTRY_PASSWORD")
+        .env("GANTRY_CONFIG", s.dir.path().join("no-login.json"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_, tags) = curl(&s, "GET", "/2/tags", None, None);
+    assert_eq!(tags, json!(["from-netrc"]));
+}

@@ -11,10 +11,11 @@ pub struct ConnArgs {
     /// https://127.0.0.1:5080].
     #[arg(long, env = "GANTRY_URL", global = true)]
     pub url: Option<String>,
-    /// User name (a users-file entry with `write` for changes).
+    /// User name (a users-file entry with `write` for changes) [default: the login's, else
+    /// the ~/.netrc entry for the server's host].
     #[arg(long, env = "GANTRY_USER", global = true)]
     pub user: Option<String>,
-    /// Password; asked for on a terminal when a user is given without one.
+    /// Password [default: ~/.netrc's for that user, else asked for on a terminal].
     #[arg(long, env = "GANTRY_PASSWORD", hide_env_values = true, global = true)]
     pub password: Option<String>,
     /// Trust this CA or self-signed certificate (PEM), e.g. a gantry data dir's `rapi.pem`.
@@ -61,11 +62,19 @@ impl Conn {
         let http = builder
             .build()
             .map_err(|e| ClientError::Connect(e.to_string()))?;
+        let netrc = netrc_entry(&url);
         let user = args
             .user
             .clone()
-            .or_else(|| saved.as_ref().and_then(|s| s.user.clone()));
-        let auth = match (&user, &args.password) {
+            .or_else(|| saved.as_ref().and_then(|s| s.user.clone()))
+            .or_else(|| netrc.as_ref().map(|(login, _)| login.clone()));
+        // The netrc password only for the netrc login.
+        let password = args.password.clone().or_else(|| {
+            netrc
+                .filter(|(login, _)| Some(login) == user.as_ref())
+                .map(|(_, password)| password)
+        });
+        let auth = match (&user, &password) {
             (Some(u), Some(p)) => Some((u.clone(), p.clone())),
             (Some(u), None) => {
                 let p = rpassword::prompt_password(format!("Password for {u}: "))
@@ -133,6 +142,14 @@ impl Conn {
         };
         Err(ClientError::Api(status.as_u16(), message))
     }
+}
+
+/// The `machine` entry of `~/.netrc` (or `$NETRC`) for the URL's host, else its `default`.
+fn netrc_entry(url: &str) -> Option<(String, String)> {
+    let host = reqwest::Url::parse(url).ok()?.host_str()?.to_string();
+    let rc = netrc::Netrc::new().ok()?;
+    let entry = rc.hosts.get(&host).or_else(|| rc.hosts.get("default"))?;
+    Some((entry.login.clone(), entry.password.clone()))
 }
 
 /// The innermost cause ("Connection refused", "invalid peer certificate: UnknownIssuer").
