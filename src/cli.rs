@@ -100,6 +100,20 @@ enum UsersCommand {
         #[arg(long, default_value = "")]
         options: String,
     },
+    /// Add a user to a users file with an {HA1} password (asked for on a terminal, else read
+    /// from standard input); the server picks it up within a second.
+    Add {
+        user: String,
+        /// May submit jobs (and read).
+        #[arg(long)]
+        write: bool,
+        /// May use queries and consoles.
+        #[arg(long)]
+        read: bool,
+        /// The users file.
+        #[arg(long, default_value = "gantry-data/users")]
+        file: PathBuf,
+    },
 }
 
 #[derive(Parser)]
@@ -231,6 +245,24 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Users {
             command:
+                UsersCommand::Add {
+                    user,
+                    write,
+                    read,
+                    file,
+                },
+        } => match add_user(&user, write, read, &file) {
+            Ok(()) => {
+                println!("{user} added to {}", file.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("gantry: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Users {
+            command:
                 UsersCommand::Hash {
                     user,
                     password,
@@ -318,6 +350,63 @@ pub fn main() -> ExitCode {
             }
         },
     }
+}
+
+/// Appends `user {HA1}digest options` to a users file, refusing a user it already has; the file
+/// is created readable by its owner and group only (it holds password digests).
+fn add_user(user: &str, write: bool, read: bool, file: &Path) -> Result<(), String> {
+    use std::io::{IsTerminal, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    if user.is_empty() || user.chars().any(|c| c.is_whitespace() || c == '#') {
+        return Err(format!("invalid user name {user:?}"));
+    }
+    let existing = std::fs::read_to_string(file).unwrap_or_default();
+    if existing
+        .lines()
+        .any(|l| l.split_whitespace().next() == Some(user))
+    {
+        return Err(format!("{}: {user} is there already", file.display()));
+    }
+    let password = if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password(format!("Password for {user}: "))
+            .map_err(|e| e.to_string())?;
+        let again = rpassword::prompt_password("Again: ").map_err(|e| e.to_string())?;
+        if first != again {
+            return Err("the passwords differ".into());
+        }
+        first
+    } else {
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .map_err(|e| e.to_string())?;
+        line.trim_end_matches(['\n', '\r']).to_string()
+    };
+    if password.is_empty() {
+        return Err("an empty password is not allowed".into());
+    }
+    let options: Vec<&str> = [("write", write), ("read", read)]
+        .iter()
+        .filter(|(_, on)| *on)
+        .map(|(name, _)| *name)
+        .collect();
+    let mut line = format!("{user} {{HA1}}{}", rapi::auth::ha1(user, &password));
+    if !options.is_empty() {
+        line.push(' ');
+        line.push_str(&options.join(","));
+    }
+    let mut out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o640)
+        .open(file)
+        .map_err(|e| format!("{}: {e}", file.display()))?;
+    let separator = if existing.is_empty() || existing.ends_with('\n') {
+        ""
+    } else {
+        "\n"
+    };
+    writeln!(out, "{separator}{line}").map_err(|e| format!("{}: {e}", file.display()))
 }
 
 /// Opens the database and decodes every record: the configuration, jobs, log entries, rules.

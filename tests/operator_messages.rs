@@ -141,3 +141,54 @@ fn logs_have_no_colour_codes_in_files_and_can_be_json() {
         }
     }
 }
+
+/// `gantry users add` appends an {HA1} line the running server accepts within a second, with
+/// comma-separated options, and refuses a user that is there already.
+#[test]
+fn users_add_appends_a_digest_line_the_server_accepts() {
+    use std::io::Write;
+    let s = start(&["--no-ssl"]);
+    let users = s.dir.path().join("users");
+    let add = |name: &str, password: &str| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_gantry"))
+            .args(["users", "add", name, "--write", "--read", "--file"])
+            .arg(&users)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
+        child.wait_with_output().unwrap()
+    };
+    assert!(add("jack", "s3cret pass").status.success());
+    let text = std::fs::read_to_string(&users).unwrap();
+    let line = text.lines().last().unwrap();
+    assert!(
+        line.starts_with("jack {HA1}") && line.ends_with(" write,read"),
+        "{line}"
+    );
+    assert!(
+        !text.contains("s3cret"),
+        "no clear-text password in the file"
+    );
+    let again = add("jack", "other");
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("there already"));
+    // The server reads the file again within a second.
+    let mut code = 0;
+    for _ in 0..40 {
+        (code, _) = curl(
+            &s,
+            "PUT",
+            "/2/tags?tag=by-jack",
+            Some("jack:s3cret pass"),
+            None,
+        );
+        if code == 200 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(code, 200, "the new write user may submit");
+}
