@@ -153,7 +153,8 @@ fn the_official_client_ignores_keys_and_nothing_changes_for_it() {
     assert_eq!(json!(job_count(&s)), json!(2));
 }
 
-/// The metrics page parsed by Prometheus's own Python parser: metric name → value.
+/// The metrics page parsed by Prometheus's own Python parser: metric name (with its labels,
+/// sorted, as `name{a="x",b="y"}`) → value.
 fn scrape(s: &Server) -> std::collections::BTreeMap<String, f64> {
     let out = Command::new("curl")
         .args(["-s", "-k", "-u", "viewer:viewer"])
@@ -165,7 +166,8 @@ import sys
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 for family in text_string_to_metric_families(sys.stdin.read()):
     for sample in family.samples:
-        print(sample.name, sample.value)
+        labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+        print(sample.name + ("{" + labels + "}" if labels else ""), sample.value)
 "#;
     let mut py = Command::new("/usr/bin/python3")
         .args(["-c", parser])
@@ -224,4 +226,37 @@ fn metrics_count_idempotent_hits_conflicts_and_followers() {
     );
     // Read access: no user, no metrics.
     assert_eq!(curl(&s, "GET", "/metrics", None, None).0, 401);
+}
+
+#[test]
+fn metrics_count_finished_jobs_run_times_and_answers() {
+    let s = start(&[]);
+    for duration in [0.01, 0.01, 0.0] {
+        let id = delay_job(&s, duration, json!({}));
+        wait_job(&s, id);
+    }
+    // One refused request: no user.
+    let (code, _) = curl(&s, "POST", "/2/jobs", None, Some(DELAY));
+    assert_eq!(code, 401);
+    let m = scrape(&s);
+    let get = |k: &str| {
+        m.get(k)
+            .copied()
+            .unwrap_or_else(|| panic!("no {k} in {m:#?}"))
+    };
+    let finished = |status: &str| {
+        get(&format!(
+            "gantry_jobs_finished_total{{opcode=\"OP_TEST_DELAY\",status=\"{status}\"}}"
+        ))
+    };
+    assert_eq!(finished("success"), 2.0);
+    assert_eq!(finished("error"), 1.0);
+    assert_eq!(
+        get("gantry_job_run_seconds_count{opcode=\"OP_TEST_DELAY\"}"),
+        3.0
+    );
+    assert!(get("gantry_job_run_seconds_sum{opcode=\"OP_TEST_DELAY\"}") >= 0.02);
+    assert_eq!(get("gantry_jobs_unfinished"), 0.0);
+    assert!(get("gantry_http_responses_total{code=\"200\"}") >= 6.0);
+    assert_eq!(get("gantry_http_responses_total{code=\"401\"}"), 1.0);
 }

@@ -194,6 +194,7 @@ impl JobQueue {
         filters::sort_rules(&mut filters);
         let mut state = State::new(filters);
         recovery::recover(&store, &mut state).await?;
+        METRICS.jobs_unfinished.set(state.jobs.len() as i64);
         let queue = JobQueue {
             inner: Arc::new(Inner {
                 store,
@@ -386,6 +387,7 @@ impl JobQueue {
                     continue;
                 };
                 METRICS.jobs_submitted.inc();
+                METRICS.jobs_unfinished.set(st.jobs.len() as i64);
                 self.inner.events.job_changed(job);
                 if job.status() == Status::Queued && job.start_ts.is_none() {
                     let prio = job.priority();
@@ -845,6 +847,7 @@ impl JobQueue {
                 };
                 st.recent.put(id, job.clone());
                 st.finished_count += 1;
+                METRICS.jobs_unfinished.set(st.jobs.len() as i64);
                 if st.finished_count > self.inner.opts.keep_finished {
                     self.inner.archive_now.notify_one();
                 }
@@ -1024,6 +1027,18 @@ fn log_finished(job: &Job) {
         (Some(start), Some(end)) => end.as_secs_f64() - start.as_secs_f64(),
         _ => 0.0,
     };
+    let opcode = ops.first().copied().unwrap_or_default().to_string();
+    METRICS
+        .jobs_finished
+        .get_or_create(&crate::metrics::JobLabels {
+            opcode: opcode.clone(),
+            status: job.status().as_str().into(),
+        })
+        .inc();
+    METRICS
+        .job_run_seconds
+        .get_or_create(&crate::metrics::OpcodeLabel { opcode })
+        .observe(seconds);
     tracing::info!(
         job = %job.id,
         ops = %ops.join(","),

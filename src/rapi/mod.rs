@@ -119,7 +119,28 @@ fn check_auth(
     }
 }
 
+/// Answers one request and counts the answer by status code.
 async fn handle(
+    state: Arc<State>,
+    method: Method,
+    path: warp::path::FullPath,
+    query: String,
+    headers: HeaderMap,
+    body: bytes::Bytes,
+) -> Result<Response<Vec<u8>>, std::convert::Infallible> {
+    let answer = answer(state, method, path, query, headers, body).await;
+    if let Ok(response) = &answer {
+        crate::metrics::METRICS
+            .http_responses
+            .get_or_create(&crate::metrics::CodeLabel {
+                code: response.status().as_str().to_string(),
+            })
+            .inc();
+    }
+    answer
+}
+
+async fn answer(
     state: Arc<State>,
     method: Method,
     path: warp::path::FullPath,
