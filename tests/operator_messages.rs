@@ -158,7 +158,8 @@ fn users_add_appends_a_digest_line_the_server_accepts() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
+        // A refused add may exit before reading its input: a broken pipe is no failure here.
+        let _ = writeln!(child.stdin.take().unwrap(), "{password}");
         child.wait_with_output().unwrap()
     };
     assert!(add("jack", "s3cret pass").status.success());
