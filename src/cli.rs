@@ -647,12 +647,10 @@ fn write_pid_file(data_dir: &Path) {
     }
 }
 
-/// sled says "could not acquire lock ... WouldBlock" when another process has the database
-/// open: say which process, and where.
+/// A database another server holds: say which process, and where.
 fn held_by_another(data_dir: &Path, e: crate::storage::StorageError) -> String {
-    let text = e.to_string();
-    if !text.contains("could not acquire lock") {
-        return text;
+    if !matches!(e, crate::storage::StorageError::InUse(_)) {
+        return e.to_string();
     }
     let pid = std::fs::read_to_string(data_dir.join(PID_FILE))
         .ok()

@@ -16,6 +16,9 @@ pub enum StorageError {
     Open(String),
     #[error("flush to stable storage failed: {0}")]
     Flush(String),
+    /// Another process has the database open (sled holds an exclusive file lock).
+    #[error("{0}: another process has this database open")]
+    InUse(String),
 }
 
 /// What the flusher has done: every request up to `done` is durable; requests after `done` and up
@@ -136,6 +139,9 @@ fn open_db(path: &Path) -> Result<sled::Db, StorageError> {
     match opened {
         Ok(Ok(db)) => Ok(db),
         Ok(Err(sled::Error::Corruption { at, .. })) => Err(damaged(format!("corrupt at {at:?}"))),
+        Ok(Err(sled::Error::Io(e))) if e.kind() == std::io::ErrorKind::WouldBlock => {
+            Err(StorageError::InUse(path.display().to_string()))
+        }
         Ok(Err(e)) => Err(StorageError::Open(format!("{}: {e}", path.display()))),
         Err(panic) => {
             let text = panic

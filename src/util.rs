@@ -50,6 +50,16 @@ pub fn now_f64() -> f64 {
 
 /// Creates `dir` (and missing parents) readable by its owner only, whatever the umask: data
 /// dirs hold the database, keys and the cluster secret. An existing dir is left as it is.
+/// The innermost cause of an error ("Connection refused (os error 111)"): wrappers such as
+/// reqwest's "error sending request for url (...)" say nothing an operator can act on.
+pub fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = e;
+    while let Some(inner) = cause.source() {
+        cause = inner;
+    }
+    cause.to_string()
+}
+
 pub fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     if dir.is_dir() {

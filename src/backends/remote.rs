@@ -22,16 +22,6 @@ fn unreachable(message: String) -> BackendError {
     }
 }
 
-/// The innermost cause of a request error ("Connection refused (os error 111)"): reqwest's
-/// own text ("error sending request for url (...)") says nothing an operator can act on.
-fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut cause = e;
-    while let Some(inner) = cause.source() {
-        cause = inner;
-    }
-    cause.to_string()
-}
-
 impl RemoteBackend {
     pub fn new(base: &str, secret: &str, cluster_cert_der: &[u8]) -> Result<RemoteBackend, String> {
         // The secret travels in every request: never in the clear, whatever the config says.
@@ -80,7 +70,7 @@ impl RemoteBackend {
                     format!(
                         "Error while contacting the node agent at {}: {}",
                         self.base,
-                        root_cause(&e)
+                        crate::util::root_cause(&e)
                     )
                 };
                 unreachable(what)

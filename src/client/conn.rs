@@ -119,7 +119,7 @@ impl Conn {
         let answer = req
             .send()
             .await
-            .map_err(|e| ClientError::Connect(format!("{}: {}", self.base, root_cause(&e))))?;
+            .map_err(|e| ClientError::Connect(format!("{}: {}", self.base, cause_with_hint(&e))))?;
         let status = answer.status();
         let text = answer
             .text()
@@ -152,13 +152,9 @@ fn netrc_entry(url: &str) -> Option<(String, String)> {
     Some((entry.login.clone(), entry.password.clone()))
 }
 
-/// The innermost cause ("Connection refused", "invalid peer certificate: UnknownIssuer").
-pub fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut cause = e;
-    while let Some(inner) = cause.source() {
-        cause = inner;
-    }
-    let text = cause.to_string();
+/// The innermost cause, with what to do about a certificate the client does not trust.
+pub fn cause_with_hint(e: &(dyn std::error::Error + 'static)) -> String {
+    let text = crate::util::root_cause(e);
     if text.contains("pinned certificate") {
         format!(
             "{text}: its certificate changed since `gantry login`; if that is expected, run \

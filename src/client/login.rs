@@ -66,7 +66,9 @@ pub async fn login(url: &str, user: Option<String>, yes: bool) -> Result<(), Cli
         http.get(format!("{url}/version"))
             .send()
             .await
-            .map_err(|e| ClientError::Connect(format!("{url}: {}", super::conn::root_cause(&e))))?;
+            .map_err(|e| {
+                ClientError::Connect(format!("{url}: {}", super::conn::cause_with_hint(&e)))
+            })?;
         let der = seen
             .lock()
             .unwrap_or_else(|e| e.into_inner())
