@@ -139,7 +139,8 @@ fn open_db(path: &Path) -> Result<sled::Db, StorageError> {
     match opened {
         Ok(Ok(db)) => Ok(db),
         Ok(Err(sled::Error::Corruption { at, .. })) => Err(damaged(format!("corrupt at {at:?}"))),
-        Ok(Err(sled::Error::Io(e))) if e.kind() == std::io::ErrorKind::WouldBlock => {
+        // sled reports its file lock as a plain I/O error with this text (kind `Other`).
+        Ok(Err(sled::Error::Io(e))) if e.to_string().contains("could not acquire lock") => {
             Err(StorageError::InUse(path.display().to_string()))
         }
         Ok(Err(e)) => Err(StorageError::Open(format!("{}: {e}", path.display()))),
