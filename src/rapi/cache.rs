@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 const JOBS: usize = 4096;
 
 /// A serialized answer, shared by every request it serves.
-type Body = Arc<Vec<u8>>;
+type Body = bytes::Bytes;
 
 pub struct Answers {
     /// The snapshot the answer was built from: a new configuration is a new `Arc`.
@@ -42,7 +42,7 @@ impl Answers {
             return bytes.clone();
         }
         let bytes =
-            Arc::new(serde_json::to_vec(&crate::views::cluster_info(&cfg)).unwrap_or_default());
+            Body::from(serde_json::to_vec(&crate::views::cluster_info(&cfg)).unwrap_or_default());
         *lock(&self.info) = Some((cfg, bytes.clone()));
         bytes
     }

@@ -50,11 +50,12 @@ pub struct StateInner {
 
 pub type State = StateInner;
 
-fn json_response(status: StatusCode, body: &Value) -> Response<Vec<u8>> {
-    bytes_response(status, serde_json::to_vec(body).unwrap_or_default())
+fn json_response(status: StatusCode, body: &Value) -> Response<bytes::Bytes> {
+    bytes_response(status, serde_json::to_vec(body).unwrap_or_default().into())
 }
 
-fn bytes_response(status: StatusCode, body: Vec<u8>) -> Response<Vec<u8>> {
+/// A JSON answer already serialized (shared, not copied, when it comes from the cache).
+fn bytes_response(status: StatusCode, body: bytes::Bytes) -> Response<bytes::Bytes> {
     Response::builder()
         .status(status)
         .header("Content-Type", "application/json")
@@ -75,7 +76,7 @@ fn cacheable(method: &Method, segments: &[&str], query: &str, body: &[u8]) -> Op
     }
 }
 
-fn error_response(e: &ApiError) -> Response<Vec<u8>> {
+fn error_response(e: &ApiError) -> Response<bytes::Bytes> {
     let mut resp = json_response(e.status(), &e.body());
     if e.code == 401 {
         resp.headers_mut().insert(
@@ -119,7 +120,6 @@ fn check_auth(
     }
 }
 
-/// Answers one request and counts the answer by status code.
 async fn handle(
     state: Arc<State>,
     method: Method,
@@ -127,27 +127,7 @@ async fn handle(
     query: String,
     headers: HeaderMap,
     body: bytes::Bytes,
-) -> Result<Response<Vec<u8>>, std::convert::Infallible> {
-    let answer = answer(state, method, path, query, headers, body).await;
-    if let Ok(response) = &answer {
-        crate::metrics::METRICS
-            .http_responses
-            .get_or_create(&crate::metrics::CodeLabel {
-                code: response.status().as_str().to_string(),
-            })
-            .inc();
-    }
-    answer
-}
-
-async fn answer(
-    state: Arc<State>,
-    method: Method,
-    path: warp::path::FullPath,
-    query: String,
-    headers: HeaderMap,
-    body: bytes::Bytes,
-) -> Result<Response<Vec<u8>>, std::convert::Infallible> {
+) -> Result<Response<bytes::Bytes>, std::convert::Infallible> {
     let segments: Vec<String> = path
         .as_str()
         .split('/')
@@ -164,11 +144,11 @@ async fn answer(
     match cacheable {
         Some(0) => {
             let info = state.answers.info(state.config.snapshot());
-            return Ok(bytes_response(StatusCode::OK, info.to_vec()));
+            return Ok(bytes_response(StatusCode::OK, info));
         }
         Some(id) => {
             if let Some(answer) = state.answers.job(id) {
-                return Ok(bytes_response(StatusCode::OK, answer.to_vec()));
+                return Ok(bytes_response(StatusCode::OK, answer));
             }
         }
         None => {}
@@ -199,18 +179,29 @@ async fn answer(
     };
     Ok(match routes::dispatch(&state, &req).await {
         Ok(v) => {
-            let bytes = serde_json::to_vec(&v).unwrap_or_default();
+            let bytes = bytes::Bytes::from(serde_json::to_vec(&v).unwrap_or_default());
             let finished = v
                 .get("status")
                 .and_then(Value::as_str)
                 .is_some_and(|s| ["success", "error", "canceled"].contains(&s));
             if let Some(id) = cacheable.filter(|_| finished) {
-                state.answers.finished_job(id, Arc::new(bytes.clone()));
+                state.answers.finished_job(id, bytes.clone());
             }
             bytes_response(StatusCode::OK, bytes)
         }
         Err(e) => error_response(&e.at_path(path.as_str())),
     })
+}
+
+/// Counts every RAPI answer by status code (`gantry_http_responses_total`).
+fn count_answer(response: Response<bytes::Bytes>) -> Response<bytes::Bytes> {
+    crate::metrics::METRICS
+        .http_responses
+        .get_or_create(&crate::metrics::CodeLabel {
+            code: response.status().as_str().to_string(),
+        })
+        .inc();
+    response
 }
 
 /// The `Idempotency-Key` of a mutating request, with the digest of everything that makes the
@@ -398,6 +389,7 @@ pub async fn serve(
         )
         .and(warp::body::stream().and_then(read_limited))
         .and_then(handle)
+        .map(count_answer)
         .recover(|rej: warp::Rejection| async move {
             let e = if rej.find::<TooLarge>().is_some() {
                 ApiError::new(413, "Request body too large")
