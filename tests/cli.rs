@@ -333,6 +333,11 @@ fn groups_networks_filters_nodes_and_the_cluster_from_the_shell() {
     cli.expect(0, &["filter", "delete", uuid.trim()]);
     assert_eq!(cli.json(&["filter", "list", "--json"]), json!([]));
 
+    // /2/info is served from a cache per configuration: read it before and after a change.
+    assert_eq!(
+        cli.json(&["cluster", "info", "--json"])["max_running_jobs"],
+        20
+    );
     cli.expect(0, &["cluster", "modify", "max_running_jobs=30"]);
     assert_eq!(
         cli.json(&["cluster", "info", "--json"])["max_running_jobs"],

@@ -276,6 +276,30 @@ mod tests {
         assert_eq!(*order.lock().unwrap(), vec![-10, 0, 10]);
     }
 
+    /// Within a priority, waiters are served by job id, whatever order they asked in (jobs
+    /// started together reach the lock manager in any order).
+    #[tokio::test]
+    async fn waiters_of_one_priority_are_served_by_job_id() {
+        let m = LockManager::default();
+        let x = plan(&[(LockLevel::Instance, "i1", LockMode::Exclusive)]);
+        let holder = m.acquire(&x, 0, 1).await;
+        let order = Arc::new(Mutex::new(vec![]));
+        let mut tasks = vec![];
+        for job in [14, 12, 13] {
+            let (m, x, order) = (m.clone(), x.clone(), order.clone());
+            tasks.push(tokio::spawn(async move {
+                let _l = m.acquire(&x, 0, job).await;
+                order.lock().unwrap().push(job);
+            }));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        drop(holder);
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(*order.lock().unwrap(), vec![12, 13, 14]);
+    }
+
     #[tokio::test]
     async fn dropped_request_leaves_nothing_behind() {
         let m = LockManager::default();
