@@ -8,7 +8,7 @@ use crate::http::{ServerOptions, tls};
 use crate::jobqueue::{JobQueue, QueueOptions, Store};
 use crate::rapi::{self, StateInner, auth::UserDb};
 use crate::storage::GroupCommit;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -133,12 +133,26 @@ struct NodeArgs {
     /// Sockets, pidfiles, runtime records; short and local to this host.
     #[arg(long)]
     run_dir: PathBuf,
-    /// Ganeti OS definition directories, colon separated.
-    #[arg(long, default_value = "/srv/ganeti/os")]
-    os_search_path: String,
-    /// QEMU accelerator (`tcg`; `kvm` only when the host really supports it).
+    #[command(flatten)]
+    qemu: QemuArgs,
+}
+
+/// How this host runs VMs: shared by `serve --hypervisor kvm` and `agent`.
+#[derive(Args)]
+struct QemuArgs {
+    /// QEMU accelerator for the kvm hypervisor (`tcg`; `kvm` only when the host really supports it).
     #[arg(long, default_value = "tcg")]
     qemu_accel: String,
+    /// Ganeti OS definition directories, colon separated (kvm hypervisor).
+    #[arg(long, default_value = "/srv/ganeti/os")]
+    os_search_path: String,
+    /// Directories the hvparams kernel_path and initrd_path may name, colon separated.
+    #[arg(long, default_value = "/boot")]
+    boot_dir: String,
+    /// Give every NIC QEMU's user-mode network (NAT out, unreachable from outside) instead of a
+    /// tap on its bridge, route or switch: for hosts without bridges.
+    #[arg(long)]
+    user_networking: bool,
 }
 
 #[derive(Parser)]
@@ -174,12 +188,8 @@ struct ServeArgs {
     /// Hypervisor for a new cluster: `fake` (in memory) or `kvm` (real QEMU processes).
     #[arg(long, default_value = "fake", value_parser = ["fake", "kvm"])]
     hypervisor: String,
-    /// QEMU accelerator for the kvm hypervisor (`tcg`; `kvm` only when the host really supports it).
-    #[arg(long, default_value = "tcg")]
-    qemu_accel: String,
-    /// Ganeti OS definition directories, colon separated (kvm hypervisor).
-    #[arg(long, default_value = "/srv/ganeti/os")]
-    os_search_path: String,
+    #[command(flatten)]
+    qemu: QemuArgs,
     /// Where QEMU sockets and pidfiles live; short, as unix socket paths are limited to 107 bytes
     /// (default: /tmp/gantry-<id of the data dir>).
     #[arg(long)]
@@ -486,8 +496,7 @@ async fn node_agent(args: NodeArgs) -> Result<(), String> {
         qemu: qemu_settings(
             args.storage_dir.clone(),
             args.run_dir.clone(),
-            &args.qemu_accel,
-            &args.os_search_path,
+            &args.qemu,
             Some(args.advertise.clone()),
         )?,
     };
@@ -692,8 +701,7 @@ fn find_tool(name: &str) -> Result<PathBuf, String> {
 fn qemu_settings(
     storage_dir: PathBuf,
     run_root: PathBuf,
-    accel: &str,
-    os_search_path: &str,
+    host: &QemuArgs,
     migration_host: Option<String>,
 ) -> Result<crate::backends::qemu::QemuSettings, String> {
     let qemu = find_tool("qemu-system-x86_64")?;
@@ -710,14 +718,21 @@ fn qemu_settings(
         machine: probe.machine,
         storage_dir,
         run_root,
-        accel: accel.to_string(),
+        accel: host.qemu_accel.clone(),
         // Absolute from the start: OS scripts run inside their own directory, where a relative
         // search path (`--os-search-path ./os`, as in the README) no longer leads anywhere.
-        os_search_path: std::env::split_paths(os_search_path)
-            .map(|p| std::path::absolute(&p).unwrap_or(p))
-            .collect(),
+        os_search_path: absolute_paths(&host.os_search_path),
         migration_host,
+        user_networking: host.user_networking,
+        boot_dirs: absolute_paths(&host.boot_dir),
     })
+}
+
+/// A colon-separated list of directories, each made absolute against the working directory.
+fn absolute_paths(list: &str) -> Vec<PathBuf> {
+    std::env::split_paths(list)
+        .map(|p| std::path::absolute(&p).unwrap_or(p))
+        .collect()
 }
 
 fn qemu_backend(args: &ServeArgs) -> Result<crate::backends::qemu::QemuBackend, String> {
@@ -729,8 +744,7 @@ fn qemu_backend(args: &ServeArgs) -> Result<crate::backends::qemu::QemuBackend, 
     Ok(crate::backends::qemu::QemuBackend::new(qemu_settings(
         data_dir.join("storage"),
         run_root,
-        &args.qemu_accel,
-        &args.os_search_path,
+        &args.qemu,
         None,
     )?))
 }

@@ -65,6 +65,7 @@ fn spawn_agent(dir: &Path, storage: &Path, run_dir: &Path, listen: &str) -> (Chi
         .args([
             "--os-search-path",
             concat!(env!("CARGO_MANIFEST_DIR"), "/os"),
+            "--user-networking",
         ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

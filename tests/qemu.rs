@@ -32,6 +32,9 @@ fn config(dir: &Path, name: &str, disks: Vec<PathBuf>) -> VmConfig {
         vcpus: 1,
         disks,
         macs: vec!["aa:00:00:12:34:56".into()],
+        net: Vec::new(),
+        boot: None,
+        console_log: None,
         accel: "tcg".into(),
         // The installed QEMU's own versioned type, as the server picks it.
         machine: gantry::backends::qemu::probe::probe(Path::new("qemu-system-x86_64"))

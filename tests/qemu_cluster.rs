@@ -382,6 +382,7 @@ fn an_os_installed_while_running_is_usable_at_once() {
         "kvm",
         "--os-search-path",
         search.path().to_str().unwrap(),
+        "--user-networking",
         "--run-dir",
         run.path().to_str().unwrap(),
     ]);

@@ -86,6 +86,35 @@ pub struct VmSpec {
     pub osparams: std::collections::BTreeMap<String, String>,
     /// Set for the OS `create` script of a reinstall (`INSTANCE_REINSTALL=1`).
     pub reinstall: bool,
+    /// How each NIC (same order as `macs`) reaches the network; empty in records written
+    /// before NIC modes were honoured.
+    #[serde(default)]
+    pub nics: Vec<NicNet>,
+    /// Direct kernel boot, from the hvparams `kernel_path`, `initrd_path`, `kernel_args`,
+    /// `root_path` and `serial_console`; None boots from the first disk.
+    #[serde(default)]
+    pub boot: Option<KernelBoot>,
+}
+
+/// A NIC's network side, as Ganeti's nicparams and NIC IP describe it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NicNet {
+    /// `bridged`, `routed` or `openvswitch`.
+    pub mode: String,
+    /// The bridge, routing table or switch.
+    pub link: String,
+    pub ip: Option<String>,
+    #[serde(default)]
+    pub vlan: String,
+}
+
+/// What QEMU's `-kernel`, `-initrd` and `-append` get.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct KernelBoot {
+    pub kernel: String,
+    pub initrd: Option<String>,
+    /// The kernel command line: `root=<root_path> <kernel_args>` and the serial console.
+    pub append: String,
 }
 
 /// What a backend reports about one instance on one node.

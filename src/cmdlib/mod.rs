@@ -409,6 +409,69 @@ pub fn vm_spec(cfg: &Config, inst: &Instance) -> Result<VmSpec, OpError> {
         os: inst.os.clone(),
         osparams: os_param_texts(&inst.osparams),
         reinstall: false,
+        nics: inst.nics.iter().map(|n| nic_net(cfg, n)).collect(),
+        boot: kernel_boot(&cfg.effective_hvparams(inst)),
+    })
+}
+
+/// A NIC's mode and link, the cluster's nicparams filling what the NIC leaves empty.
+fn nic_net(cfg: &Config, nic: &crate::cluster::model::Nic) -> crate::backends::NicNet {
+    let default = |key: &str| {
+        cfg.cluster
+            .nicparams
+            .get(key)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    let or_default = |value: &str, key: &str| {
+        if value.is_empty() {
+            default(key)
+        } else {
+            value.to_string()
+        }
+    };
+    let mode = or_default(&nic.mode, "mode");
+    // A routed NIC without a link uses the main routing table, not the default bridge's name.
+    let link = match mode.as_str() {
+        "routed" => nic.link.clone(),
+        _ => or_default(&nic.link, "link"),
+    };
+    crate::backends::NicNet {
+        mode,
+        link,
+        ip: nic.ip.clone().filter(|ip| !ip.is_empty()),
+        vlan: nic.vlan.clone(),
+    }
+}
+
+/// Direct kernel boot as Ganeti's kvm hypervisor builds it: `-kernel kernel_path`, `-initrd
+/// initrd_path`, `-append "root=<root_path> <kernel_args>"` plus `console=ttyS0,<speed>` with
+/// `serial_console`. An empty `kernel_path` boots from the disk.
+fn kernel_boot(hv: &crate::cluster::model::Params) -> Option<crate::backends::KernelBoot> {
+    let text = |key: &str| hv.get(key).and_then(Value::as_str).unwrap_or_default();
+    let kernel = text("kernel_path");
+    if kernel.is_empty() {
+        return None;
+    }
+    let mut append = Vec::new();
+    if !text("root_path").is_empty() {
+        append.push(format!("root={}", text("root_path")));
+    }
+    if !text("kernel_args").is_empty() {
+        append.push(text("kernel_args").to_string());
+    }
+    if hv.get("serial_console").and_then(Value::as_bool) == Some(true) {
+        let speed = hv
+            .get("serial_speed")
+            .and_then(Value::as_u64)
+            .unwrap_or(38400);
+        append.push(format!("console=ttyS0,{speed}"));
+    }
+    Some(crate::backends::KernelBoot {
+        kernel: kernel.to_string(),
+        initrd: Some(text("initrd_path").to_string()).filter(|p| !p.is_empty()),
+        append: append.join(" "),
     })
 }
 

@@ -12,6 +12,8 @@ pub struct Server {
     pub child: Child,
     pub base: String,
     pub dir: tempfile::TempDir,
+    /// The network namespace the server runs in (curl runs there too); None: this one.
+    pub netns: Option<String>,
 }
 
 impl Drop for Server {
@@ -33,7 +35,39 @@ pub fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> Server {
     }
     let data = dir.path().to_path_buf();
     let (child, base) = spawn_gantry(&data, extra, Stdio::null());
-    Server { child, base, dir }
+    Server {
+        child,
+        base,
+        dir,
+        netns: None,
+    }
+}
+
+/// Starts `gantry serve` inside network namespace `netns` (through `ip netns exec`, which execs,
+/// so the child is gantry itself).
+pub fn start_in_netns(netns: &str, dir: tempfile::TempDir, extra: &[&str]) -> Server {
+    std::fs::write(
+        dir.path().join("users"),
+        "admin {cleartext}admin write\nviewer viewer read\n",
+    )
+    .unwrap();
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", netns])
+        .arg(env!("CARGO_BIN_EXE_gantry"))
+        .args(["serve", "--port", "0", "--bind", "127.0.0.1", "--data-dir"])
+        .arg(dir.path())
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn gantry in a network namespace");
+    let base = read_banner(&mut child);
+    Server {
+        child,
+        base,
+        dir,
+        netns: Some(netns.to_string()),
+    }
 }
 
 /// Starts `gantry serve` on a free port with `data` as its data dir and waits for its banner;
@@ -51,13 +85,19 @@ pub fn spawn_gantry(
         .stderr(stderr)
         .spawn()
         .expect("spawn gantry");
+    let base = read_banner(&mut child);
+    (child, base)
+}
+
+/// The base URL from a starting server's first line ("... listening on URL").
+fn read_banner(child: &mut Child) -> String {
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
     let base = line.trim().rsplit(' ').next().unwrap().to_string();
     assert!(base.starts_with("http"), "unexpected banner: {line}");
-    (child, base)
+    base
 }
 
 /// Runs curl; returns (HTTP status, parsed JSON body).
@@ -81,7 +121,14 @@ pub fn curl_full(
     body: Option<&str>,
 ) -> (u16, String, Value) {
     let headers = tempfile::NamedTempFile::new().unwrap();
-    let mut cmd = Command::new("curl");
+    let mut cmd = match &server.netns {
+        Some(ns) => {
+            let mut cmd = Command::new("ip");
+            cmd.args(["netns", "exec", ns, "curl"]);
+            cmd
+        }
+        None => Command::new("curl"),
+    };
     // -k: the server's certificate is self-signed; the CA bundle variables would not matter then.
     cmd.args(["-s", "-k", "-o", "-", "-w", "\n%{http_code}", "-X", method]);
     cmd.arg("-D").arg(headers.path());
@@ -228,6 +275,8 @@ pub fn kvm_args(run_dir: &std::path::Path) -> Vec<String> {
         "node1.example.com,node2.example.com",
         "--os-search-path",
         "./os",
+        // No bridges on a test host: the networked tests are in qemu_network.rs.
+        "--user-networking",
         "--run-dir",
     ]
     .iter()

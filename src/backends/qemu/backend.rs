@@ -4,6 +4,7 @@
 //! (`runtime.json` in its run dir, which is per host: the exact VM config) so a restarted gantry
 //! or node agent re-adopts it, and a supervisor task that notices when it dies.
 
+use super::net;
 use super::os::{self, InstalledOs};
 use super::vm::{Vm, VmConfig, VmError};
 use crate::backends::*;
@@ -31,6 +32,12 @@ pub struct QemuSettings {
     /// Address other hosts reach this one at for incoming migrations (TCP); None: this host
     /// only migrates to itself, over unix sockets.
     pub migration_host: Option<String>,
+    /// Every NIC a user-mode netdev (`--user-networking`): for hosts without bridges. Guests
+    /// reach out through QEMU's NAT but cannot be reached.
+    pub user_networking: bool,
+    /// The directories hvparams `kernel_path` and `initrd_path` may name (`--boot-dir`): a
+    /// write user must not be able to hand any host file to a guest.
+    pub boot_dirs: Vec<PathBuf>,
 }
 
 /// What `runtime.json` holds: where the VM runs and exactly how it was started.
@@ -150,12 +157,26 @@ impl QemuBackend {
 
     fn vm_config(&self, vm: &VmSpec, incoming: Option<String>) -> BackendResult<VmConfig> {
         let suffix = if incoming.is_some() { "-in" } else { "" };
+        let run_dir = self
+            .settings
+            .run_root
+            .join(format!("{}{suffix}", short_id(&vm.name)));
+        let net = if self.settings.user_networking || vm.nics.len() != vm.macs.len() {
+            Vec::new()
+        } else {
+            net::plan(&vm.nics, &run_dir)
+                .map_err(|e| failed(format!("Instance {}: {e}", vm.name)))?
+        };
+        let boot = match &vm.boot {
+            Some(boot) => Some(self.checked_boot(boot)?),
+            None => None,
+        };
         Ok(VmConfig {
             name: vm.name.to_string(),
-            run_dir: self
-                .settings
-                .run_root
-                .join(format!("{}{suffix}", short_id(&vm.name))),
+            run_dir,
+            net,
+            boot,
+            console_log: Some(self.instance_dir(&vm.name)?.join("console.log")),
             memory_mib: vm.memory_mib,
             vcpus: vm.vcpus.max(1) as u32,
             disks: self.disk_paths(vm)?,
@@ -163,6 +184,42 @@ impl QemuBackend {
             accel: self.settings.accel.clone(),
             machine: self.settings.machine.clone(),
             incoming,
+        })
+    }
+
+    /// The kernel and initrd as canonical paths, each a file under one of the boot directories.
+    fn checked_boot(&self, boot: &KernelBoot) -> BackendResult<KernelBoot> {
+        let allowed: Vec<PathBuf> = self
+            .settings
+            .boot_dirs
+            .iter()
+            .filter_map(|d| d.canonicalize().ok())
+            .collect();
+        let check = |param: &str, path: &str| -> BackendResult<String> {
+            let real = Path::new(path)
+                .canonicalize()
+                .map_err(|e| failed(format!("{param} '{path}': {e}")))?;
+            if !real.is_file() || !allowed.iter().any(|dir| real.starts_with(dir)) {
+                let dirs: Vec<String> = self
+                    .settings
+                    .boot_dirs
+                    .iter()
+                    .map(|d| d.display().to_string())
+                    .collect();
+                return Err(failed(format!(
+                    "{param} '{path}' is not a file in this host's boot directories ({}); `--boot-dir` names them",
+                    dirs.join(", ")
+                )));
+            }
+            Ok(real.display().to_string())
+        };
+        Ok(KernelBoot {
+            kernel: check("kernel_path", &boot.kernel)?,
+            initrd: match &boot.initrd {
+                Some(initrd) => Some(check("initrd_path", initrd)?),
+                None => None,
+            },
+            append: boot.append.clone(),
         })
     }
 
@@ -300,14 +357,22 @@ impl QemuBackend {
         Ok(())
     }
 
+    /// Starts QEMU and attaches its taps; a VM whose network cannot be set up is stopped again.
     async fn launch(&self, node: &str, config: VmConfig) -> BackendResult<Vm> {
-        Vm::launch(&self.settings.qemu, config)
+        let on_node = |e: String| failed(format!("on node {node}: {e}"));
+        net::check(&config.net).map_err(on_node)?;
+        let vm = Vm::launch(&self.settings.qemu, config)
             .await
             .map_err(|e| match e {
-                VmError::Launch(m) | VmError::Io(m) => failed(m),
-                other => failed(other),
+                VmError::Launch(m) | VmError::Io(m) => m,
+                other => other.to_string(),
             })
-            .map_err(|e| failed(format!("on node {node}: {e}")))
+            .map_err(on_node)?;
+        if let Err(e) = net::attach(&vm.config.net).await {
+            let _ = vm.stop(Duration::ZERO).await;
+            return Err(on_node(e));
+        }
+        Ok(vm)
     }
 
     /// Starts the migration target: the source's configuration, this host's paths, `-incoming`.
@@ -326,12 +391,17 @@ impl QemuBackend {
             .iter()
             .map(|d| dir.join(d.file_name().unwrap_or_default()))
             .collect();
+        config.console_log = Some(dir.join("console.log"));
         config.accel = self.settings.accel.clone();
         config.run_dir =
             self.settings
                 .run_root
                 .join(format!("{}-{}", short_id(name), short_id(dst)));
         let _ = std::fs::remove_dir_all(&config.run_dir);
+        // The target's own taps: both QEMUs hold theirs until the source quits.
+        for (n, nic) in config.net.iter_mut().enumerate() {
+            nic.tap = net::tap_name(&config.run_dir, n);
+        }
         let uri = match &self.settings.migration_host {
             Some(host) => {
                 // A free port: bind, note it, release it for QEMU.
@@ -453,6 +523,9 @@ impl Backend for QemuBackend {
                 match Vm::adopt(record.config.clone()).await {
                     Some(vm) => {
                         tracing::info!(instance = %name, pid = vm.pid(), "re-adopted running VM");
+                        if let Err(e) = net::attach(&vm.config.net).await {
+                            tracing::warn!(instance = %name, "re-attaching its NICs: {e}");
+                        }
                         self.register(&record.node, vm).await;
                     }
                     None => {
@@ -728,9 +801,14 @@ impl Backend for QemuBackend {
             let Some(config) = self.current_config(name).await else {
                 return Ok(());
             };
+            let source_net = config.net.clone();
             let uri = self.start_incoming(dst, name, config).await?;
             let sent = self.send(name, &uri, live).await;
             self.finish(dst, name, sent.is_ok()).await?;
+            if sent.is_err() {
+                // The discarded target took its routes along; the source keeps serving.
+                net::attach(&source_net).await.map_err(failed)?;
+            }
             sent
         })
     }

@@ -151,7 +151,21 @@ pub fn instance_env(os: &InstalledOs, vm: &VmSpec, disks: &[PathBuf]) -> Vec<(St
     }
     for (n, mac) in vm.macs.iter().enumerate() {
         env.push((format!("NIC_{n}_MAC"), mac.to_string()));
-        env.push((format!("NIC_{n}_MODE"), "bridged".into()));
+        let Some(net) = vm.nics.get(n) else {
+            env.push((format!("NIC_{n}_MODE"), "bridged".into()));
+            continue;
+        };
+        env.push((format!("NIC_{n}_MODE"), net.mode.clone()));
+        env.push((format!("NIC_{n}_LINK"), net.link.clone()));
+        if net.mode == "bridged" {
+            env.push((format!("NIC_{n}_BRIDGE"), net.link.clone()));
+        }
+        if let Some(ip) = &net.ip {
+            env.push((format!("NIC_{n}_IP"), ip.clone()));
+        }
+        if !net.vlan.is_empty() {
+            env.push((format!("NIC_{n}_VLAN"), net.vlan.clone()));
+        }
     }
     if vm.reinstall {
         env.push(("INSTANCE_REINSTALL".into(), "1".into()));

@@ -29,8 +29,19 @@ pub struct VmConfig {
     pub vcpus: u32,
     /// Disk images; `.qcow2` files are qcow2, anything else raw.
     pub disks: Vec<PathBuf>,
-    /// One user-mode virtio NIC per MAC.
+    /// One virtio NIC per MAC.
     pub macs: Vec<String>,
+    /// The NICs' host side (same order as `macs`): a tap each. Empty: user-mode networking for
+    /// every NIC (`--user-networking`, and records written before taps).
+    #[serde(default)]
+    pub net: Vec<super::net::HostNic>,
+    /// Where the serial console's output is kept (appended): next to the disks, so it outlives
+    /// the QEMU process. None: in the run dir (records written before it was kept).
+    #[serde(default)]
+    pub console_log: Option<PathBuf>,
+    /// Direct kernel boot (hvparam `kernel_path`...); None boots from the first disk.
+    #[serde(default)]
+    pub boot: Option<crate::backends::KernelBoot>,
     /// `tcg` unless asked otherwise: nested KVM on these machines hangs Linux guests.
     pub accel: String,
     /// The versioned machine type (`probe.rs`); records written before it was chosen used
@@ -56,6 +67,12 @@ impl VmConfig {
 
     pub fn pidfile(&self) -> PathBuf {
         self.run_dir.join("pid")
+    }
+
+    pub fn console_log(&self) -> PathBuf {
+        self.console_log
+            .clone()
+            .unwrap_or_else(|| self.run_dir.join("console.log"))
     }
 
     pub fn log(&self) -> PathBuf {
@@ -87,7 +104,7 @@ impl VmConfig {
             format!(
                 "socket,id=ser0,path={},server=on,wait=off,logfile={},logappend=on",
                 dir(self.serial_socket()),
-                dir(self.run_dir.join("console.log"))
+                dir(self.console_log())
             ),
             "-serial".into(),
             "chardev:ser0".into(),
@@ -115,9 +132,19 @@ impl VmConfig {
                 disk_slot(n)
             ));
         }
+        if let Some(boot) = &self.boot {
+            args.extend(["-kernel".into(), boot.kernel.clone()]);
+            if let Some(initrd) = &boot.initrd {
+                args.extend(["-initrd".into(), initrd.clone()]);
+            }
+            args.extend(["-append".into(), boot.append.clone()]);
+        }
         for (n, mac) in self.macs.iter().enumerate() {
             args.push("-netdev".into());
-            args.push(format!("user,id=net{n}"));
+            args.push(match self.net.get(n) {
+                Some(nic) => format!("tap,id=net{n},ifname={},script=no,downscript=no", nic.tap),
+                None => format!("user,id=net{n}"),
+            });
             args.push("-device".into());
             args.push(format!(
                 "virtio-net-pci,netdev=net{n},mac={mac},id=nic{n},addr={:#x}",

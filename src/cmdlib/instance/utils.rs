@@ -320,16 +320,26 @@ pub fn nic_from_json(cfg: &Config, v: &Value, taken_macs: &[String]) -> Result<N
             ErrorCode::WrongInput,
         ));
     }
+    // The cluster's default link belongs to its default mode: a routed NIC on a bridged cluster
+    // routes in the main table, not in a table named like the bridge.
+    let default_mode = defaults.get("mode").and_then(Value::as_str);
     let link = get("link")
         .or_else(|| get("bridge"))
         .or_else(|| {
             defaults
                 .get("link")
                 .and_then(Value::as_str)
+                .filter(|_| default_mode.is_none_or(|m| m == mode))
                 .map(String::from)
         })
         .unwrap_or_default();
     let ip = nic_ip(get("ip"))?;
+    if mode == "routed" && ip.is_none() && network.is_none() {
+        return Err(OpError::prereq(
+            "Routed nic mode requires an ip address if not attached to a network",
+            ErrorCode::WrongInput,
+        ));
+    }
     Ok(Nic {
         uuid: new_uuid(),
         name: get("name"),
