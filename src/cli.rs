@@ -73,6 +73,23 @@ enum Command {
         #[arg(long, default_value = "gantry-data", global = true)]
         data_dir: PathBuf,
     },
+    /// Write a backup of a data dir (database, certificates, users) to FILE (tar.gz); works while
+    /// the server runs: jobs and configuration are copied from one instant.
+    Backup {
+        /// The server's data directory.
+        #[arg(long, default_value = "gantry-data")]
+        data_dir: PathBuf,
+        /// The archive to write.
+        file: PathBuf,
+    },
+    /// Unpack a backup into a new data dir, then start `gantry serve --data-dir` on it.
+    Restore {
+        /// The data directory to create (it must not hold a database).
+        #[arg(long, default_value = "gantry-data")]
+        data_dir: PathBuf,
+        /// The archive `gantry backup` wrote.
+        file: PathBuf,
+    },
     /// Print a shell completion script: `gantry completions bash > /etc/bash_completion.d/gantry`.
     Completions { shell: clap_complete::Shell },
     /// Print the manual page (roff): `gantry man | man -l -`.
@@ -313,6 +330,8 @@ pub fn main() -> ExitCode {
                 }
             }
         }
+        Command::Backup { data_dir, file } => report(crate::backup::backup(&data_dir, &file)),
+        Command::Restore { data_dir, file } => report(crate::backup::restore(&file, &data_dir)),
         Command::Queue { command, data_dir } => {
             // Only a data dir gets a flag: a typo must not leave a stray file anywhere.
             if !data_dir.join("db").is_dir() {
@@ -571,6 +590,12 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     };
     adopt(&*backend, &cluster).await;
     let store = Store::open(&commit).map_err(|e| e.to_string())?;
+    let control = crate::backup::serve_control(args.data_dir.clone(), commit.clone());
+    tokio::spawn(async move {
+        if let Err(e) = control.await {
+            tracing::warn!("no control socket (`gantry backup` will not reach this server): {e}");
+        }
+    });
     let space = Arc::new(crate::space::SpaceGuard::new(
         &args.data_dir,
         args.reserve_space_mib << 20,
@@ -747,6 +772,20 @@ fn qemu_backend(args: &ServeArgs) -> Result<crate::backends::qemu::QemuBackend, 
         &args.qemu,
         None,
     )?))
+}
+
+/// Prints a tool's summary, or its error and fails.
+fn report(result: Result<String, String>) -> ExitCode {
+    match result {
+        Ok(summary) => {
+            println!("{summary}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("gantry: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Tells the backend about nodes and instances, so a restart reports running VMs as running.

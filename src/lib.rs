@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod backends;
+pub mod backup;
 pub mod cli;
 pub mod client;
 pub mod cluster;

@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use thiserror::Error;
 use tokio::sync::watch;
 
@@ -43,6 +43,11 @@ pub struct GroupCommit {
     db: sled::Db,
     path: PathBuf,
     flusher: Arc<Flusher>,
+    /// Every write to the database holds this shared; a backup holds it exclusively while it
+    /// copies, so the copy is one instant of every tree (sled has no cross-tree snapshot).
+    gate: Arc<RwLock<()>>,
+    /// No flusher thread (`open_offline`).
+    offline: bool,
 }
 
 impl GroupCommit {
@@ -63,7 +68,46 @@ impl GroupCommit {
             db,
             path: path.to_path_buf(),
             flusher,
+            gate: Arc::new(RwLock::new(())),
+            offline: false,
         })
+    }
+
+    /// Opens a database for a tool that writes it once and closes it (a backup's copy): no
+    /// flusher thread, and `durable` flushes at once.
+    pub fn open_offline(path: &Path) -> Result<GroupCommit, StorageError> {
+        let (tx, _) = watch::channel(Flushed::default());
+        Ok(GroupCommit {
+            db: open_db(path)?,
+            path: path.to_path_buf(),
+            flusher: Arc::new(Flusher {
+                requested: AtomicU64::new(0),
+                wake: (Mutex::new(false), Condvar::new()),
+                flushed: tx,
+            }),
+            gate: Arc::new(RwLock::new(())),
+            offline: true,
+        })
+    }
+
+    /// Held (shared) around every write, so a backup never sees half of a change spread over
+    /// several calls. Never held across an await.
+    pub fn writing(&self) -> RwLockReadGuard<'_, ()> {
+        self.gate.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn paused(&self) -> RwLockWriteGuard<'_, ()> {
+        self.gate.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Copies every tree into `target` (a new, empty database) while every writer here waits:
+    /// the copy is one instant of the whole database. Durable when this answers.
+    pub fn copy_into(&self, target: &GroupCommit) -> Result<(), StorageError> {
+        {
+            let _paused = self.paused();
+            target.db.import(self.db.export());
+        }
+        target.flush_now()
     }
 
     pub fn db(&self) -> &sled::Db {
@@ -80,6 +124,9 @@ impl GroupCommit {
 
     /// Waits until everything written before this call is on stable storage.
     pub async fn durable(&self) -> Result<(), StorageError> {
+        if self.offline {
+            return self.flush_now();
+        }
         let generation = self.flusher.requested.fetch_add(1, Ordering::SeqCst) + 1;
         let mut rx = self.flusher.flushed.subscribe();
         {

@@ -226,6 +226,7 @@ impl ClusterStore {
             let mut written = self.written.lock().await;
             if written.serial_no < serial {
                 let newest = self.snapshot();
+                let _gate = self.commit.writing();
                 self.trees.write(&written, &newest)?;
                 *written = newest;
             }

@@ -73,6 +73,7 @@ impl Store {
     /// Writes a job into the tree its state belongs to; a job that just finished moves from the
     /// unfinished tree to the finished one atomically.
     pub fn put_job(&self, job: &Job) -> Result<(), StoreError> {
+        let _gate = self.commit.writing();
         use sled::Transactional;
         let bytes = encode(job)?;
         if job.archived {
@@ -100,6 +101,7 @@ impl Store {
         record: &KeyRecord,
     ) -> Result<(), StoreError> {
         use sled::Transactional;
+        let _gate = self.commit.writing();
         let bytes = encode(job)?;
         let rec = serde_json::to_vec(record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let store_key = idem.store_key();
@@ -121,12 +123,14 @@ impl Store {
     }
 
     pub fn remove_key(&self, key: &Idempotency) -> Result<(), StoreError> {
+        let _gate = self.commit.writing();
         self.keys.remove(key.store_key())?;
         Ok(())
     }
 
     /// Forgets keys created before `cutoff` (seconds since the epoch); answers how many.
     pub fn sweep_keys(&self, cutoff: u64) -> Result<usize, StoreError> {
+        let _gate = self.commit.writing();
         let mut removed = 0;
         for item in self.keys.iter() {
             let (k, v) = item?;
@@ -142,12 +146,14 @@ impl Store {
 
     /// Deletes a live job's record (a submission that was refused after its record was written).
     pub fn remove_job(&self, id: JobId) -> Result<(), StoreError> {
+        let _gate = self.commit.writing();
         self.jobs.remove(key(id))?;
         Ok(())
     }
 
     /// Moves a finished job to the archive tree, atomically.
     pub fn archive_job(&self, job: &Job) -> Result<(), StoreError> {
+        let _gate = self.commit.writing();
         use sled::Transactional;
         let bytes = encode(job)?;
         (&self.finished, &self.archive)
@@ -253,6 +259,7 @@ impl Store {
     /// tree. Each move is atomic and the layout mark is written last, so an interrupted
     /// migration just runs again. Answers how many jobs moved.
     pub fn migrate(&self) -> Result<usize, StoreError> {
+        let _gate = self.commit.writing();
         let version = self
             .meta
             .get(LAYOUT)?
@@ -288,6 +295,7 @@ impl Store {
 
     /// Appends one log entry of opcode `index` of job `id` (made durable by the next flush).
     pub fn put_log(&self, id: JobId, index: usize, entry: &LogEntry) -> Result<(), StoreError> {
+        let _gate = self.commit.writing();
         let mut k = [0u8; 16];
         k[..8].copy_from_slice(&key(id));
         k[8..].copy_from_slice(&entry.0.to_be_bytes());
@@ -332,6 +340,7 @@ impl Store {
     }
 
     pub fn set_next_id(&self, next: u64) -> Result<(), StoreError> {
+        let _gate = self.commit.writing();
         self.meta.insert(NEXT_ID, &next.to_be_bytes())?;
         Ok(())
     }
@@ -355,6 +364,7 @@ impl Store {
     }
 
     pub fn put_filter_rule(&self, rule: &FilterRule) -> Result<(), StoreError> {
+        let _gate = self.commit.writing();
         let bytes = serde_json::to_vec(rule).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         self.filters.insert(rule.uuid.as_bytes(), bytes)?;
         Ok(())
@@ -362,6 +372,7 @@ impl Store {
 
     /// Answers whether the rule existed.
     pub fn delete_filter_rule(&self, uuid: &str) -> Result<bool, StoreError> {
+        let _gate = self.commit.writing();
         Ok(self.filters.remove(uuid.as_bytes())?.is_some())
     }
 }
