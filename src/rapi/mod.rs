@@ -8,6 +8,7 @@ mod error;
 mod events;
 mod filters;
 mod objects;
+pub mod openapi;
 mod opjob;
 mod query;
 mod request;

@@ -71,6 +71,7 @@ async fn handwritten(state: &State, req: &Request, segs: &[&str]) -> R {
     match segs {
         [] | ["2"] => only(m, &["GET"]).map(|_| Value::Null),
         ["version"] => only(m, &["GET"]).map(|_| json!(2)),
+        ["openapi.json"] => only(m, &["GET"]).map(|_| super::openapi::document()),
         ["2", "info"] => only(m, &["GET"]).map(|_| views::cluster_info(&state.config.snapshot())),
         ["2", "features"] => only(m, &["GET"]).map(|_| json!(FEATURES)),
         ["2", "modify"] => {
