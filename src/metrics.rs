@@ -29,11 +29,44 @@ pub struct CodeLabel {
     pub code: String,
 }
 
+/// A RAPI request's method and route (the path template of `/openapi.json`, or `other`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub method: String,
+    pub route: String,
+}
+
+/// A lock level (`cluster`, `instance`, `node`...).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LevelLabel {
+    pub level: String,
+}
+
+/// A call to a node agent: the agent's address and the call.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AgentCallLabels {
+    pub agent: String,
+    pub call: String,
+}
+
+/// Instances by primary node and state (`running`, `stopped`, `offline`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InstanceLabels {
+    pub node: String,
+    pub state: String,
+}
+
 type RunTimes = Family<OpcodeLabel, Histogram, fn() -> Histogram>;
+type Latencies<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn run_time_histogram() -> Histogram {
     // 1 ms to about 9 hours, by factors of 4.
     Histogram::new(exponential_buckets(0.001, 4.0, 12))
+}
+
+fn latency_histogram() -> Histogram {
+    // 50 µs to about 13 s, by factors of 4: RAPI answers, lock waits, flushes, agent calls.
+    Histogram::new(exponential_buckets(0.000_05, 4.0, 10))
 }
 
 pub struct Metrics {
@@ -60,6 +93,18 @@ pub struct Metrics {
     pub jobs_unfinished: Gauge,
     /// RAPI answers by HTTP status code.
     pub http_responses: Family<CodeLabel, Counter>,
+    /// Seconds from a request's arrival to its answer, by method and route.
+    pub http_request_seconds: Latencies<RouteLabels>,
+    /// Seconds a job waited for each lock it had to queue for, by level.
+    pub lock_wait_seconds: Latencies<LevelLabel>,
+    /// Seconds one flush of the database took (one group commit).
+    pub flush_seconds: Histogram,
+    /// Writers made durable by one flush (the group commit's batch size).
+    pub flush_batch: Histogram,
+    /// Seconds a call to a node agent took, by agent and call.
+    pub agent_call_seconds: Latencies<AgentCallLabels>,
+    /// Instances by primary node and state, counted at each scrape.
+    pub instances: Family<InstanceLabels, Gauge>,
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -77,6 +122,12 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         job_run_seconds: Family::new_with_constructor(run_time_histogram),
         jobs_unfinished: Gauge::default(),
         http_responses: Family::default(),
+        http_request_seconds: Family::new_with_constructor(latency_histogram),
+        lock_wait_seconds: Family::new_with_constructor(latency_histogram),
+        flush_seconds: latency_histogram(),
+        flush_batch: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
+        agent_call_seconds: Family::new_with_constructor(latency_histogram),
+        instances: Family::default(),
     };
     registry.register(
         "idempotent_hits",
@@ -129,8 +180,65 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "RAPI answers by HTTP status code",
         m.http_responses.clone(),
     );
+    registry.register(
+        "http_request_seconds",
+        "Seconds from a RAPI request's arrival to its answer, by method and route",
+        m.http_request_seconds.clone(),
+    );
+    registry.register(
+        "lock_wait_seconds",
+        "Seconds a job waited for a lock it had to queue for, by lock level",
+        m.lock_wait_seconds.clone(),
+    );
+    registry.register(
+        "flush_seconds",
+        "Seconds one database flush (group commit) took",
+        m.flush_seconds.clone(),
+    );
+    registry.register(
+        "flush_batch",
+        "Durable writes covered by one database flush",
+        m.flush_batch.clone(),
+    );
+    registry.register(
+        "agent_call_seconds",
+        "Seconds a call to a node agent took, by agent and call",
+        m.agent_call_seconds.clone(),
+    );
+    registry.register(
+        "instances",
+        "Instances by primary node and state (running, stopped, offline)",
+        m.instances.clone(),
+    );
     Metrics { registry, ..m }
 });
+
+/// Recounts `gantry_instances` from a configuration (before a scrape is rendered): by primary
+/// node and admin state, so a node's row disappears with its last instance.
+pub fn count_instances(cfg: &crate::cluster::model::Config) {
+    let mut counts: std::collections::HashMap<InstanceLabels, i64> = Default::default();
+    for inst in cfg.instances.values() {
+        let node = cfg
+            .nodes
+            .get(&inst.pnode)
+            .map_or_else(|| inst.pnode.clone(), |n| n.name.clone());
+        let state = match inst.admin_state.as_str() {
+            "up" => "running",
+            "offline" => "offline",
+            _ => "stopped",
+        };
+        *counts
+            .entry(InstanceLabels {
+                node,
+                state: state.into(),
+            })
+            .or_default() += 1;
+    }
+    METRICS.instances.clear();
+    for (labels, n) in counts {
+        METRICS.instances.get_or_create(&labels).set(n);
+    }
+}
 
 /// The OpenMetrics text of every metric.
 pub fn render() -> String {

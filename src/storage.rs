@@ -214,8 +214,17 @@ fn flush_loop(db: sled::Db, f: Arc<Flusher>) {
         }
         // Every caller counted in `target` wrote before it asked, so this flush covers it.
         let target = f.requested.load(Ordering::SeqCst);
-        match db.flush() {
-            Ok(_) => f.flushed.send_modify(|s| s.done = s.done.max(target)),
+        let since = std::time::Instant::now();
+        let flushed = db.flush();
+        let metrics = &crate::metrics::METRICS;
+        metrics.flush_seconds.observe(since.elapsed().as_secs_f64());
+        match flushed {
+            Ok(_) => f.flushed.send_modify(|s| {
+                metrics
+                    .flush_batch
+                    .observe(target.saturating_sub(s.done.max(s.failed_up_to)) as f64);
+                s.done = s.done.max(target)
+            }),
             Err(e) => {
                 tracing::error!("sled flush failed (the waiting writers are told): {e}");
                 f.flushed.send_modify(|s| {

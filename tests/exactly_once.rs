@@ -260,3 +260,59 @@ fn metrics_count_finished_jobs_run_times_and_answers() {
     assert!(get("gantry_http_responses_total{code=\"200\"}") >= 6.0);
     assert_eq!(get("gantry_http_responses_total{code=\"401\"}"), 1.0);
 }
+
+#[test]
+fn metrics_time_requests_by_route_flushes_lock_waits_and_count_instances() {
+    let s = start(&["--fake-delay-ms", "100"]);
+    let body = json!({"__version__": 1, "mode": "create", "name": "m1.example.com",
+        "os": "debootstrap+default", "disk_template": "plain", "disks": [{"size": 1024}],
+        "nics": [{}]});
+    let created = job_ok(&s, "POST", "/2/instances", body);
+    assert_eq!(created["status"], "success");
+    // Two reboots of one instance: the second waits for the first's instance lock.
+    let reboot = || {
+        let (code, id) = curl(
+            &s,
+            "POST",
+            "/2/instances/m1.example.com/reboot",
+            Some("admin:admin"),
+            Some("{}"),
+        );
+        assert_eq!(code, 200, "{id}");
+        id.as_u64().unwrap()
+    };
+    let (first, second) = (reboot(), reboot());
+    wait_job(&s, first);
+    wait_job(&s, second);
+    assert_eq!(curl(&s, "GET", "/no/such/path", None, None).0, 404);
+    let pnode = curl(&s, "GET", "/2/instances/m1.example.com", None, None).1["pnode"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let m = scrape(&s);
+    let get = |k: &str| {
+        m.get(k)
+            .copied()
+            .unwrap_or_else(|| panic!("no {k} in {m:#?}"))
+    };
+    let requests = |method: &str, route: &str| {
+        get(&format!(
+            "gantry_http_request_seconds_count{{method=\"{method}\",route=\"{route}\"}}"
+        ))
+    };
+    assert_eq!(requests("POST", "/2/instances"), 1.0);
+    assert_eq!(requests("POST", "/2/instances/{instance_name}/reboot"), 2.0);
+    assert!(requests("GET", "/2/jobs/{job_id}") >= 3.0);
+    assert_eq!(requests("GET", "other"), 1.0);
+    assert!(get("gantry_lock_wait_seconds_count{level=\"instance\"}") >= 1.0);
+    assert!(get("gantry_lock_wait_seconds_sum{level=\"instance\"}") > 0.0);
+    assert!(get("gantry_flush_seconds_count") >= 3.0);
+    assert!(get("gantry_flush_batch_sum") >= get("gantry_flush_batch_count"));
+    assert_eq!(
+        get(&format!(
+            "gantry_instances{{node=\"{pnode}\",state=\"running\"}}"
+        )),
+        1.0
+    );
+}

@@ -173,6 +173,20 @@ fn live_migration_between_two_node_agents() {
         "the VM now runs under agent B"
     );
     assert!(qemu_pids(&a.run_dir).is_empty(), "the source QEMU is gone");
+    // Every call to an agent is timed, by agent and call.
+    let metrics = std::process::Command::new("curl")
+        .args(["-s", "-k", "-u", "admin:admin"])
+        .arg(format!("{}/metrics", master.base))
+        .output()
+        .unwrap();
+    let metrics = String::from_utf8_lossy(&metrics.stdout).to_string();
+    for call in ["start", "send_migration"] {
+        let line = format!(
+            "gantry_agent_call_seconds_count{{agent=\"{}\",call=\"{call}\"}}",
+            a.url
+        );
+        assert!(metrics.contains(&line), "{line} in {metrics}");
+    }
     let (_, console) = curl(
         &master,
         "GET",

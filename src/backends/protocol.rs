@@ -122,6 +122,14 @@ pub enum AgentCall {
 }
 
 impl AgentCall {
+    /// The call's name on the wire (`start`, `node_info`...), for metrics.
+    pub fn name(&self) -> String {
+        serde_json::to_value(self)
+            .ok()
+            .and_then(|v| v["call"].as_str().map(String::from))
+            .unwrap_or_default()
+    }
+
     /// How long the master waits for the agent's answer: a hung agent fails the job in bounded
     /// time. Questions are quick; disk copies, OS scripts and migrations may take long.
     pub fn timeout(&self) -> std::time::Duration {

@@ -48,9 +48,34 @@ impl RemoteBackend {
         let body = serde_json::to_vec(&call).map_err(|e| BackendError::failed(e.to_string()))?;
         let (timestamp, nonce, signature) = auth::sign(&self.secret, &body);
         let timeout = call.timeout();
+        let since = std::time::Instant::now();
+        let labels = crate::metrics::AgentCallLabels {
+            agent: self.base.clone(),
+            call: call.name(),
+        };
+        let answer = self
+            .post(&url, body, timestamp, nonce, signature, timeout)
+            .await;
+        crate::metrics::METRICS
+            .agent_call_seconds
+            .get_or_create(&labels)
+            .observe(since.elapsed().as_secs_f64());
+        answer
+    }
+
+    /// Posts one signed call and reads its answer.
+    async fn post<T: DeserializeOwned>(
+        &self,
+        url: &str,
+        body: Vec<u8>,
+        timestamp: String,
+        nonce: String,
+        signature: String,
+        timeout: Duration,
+    ) -> BackendResult<T> {
         let response = self
             .client
-            .post(&url)
+            .post(url)
             .timeout(timeout)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .header(auth::TIMESTAMP, timestamp)

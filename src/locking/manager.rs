@@ -192,10 +192,17 @@ impl LockManager {
                 }
             };
             if let Some((mut pending, rx)) = waiting {
+                let since = std::time::Instant::now();
                 // The sender lives in the table until granted or withdrawn by `pending`.
                 if rx.await.is_ok() {
                     pending.granted = true;
                 }
+                crate::metrics::METRICS
+                    .lock_wait_seconds
+                    .get_or_create(&crate::metrics::LevelLabel {
+                        level: key.0.name().into(),
+                    })
+                    .observe(since.elapsed().as_secs_f64());
             }
             held.held.push((key.clone(), *mode));
         }

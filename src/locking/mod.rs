@@ -19,6 +19,19 @@ pub enum LockLevel {
     Network,
 }
 
+impl LockLevel {
+    /// Ganeti's name of the level (`LEVEL_INSTANCE` is "instance").
+    pub fn name(self) -> &'static str {
+        match self {
+            LockLevel::Instance => "instance",
+            LockLevel::NodeGroup => "nodegroup",
+            LockLevel::Node => "node",
+            LockLevel::NodeRes => "node-res",
+            LockLevel::Network => "network",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum LockMode {
     Shared,

@@ -121,6 +121,7 @@ fn check_auth(
     }
 }
 
+/// Answers one request, timing it by method and route (`gantry_http_request_seconds`).
 async fn handle(
     state: Arc<State>,
     method: Method,
@@ -129,12 +130,35 @@ async fn handle(
     headers: HeaderMap,
     body: bytes::Bytes,
 ) -> Result<Response<bytes::Bytes>, std::convert::Infallible> {
+    let since = std::time::Instant::now();
     let segments: Vec<String> = path
         .as_str()
         .split('/')
         .filter(|s| !s.is_empty())
         .map(percent_decode)
         .collect();
+    let seg_refs: Vec<&str> = segments.iter().map(String::as_str).collect();
+    let labels = crate::metrics::RouteLabels {
+        method: method.as_str().to_string(),
+        route: openapi::route_of(&seg_refs).to_string(),
+    };
+    let answer = answer(state, method, path, query, headers, body, segments).await;
+    crate::metrics::METRICS
+        .http_request_seconds
+        .get_or_create(&labels)
+        .observe(since.elapsed().as_secs_f64());
+    answer
+}
+
+async fn answer(
+    state: Arc<State>,
+    method: Method,
+    path: warp::path::FullPath,
+    query: String,
+    headers: HeaderMap,
+    body: bytes::Bytes,
+    segments: Vec<String>,
+) -> Result<Response<bytes::Bytes>, std::convert::Infallible> {
     let seg_refs: Vec<&str> = segments.iter().map(String::as_str).collect();
     let access = routes::access_for(method.as_str(), &seg_refs);
     let user = match check_auth(&state, &headers, access) {
@@ -365,7 +389,10 @@ pub async fn serve(
             use warp::Reply;
             match check_auth(&state, &headers, Access::Read) {
                 Ok(_) => warp::reply::with_header(
-                    crate::metrics::render(),
+                    {
+                        crate::metrics::count_instances(&state.config.snapshot());
+                        crate::metrics::render()
+                    },
                     "Content-Type",
                     "application/openmetrics-text; version=1.0.0; charset=utf-8",
                 )

@@ -531,3 +531,44 @@ pub fn resource_list() -> String {
     }
     out
 }
+
+/// Path templates of the document as patterns: a segment, or `None` for a `{param}`.
+type Pattern = (Vec<Option<String>>, String);
+
+static PATTERNS: std::sync::LazyLock<Vec<Pattern>> = std::sync::LazyLock::new(|| {
+    let doc = document();
+    let mut patterns: Vec<Pattern> = doc["paths"]
+        .as_object()
+        .map(|paths| {
+            paths
+                .keys()
+                .map(|path| {
+                    let segments = path
+                        .split('/')
+                        .filter(|s| !s.is_empty())
+                        .map(|s| (!s.starts_with('{')).then(|| s.to_string()))
+                        .collect();
+                    (segments, path.clone())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    // Literal segments before parameters: `/2/instances/{x}/tags` is not `/2/instances/{x}/{y}`.
+    patterns.sort_by_key(|(segments, _)| segments.iter().filter(|s| s.is_none()).count());
+    patterns
+});
+
+/// The documented path template a request's path matches (`/2/instances/{instance_name}`), or
+/// `other`: a label of bounded cardinality for metrics.
+pub fn route_of(segments: &[&str]) -> &'static str {
+    PATTERNS
+        .iter()
+        .find(|(pattern, _)| {
+            pattern.len() == segments.len()
+                && pattern
+                    .iter()
+                    .zip(segments)
+                    .all(|(p, s)| p.as_deref().is_none_or(|p| p == *s))
+        })
+        .map_or("other", |(_, path)| path.as_str())
+}
