@@ -113,6 +113,12 @@ fn logs_have_no_colour_codes_in_files_and_can_be_json() {
     for (format, json) in [("text", false), ("json", true)] {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("log");
+        std::fs::create_dir(dir.path().join("data")).unwrap();
+        std::fs::write(
+            dir.path().join("data/users"),
+            "admin {cleartext}admin write\n",
+        )
+        .unwrap();
         let (mut child, base) = spawn_gantry(
             &dir.path().join("data"),
             &["--no-ssl", "--log-format", format],
@@ -124,6 +130,28 @@ fn logs_have_no_colour_codes_in_files_and_can_be_json() {
             .status()
             .unwrap();
         assert!(status.success());
+        // One job, to see its state changes logged.
+        let status = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-u", "admin:admin", "-X", "POST"])
+            .args(["-H", "Content-Type: application/json"])
+            .args([
+                "-d",
+                r#"{"ops": [{"OP_ID": "OP_TEST_DELAY", "duration": 0.01}]}"#,
+            ])
+            .arg(format!("{base}/2/jobs"))
+            .status()
+            .unwrap();
+        assert!(status.success());
+        for _ in 0..200 {
+            let out = Command::new("curl")
+                .args(["-s", &format!("{base}/2/jobs/1")])
+                .output()
+                .unwrap();
+            if String::from_utf8_lossy(&out.stdout).contains("\"success\"") {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(25));
+        }
         let _ = child.kill();
         let _ = child.wait();
         let text = std::fs::read_to_string(&log).unwrap();
@@ -138,6 +166,17 @@ fn logs_have_no_colour_codes_in_files_and_can_be_json() {
                     .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
                 assert!(v.get("level").is_some(), "{line}");
             }
+            // One line per state change of the job, each naming it.
+            for state in ["job queued", "job running", "job finished"] {
+                let line = text
+                    .lines()
+                    .find(|l| l.contains(&format!("\"message\":\"{state}\"")))
+                    .unwrap_or_else(|| panic!("no '{state}' line in {text}"));
+                let v: serde_json::Value = serde_json::from_str(line).unwrap();
+                assert_eq!(v["fields"]["job"], "1", "{line}");
+            }
+            assert!(text.contains("\"opcode\":\"OP_TEST_DELAY\""), "{text}");
+            assert!(text.contains("\"seconds\":"), "{text}");
         }
     }
 }

@@ -388,6 +388,7 @@ impl JobQueue {
                 };
                 METRICS.jobs_submitted.inc();
                 METRICS.jobs_unfinished.set(st.jobs.len() as i64);
+                tracing::info!(job = %id, ops = %op_names(job), "job queued");
                 self.inner.events.job_changed(job);
                 if job.status() == Status::Queued && job.start_ts.is_none() {
                     let prio = job.priority();
@@ -1018,6 +1019,12 @@ impl JobQueue {
             tracing::error!("final flush failed: {e}");
         }
     }
+}
+
+/// A job's opcodes, comma separated, for log lines.
+pub(crate) fn op_names(job: &Job) -> String {
+    let ops: Vec<&str> = job.ops.iter().map(|o| o.input.id().as_str()).collect();
+    ops.join(",")
 }
 
 /// One line per finished job, for the operator's log.

@@ -132,7 +132,19 @@ async fn run_op(
             job.ops[idx].input.set(name, value);
         }
         job.ops[idx].status = Status::Running;
-        job.ops[idx].exec = Some(Timestamp::now());
+        let now = Timestamp::now();
+        job.ops[idx].exec = Some(now);
+        // Waiting covers the queue and the locks: the seconds since this opcode was picked up.
+        let waited = job.ops[idx]
+            .start
+            .map_or(0.0, |t| now.as_secs_f64() - t.as_secs_f64());
+        tracing::info!(
+            job = %id,
+            opcode = job.ops[idx].input.id().as_str(),
+            index = idx,
+            waited = format!("{waited:.3}"),
+            "job running"
+        );
     }
     queue.persist(id, false).await;
     let ctx = Ctx {
