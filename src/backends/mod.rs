@@ -90,6 +90,12 @@ pub struct VmSpec {
     /// before NIC modes were honoured.
     #[serde(default)]
     pub nics: Vec<NicNet>,
+    /// The instance's disk template (`plain` disks go on LVM where `vg_name` exists).
+    #[serde(default)]
+    pub disk_template: String,
+    /// The cluster's volume group.
+    #[serde(default)]
+    pub vg_name: String,
     /// Direct kernel boot, from the hvparams `kernel_path`, `initrd_path`, `kernel_args`,
     /// `root_path` and `serial_console`; None boots from the first disk.
     #[serde(default)]

@@ -410,6 +410,8 @@ pub fn vm_spec(cfg: &Config, inst: &Instance) -> Result<VmSpec, OpError> {
         osparams: os_param_texts(&inst.osparams),
         reinstall: false,
         nics: inst.nics.iter().map(|n| nic_net(cfg, n)).collect(),
+        disk_template: inst.disk_template.clone(),
+        vg_name: cfg.cluster.volume_group_name.clone(),
         boot: kernel_boot(&cfg.effective_hvparams(inst)),
     })
 }

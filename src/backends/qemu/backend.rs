@@ -4,6 +4,7 @@
 //! (`runtime.json` in its run dir, which is per host: the exact VM config) so a restarted gantry
 //! or node agent re-adopts it, and a supervisor task that notices when it dies.
 
+use super::lvm;
 use super::net;
 use super::os::{self, InstalledOs};
 use super::vm::{Vm, VmConfig, VmError};
@@ -116,9 +117,20 @@ impl QemuBackend {
         safe_dir(&self.settings.storage_dir, name)
     }
 
-    /// Disk files are named by disk UUID, so removing a disk never shifts another's file.
+    /// Disk files are named by disk UUID, so removing a disk never shifts another's file; on
+    /// LVM the volumes are (`lvm.rs`).
     fn disk_paths(&self, vm: &VmSpec) -> BackendResult<Vec<PathBuf>> {
         let dir = self.instance_dir(&vm.name)?;
+        if let Some(vg) = lvm::instance_vg(&dir) {
+            return (0..vm.disks_mib.len())
+                .map(|n| match vm.disk_ids.get(n) {
+                    Some(id) if crate::validate::is_uuid(id) => Ok(lvm::lv_path(&vg, id)),
+                    other => Err(failed(format!(
+                        "refusing the disk id {other:?} as a volume name"
+                    ))),
+                })
+                .collect();
+        }
         (0..vm.disks_mib.len())
             .map(|n| {
                 let file = match vm.disk_ids.get(n) {
@@ -592,10 +604,26 @@ impl Backend for QemuBackend {
         Box::pin(async move {
             // Makes the disk files match the specification: missing ones are created (and
             // hot-plugged into a running VM); files of removed disks go once the VM is stopped.
-            std::fs::create_dir_all(self.instance_dir(&vm.name)?).map_err(failed)?;
+            let dir = self.instance_dir(&vm.name)?;
+            std::fs::create_dir_all(&dir).map_err(failed)?;
+            // `plain` goes on LVM when the cluster's volume group is on this host, decided with
+            // the instance's first disks and kept in its directory.
+            let new_instance = !dir.join("spec.json").exists();
+            if new_instance && vm.disk_template == "plain" && lvm::vg_exists(&vm.vg_name).await {
+                std::fs::write(dir.join(lvm::MARKER), &vm.vg_name).map_err(failed)?;
+            }
+            let vg = lvm::instance_vg(&dir);
             let paths = self.disk_paths(vm)?;
             let mut created = 0;
-            for (path, size) in paths.iter().zip(&vm.disks_mib) {
+            for ((path, size), id) in paths.iter().zip(&vm.disks_mib).zip(&vm.disk_ids) {
+                if let Some(vg) = &vg {
+                    let existing = lvm::volumes(vg, &vm.uuid).await.map_err(failed)?;
+                    if !existing.iter().any(|v| v == id.as_str()) {
+                        lvm::create(vg, id, *size, &vm.uuid).await.map_err(failed)?;
+                        created += 1;
+                    }
+                    continue;
+                }
                 if path.exists() {
                     continue;
                 }
@@ -614,6 +642,14 @@ impl Backend for QemuBackend {
                     self.hot_add_disks(&running, &paths, had).await?;
                 }
                 Some(_) => {}
+                None if vg.is_some() => {
+                    let vg = vg.unwrap_or_default();
+                    for volume in lvm::volumes(&vg, &vm.uuid).await.map_err(failed)? {
+                        if !vm.disk_ids.iter().any(|id| id.as_str() == volume) {
+                            lvm::remove(&vg, &volume).await.map_err(failed)?;
+                        }
+                    }
+                }
                 None => {
                     let stale = std::fs::read_dir(self.instance_dir(&vm.name)?)
                         .into_iter()
@@ -650,7 +686,13 @@ impl Backend for QemuBackend {
                     let _ = std::fs::remove_dir_all(entry.path());
                 }
             }
-            match std::fs::remove_dir_all(self.instance_dir(name)?) {
+            let dir = self.instance_dir(name)?;
+            if let (Some(vg), Some(spec)) = (lvm::instance_vg(&dir), self.saved_spec(name)) {
+                for volume in lvm::volumes(&vg, &spec.uuid).await.map_err(failed)? {
+                    lvm::remove(&vg, &volume).await.map_err(failed)?;
+                }
+            }
+            match std::fs::remove_dir_all(dir) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(failed(e)),
                 _ => Ok(()),
             }
@@ -666,6 +708,21 @@ impl Backend for QemuBackend {
     ) -> BoxFuture<'a, BackendResult<()>> {
         Box::pin(async move {
             let bytes = new_size * 1024 * 1024;
+            // A volume grows first; QEMU then sees the new size of its block device.
+            if let (Some(vg), Some(spec)) = (
+                lvm::instance_vg(&self.instance_dir(name)?),
+                self.saved_spec(name),
+            ) {
+                let id = spec
+                    .disk_ids
+                    .get(index)
+                    .ok_or_else(|| failed(format!("instance {name} has no disk {index}")))?;
+                lvm::extend(&vg, id, new_size).await.map_err(failed)?;
+                if let Some((_, vm)) = self.running(name).await {
+                    return vm.resize_disk(index, bytes).await.map_err(failed);
+                }
+                return Ok(());
+            }
             // Absolute sizes make this idempotent: it is called once per node of the instance.
             if let Some((_, vm)) = self.running(name).await {
                 return vm.resize_disk(index, bytes).await.map_err(failed);

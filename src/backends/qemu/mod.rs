@@ -2,6 +2,7 @@
 //! installs, and the `Backend` implementation that ties them together.
 
 pub mod backend;
+pub mod lvm;
 pub mod net;
 pub mod os;
 pub mod probe;
