@@ -359,3 +359,41 @@ pub fn under_idle_flood<T>(
     });
     (answer, opened)
 }
+
+/// Whether this test can run here: root (namespaces, taps), QEMU, and the guest kernel. With
+/// GANTRY_REQUIRE_QEMU=1 (CI) a missing piece fails the test instead of skipping it.
+pub fn guest_kernel() -> Option<std::path::PathBuf> {
+    if !have_qemu() {
+        return None;
+    }
+    let required = std::env::var("GANTRY_REQUIRE_QEMU").as_deref() == Ok("1");
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+    if !root {
+        assert!(!required, "this test needs root (network namespaces, taps)");
+        eprintln!("SKIPPED: needs root");
+        return None;
+    }
+    // Built once per target dir: a Debian cloud kernel and a busybox initrd (one test at a time).
+    static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = BUILDING.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("guest-kernel");
+    if !dir.join("initrd.img").exists() {
+        let out = Command::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/os/gantry-demo/make-kernel"
+        ))
+        .arg(&dir)
+        .output()
+        .unwrap();
+        if !out.status.success() {
+            let why = String::from_utf8_lossy(&out.stderr).to_string();
+            assert!(!required, "make-kernel failed: {why}");
+            eprintln!("SKIPPED: make-kernel failed: {why}");
+            return None;
+        }
+    }
+    Some(dir)
+}
