@@ -131,6 +131,9 @@ fn guests_boot_the_shipped_os_and_are_reachable_bridged_and_routed() {
     let args = [
         "--hypervisor",
         "kvm",
+        // Two local nodes: the VMs migrate between them, taps and routes along.
+        "--nodes",
+        "node1.example.com,node2.example.com",
         "--os-search-path",
         "./os",
         "--boot-dir",
@@ -210,6 +213,40 @@ fn guests_boot_the_shipped_os_and_are_reachable_bridged_and_routed() {
     }
     assert!(ns.ping("10.99.0.12"));
     assert!(ns.ping("10.99.1.5"));
+
+    // A live migration moves the routed VM's host route to the target's tap, and the bridged
+    // VM's port on the bridge: both answer from their new node.
+    for (name, ip) in [(r, "10.99.1.5"), (b, "10.99.0.12")] {
+        let route_before = ns.run("ip", &["route", "show", "10.99.1.5"]).stdout;
+        let (_, inst) = curl(&s, "GET", &format!("/2/instances/{name}"), None, None);
+        let target = if inst["pnode"] == "node1.example.com" {
+            "node2.example.com"
+        } else {
+            "node1.example.com"
+        };
+        job_ok(
+            &s,
+            "PUT",
+            &format!("/2/instances/{name}/migrate"),
+            json!({"mode": "live", "target_node": target}),
+        );
+        let (_, inst) = curl(&s, "GET", &format!("/2/instances/{name}"), None, None);
+        assert_eq!(inst["pnode"], target);
+        assert!(ns.ping(ip), "{name} after migrating: {}", console(&s, name));
+        if name == r {
+            let route_after = ns.run("ip", &["route", "show", "10.99.1.5"]).stdout;
+            assert_ne!(
+                route_before, route_after,
+                "the route follows the VM to its new tap"
+            );
+        }
+    }
+    assert_eq!(
+        ns.taps().len(),
+        3,
+        "one tap per VM, the sources' gone: {:?}",
+        ns.taps()
+    );
 
     // A soft reboot resets the guest, which comes up again on the same console.
     job_ok(
