@@ -6,7 +6,6 @@ mod common;
 use common::*;
 use serde_json::json;
 use std::process::Command;
-use std::time::Duration;
 
 #[test]
 fn bookworms_qemu_7_2_boots_the_shipped_os_with_its_own_machine_type() {
@@ -71,13 +70,7 @@ fn bookworms_qemu_7_2_boots_the_shipped_os_with_its_own_machine_type() {
         dir,
         netns: None,
     };
-    job_ok(
-        &s,
-        "PUT",
-        "/2/modify",
-        json!({"hvparams": {"kvm": {"kernel_path": kernel.join("vmlinuz"),
-               "initrd_path": kernel.join("initrd.img"), "root_path": "/dev/vda"}}}),
-    );
+    boot_the_demo_os(&s, &kernel);
     let name = "old.example.com";
     job_ok(
         &s,
@@ -98,30 +91,19 @@ fn bookworms_qemu_7_2_boots_the_shipped_os_with_its_own_machine_type() {
         "{cmdline}"
     );
     assert!(cmdline.contains("-machine pc-i440fx-7.2 "), "{cmdline}");
-    let console = s.dir.path().join("storage").join(name).join("console.log");
-    let wait_for = |text: &str| {
-        for _ in 0..600 {
-            if std::fs::read_to_string(&console)
-                .unwrap_or_default()
-                .contains(text)
-            {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!(
-            "'{text}' not on the console:\n{}",
-            std::fs::read_to_string(&console).unwrap_or_default()
-        );
-    };
-    wait_for("gantry-guest: ready old.example.com eth0=10.99.0.7");
+    wait_console(
+        &s,
+        name,
+        "gantry-guest: ready old.example.com eth0=10.99.0.7",
+        1,
+    );
     job_ok(
         &s,
         "PUT",
         &format!("/2/instances/{name}/shutdown"),
         json!({}),
     );
-    wait_for("reboot: Power down");
+    wait_console(&s, name, "reboot: Power down", 1);
     job_ok(&s, "DELETE", &format!("/2/instances/{name}"), json!({}));
     assert!(qemu_pids(run.path()).is_empty());
 }

@@ -78,27 +78,6 @@ fn run_dir_of(run_root: &Path, name: &str) -> PathBuf {
     run_root.join(gantry::backends::qemu::short_id(name))
 }
 
-/// What the guest printed on its serial console: kept next to its disks, across restarts.
-fn console(s: &Server, name: &str) -> String {
-    let log = s.dir.path().join("storage").join(name).join("console.log");
-    std::fs::read_to_string(log).unwrap_or_default()
-}
-
-/// Waits until the guest's console shows `text` `times` times; answers the console.
-fn wait_console(s: &Server, name: &str, text: &str, times: usize) -> String {
-    for _ in 0..600 {
-        let log = console(s, name);
-        if log.matches(text).count() >= times {
-            return log;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!(
-        "{name}: '{text}' not seen {times} time(s) on the console:\n{}",
-        console(s, name)
-    );
-}
-
 /// Types a line on the guest's serial console.
 fn type_line(run_root: &Path, name: &str, line: &str) {
     let socket = run_dir_of(run_root, name).join("serial.sock");
@@ -143,14 +122,7 @@ fn guests_boot_the_shipped_os_and_are_reachable_bridged_and_routed() {
     ];
     let s = start_in_netns(&ns.0, tempfile::tempdir().unwrap(), &args);
 
-    // As the README does it: the cluster's kvm hvparams boot the demo OS's kernel.
-    job_ok(
-        &s,
-        "PUT",
-        "/2/modify",
-        json!({"hvparams": {"kvm": {"kernel_path": kernel.join("vmlinuz"),
-               "initrd_path": kernel.join("initrd.img"), "root_path": "/dev/vda"}}}),
-    );
+    boot_the_demo_os(&s, &kernel);
     let (a, b, r) = ("vm-a.example.com", "vm-b.example.com", "vm-r.example.com");
     create(
         &s,

@@ -397,3 +397,36 @@ pub fn guest_kernel() -> Option<std::path::PathBuf> {
     }
     Some(dir)
 }
+
+/// As the README does it: the cluster's kvm hvparams boot the demo OS with the kernel and initrd
+/// of `guest_kernel()`.
+pub fn boot_the_demo_os(s: &Server, kernel: &std::path::Path) {
+    job_ok(
+        s,
+        "PUT",
+        "/2/modify",
+        json!({"hvparams": {"kvm": {"kernel_path": kernel.join("vmlinuz"),
+               "initrd_path": kernel.join("initrd.img"), "root_path": "/dev/vda"}}}),
+    );
+}
+
+/// What the guest printed on its serial console: kept next to its disks, across restarts.
+pub fn console(s: &Server, name: &str) -> String {
+    let log = s.dir.path().join("storage").join(name).join("console.log");
+    std::fs::read_to_string(log).unwrap_or_default()
+}
+
+/// Waits until the guest's console shows `text` `times` times; answers the console.
+pub fn wait_console(s: &Server, name: &str, text: &str, times: usize) -> String {
+    for _ in 0..600 {
+        let log = console(s, name);
+        if log.matches(text).count() >= times {
+            return log;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!(
+        "{name}: '{text}' not seen {times} time(s) on the console:\n{}",
+        console(s, name)
+    );
+}
