@@ -635,6 +635,9 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         require_auth: args.require_authentication,
         wait_timeout: Duration::from_secs(args.wait_timeout),
         answers: Default::default(),
+        tokens: crate::rapi::tokens::Tokens::new(
+            commit.records("tokens").map_err(|e| e.to_string())?,
+        ),
     });
     let tls = if args.no_ssl {
         None

@@ -237,3 +237,63 @@ fn flush_loop(db: sled::Db, f: Arc<Flusher>) {
         }
     }
 }
+
+/// A keyed collection of records in the database for a room with no store of its own (API
+/// tokens): writes hold the backup gate like every other; `durable` waits for the flush.
+#[derive(Clone)]
+pub struct Records {
+    tree: sled::Tree,
+    commit: GroupCommit,
+}
+
+impl GroupCommit {
+    /// The collection `name` (created when absent).
+    pub fn records(&self, name: &str) -> Result<Records, StorageError> {
+        Ok(Records {
+            tree: self
+                .db
+                .open_tree(name)
+                .map_err(|e| StorageError::Open(format!("{name}: {e}")))?,
+            commit: self.clone(),
+        })
+    }
+}
+
+impl Records {
+    fn failed(e: sled::Error) -> StorageError {
+        StorageError::Flush(e.to_string())
+    }
+
+    pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self
+            .tree
+            .get(key)
+            .map_err(Self::failed)?
+            .map(|v| v.to_vec()))
+    }
+
+    pub fn put(&self, key: &str, value: &[u8]) -> Result<(), StorageError> {
+        let _gate = self.commit.writing();
+        self.tree.insert(key, value).map_err(Self::failed)?;
+        Ok(())
+    }
+
+    /// Answers whether the key was there.
+    pub fn remove(&self, key: &str) -> Result<bool, StorageError> {
+        let _gate = self.commit.writing();
+        Ok(self.tree.remove(key).map_err(Self::failed)?.is_some())
+    }
+
+    /// Every value, in key order.
+    pub fn values(&self) -> Result<Vec<Vec<u8>>, StorageError> {
+        self.tree
+            .iter()
+            .values()
+            .map(|v| v.map(|v| v.to_vec()).map_err(Self::failed))
+            .collect()
+    }
+
+    pub async fn durable(&self) -> Result<(), StorageError> {
+        self.commit.durable().await
+    }
+}

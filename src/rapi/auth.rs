@@ -197,6 +197,12 @@ impl UserDb {
         names
     }
 
+    /// The user of that name as the users file has it now (tokens check their user at each use).
+    pub fn get(&self, name: &str) -> Option<User> {
+        let users = self.users.read().unwrap_or_else(|e| e.into_inner());
+        users.get(name).cloned()
+    }
+
     /// The user, if the name exists and the password matches. An unknown name costs the same
     /// work as a known one (one hash of the given password, one constant-time compare), so
     /// timing does not tell which names exist.

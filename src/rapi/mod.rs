@@ -14,6 +14,7 @@ mod query;
 mod request;
 mod routes;
 pub mod table;
+pub mod tokens;
 
 use crate::backends::LiveState;
 use crate::cluster::ConfigReader;
@@ -47,6 +48,8 @@ pub struct StateInner {
     pub wait_timeout: Duration,
     /// Serialized answers that are still valid (`cache.rs`).
     pub answers: cache::Answers,
+    /// API tokens (`tokens.rs`).
+    pub tokens: tokens::Tokens,
 }
 
 pub type State = StateInner;
@@ -95,29 +98,56 @@ fn check_auth(
     state: &State,
     headers: &HeaderMap,
     access: Access,
-) -> Result<Option<String>, ApiError> {
-    let creds = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .map(|h| auth::basic_credentials(h).ok_or_else(|| ApiError::plain(401)));
-    let user = match creds {
-        Some(Ok((u, p))) => Some((
-            state
+) -> Result<Option<request::Caller>, ApiError> {
+    let caller = match tokens::presented(headers) {
+        // A token's rights are cut to what its user may do now; a user no longer in the users
+        // file takes their tokens along.
+        Some(token) => {
+            let record = state
+                .tokens
+                .authenticate(&token)
+                .ok_or_else(|| ApiError::plain(401))?;
+            let user = state
                 .users
-                .authenticate(&u, &p)
-                .ok_or_else(|| ApiError::plain(401))?,
-            u,
-        )),
-        Some(Err(e)) => return Err(e),
-        None => None,
+                .get(&record.user)
+                .ok_or_else(|| ApiError::plain(401))?;
+            Some(request::Caller {
+                can_write: record.rights == tokens::Rights::Write && user.can_write(),
+                can_read: user.can_read(),
+                user: record.user,
+                by_token: true,
+            })
+        }
+        None => {
+            let creds = headers
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .map(|h| auth::basic_credentials(h).ok_or_else(|| ApiError::plain(401)));
+            match creds {
+                Some(Ok((name, password))) => {
+                    let user = state
+                        .users
+                        .authenticate(&name, &password)
+                        .ok_or_else(|| ApiError::plain(401))?;
+                    Some(request::Caller {
+                        can_write: user.can_write(),
+                        can_read: user.can_read(),
+                        user: name,
+                        by_token: false,
+                    })
+                }
+                Some(Err(e)) => return Err(e),
+                None => None,
+            }
+        }
     };
     let needs_user = access != Access::Open || state.require_auth;
-    match (user, access) {
+    match (caller, access) {
         // Upstream says no more than the status for either.
         (None, _) if needs_user => Err(ApiError::plain(401)),
-        (Some((u, _)), Access::Write) if !u.can_write() => Err(ApiError::plain(403)),
-        (Some((u, _)), Access::Read) if !u.can_read() => Err(ApiError::plain(403)),
-        (user, _) => Ok(user.map(|(_, name)| name)),
+        (Some(c), Access::Write) if !c.can_write => Err(ApiError::plain(403)),
+        (Some(c), Access::Read) if !c.can_read => Err(ApiError::plain(403)),
+        (caller, _) => Ok(caller),
     }
 }
 
@@ -161,10 +191,11 @@ async fn answer(
 ) -> Result<Response<bytes::Bytes>, std::convert::Infallible> {
     let seg_refs: Vec<&str> = segments.iter().map(String::as_str).collect();
     let access = routes::access_for(method.as_str(), &seg_refs);
-    let user = match check_auth(&state, &headers, access) {
-        Ok(user) => user,
+    let caller = match check_auth(&state, &headers, access) {
+        Ok(caller) => caller,
         Err(e) => return Ok(error_response(&e)),
     };
+    let user = caller.as_ref().map(|c| c.user.clone());
     let cacheable = cacheable(&method, &seg_refs, &query, &body);
     match cacheable {
         Some(0) => {
@@ -201,6 +232,7 @@ async fn answer(
         query: query_pairs,
         body,
         idempotency,
+        caller,
     };
     Ok(match routes::dispatch(&state, &req).await {
         Ok(v) => {

@@ -344,6 +344,36 @@ static HANDWRITTEN: &[Resource] = &[
         )],
     },
     Resource {
+        path: "/gantry/v1/tokens",
+        ops: &[
+            get(
+                "The caller's API tokens, without secrets (gantry extension)",
+                List,
+            ),
+            Operation {
+                method: "POST",
+                summary: "Create an API token: {\"rights\": \"read\"|\"write\", \"ttl\": seconds}; \
+                          answers it with its secret, shown this once",
+                answer: Object,
+                query: &[],
+                body: true,
+            },
+        ],
+    },
+    Resource {
+        path: "/gantry/v1/tokens/{token_id}",
+        ops: &[
+            get("One of the caller's API tokens", Object),
+            Operation {
+                method: "DELETE",
+                summary: "Revoke one of the caller's API tokens",
+                answer: Object,
+                query: &[],
+                body: false,
+            },
+        ],
+    },
+    Resource {
         path: "/openapi.json",
         ops: &[get("This document", Object)],
     },
@@ -421,6 +451,7 @@ fn path_params(path: &str) -> Vec<Value> {
                         "group_name" => "default",
                         "network_name" => "net1",
                         "resource" => "instance",
+                        "token_id" => "000000000000",
                         _ => "name",
                     }),
                 ),
@@ -499,9 +530,10 @@ pub fn document() -> Value {
                     "code": {"type": "integer"}, "message": {"type": "string"},
                     "explain": {"type": "string"}}},
             },
-            "securitySchemes": {"basic": {"type": "http", "scheme": "basic"}},
+            "securitySchemes": {"basic": {"type": "http", "scheme": "basic"},
+                                "token": {"type": "http", "scheme": "bearer"}},
         },
-        "security": [{"basic": []}, {}],
+        "security": [{"basic": []}, {"token": []}, {}],
         "paths": paths,
     })
 }

@@ -10,6 +10,18 @@ pub struct Request {
     pub body: Value,
     /// The request's `Idempotency-Key` (not for dry runs): its job is remembered under it.
     pub idempotency: Option<crate::jobqueue::idempotency::Idempotency>,
+    /// Who asked, when they authenticated.
+    pub caller: Option<Caller>,
+}
+
+/// An authenticated caller and what they may do now.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub user: String,
+    pub can_write: bool,
+    pub can_read: bool,
+    /// Authenticated by an API token, not by the users file's password.
+    pub by_token: bool,
 }
 
 impl Request {

@@ -37,6 +37,10 @@ pub fn access_for(method: &str, segments: &[&str]) -> Access {
     if method == "PUT" && matches!(segments, ["2", "query", _]) {
         return Access::Read;
     }
+    // Any user manages their own tokens (a read user, read tokens); the handler checks.
+    if let ["gantry", "v1", "tokens", ..] = segments {
+        return Access::Read;
+    }
     if method != "GET" {
         return Access::Write;
     }
@@ -72,6 +76,8 @@ async fn handwritten(state: &State, req: &Request, segs: &[&str]) -> R {
         [] | ["2"] => only(m, &["GET"]).map(|_| Value::Null),
         ["version"] => only(m, &["GET"]).map(|_| json!(2)),
         ["openapi.json"] => only(m, &["GET"]).map(|_| super::openapi::document()),
+        ["gantry", "v1", "tokens"] => super::tokens::resource(state, req, None).await,
+        ["gantry", "v1", "tokens", id] => super::tokens::resource(state, req, Some(id)).await,
         ["2", "info"] => only(m, &["GET"]).map(|_| views::cluster_info(&state.config.snapshot())),
         ["2", "features"] => only(m, &["GET"]).map(|_| json!(FEATURES)),
         ["2", "modify"] => {
