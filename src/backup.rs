@@ -4,18 +4,17 @@
 //! secret, users, drain flag). VM disks (`storage/`) are not in it.
 //!
 //! sled lets one process open a database, so a running server makes the copy itself when
-//! `gantry backup` asks over `<data-dir>/control.sock` (the data dir is its owner's only);
-//! without a server, `gantry backup` opens the database directly. `restore` unpacks into a data
+//! `gantry backup` asks over its control socket (`control.sock`); without a server, `gantry
+//! backup` opens the database directly. `restore` unpacks into a data
 //! dir that has no database yet; the server started on it recovers as after a crash.
 
 use crate::storage::GroupCommit;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-pub const CONTROL_SOCKET: &str = "control.sock";
 const MANIFEST: &str = "gantry-backup.json";
 /// Files of a data dir that describe a running process, not the cluster.
-const NOT_BACKED_UP: &[&str] = &["gantry.pid", CONTROL_SOCKET];
+const NOT_BACKED_UP: &[&str] = &["gantry.pid", "control.sock"];
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Manifest {
@@ -24,18 +23,6 @@ struct Manifest {
     created: u64,
     jobs: usize,
     instances: usize,
-}
-
-/// A request on the control socket and its answer, one JSON line each.
-#[derive(Debug, Serialize, Deserialize)]
-enum Control {
-    Backup(PathBuf),
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-enum Answer {
-    Done(String),
-    Failed(String),
 }
 
 /// Writes a backup of `data_dir` (whose database `commit` holds open) to `file`; answers a
@@ -85,7 +72,17 @@ fn copy_database(commit: &GroupCommit, dest: &Path) -> Result<Manifest, String> 
 
 fn archive(data_dir: &Path, db_copy: &Path, manifest: &Manifest, out: &Path) -> Result<(), String> {
     let io = |e: std::io::Error| format!("{}: {e}", out.display());
-    let file = std::fs::File::create(out).map_err(io)?;
+    // It holds the cluster secret and TLS keys: its owner's only, like the data dir.
+    let file = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(out)
+            .map_err(io)?
+    };
     let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(
         file,
         flate2::Compression::default(),
@@ -148,90 +145,4 @@ pub fn restore(file: &Path, data_dir: &Path) -> Result<String, String> {
         manifest.gantry,
         data_dir.display()
     ))
-}
-
-/// Serves backup requests of `gantry backup` on `<data_dir>/control.sock` until the process ends.
-pub async fn serve_control(data_dir: PathBuf, commit: GroupCommit) -> Result<(), String> {
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-    let path = data_dir.join(CONTROL_SOCKET);
-    let _ = std::fs::remove_file(&path);
-    let listener =
-        tokio::net::UnixListener::bind(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-    }
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let (data_dir, commit) = (data_dir.clone(), commit.clone());
-        tokio::spawn(async move {
-            let (read, mut write) = stream.into_split();
-            let mut line = String::new();
-            if BufReader::new(read).read_line(&mut line).await.is_err() {
-                return;
-            }
-            let answer = match serde_json::from_str::<Control>(&line) {
-                Ok(Control::Backup(file)) => {
-                    let result = tokio::task::spawn_blocking(move || {
-                        write_backup(&data_dir, &commit, &file)
-                    })
-                    .await
-                    .unwrap_or_else(|e| Err(e.to_string()));
-                    match result {
-                        Ok(summary) => {
-                            tracing::info!("{summary}");
-                            Answer::Done(summary)
-                        }
-                        Err(e) => {
-                            tracing::error!("backup failed: {e}");
-                            Answer::Failed(e)
-                        }
-                    }
-                }
-                Err(e) => Answer::Failed(format!("not a control request: {e}")),
-            };
-            let mut text = serde_json::to_vec(&answer).unwrap_or_default();
-            text.push(b'\n');
-            let _ = write.write_all(&text).await;
-        });
-    }
-}
-
-/// `gantry backup`: asks the server running on `data_dir`, or copies the database itself
-/// when no server runs there.
-pub fn backup(data_dir: &Path, file: &Path) -> Result<String, String> {
-    use std::io::{BufRead, Write};
-    if !data_dir.join("db").is_dir() {
-        return Err(format!(
-            "{} is not a gantry data dir (it has no db/); give the server's --data-dir",
-            data_dir.display()
-        ));
-    }
-    let file = std::path::absolute(file).map_err(|e| format!("{}: {e}", file.display()))?;
-    match std::os::unix::net::UnixStream::connect(data_dir.join(CONTROL_SOCKET)) {
-        Ok(mut stream) => {
-            let mut request =
-                serde_json::to_vec(&Control::Backup(file)).map_err(|e| e.to_string())?;
-            request.push(b'\n');
-            stream.write_all(&request).map_err(|e| e.to_string())?;
-            let mut line = String::new();
-            std::io::BufReader::new(stream)
-                .read_line(&mut line)
-                .map_err(|e| format!("the server did not answer: {e}"))?;
-            match serde_json::from_str::<Answer>(&line) {
-                Ok(Answer::Done(summary)) => Ok(summary),
-                Ok(Answer::Failed(e)) => Err(e),
-                Err(_) => Err("the server ended the backup without an answer".into()),
-            }
-        }
-        // No server (or a stale socket): the database is ours to open.
-        Err(_) => {
-            let commit =
-                GroupCommit::open_offline(&data_dir.join("db")).map_err(|e| e.to_string())?;
-            write_backup(data_dir, &commit, &file)
-        }
-    }
 }

@@ -131,6 +131,32 @@ enum UsersCommand {
         #[arg(long, default_value = "gantry-data/users")]
         file: PathBuf,
     },
+    /// API tokens of the server running on a data dir.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Issue an API token for a user of the users file and print it (shown this once). Use it
+    /// as `Authorization: Bearer`, `X-AUTH-TOKEN` or `X-Api-Key`.
+    Create {
+        user: String,
+        /// Lifetime in seconds (default 30 days, at most a year).
+        #[arg(long, default_value_t = 30 * 24 * 3600)]
+        ttl: u64,
+        /// Read only, even for a user who may write.
+        #[arg(long, conflicts_with = "write")]
+        read: bool,
+        /// Read and write (the user must have write).
+        #[arg(long)]
+        write: bool,
+        /// The running server's data directory.
+        #[arg(long, default_value = "gantry-data")]
+        data_dir: PathBuf,
+    },
 }
 
 #[derive(Parser)]
@@ -290,6 +316,33 @@ pub fn main() -> ExitCode {
         },
         Command::Users {
             command:
+                UsersCommand::Token {
+                    command:
+                        TokenCommand::Create {
+                            user,
+                            ttl,
+                            read,
+                            write,
+                            data_dir,
+                        },
+                },
+        } => {
+            use crate::rapi::tokens::Rights;
+            let rights = match (read, write) {
+                (true, _) => Some(Rights::Read),
+                (_, true) => Some(Rights::Write),
+                _ => None,
+            };
+            let request = crate::control::Control::CreateToken { user, rights, ttl };
+            report(crate::control::ask(&data_dir, &request).unwrap_or_else(|| {
+                Err(format!(
+                    "no gantry server answers on {} (tokens are issued by the running server)",
+                    data_dir.display()
+                ))
+            }))
+        }
+        Command::Users {
+            command:
                 UsersCommand::Hash {
                     user,
                     password,
@@ -330,7 +383,7 @@ pub fn main() -> ExitCode {
                 }
             }
         }
-        Command::Backup { data_dir, file } => report(crate::backup::backup(&data_dir, &file)),
+        Command::Backup { data_dir, file } => report(backup(&data_dir, &file)),
         Command::Restore { data_dir, file } => report(crate::backup::restore(&file, &data_dir)),
         Command::Queue { command, data_dir } => {
             // Only a data dir gets a flag: a typo must not leave a stray file anywhere.
@@ -590,12 +643,6 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     };
     adopt(&*backend, &cluster).await;
     let store = Store::open(&commit).map_err(|e| e.to_string())?;
-    let control = crate::backup::serve_control(args.data_dir.clone(), commit.clone());
-    tokio::spawn(async move {
-        if let Err(e) = control.await {
-            tracing::warn!("no control socket (`gantry backup` will not reach this server): {e}");
-        }
-    });
     let space = Arc::new(crate::space::SpaceGuard::new(
         &args.data_dir,
         args.reserve_space_mib << 20,
@@ -638,6 +685,19 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         tokens: crate::rapi::tokens::Tokens::new(
             commit.records("tokens").map_err(|e| e.to_string())?,
         ),
+    });
+    let control = crate::control::serve(crate::control::Context {
+        data_dir: args.data_dir.clone(),
+        commit: commit.clone(),
+        users: state.users.clone(),
+        tokens: state.tokens.clone(),
+    });
+    tokio::spawn(async move {
+        if let Err(e) = control.await {
+            tracing::warn!(
+                "no control socket (`gantry backup` and `gantry users token` will not reach this server): {e}"
+            );
+        }
     });
     let tls = if args.no_ssl {
         None
@@ -775,6 +835,27 @@ fn qemu_backend(args: &ServeArgs) -> Result<crate::backends::qemu::QemuBackend, 
         &args.qemu,
         None,
     )?))
+}
+
+/// `gantry backup`: asks the server running on `data_dir`, or copies the database itself
+/// when no server runs there.
+fn backup(data_dir: &Path, file: &Path) -> Result<String, String> {
+    if !data_dir.join("db").is_dir() {
+        return Err(format!(
+            "{} is not a gantry data dir (it has no db/); give the server's --data-dir",
+            data_dir.display()
+        ));
+    }
+    let file = std::path::absolute(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    match crate::control::ask(data_dir, &crate::control::Control::Backup(file.clone())) {
+        Some(answer) => answer,
+        // No server (or a stale socket): the database is ours to open.
+        None => {
+            let commit = crate::storage::GroupCommit::open_offline(&data_dir.join("db"))
+                .map_err(|e| e.to_string())?;
+            crate::backup::write_backup(data_dir, &commit, &file)
+        }
+    }
 }
 
 /// Prints a tool's summary, or its error and fails.

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod client;
 pub mod cluster;
 pub mod cmdlib;
+pub mod control;
 pub mod http;
 pub mod jobqueue;
 pub mod locking;

@@ -175,6 +175,10 @@ fn a_quiet_server_restores_to_identical_answers_and_restore_never_overwrites() {
         out.contains("4 jobs, 3 instances") || out.contains("3 jobs, 3 instances"),
         "{out}"
     );
+    // It holds the cluster secret and keys: the owner's only.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "backup mode {mode:o}");
 
     let answers = |srv: &Server| {
         [

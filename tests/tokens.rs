@@ -223,7 +223,7 @@ fn tokens_work_with_each_header_and_never_outrank_or_outlive_their_user() {
 #[test]
 fn tokens_expire_and_bad_requests_are_refused_clearly() {
     let s = start(&[]);
-    let (code, made) = create(&s, "admin:admin", json!({"ttl": 1}));
+    let (code, made) = create(&s, "admin:admin", json!({"ttl": 3}));
     assert_eq!(code, 200, "{made}");
     let header = format!("X-Api-Key: {}", made["token"].as_str().unwrap());
     assert_eq!(
@@ -268,4 +268,37 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         }
     }
     files
+}
+
+#[test]
+fn gantry_users_token_create_asks_the_running_server() {
+    let s = start(&[]);
+    let cli = |args: &[&str], data: &std::path::Path| {
+        let out = Command::new(env!("CARGO_BIN_EXE_gantry"))
+            .args(["users", "token", "create"])
+            .args(args)
+            .arg("--data-dir")
+            .arg(data)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (ok, token, err) = cli(&["admin", "--ttl", "600"], s.dir.path());
+    assert!(ok && token.starts_with("gt_"), "{token} {err}");
+    let header = format!("X-AUTH-TOKEN: {token}");
+    assert_eq!(
+        call(&s, "POST", "/2/jobs", &[header.as_str()], Some(DELAY)).0,
+        200
+    );
+    let (ok, _, err) = cli(&["viewer", "--write"], s.dir.path());
+    assert!(!ok && err.contains("viewer may not write"), "{err}");
+    let (ok, _, err) = cli(&["nobody"], s.dir.path());
+    assert!(!ok && err.contains("no user 'nobody'"), "{err}");
+    let empty = tempfile::tempdir().unwrap();
+    let (ok, _, err) = cli(&["admin"], empty.path());
+    assert!(!ok && err.contains("no gantry server answers"), "{err}");
 }
