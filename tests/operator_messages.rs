@@ -152,6 +152,13 @@ fn logs_have_no_colour_codes_in_files_and_can_be_json() {
             }
             std::thread::sleep(std::time::Duration::from_millis(25));
         }
+        // The job's last line is written as it ends, which its answer does not wait for.
+        for _ in 0..200 {
+            if std::fs::read_to_string(&log).is_ok_and(|t| t.contains("job finished")) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(25));
+        }
         let _ = child.kill();
         let _ = child.wait();
         let text = std::fs::read_to_string(&log).unwrap();
