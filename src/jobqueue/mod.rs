@@ -380,6 +380,7 @@ impl JobQueue {
             }
             return Err(SubmitError::Storage(e));
         }
+        let mut queued = Vec::with_capacity(accepted.len());
         {
             let mut st = self.state();
             for id in accepted {
@@ -388,7 +389,7 @@ impl JobQueue {
                 };
                 METRICS.jobs_submitted.inc();
                 METRICS.jobs_unfinished.set(st.jobs.len() as i64);
-                tracing::info!(job = %id, ops = %op_names(job), "job queued");
+                queued.push((id, op_names(job)));
                 self.inner.events.job_changed(job);
                 if job.status() == Status::Queued && job.start_ts.is_none() {
                     let prio = job.priority();
@@ -397,6 +398,10 @@ impl JobQueue {
             }
         }
         self.inner.wake_scheduler.notify_one();
+        // Logged outside the queue lock: a slow stderr must not hold up every other job.
+        for (id, ops) in queued {
+            tracing::info!(job = %id, ops = %ops, "job queued");
+        }
         Ok(replies)
     }
 

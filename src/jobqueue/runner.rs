@@ -120,7 +120,7 @@ async fn run_op(
         return Outcome::Canceled;
     }
     let recorded = recorded(&op, &cluster);
-    {
+    let waited = {
         let mut st = queue.state();
         let Some(job) = st.jobs.get_mut(&id) else {
             return Outcome::Canceled;
@@ -135,17 +135,18 @@ async fn run_op(
         let now = Timestamp::now();
         job.ops[idx].exec = Some(now);
         // Waiting covers the queue and the locks: the seconds since this opcode was picked up.
-        let waited = job.ops[idx]
+        job.ops[idx]
             .start
-            .map_or(0.0, |t| now.as_secs_f64() - t.as_secs_f64());
-        tracing::info!(
-            job = %id,
-            opcode = job.ops[idx].input.id().as_str(),
-            index = idx,
-            waited = format!("{waited:.3}"),
-            "job running"
-        );
-    }
+            .map_or(0.0, |t| now.as_secs_f64() - t.as_secs_f64())
+    };
+    // Logged outside the queue lock: a slow stderr must not hold up every other job.
+    tracing::info!(
+        job = %id,
+        opcode = op.id().as_str(),
+        index = idx,
+        waited = format!("{waited:.3}"),
+        "job running"
+    );
     queue.persist(id, false).await;
     let ctx = Ctx {
         op,
