@@ -32,8 +32,8 @@ pub struct CodeLabel {
 /// A RAPI request's method and route (the path template of `/openapi.json`, or `other`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
-    pub method: String,
-    pub route: String,
+    pub method: &'static str,
+    pub route: &'static str,
 }
 
 /// A lock level (`cluster`, `instance`, `node`...).

@@ -52,30 +52,23 @@ pub struct GroupCommit {
 
 impl GroupCommit {
     pub fn open(path: &Path) -> Result<GroupCommit, StorageError> {
-        let db = open_db(path)?;
-        let (tx, _) = watch::channel(Flushed::default());
-        let flusher = Arc::new(Flusher {
-            requested: AtomicU64::new(0),
-            wake: (Mutex::new(false), Condvar::new()),
-            flushed: tx,
-        });
-        let (thread_db, thread_flusher) = (db.clone(), flusher.clone());
+        let commit = GroupCommit::unflushed(path, false)?;
+        let (thread_db, thread_flusher) = (commit.db.clone(), commit.flusher.clone());
         std::thread::Builder::new()
             .name("sled-flusher".into())
             .spawn(move || flush_loop(thread_db, thread_flusher))
             .map_err(|e| StorageError::Open(e.to_string()))?;
-        Ok(GroupCommit {
-            db,
-            path: path.to_path_buf(),
-            flusher,
-            gate: Arc::new(RwLock::new(())),
-            offline: false,
-        })
+        Ok(commit)
     }
 
     /// Opens a database for a tool that writes it once and closes it (a backup's copy): no
     /// flusher thread, and `durable` flushes at once.
     pub fn open_offline(path: &Path) -> Result<GroupCommit, StorageError> {
+        GroupCommit::unflushed(path, true)
+    }
+
+    /// The database without its flusher thread (`open` starts one).
+    fn unflushed(path: &Path, offline: bool) -> Result<GroupCommit, StorageError> {
         let (tx, _) = watch::channel(Flushed::default());
         Ok(GroupCommit {
             db: open_db(path)?,
@@ -86,7 +79,7 @@ impl GroupCommit {
                 flushed: tx,
             }),
             gate: Arc::new(RwLock::new(())),
-            offline: true,
+            offline,
         })
     }
 

@@ -174,9 +174,24 @@ fn guests_boot_the_shipped_os_and_are_reachable_bridged_and_routed() {
     );
     wait_console(&s, a, "PEER-42-OK", 1);
 
-    // A restarted gantry (kill -9) keeps the VMs and re-attaches their taps.
+    // A restarted gantry (kill -9) keeps the VMs and re-attaches their taps: undo the
+    // attachments while it is down (b's tap off the bridge, r's host route gone), so only the
+    // re-attachment at start-up can bring them back.
     let s = {
         let dir = kill_9(s);
+        let tap =
+            |name: &str| gantry::backends::qemu::net::tap_name(&run_dir_of(&run_root, name), 0);
+        assert!(
+            ns.run("ip", &["link", "set", "dev", &tap(b), "nomaster"])
+                .status
+                .success()
+        );
+        assert!(
+            ns.run("ip", &["route", "del", "10.99.1.5"])
+                .status
+                .success()
+        );
+        assert!(!ns.ping("10.99.1.5"), "the route is really gone");
         start_in_netns(&ns.0, dir, &args)
     };
     let listed = curl(&s, "GET", "/2/instances?bulk=1", None, None).1;

@@ -122,11 +122,15 @@ pub enum AgentCall {
 }
 
 impl AgentCall {
-    /// The call's name on the wire (`start`, `node_info`...), for metrics.
-    pub fn name(&self) -> String {
-        serde_json::to_value(self)
-            .ok()
-            .and_then(|v| v["call"].as_str().map(String::from))
+    /// The call's name on the wire (`start`, `node_info`...), read from its serialized form
+    /// (the arguments are skipped, not built into values), for metrics.
+    pub fn name_in(body: &[u8]) -> String {
+        #[derive(Deserialize)]
+        struct Tag {
+            call: String,
+        }
+        serde_json::from_slice::<Tag>(body)
+            .map(|t| t.call)
             .unwrap_or_default()
     }
 

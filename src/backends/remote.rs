@@ -51,7 +51,7 @@ impl RemoteBackend {
         let since = std::time::Instant::now();
         let labels = crate::metrics::AgentCallLabels {
             agent: self.base.clone(),
-            call: call.name(),
+            call: AgentCall::name_in(&body),
         };
         let answer = self
             .post(&url, body, timestamp, nonce, signature, timeout)

@@ -168,9 +168,16 @@ async fn handle(
         .map(percent_decode)
         .collect();
     let seg_refs: Vec<&str> = segments.iter().map(String::as_str).collect();
+    // Static labels: no allocation per request.
     let labels = crate::metrics::RouteLabels {
-        method: method.as_str().to_string(),
-        route: openapi::route_of(&seg_refs).to_string(),
+        method: match method {
+            Method::GET => "GET",
+            Method::PUT => "PUT",
+            Method::POST => "POST",
+            Method::DELETE => "DELETE",
+            _ => "other",
+        },
+        route: openapi::route_of(&seg_refs),
     };
     let answer = answer(state, method, path, query, headers, body, segments).await;
     crate::metrics::METRICS

@@ -614,10 +614,13 @@ impl Backend for QemuBackend {
             }
             let vg = lvm::instance_vg(&dir);
             let paths = self.disk_paths(vm)?;
+            let existing = match &vg {
+                Some(vg) => lvm::volumes(vg, &vm.uuid).await.map_err(failed)?,
+                None => Vec::new(),
+            };
             let mut created = 0;
             for ((path, size), id) in paths.iter().zip(&vm.disks_mib).zip(&vm.disk_ids) {
                 if let Some(vg) = &vg {
-                    let existing = lvm::volumes(vg, &vm.uuid).await.map_err(failed)?;
                     if !existing.iter().any(|v| v == id.as_str()) {
                         lvm::create(vg, id, *size, &vm.uuid).await.map_err(failed)?;
                         created += 1;
@@ -643,8 +646,9 @@ impl Backend for QemuBackend {
                 }
                 Some(_) => {}
                 None if vg.is_some() => {
+                    // Volumes made above are in the spec; only ones listed before can be stale.
                     let vg = vg.unwrap_or_default();
-                    for volume in lvm::volumes(&vg, &vm.uuid).await.map_err(failed)? {
+                    for volume in existing {
                         if !vm.disk_ids.iter().any(|id| id.as_str() == volume) {
                             lvm::remove(&vg, &volume).await.map_err(failed)?;
                         }
