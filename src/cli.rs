@@ -670,6 +670,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     let queue = JobQueue::start(store, cluster, backend, opts)
         .await
         .map_err(|e| e.to_string())?;
+    crate::automation::start(queue.clone());
     let users_path = args
         .users
         .clone()

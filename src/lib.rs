@@ -4,6 +4,7 @@
 //! A request travels RAPI → opcode → job → executor → backend; the modules follow that flow.
 
 pub mod agent;
+pub mod automation;
 pub mod backends;
 pub mod backup;
 pub mod cli;

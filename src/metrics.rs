@@ -56,6 +56,18 @@ pub struct InstanceLabels {
     pub state: String,
 }
 
+/// A pool (`gantry_pool_*`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolLabel {
+    pub pool: String,
+}
+
+/// A lease event (`before_end`, `end`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabel {
+    pub event: String,
+}
+
 type RunTimes = Family<OpcodeLabel, Histogram, fn() -> Histogram>;
 type Latencies<L> = Family<L, Histogram, fn() -> Histogram>;
 
@@ -105,6 +117,16 @@ pub struct Metrics {
     pub agent_call_seconds: Latencies<AgentCallLabels>,
     /// Instances by primary node and state, counted at each scrape.
     pub instances: Family<InstanceLabels, Gauge>,
+    /// Pool members ready for a checkout, counted at each scrape.
+    pub pool_ready: Family<PoolLabel, Gauge>,
+    /// Pool members held by a lease, counted at each scrape.
+    pub pool_checked_out: Family<PoolLabel, Gauge>,
+    /// Checkouts handed out.
+    pub pool_checkouts: Family<PoolLabel, Counter>,
+    /// Seconds from a refill's create job submission to its end, by pool.
+    pub pool_refill_seconds: Family<PoolLabel, Histogram, fn() -> Histogram>,
+    /// Lease events that ran (their first opcode), by event.
+    pub lease_events: Family<EventLabel, Counter>,
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -128,6 +150,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         flush_batch: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
         agent_call_seconds: Family::new_with_constructor(latency_histogram),
         instances: Family::default(),
+        pool_ready: Family::default(),
+        pool_checked_out: Family::default(),
+        pool_checkouts: Family::default(),
+        pool_refill_seconds: Family::new_with_constructor(run_time_histogram),
+        lease_events: Family::default(),
     };
     registry.register(
         "idempotent_hits",
@@ -210,8 +237,49 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "Instances by primary node and state (running, stopped, offline)",
         m.instances.clone(),
     );
+    registry.register(
+        "pool_ready",
+        "Pool members ready for a checkout",
+        m.pool_ready.clone(),
+    );
+    registry.register(
+        "pool_checked_out",
+        "Pool members held by a lease",
+        m.pool_checked_out.clone(),
+    );
+    registry.register(
+        "pool_checkouts",
+        "Checkouts handed out, by pool",
+        m.pool_checkouts.clone(),
+    );
+    registry.register(
+        "pool_refill_seconds",
+        "Seconds from a pool refill's create job submission to its end",
+        m.pool_refill_seconds.clone(),
+    );
+    registry.register(
+        "lease_events",
+        "Lease events that ran, by event",
+        m.lease_events.clone(),
+    );
     Metrics { registry, ..m }
 });
+
+impl Metrics {
+    pub fn lease_event(&self, event: &str) {
+        self.lease_events
+            .get_or_create(&EventLabel {
+                event: event.into(),
+            })
+            .inc();
+    }
+
+    pub fn pool_checkout(&self, pool: &str) {
+        self.pool_checkouts
+            .get_or_create(&PoolLabel { pool: pool.into() })
+            .inc();
+    }
+}
 
 /// Recounts `gantry_instances` from a configuration (before a scrape is rendered): by primary
 /// node and admin state, so a node's row disappears with its last instance.
@@ -237,6 +305,15 @@ pub fn count_instances(cfg: &crate::cluster::model::Config) {
     METRICS.instances.clear();
     for (labels, n) in counts {
         METRICS.instances.get_or_create(&labels).set(n);
+    }
+    METRICS.pool_ready.clear();
+    METRICS.pool_checked_out.clear();
+    for pool in cfg.pools.keys() {
+        let label = PoolLabel { pool: pool.clone() };
+        let ready = crate::cluster::leases::ready_members(cfg, pool).len();
+        METRICS.pool_ready.get_or_create(&label).set(ready as i64);
+        let out = crate::cluster::leases::checked_out(cfg, pool);
+        METRICS.pool_checked_out.get_or_create(&label).set(out as i64);
     }
 }
 

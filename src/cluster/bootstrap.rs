@@ -186,5 +186,7 @@ pub fn initial_config(opts: &InitOptions) -> Config {
         instances: BTreeMap::new(),
         networks: BTreeMap::new(),
         os,
+        leases: BTreeMap::new(),
+        pools: BTreeMap::new(),
     }
 }

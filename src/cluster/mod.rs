@@ -6,6 +6,7 @@
 
 pub mod addresses;
 pub mod bootstrap;
+pub mod leases;
 pub mod model;
 pub mod names;
 pub mod params;
@@ -42,6 +43,8 @@ struct StoredDoc<'a> {
     instances: BTreeMap<String, Instance>,
     networks: &'a BTreeMap<String, model::Network>,
     os: &'a BTreeMap<String, model::OsDefinition>,
+    leases: &'a BTreeMap<String, leases::Lease>,
+    pools: &'a BTreeMap<String, leases::Pool>,
 }
 
 /// The two trees the configuration lives in.
@@ -88,6 +91,8 @@ impl Trees {
             instances: BTreeMap::new(),
             networks: &newest.networks,
             os: &newest.os,
+            leases: &newest.leases,
+            pools: &newest.pools,
         })?;
         let mut changed = vec![];
         for (key, inst) in &newest.instances {

@@ -213,6 +213,11 @@ pub struct Config {
     pub instances: BTreeMap<String, Instance>,
     pub networks: BTreeMap<String, Network>,
     pub os: BTreeMap<String, OsDefinition>,
+    /// gantry extensions (`cluster::leases`); absent from configurations written before them.
+    #[serde(default)]
+    pub leases: BTreeMap<String, super::leases::Lease>,
+    #[serde(default)]
+    pub pools: BTreeMap<String, super::leases::Pool>,
 }
 
 impl Config {

@@ -4,11 +4,13 @@
 mod cluster;
 mod group;
 mod instance;
+mod lease;
 mod network;
 mod node;
 mod recorded;
 mod tags;
 
+pub use lease::{pool_create_op, pool_json};
 pub use node::node_spec;
 pub use recorded::recorded_params;
 
@@ -228,6 +230,7 @@ enum Unit {
     Network,
     Tags,
     Cluster,
+    Lease,
 }
 
 /// Which unit runs an opcode. Exhaustive on purpose: an opcode added to the catalog without a
@@ -266,6 +269,9 @@ fn unit(id: OpId) -> Unit {
         TagsSet | TagsDel | TagsGet | TagsSearch => Unit::Tags,
         ClusterSetParams | ClusterRedistConf | ClusterQuery | ClusterVerifyConfig | OsDiagnose
         | Query | QueryFields | TestDelay => Unit::Cluster,
+        GantryLeaseCreate | GantryLeaseModify | GantryLeaseRemove | GantryLeaseEvent
+        | GantryPoolSet | GantryPoolRemove | GantryPoolCheckout | GantryPoolRequest
+        | GantryPoolRequestDelete => Unit::Lease,
     }
 }
 
@@ -278,6 +284,7 @@ pub fn plan(op: &OpCode, cfg: &Config) -> Result<LockPlan, OpError> {
         Unit::Network => network::plan(op, cfg),
         Unit::Tags => tags::plan(op, cfg),
         Unit::Cluster => cluster::plan(op, cfg),
+        Unit::Lease => lease::plan(op, cfg),
     }
 }
 
@@ -296,6 +303,7 @@ pub async fn execute(ctx: &Ctx) -> Result<Value, OpError> {
         Unit::Network => network::execute(ctx).await,
         Unit::Tags => tags::execute(ctx).await,
         Unit::Cluster => cluster::execute(ctx).await,
+        Unit::Lease => lease::execute(ctx).await,
     }
 }
 

@@ -470,6 +470,37 @@ impl JobQueue {
         rows.into_iter().map(|(_, row)| row).collect()
     }
 
+    /// Unfinished jobs only (they live in memory), mapped through `f`: what the engine's own
+    /// loops (lease events, pool refills) look at every tick.
+    pub fn map_unfinished<T>(&self, f: impl FnMut(&Job) -> T) -> Vec<T> {
+        self.state().jobs.values().map(f).collect()
+    }
+
+    /// Waits until job `id` has finished, at most `timeout`; answers it then (`None`: unknown,
+    /// or still running at the deadline).
+    pub async fn finished(&self, id: JobId, timeout: Duration) -> Option<Arc<Job>> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let fields = ["status".to_string()];
+        let mut seen: Option<Value> = None;
+        loop {
+            let job = self.job(id)?;
+            if job.is_finalized() {
+                return Some(job);
+            }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            let changed = self
+                .wait_for_change(id, &fields, seen.as_ref(), Some(u64::MAX), left)
+                .await
+                .ok()?;
+            if let Some((info, _)) = changed {
+                seen = Some(Value::Array(info));
+            }
+        }
+    }
+
     /// Maps archived jobs (those in `ids` when given) in id order, one job in memory at a time.
     /// At most two such scans run at once, so concurrent large queries cannot pile up memory.
     pub async fn map_archived<T>(

@@ -114,6 +114,24 @@ pub enum OpId {
     NodeAdd,
     /// `OP_CLUSTER_VERIFY_CONFIG`
     ClusterVerifyConfig,
+    /// `OP_GANTRY_LEASE_CREATE`
+    GantryLeaseCreate,
+    /// `OP_GANTRY_LEASE_MODIFY`
+    GantryLeaseModify,
+    /// `OP_GANTRY_LEASE_REMOVE`
+    GantryLeaseRemove,
+    /// `OP_GANTRY_LEASE_EVENT`
+    GantryLeaseEvent,
+    /// `OP_GANTRY_POOL_SET`
+    GantryPoolSet,
+    /// `OP_GANTRY_POOL_REMOVE`
+    GantryPoolRemove,
+    /// `OP_GANTRY_POOL_CHECKOUT`
+    GantryPoolCheckout,
+    /// `OP_GANTRY_POOL_REQUEST`
+    GantryPoolRequest,
+    /// `OP_GANTRY_POOL_REQUEST_DELETE`
+    GantryPoolRequestDelete,
 }
 
 impl OpId {
@@ -172,6 +190,15 @@ impl OpId {
         OpId::TestDelay,
         OpId::NodeAdd,
         OpId::ClusterVerifyConfig,
+        OpId::GantryLeaseCreate,
+        OpId::GantryLeaseModify,
+        OpId::GantryLeaseRemove,
+        OpId::GantryLeaseEvent,
+        OpId::GantryPoolSet,
+        OpId::GantryPoolRemove,
+        OpId::GantryPoolCheckout,
+        OpId::GantryPoolRequest,
+        OpId::GantryPoolRequestDelete,
     ];
 
     /// The wire name, e.g. `OP_INSTANCE_CREATE`.
@@ -231,6 +258,15 @@ impl OpId {
             OpId::TestDelay => "OP_TEST_DELAY",
             OpId::NodeAdd => "OP_NODE_ADD",
             OpId::ClusterVerifyConfig => "OP_CLUSTER_VERIFY_CONFIG",
+            OpId::GantryLeaseCreate => "OP_GANTRY_LEASE_CREATE",
+            OpId::GantryLeaseModify => "OP_GANTRY_LEASE_MODIFY",
+            OpId::GantryLeaseRemove => "OP_GANTRY_LEASE_REMOVE",
+            OpId::GantryLeaseEvent => "OP_GANTRY_LEASE_EVENT",
+            OpId::GantryPoolSet => "OP_GANTRY_POOL_SET",
+            OpId::GantryPoolRemove => "OP_GANTRY_POOL_REMOVE",
+            OpId::GantryPoolCheckout => "OP_GANTRY_POOL_CHECKOUT",
+            OpId::GantryPoolRequest => "OP_GANTRY_POOL_REQUEST",
+            OpId::GantryPoolRequestDelete => "OP_GANTRY_POOL_REQUEST_DELETE",
         }
     }
 
@@ -290,6 +326,15 @@ impl OpId {
             "OP_TEST_DELAY" => Some(OpId::TestDelay),
             "OP_NODE_ADD" => Some(OpId::NodeAdd),
             "OP_CLUSTER_VERIFY_CONFIG" => Some(OpId::ClusterVerifyConfig),
+            "OP_GANTRY_LEASE_CREATE" => Some(OpId::GantryLeaseCreate),
+            "OP_GANTRY_LEASE_MODIFY" => Some(OpId::GantryLeaseModify),
+            "OP_GANTRY_LEASE_REMOVE" => Some(OpId::GantryLeaseRemove),
+            "OP_GANTRY_LEASE_EVENT" => Some(OpId::GantryLeaseEvent),
+            "OP_GANTRY_POOL_SET" => Some(OpId::GantryPoolSet),
+            "OP_GANTRY_POOL_REMOVE" => Some(OpId::GantryPoolRemove),
+            "OP_GANTRY_POOL_CHECKOUT" => Some(OpId::GantryPoolCheckout),
+            "OP_GANTRY_POOL_REQUEST" => Some(OpId::GantryPoolRequest),
+            "OP_GANTRY_POOL_REQUEST_DELETE" => Some(OpId::GantryPoolRequestDelete),
             _ => None,
         }
     }
@@ -2515,5 +2560,218 @@ pub static OPCODES: &[OpDef] = &[
                 default: Value(r#"[]"#),
             },
         ],
+    },
+    // gantry extension (no upstream counterpart): binds instances to a time window with a before-end and an end action, and may reserve capacity on a node group for the window.
+    OpDef {
+        id: OpId::GantryLeaseCreate,
+        params: &[
+            ParamDef {
+                name: "lease_name",
+                ty: NonEmptyStr,
+                default: Required,
+            },
+            ParamDef {
+                name: "owner",
+                ty: NonEmptyStr,
+                default: Unset,
+            },
+            ParamDef {
+                name: "start",
+                ty: Number,
+                default: Unset,
+            },
+            ParamDef {
+                name: "end",
+                ty: Number,
+                default: Required,
+            },
+            ParamDef {
+                name: "before_end",
+                ty: Number,
+                default: Unset,
+            },
+            ParamDef {
+                name: "before_end_action",
+                ty: Enum(&["none", "notify", "shutdown", "snapshot"]),
+                default: Value(r#""none""#),
+            },
+            ParamDef {
+                name: "on_end",
+                ty: Enum(&["remove", "shutdown"]),
+                default: Value(r#""remove""#),
+            },
+            ParamDef {
+                name: "instances",
+                ty: ListOfStr,
+                default: Value(r#"[]"#),
+            },
+            ParamDef {
+                name: "reservation",
+                ty: Object,
+                default: Unset,
+            },
+            ParamDef {
+                name: "pool",
+                ty: NonEmptyStr,
+                default: Unset,
+            },
+            ParamDef {
+                name: "tags",
+                ty: Object,
+                default: Value(r#"{}"#),
+            },
+        ],
+    },
+    // gantry extension: moves a lease's end or before-end time (extend or shorten), changes its vmpooler tags.
+    OpDef {
+        id: OpId::GantryLeaseModify,
+        params: &[
+            ParamDef {
+                name: "lease_name",
+                ty: NonEmptyStr,
+                default: Required,
+            },
+            ParamDef {
+                name: "end",
+                ty: Number,
+                default: Unset,
+            },
+            ParamDef {
+                name: "before_end",
+                ty: Number,
+                default: Unset,
+            },
+            ParamDef {
+                name: "tags",
+                ty: Object,
+                default: Unset,
+            },
+        ],
+    },
+    // gantry extension: forgets a lease without running its actions (its instances stay).
+    OpDef {
+        id: OpId::GantryLeaseRemove,
+        params: &[ParamDef {
+            name: "lease_name",
+            ty: NonEmptyStr,
+            default: Required,
+        }],
+    },
+    // gantry extension, submitted by the engine: the first opcode of a lease event's job; records that the event ran (before_end) or ends the lease (end).
+    OpDef {
+        id: OpId::GantryLeaseEvent,
+        params: &[
+            ParamDef {
+                name: "lease_name",
+                ty: NonEmptyStr,
+                default: Required,
+            },
+            ParamDef {
+                name: "event",
+                ty: Enum(&["before_end", "end"]),
+                default: Required,
+            },
+        ],
+    },
+    // gantry extension: creates a pool of ready instances (template = an instance create body) or changes its size, template or default lifetime.
+    OpDef {
+        id: OpId::GantryPoolSet,
+        params: &[
+            ParamDef {
+                name: "pool_name",
+                ty: NonEmptyStr,
+                default: Required,
+            },
+            ParamDef {
+                name: "size",
+                ty: IntMin(0),
+                default: Unset,
+            },
+            ParamDef {
+                name: "template",
+                ty: Object,
+                default: Unset,
+            },
+            ParamDef {
+                name: "lifetime",
+                ty: IntMin(1),
+                default: Unset,
+            },
+        ],
+    },
+    // gantry extension: removes a pool; its ready instances are removed by child jobs, checked-out ones stay with their leases.
+    OpDef {
+        id: OpId::GantryPoolRemove,
+        params: &[ParamDef {
+            name: "pool_name",
+            ty: NonEmptyStr,
+            default: Required,
+        }],
+    },
+    // gantry extension: hands out a ready instance of a pool, tagged with the requester and leased for the lifetime.
+    OpDef {
+        id: OpId::GantryPoolCheckout,
+        params: &[
+            ParamDef {
+                name: "pool_name",
+                ty: NonEmptyStr,
+                default: Required,
+            },
+            ParamDef {
+                name: "requester",
+                ty: NonEmptyStr,
+                default: Required,
+            },
+            ParamDef {
+                name: "lifetime",
+                ty: IntMin(1),
+                default: Unset,
+            },
+            ParamDef {
+                name: "request_id",
+                ty: NonEmptyStr,
+                default: Unset,
+            },
+            ParamDef {
+                name: "tags",
+                ty: Object,
+                default: Value(r#"{}"#),
+            },
+        ],
+    },
+    // gantry extension: an on-demand request for instances of one or more pools, filled by the pool reconciler as instances become ready.
+    OpDef {
+        id: OpId::GantryPoolRequest,
+        params: &[
+            ParamDef {
+                name: "request_id",
+                ty: NonEmptyStr,
+                default: Required,
+            },
+            ParamDef {
+                name: "pools",
+                ty: Object,
+                default: Required,
+            },
+            ParamDef {
+                name: "requester",
+                ty: NonEmptyStr,
+                default: Required,
+            },
+            ParamDef {
+                name: "lifetime",
+                ty: IntMin(1),
+                default: Unset,
+            },
+        ],
+    },
+    // gantry extension: withdraws an on-demand request; the instances it was given end their leases now.
+    OpDef {
+        id: OpId::GantryPoolRequestDelete,
+        params: &[ParamDef {
+            name: "request_id",
+            ty: NonEmptyStr,
+            default: Required,
+        }],
     },
 ];

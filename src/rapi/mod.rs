@@ -7,6 +7,7 @@ mod cache;
 mod error;
 mod events;
 mod filters;
+mod leases;
 mod objects;
 pub mod openapi;
 mod opjob;
@@ -15,6 +16,7 @@ mod request;
 mod routes;
 pub mod table;
 pub mod tokens;
+mod vmpooler;
 
 use crate::backends::LiveState;
 use crate::cluster::ConfigReader;
@@ -229,7 +231,9 @@ async fn answer(
         Ok(k) => k,
         Err(e) => return Ok(error_response(&e)),
     };
-    let body = match parse_body(&headers, &body) {
+    // vmpooler's clients (and its documented `curl -d`) send JSON under any content type.
+    let vmpooler = matches!(seg_refs.as_slice(), ["api", "v1", ..]);
+    let body = match parse_body(&headers, &body, vmpooler) {
         Ok(b) => b,
         Err(e) => return Ok(error_response(&e)),
     };
@@ -241,6 +245,12 @@ async fn answer(
         idempotency,
         caller,
     };
+    let segs: Vec<&str> = req.segments.iter().map(String::as_str).collect();
+    if let ["api", "v1", rest @ ..] = segs.as_slice() {
+        let (code, body) = vmpooler::answer(&state, &req, rest).await;
+        let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        return Ok(json_response(status, &body));
+    }
     Ok(match routes::dispatch(&state, &req).await {
         Ok(v) => {
             let bytes = bytes::Bytes::from(serde_json::to_vec(&v).unwrap_or_default());
@@ -317,7 +327,7 @@ fn idempotency_key(
     }))
 }
 
-fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
+fn parse_body(headers: &HeaderMap, body: &[u8], any_type: bool) -> Result<Value, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(Value::Null);
     }
@@ -331,7 +341,7 @@ fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
         .unwrap_or("")
         .trim()
         .to_ascii_lowercase();
-    if mime != "application/json" && !mime.is_empty() {
+    if mime != "application/json" && !mime.is_empty() && !any_type {
         return Err(ApiError::new(
             415,
             format!("Unsupported Content-Type '{ctype}'"),

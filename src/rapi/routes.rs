@@ -38,7 +38,7 @@ pub fn access_for(method: &str, segments: &[&str]) -> Access {
         return Access::Read;
     }
     // Any user manages their own tokens (a read user, read tokens); the handler checks.
-    if let ["gantry", "v1", "tokens", ..] = segments {
+    if let ["gantry", "v1", "tokens", ..] | ["api", "v1", "token", ..] = segments {
         return Access::Read;
     }
     if method != "GET" {
@@ -78,6 +78,8 @@ async fn handwritten(state: &State, req: &Request, segs: &[&str]) -> R {
         ["openapi.json"] => only(m, &["GET"]).map(|_| super::openapi::document()),
         ["gantry", "v1", "tokens"] => super::tokens::resource(state, req, None).await,
         ["gantry", "v1", "tokens", id] => super::tokens::resource(state, req, Some(id)).await,
+        ["gantry", "v1", "leases", rest @ ..] => super::leases::leases(state, req, rest).await,
+        ["gantry", "v1", "pools", rest @ ..] => super::leases::pools(state, req, rest).await,
         ["2", "info"] => only(m, &["GET"]).map(|_| views::cluster_info(&state.config.snapshot())),
         ["2", "features"] => only(m, &["GET"]).map(|_| json!(FEATURES)),
         ["2", "modify"] => {

@@ -162,7 +162,7 @@ pub fn presented(headers: &warp::http::HeaderMap) -> Option<String> {
 }
 
 /// Default lifetime of a token created without `ttl`: 30 days.
-const DEFAULT_TTL: u64 = 30 * 24 * 3600;
+pub const DEFAULT_TTL: u64 = 30 * 24 * 3600;
 
 /// `/gantry/v1/tokens[/<id>]`: the caller's own tokens. Managed with the users file's password
 /// only, so a token can neither mint others nor outlive its user through them.

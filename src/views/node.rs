@@ -1,6 +1,7 @@
 //! Node fields (upstream `_BuildNodeFields`).
 
 use super::{Cell, Live, common};
+use crate::cluster::leases::held_back;
 use crate::cluster::model::*;
 use serde_json::{Value, json};
 
@@ -60,7 +61,11 @@ pub fn node_field(cfg: &Config, live: &Live, node: &Node, name: &str) -> Option<
         }
         "master" => json!(node.name == cfg.cluster.master),
         "dtotal" => return Some(runtime(&|i| json!(i.disk_total))),
-        "dfree" => return Some(runtime(&|i| json!(i.disk_free))),
+        // Free figures leave out what open lease reservations hold back (htools plan with them).
+        "dfree" => {
+            let held = held_back(cfg, &node.name, crate::util::now_f64(), None).disk;
+            return Some(runtime(&|i| json!(i.disk_free.saturating_sub(held))));
+        }
         // Spindles are reported only under exclusive storage.
         "sptotal" | "spfree" if !exclusive => return Some(Cell::NoData),
         "sptotal" => {
@@ -81,7 +86,10 @@ pub fn node_field(cfg: &Config, live: &Live, node: &Node, name: &str) -> Option<
         }
         "mtotal" => return Some(runtime(&|i| json!(i.memory_total))),
         "mnode" => return Some(runtime(&|i| json!(i.memory_node))),
-        "mfree" => return Some(runtime(&|i| json!(i.memory_free))),
+        "mfree" => {
+            let held = held_back(cfg, &node.name, crate::util::now_f64(), None).memory;
+            return Some(runtime(&|i| json!(i.memory_free.saturating_sub(held))));
+        }
         "ctotal" => return Some(runtime(&|i| json!(i.cpus))),
         "cnos" | "cnodes" => return Some(runtime(&|_| json!(1))),
         "csockets" => return Some(runtime(&|i| json!(i.sockets))),

@@ -1,6 +1,7 @@
 //! OP_INSTANCE_CREATE and OP_INSTANCE_MULTI_ALLOC: argument checks, allocation, creation.
 
 use super::*;
+use crate::cluster::leases;
 use crate::cluster::model::Instance;
 use crate::cluster::params::{self, force_dict_type};
 use crate::cluster::reservations::Conflict;
@@ -118,6 +119,15 @@ pub fn plan(op: &OpCode, cfg: &Config) -> Result<LockPlan, OpError> {
 
 pub const KNOWN_IALLOCATOR: &str = "hail";
 
+/// Takes from a node's free figures what open lease reservations hold back there, unless the
+/// creation belongs to that lease (its reason trail names it).
+fn hold_back(ctx: &Ctx, cfg: &Config, node: &str, info: &mut crate::backends::NodeInfo) {
+    let own = leases::lease_in_reason(ctx.op.get("reason"));
+    let held = leases::held_back(cfg, node, now(), own.as_deref());
+    info.memory_free = info.memory_free.saturating_sub(held.memory);
+    info.disk_free = info.disk_free.saturating_sub(held.disk);
+}
+
 /// Picks nodes like an iallocator: most free memory among nodes with room for the disks.
 async fn allocate(
     ctx: &Ctx,
@@ -146,10 +156,11 @@ async fn allocate(
         if group.is_some_and(|g| g != node.group) {
             continue;
         }
-        if let Ok(info) = ctx.backend.node_info(&node.name).await
-            && info.memory_free >= memory
-            && info.disk_free >= disk
-        {
+        let Ok(mut info) = ctx.backend.node_info(&node.name).await else {
+            continue;
+        };
+        hold_back(ctx, cfg, &node.name, &mut info);
+        if info.memory_free >= memory && info.disk_free >= disk {
             candidates.push((info.memory_free, info.disk_free, node.name.clone()));
         }
     }
@@ -356,11 +367,12 @@ async fn check_placement(
                 ErrorCode::WrongState,
             ));
         }
-        let info = ctx
+        let mut info = ctx
             .backend
             .node_info(n)
             .await
             .map_err(|e| check_failure(&format!("Can't get data from node {n}"), e))?;
+        hold_back(ctx, cfg, n, &mut info);
         check_free_disk(cfg, n, disk, info.disk_free)?;
         if i == 0 && ctx.op.bool("start") && info.memory_free < memory {
             return Err(OpError::prereq(
@@ -480,12 +492,17 @@ async fn create_instance(
         .iter()
         .filter_map(|n| Some((n.network.clone()?, n.ip.clone()?)))
         .collect();
+    let lease = leases::lease_in_reason(ctx.op.get("reason"));
     ctx.cluster
         .update(move |cfg| {
             for (net, ip) in ips {
                 if let Some(n) = cfg.networks.get_mut(&net) {
                     n.used.insert(ip, name.clone());
                 }
+            }
+            // A creation for a lease joins it (`gantry:lease:<name>` in its reason trail).
+            if let Some(lease) = lease.and_then(|l| cfg.leases.get_mut(&l)) {
+                lease.instances.push(inst.name.clone());
             }
             cfg.instances.insert(inst.name.clone(), inst);
         })

@@ -1,0 +1,40 @@
+//! What the engine does by itself (issue 17): lease events at their time and pool refills. Both
+//! only look at the configuration and submit ordinary jobs, so every effect is a job that is
+//! durable, visible in `/2/jobs` and survives a crash like any other.
+//!
+//! **Invariant:** an event's job is submitted with an idempotency key naming the lease, the
+//! event and its time, so a restart that finds the event not yet recorded gets the job the
+//! first submission created instead of a second one: each event runs once.
+
+mod leases;
+mod pools;
+
+use crate::jobqueue::JobQueue;
+use std::time::Duration;
+
+/// How often the loops look at the configuration.
+const TICK: Duration = Duration::from_millis(500);
+
+/// Starts the lease and pool loops; they run until the process ends.
+pub fn start(queue: JobQueue) {
+    let mut lease_engine = leases::LeaseEngine::new(queue.clone());
+    let mut pool_engine = pools::PoolEngine::new(queue);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            lease_engine.tick().await;
+            pool_engine.tick().await;
+        }
+    });
+}
+
+/// A reason-trail entry `[source, text, now in ns]`.
+fn reason(source: &str, text: &str) -> serde_json::Value {
+    let ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    serde_json::json!([[source, text, ns]])
+}
