@@ -170,6 +170,14 @@ pub fn ready_members<'a>(cfg: &'a Config, pool: &str) -> Vec<&'a Instance> {
     ready
 }
 
+/// A pool as the API shows it: its record with live counts.
+pub fn pool_json(cfg: &Config, pool: &Pool) -> serde_json::Value {
+    let mut v = serde_json::to_value(pool).unwrap_or_default();
+    v["ready"] = serde_json::json!(ready_members(cfg, &pool.name).len());
+    v["checked_out"] = serde_json::json!(checked_out(cfg, &pool.name));
+    v
+}
+
 /// A pool's members a lease holds (checked out).
 pub fn checked_out(cfg: &Config, pool: &str) -> usize {
     let tag = pool_tag(pool);

@@ -412,7 +412,7 @@ async fn pool_set(ctx: &Ctx) -> Result<Value, OpError> {
             ctime: now(),
         },
     };
-    let answer = pool_json(&ctx.cfg(), &pool);
+    let answer = leases::pool_json(&ctx.cfg(), &pool);
     if ctx.stop_for_dry_run() {
         return Ok(answer);
     }
@@ -420,14 +420,6 @@ async fn pool_set(ctx: &Ctx) -> Result<Value, OpError> {
         .update(move |cfg| cfg.pools.insert(name, pool))
         .await?;
     Ok(answer)
-}
-
-/// A pool as the API shows it: its record with live counts.
-pub fn pool_json(cfg: &Config, pool: &Pool) -> Value {
-    let mut v = serde_json::to_value(pool).unwrap_or_default();
-    v["ready"] = json!(leases::ready_members(cfg, &pool.name).len());
-    v["checked_out"] = json!(leases::checked_out(cfg, &pool.name));
-    v
 }
 
 async fn pool_remove(ctx: &Ctx) -> Result<Value, OpError> {

@@ -10,7 +10,7 @@ mod node;
 mod recorded;
 mod tags;
 
-pub use lease::{pool_create_op, pool_json};
+pub use lease::pool_create_op;
 pub use node::node_spec;
 pub use recorded::recorded_params;
 

@@ -166,7 +166,7 @@ pub async fn pools(state: &State, req: &Request, rest: &[&str]) -> R {
             req,
             "pools",
             cfg.pools.keys().cloned().collect(),
-            cfg.pools.values().map(|p| crate::cmdlib::pool_json(&cfg, p)).collect(),
+            cfg.pools.values().map(|p| leases::pool_json(&cfg, p)).collect(),
         ),
         ("POST", []) => {
             job(state, req, OpId::GantryPoolSet, req.body_object()?, vec![], &[("name", "pool_name")]).await
@@ -174,7 +174,7 @@ pub async fn pools(state: &State, req: &Request, rest: &[&str]) -> R {
         ("GET", [name]) => cfg
             .pools
             .get(*name)
-            .map(|p| crate::cmdlib::pool_json(&cfg, p))
+            .map(|p| leases::pool_json(&cfg, p))
             .ok_or_else(|| ApiError::not_found(format!("Pool '{name}' not found"))),
         ("PUT", [name]) => {
             job(state, req, OpId::GantryPoolSet, req.body_object()?, vec![("pool_name", json!(name))], &[]).await

@@ -23,6 +23,8 @@ enum Answer {
     Metrics,
     /// A server-sent event stream.
     Events,
+    /// vmpooler's answers: `{"ok": ...}` shapes with vmpooler's status codes, errors included.
+    Vmpooler,
 }
 
 /// Query parameters a resource takes, besides `dry-run` and `reason` of every mutation.
@@ -374,6 +376,185 @@ static HANDWRITTEN: &[Resource] = &[
         ],
     },
     Resource {
+        path: "/gantry/v1/leases",
+        ops: &[
+            list("Leases: instances bound to a time window (gantry extension)"),
+            submit(
+                "POST",
+                "Create a lease: {name, end|duration, before_end|before_end_seconds, \
+                 before_end_action, on_end, instances, reservation, tags}",
+            ),
+        ],
+    },
+    Resource {
+        path: "/gantry/v1/leases/{lease_name}",
+        ops: &[
+            get("One lease", Object),
+            submit("PUT", "Move a lease's end (end, duration or extend) or before-end time; tags"),
+            Operation {
+                method: "DELETE",
+                summary: "Forget a lease without running its actions",
+                answer: JobId,
+                query: &[],
+                body: false,
+            },
+        ],
+    },
+    Resource {
+        path: "/gantry/v1/leases/{lease_name}/end",
+        ops: &[Operation {
+            method: "POST",
+            summary: "End the lease now: its end action runs at once",
+            answer: JobId,
+            query: &[],
+            body: false,
+        }],
+    },
+    Resource {
+        path: "/gantry/v1/leases/{lease_name}/instances",
+        ops: &[submit(
+            "POST",
+            "Create an instance for the lease (a /2/instances body): it may use the lease's \
+             reservation and joins the lease",
+        )],
+    },
+    Resource {
+        path: "/gantry/v1/pools",
+        ops: &[
+            list("Pools of ready instances (gantry extension)"),
+            submit("POST", "Create a pool: {name, size, template, lifetime}"),
+        ],
+    },
+    Resource {
+        path: "/gantry/v1/pools/{pool_name}",
+        ops: &[
+            get("One pool, with its ready and checked-out counts", Object),
+            submit("PUT", "Change a pool's size, template or default lifetime"),
+            Operation {
+                method: "DELETE",
+                summary: "Remove a pool and its ready instances",
+                answer: JobId,
+                query: &[],
+                body: false,
+            },
+        ],
+    },
+    Resource {
+        path: "/gantry/v1/pools/{pool_name}/checkout",
+        ops: &[submit(
+            "POST",
+            "Check out a ready instance: {lifetime, tags}; the job's result names it",
+        )],
+    },
+    Resource {
+        path: "/api/v1/vm",
+        ops: &[
+            get("vmpooler: the pools", Vmpooler),
+            Operation {
+                method: "POST",
+                summary: "vmpooler: check out VMs, {\"pool\": \"count\"}, all or none",
+                answer: Vmpooler,
+                query: &[],
+                body: true,
+            },
+        ],
+    },
+    Resource {
+        path: "/api/v1/vm/{hostname}",
+        ops: &[
+            get("vmpooler: a checked-out VM", Vmpooler),
+            Operation {
+                method: "POST",
+                summary: "vmpooler: check out one VM per pool named (the segment is \
+                          pool+pool...)",
+                answer: Vmpooler,
+                query: &[],
+                body: false,
+            },
+            Operation {
+                method: "PUT",
+                summary: "vmpooler: change a VM's lifetime (hours) or tags",
+                answer: Vmpooler,
+                query: &[],
+                body: true,
+            },
+            Operation {
+                method: "DELETE",
+                summary: "vmpooler: give a VM back (its lease ends now)",
+                answer: Vmpooler,
+                query: &[],
+                body: false,
+            },
+        ],
+    },
+    Resource {
+        path: "/api/v1/vm/{hostname}/disk/{size}",
+        ops: &[Operation {
+            method: "POST",
+            summary: "vmpooler: add a disk of size GB",
+            answer: Vmpooler,
+            query: &[],
+            body: false,
+        }],
+    },
+    Resource {
+        path: "/api/v1/status",
+        ops: &[get("vmpooler: capacity, queue and pool status", Vmpooler)],
+    },
+    Resource {
+        path: "/api/v1/summary",
+        ops: &[get("vmpooler: clone times and tags by day (?from=, ?to=)", Vmpooler)],
+    },
+    Resource {
+        path: "/api/v1/token",
+        ops: &[
+            get("vmpooler: the caller's tokens", Vmpooler),
+            Operation {
+                method: "POST",
+                summary: "vmpooler: create a token",
+                answer: Vmpooler,
+                query: &[],
+                body: false,
+            },
+        ],
+    },
+    Resource {
+        path: "/api/v1/token/{token}",
+        ops: &[
+            get("vmpooler: one token and its running VMs", Vmpooler),
+            Operation {
+                method: "DELETE",
+                summary: "vmpooler: revoke a token",
+                answer: Vmpooler,
+                query: &[],
+                body: false,
+            },
+        ],
+    },
+    Resource {
+        path: "/api/v1/ondemandvm",
+        ops: &[Operation {
+            method: "POST",
+            summary: "vmpooler: request VMs on demand, {\"pool\": \"count\"}",
+            answer: Vmpooler,
+            query: &[],
+            body: true,
+        }],
+    },
+    Resource {
+        path: "/api/v1/ondemandvm/{request_id}",
+        ops: &[
+            get("vmpooler: an on-demand request (202 until ready)", Vmpooler),
+            Operation {
+                method: "DELETE",
+                summary: "vmpooler: withdraw an on-demand request",
+                answer: Vmpooler,
+                query: &[],
+                body: false,
+            },
+        ],
+    },
+    Resource {
         path: "/openapi.json",
         ops: &[get("This document", Object)],
     },
@@ -390,6 +571,7 @@ fn schema(answer: Answer) -> (&'static str, Value) {
         Any => json_of(json!({})),
         Metrics => ("application/openmetrics-text", json!({"type": "string"})),
         Events => ("text/event-stream", json!({"type": "string"})),
+        Vmpooler => json_of(json!({"type": ["object", "array"]})),
     }
 }
 
@@ -418,6 +600,7 @@ fn operation(summary: &str, answer: Answer, mut params: Vec<Value>, body: bool) 
             json!({"type": "string"}),
         ));
     }
+    let vmpooler = matches!(answer, Vmpooler);
     let (content_type, answer_schema) = schema(answer);
     let mut op = json!({
         "summary": summary,
@@ -428,6 +611,11 @@ fn operation(summary: &str, answer: Answer, mut params: Vec<Value>, body: bool) 
                         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
         },
     });
+    if vmpooler {
+        op["responses"] = json!({"default": {
+            "description": "vmpooler's answer and status code (errors are {\"ok\": false})",
+            "content": {content_type: {"schema": answer_schema}}}});
+    }
     if body {
         op["requestBody"] = json!({"required": false, "content": {"application/json": {
             "schema": {"type": "object"}}}});
@@ -452,6 +640,12 @@ fn path_params(path: &str) -> Vec<Value> {
                         "network_name" => "net1",
                         "resource" => "instance",
                         "token_id" => "000000000000",
+                        "lease_name" => "night",
+                        "pool_name" => "debian-12",
+                        "hostname" => "debian-12-00000000",
+                        "size" => "8",
+                        "request_id" => "00000000-0000-0000-0000-000000000000",
+                        "token" => "gt_000000000000_0",
                         _ => "name",
                     }),
                 ),
