@@ -65,6 +65,14 @@ enum Command {
     Cluster(crate::client::ClusterArgs),
     /// OS definitions on a RAPI server (gnt-os): list.
     Os(crate::client::OsArgs),
+    /// Leases on a gantry server: instances bound to a time window (list, show, create,
+    /// extend, end, remove).
+    Lease(crate::client::LeaseArgs),
+    /// Pools of ready instances on a gantry server (list, show, create, resize, checkout,
+    /// return, remove).
+    Pool(crate::client::PoolArgs),
+    /// Your API tokens on a gantry server (list, create, revoke).
+    Token(crate::client::TokenArgs),
     /// The job queue's drain flag, like `gnt-cluster queue`; works while the server runs.
     Queue {
         #[command(subcommand)]
@@ -421,6 +429,9 @@ pub fn main() -> ExitCode {
         Command::Instance(a) => crate::client::main(crate::client::Request::Instance(a)),
         Command::Cluster(a) => crate::client::main(crate::client::Request::Cluster(a)),
         Command::Os(a) => crate::client::main(crate::client::Request::Os(a)),
+        Command::Lease(a) => crate::client::main(crate::client::Request::Lease(a)),
+        Command::Pool(a) => crate::client::main(crate::client::Request::Pool(a)),
+        Command::Token(a) => crate::client::main(crate::client::Request::Token(a)),
         Command::CheckDb { data_dir } => match check_db(&data_dir) {
             Ok(report) => {
                 println!("{report}");

@@ -313,7 +313,10 @@ pub fn count_instances(cfg: &crate::cluster::model::Config) {
         let ready = crate::cluster::leases::ready_members(cfg, pool).len();
         METRICS.pool_ready.get_or_create(&label).set(ready as i64);
         let out = crate::cluster::leases::checked_out(cfg, pool);
-        METRICS.pool_checked_out.get_or_create(&label).set(out as i64);
+        METRICS
+            .pool_checked_out
+            .get_or_create(&label)
+            .set(out as i64);
     }
 }
 

@@ -440,3 +440,120 @@ fn credentials_come_from_netrc() {
     let (_, tags) = curl(&s, "GET", "/2/tags", None, None);
     assert_eq!(tags, json!(["from-netrc"]));
 }
+
+/// `gantry lease`, `gantry pool` and `gantry token`: gantry's own resources from the shell.
+#[test]
+fn leases_pools_and_tokens_from_the_shell() {
+    let s = start(&[]);
+    let cli = Cli {
+        server: &s,
+        ca: s.dir.path().join("rapi.pem").display().to_string(),
+    };
+    // A pool from a template file; it fills by itself.
+    let template = s.dir.path().join("ci.json");
+    std::fs::write(
+        &template,
+        json!({"__version__": 1, "os": "debootstrap+default", "disk_template": "plain",
+               "disks": [{"size": 1024}], "nics": []})
+        .to_string(),
+    )
+    .unwrap();
+    let path = template.display().to_string();
+    cli.expect(
+        0,
+        &[
+            "pool",
+            "create",
+            "ci",
+            "--size",
+            "1",
+            "--template",
+            &path,
+            "--lifetime",
+            "2h",
+        ],
+    );
+    let mut pools = Value::Null;
+    for _ in 0..200 {
+        pools = cli.json(&["pool", "list", "--json"]);
+        if pools[0]["ready"] == 1 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(pools[0]["ready"], 1, "{pools}");
+    let out = cli.expect(0, &["pool", "checkout", "ci"]);
+    let host = out.lines().last().unwrap().trim().to_string();
+    assert!(host.starts_with("ci-"), "{out}");
+    // The checkout's lease, listed, extended by an hour (2h lifetime + 1h).
+    let leases = cli.json(&["lease", "list", "--json", "-o", "name,pool,start,end"]);
+    assert_eq!(leases[0]["name"], json!(host), "{leases}");
+    let span = |l: &Value| l["end"].as_f64().unwrap() - l["start"].as_f64().unwrap();
+    assert!((span(&leases[0]) - 7200.0).abs() < 1.0, "{leases}");
+    cli.expect(0, &["lease", "extend", &host, "--by", "1h"]);
+    let leases = cli.json(&["lease", "list", "--json", "-o", "name,start,end"]);
+    assert!((span(&leases[0]) - 10800.0).abs() < 1.0, "{leases}");
+    // A lease of its own with a reservation; a bad one is a usage error (exit 2).
+    cli.expect(
+        0,
+        &[
+            "lease",
+            "create",
+            "night",
+            "--for",
+            "8h",
+            "--reserve",
+            "memory=1G,vcpus=1",
+        ],
+    );
+    let night = cli.json(&["lease", "show", "night", "--json"]);
+    assert_eq!(night["reservation"]["memory"], 1024, "{night}");
+    cli.expect(2, &["lease", "create", "bad", "--for", "soon"]);
+    cli.expect(
+        2,
+        &[
+            "lease",
+            "create",
+            "bad",
+            "--for",
+            "1h",
+            "--reserve",
+            "ram=1G",
+        ],
+    );
+    cli.expect(0, &["lease", "remove", "night"]);
+    // Returning the instance removes it.
+    cli.expect(0, &["pool", "return", &host]);
+    let mut gone = false;
+    for _ in 0..200 {
+        if curl(&s, "GET", &format!("/2/instances/{host}"), None, None).0 == 404 {
+            gone = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(gone, "{host} was not removed");
+    cli.expect(0, &["pool", "resize", "ci", "0"]);
+    assert_eq!(cli.json(&["pool", "show", "ci", "--json"])["size"], 0);
+    // Tokens: created (printed once), listed without the secret, usable, revoked.
+    let token = cli.expect(0, &["token", "create", "--ttl", "1h", "--read"]);
+    let token = token.trim();
+    assert!(token.starts_with("gt_"), "{token}");
+    let list = cli.json(&["token", "list", "--json"]);
+    assert_eq!(list[0]["rights"], "read", "{list}");
+    assert!(!list.to_string().contains(token));
+    let id = list[0]["id"].as_str().unwrap().to_string();
+    let with_token = |t: &str| {
+        Command::new("curl")
+            .args(["-s", "-k", "-o", "/dev/null", "-w", "%{http_code}"])
+            .args(["-H", &format!("Authorization: Bearer {t}")])
+            .arg(format!("{}/metrics", s.base))
+            .output()
+            .unwrap()
+    };
+    assert_eq!(String::from_utf8_lossy(&with_token(token).stdout), "200");
+    cli.expect(0, &["token", "revoke", &id]);
+    assert_eq!(cli.json(&["token", "list", "--json"]), json!([]));
+    assert_eq!(String::from_utf8_lossy(&with_token(token).stdout), "401");
+    cli.expect(0, &["pool", "remove", "ci"]);
+}

@@ -54,7 +54,13 @@ fn until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
 
 fn metric(s: &Server, name: &str) -> f64 {
     let out = std::process::Command::new("curl")
-        .args(["-s", "-k", "-u", "admin:admin", &format!("{}/metrics", s.base)])
+        .args([
+            "-s",
+            "-k",
+            "-u",
+            "admin:admin",
+            &format!("{}/metrics", s.base),
+        ])
         .output()
         .unwrap();
     String::from_utf8_lossy(&out.stdout)
@@ -103,9 +109,11 @@ fn a_lease_ends_by_itself_before_end_first_each_event_once_across_kill_9() {
     let s = restart_after_kill_9(s, &[]);
     // The restarted engine finds both events due and unrecorded, and resubmits them under
     // their keys: it gets the jobs it had, not new ones.
-    until("the events resubmitted through their keys", Duration::from_secs(10), || {
-        metric(&s, "gantry_idempotent_hits") >= 2.0
-    });
+    until(
+        "the events resubmitted through their keys",
+        Duration::from_secs(10),
+        || metric(&s, "gantry_idempotent_hits") >= 2.0,
+    );
     assert_eq!(lease_jobs(&s, "night"), before_kill);
     let (code, _) = curl(
         &s,
@@ -116,10 +124,14 @@ fn a_lease_ends_by_itself_before_end_first_each_event_once_across_kill_9() {
     );
     assert_eq!(code, 200);
 
-    until("the lease's instance to go", Duration::from_secs(30), || {
-        let (_, list) = curl(&s, "GET", "/2/instances", None, None);
-        list.as_array().is_some_and(|l| l.is_empty())
-    });
+    until(
+        "the lease's instance to go",
+        Duration::from_secs(30),
+        || {
+            let (_, list) = curl(&s, "GET", "/2/instances", None, None);
+            list.as_array().is_some_and(|l| l.is_empty())
+        },
+    );
     until("the lease to go", Duration::from_secs(10), || {
         curl(&s, "GET", "/gantry/v1/leases/night", None, None).0 == 404
     });
@@ -136,7 +148,10 @@ fn a_lease_ends_by_itself_before_end_first_each_event_once_across_kill_9() {
     let (b, e) = (job(before.0), job(end.0));
     assert_eq!(b["ops"][1]["OP_ID"], "OP_INSTANCE_SHUTDOWN", "{b}");
     assert_eq!(e["ops"][1]["OP_ID"], "OP_INSTANCE_REMOVE", "{e}");
-    assert!(b["end_ts"][0].as_f64() <= e["start_ts"][0].as_f64(), "{b} {e}");
+    assert!(
+        b["end_ts"][0].as_f64() <= e["start_ts"][0].as_f64(),
+        "{b} {e}"
+    );
     assert_eq!(e["ops"][0]["depends"][0][0], before.0, "{e}");
     // The events' jobs say who submitted them.
     assert_eq!(e["ops"][1]["reason"][0][0], "gantry:lease:night", "{e}");
@@ -181,10 +196,9 @@ fn a_reservation_refuses_a_conflicting_create_during_its_window_only() {
     assert_eq!(err[0], "OpPrereqError", "{err}");
     assert_eq!(err[1][1], "insufficient_resources", "{err}");
     assert!(
-        err[1][0]
-            .as_str()
-            .unwrap()
-            .starts_with("Not enough memory on node node1.example.com for starting instance outside1"),
+        err[1][0].as_str().unwrap().starts_with(
+            "Not enough memory on node node1.example.com for starting instance outside1"
+        ),
         "{err}"
     );
     let refused = create_instance(&s, "outside2", json!({"beparams": {"maxmem": 768}}));
@@ -235,7 +249,13 @@ fn lease_changes_are_jobs_with_dry_run_and_clear_refusals() {
     let s = start(&[]);
     create_instance(&s, "db1", json!({}));
     let post = |path: &str, method: &str, body: Value| {
-        curl(&s, method, path, Some("admin:admin"), Some(&body.to_string()))
+        curl(
+            &s,
+            method,
+            path,
+            Some("admin:admin"),
+            Some(&body.to_string()),
+        )
     };
     // Dry run: a job that checks and changes nothing.
     let (_, id) = post(
@@ -286,7 +306,10 @@ fn lease_changes_are_jobs_with_dry_run_and_clear_refusals() {
     let (_, id) = post("/gantry/v1/leases/keep", "PUT", json!({"extend": 3600}));
     assert_eq!(wait_job(&s, id.as_u64().unwrap())["status"], "success");
     let (_, lease) = curl(&s, "GET", "/gantry/v1/leases/keep", None, None);
-    assert!((lease["end"].as_f64().unwrap() - (end + 3600.0)).abs() < 0.01, "{lease}");
+    assert!(
+        (lease["end"].as_f64().unwrap() - (end + 3600.0)).abs() < 0.01,
+        "{lease}"
+    );
     let (_, id) = post("/gantry/v1/leases/keep", "DELETE", json!({}));
     assert_eq!(wait_job(&s, id.as_u64().unwrap())["status"], "success");
     assert_eq!(curl(&s, "GET", "/gantry/v1/leases/keep", None, None).0, 404);

@@ -77,10 +77,19 @@ fn a_pool_fills_hands_out_at_once_refills_and_answers_waiting_requests() {
     }
     assert_ne!(hosts[0], hosts[1]);
     let p = pool(&s, "ci");
-    assert_eq!((p["ready"].clone(), p["checked_out"].clone()), (json!(0), json!(2)));
+    assert_eq!(
+        (p["ready"].clone(), p["checked_out"].clone()),
+        (json!(0), json!(2))
+    );
     assert_eq!(p["checkouts"], 2);
     // Each checkout is leased for vmpooler's default 12 hours.
-    let (_, lease) = curl(&s, "GET", &format!("/gantry/v1/leases/{}", hosts[0]), None, None);
+    let (_, lease) = curl(
+        &s,
+        "GET",
+        &format!("/gantry/v1/leases/{}", hosts[0]),
+        None,
+        None,
+    );
     let hours = (lease["end"].as_f64().unwrap() - lease["start"].as_f64().unwrap()) / 3600.0;
     assert!((hours - 12.0).abs() < 0.01, "{lease}");
 
@@ -132,7 +141,13 @@ fn a_pool_fills_hands_out_at_once_refills_and_answers_waiting_requests() {
 
     // Pool metrics.
     let out = std::process::Command::new("curl")
-        .args(["-s", "-k", "-u", "admin:admin", &format!("{}/metrics", s.base)])
+        .args([
+            "-s",
+            "-k",
+            "-u",
+            "admin:admin",
+            &format!("{}/metrics", s.base),
+        ])
         .output()
         .unwrap();
     let metrics = String::from_utf8_lossy(&out.stdout).to_string();
@@ -193,7 +208,10 @@ fn a_vmpooler_client_drives_gantry() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success() && text.contains("all steps passed"), "{text}");
+    assert!(
+        out.status.success() && text.contains("all steps passed"),
+        "{text}"
+    );
     // Every change the client made is a job in /2/jobs.
     let (_, jobs) = curl(&s, "GET", "/2/jobs?bulk=1", None, None);
     let ops: Vec<&str> = jobs

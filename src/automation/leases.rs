@@ -99,7 +99,12 @@ fn event_key(lease: &Lease, event: &str) -> String {
     format!("{}:{event}:{:.3}", lease.name, lease.event_time(event))
 }
 
-fn op(id: OpId, source: &str, event: &str, pairs: &[(&str, Value)]) -> Result<OpCode, crate::opcodes::ValidationError> {
+fn op(
+    id: OpId,
+    source: &str,
+    event: &str,
+    pairs: &[(&str, Value)],
+) -> Result<OpCode, crate::opcodes::ValidationError> {
     let mut params: Map<String, Value> = pairs
         .iter()
         .map(|(k, v)| ((*k).to_string(), v.clone()))

@@ -83,7 +83,8 @@ impl PoolEngine {
                 let failures = self.backoff.get(&pool).map_or(0, |b| b.1) + 1;
                 let pause = (FIRST_BACKOFF * 2u32.saturating_pow(failures - 1)).min(MAX_BACKOFF);
                 tracing::warn!(%pool, job = %id, ?pause, "pool refill failed; pausing refills");
-                self.backoff.insert(pool, (Instant::now() + pause, failures));
+                self.backoff
+                    .insert(pool, (Instant::now() + pause, failures));
             }
         }
     }
@@ -136,7 +137,8 @@ impl PoolEngine {
                 .get(&pool.name)
                 .is_some_and(|(until, _)| Instant::now() < *until);
             if have < target && !paused {
-                let room = MAX_REFILLS.saturating_sub(refilling.get(&pool.name).copied().unwrap_or(0));
+                let room =
+                    MAX_REFILLS.saturating_sub(refilling.get(&pool.name).copied().unwrap_or(0));
                 for _ in 0..(target - have).min(room) {
                     self.refill(pool).await;
                 }

@@ -8,6 +8,7 @@ mod cluster;
 mod conn;
 mod instances;
 mod jobs;
+mod leases;
 mod login;
 mod nodes;
 mod output;
@@ -16,6 +17,7 @@ mod watch;
 pub use cluster::{ClusterArgs, FilterArgs, OsArgs};
 pub use instances::InstanceArgs;
 pub use jobs::JobArgs;
+pub use leases::{LeaseArgs, PoolArgs, TokenArgs};
 pub use nodes::{GroupArgs, NetworkArgs, NodeArgs};
 
 use conn::Conn;
@@ -92,6 +94,9 @@ pub enum Request {
     Filter(FilterArgs),
     Cluster(ClusterArgs),
     Os(OsArgs),
+    Lease(LeaseArgs),
+    Pool(PoolArgs),
+    Token(TokenArgs),
 }
 
 /// `gantry job list | head` ends quietly, as other tools do, instead of failing to print. Only
@@ -135,6 +140,9 @@ async fn run(request: Request) -> Result<(), ClientError> {
         Request::Filter(a) => cluster::filter(a).await,
         Request::Cluster(a) => cluster::cluster(a).await,
         Request::Os(a) => cluster::os(a).await,
+        Request::Lease(a) => leases::lease(a).await,
+        Request::Pool(a) => leases::pool(a).await,
+        Request::Token(a) => leases::token(a).await,
     }
 }
 

@@ -166,7 +166,12 @@ pub fn ready_members<'a>(cfg: &'a Config, pool: &str) -> Vec<&'a Instance> {
         .filter(|i| i.admin_state == super::model::AdminState::Up)
         .filter(|i| lease_of(cfg, &i.name).is_none())
         .collect();
-    ready.sort_by(|a, b| a.meta.ctime.total_cmp(&b.meta.ctime).then(a.name.cmp(&b.name)));
+    ready.sort_by(|a, b| {
+        a.meta
+            .ctime
+            .total_cmp(&b.meta.ctime)
+            .then(a.name.cmp(&b.name))
+    });
     ready
 }
 

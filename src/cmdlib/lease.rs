@@ -65,7 +65,10 @@ fn number(op: &OpCode, name: &str) -> Option<f64> {
 }
 
 fn unknown_lease(name: &str) -> OpError {
-    OpError::prereq(format!("Lease '{name}' not known"), ErrorCode::UnknownEntity)
+    OpError::prereq(
+        format!("Lease '{name}' not known"),
+        ErrorCode::UnknownEntity,
+    )
 }
 
 fn unknown_pool(name: &str) -> OpError {
@@ -73,7 +76,8 @@ fn unknown_pool(name: &str) -> OpError {
 }
 
 fn parse<T: serde::de::DeserializeOwned>(op: &OpCode, name: &str) -> Option<T> {
-    op.get(name).and_then(|v| serde_json::from_value(v.clone()).ok())
+    op.get(name)
+        .and_then(|v| serde_json::from_value(v.clone()).ok())
 }
 
 /// String values of an object parameter (vmpooler tags), refusing anything else.
@@ -139,7 +143,10 @@ async fn lease_create(ctx: &Ctx) -> Result<Value, OpError> {
         let inst = find_instance(&cfg, &n)?;
         if let Some(other) = leases::lease_of(&cfg, &inst.name) {
             return Err(OpError::prereq(
-                format!("Instance '{}' is already held by lease '{}'", inst.name, other.name),
+                format!(
+                    "Instance '{}' is already held by lease '{}'",
+                    inst.name, other.name
+                ),
                 ErrorCode::WrongState,
             ));
         }
@@ -198,7 +205,7 @@ async fn reserve(ctx: &Ctx, cfg: &Config, spec: &Value, at: f64) -> Result<Reser
     let size = |key: &str| -> Result<u64, OpError> {
         match obj.get(key) {
             None => Ok(0),
-            Some(v) => crate::opcodes::parse_size_mib(v).ok_or_else(|| bad(&format!("{key}"))),
+            Some(v) => crate::opcodes::parse_size_mib(v).ok_or_else(|| bad(key)),
         }
     };
     let (memory, disk) = (size("memory")?, size("disk")?);
@@ -442,9 +449,9 @@ async fn pool_remove(ctx: &Ctx) -> Result<Value, OpError> {
     for inst in ready {
         let mut params = Map::new();
         params.insert("instance_name".into(), json!(inst));
-        jobs.push(vec![OpCode::build(OpId::InstanceRemove, params).map_err(|e| {
-            OpError::exec(format!("cannot build the removal of {inst}: {}", e.0))
-        })?]);
+        jobs.push(vec![OpCode::build(OpId::InstanceRemove, params).map_err(
+            |e| OpError::exec(format!("cannot build the removal of {inst}: {}", e.0)),
+        )?]);
     }
     Ok(json!({"jobs": ctx.submit_children(jobs).await?}))
 }
@@ -470,7 +477,7 @@ async fn checkout(ctx: &Ctx) -> Result<Value, OpError> {
             .get(&pool_name)
             .ok_or_else(|| unknown_pool(&pool_name))?;
         if let Some(r) = &request
-            && !pool.requests.get(r).is_some_and(|r| r.missing() > 0)
+            && pool.requests.get(r).is_none_or(|r| r.missing() == 0)
         {
             return Err(OpError::prereq(
                 format!("Request '{r}' of pool '{pool_name}' needs no more instances"),
@@ -544,7 +551,11 @@ async fn request(ctx: &Ctx) -> Result<Value, OpError> {
             ErrorCode::AlreadyExists,
         ));
     }
-    let wanted = op.get("pools").and_then(Value::as_object).cloned().unwrap_or_default();
+    let wanted = op
+        .get("pools")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
     if wanted.is_empty() {
         return Err(OpError::prereq(
             "A request names at least one pool",
@@ -603,7 +614,12 @@ const MAX_REQUEST: u64 = 50;
 
 async fn request_delete(ctx: &Ctx) -> Result<Value, OpError> {
     let id = ctx.op.str("request_id").unwrap_or_default().to_string();
-    if !ctx.cfg().pools.values().any(|p| p.requests.contains_key(&id)) {
+    if !ctx
+        .cfg()
+        .pools
+        .values()
+        .any(|p| p.requests.contains_key(&id))
+    {
         return Err(OpError::prereq(
             format!("Request '{id}' not known"),
             ErrorCode::UnknownEntity,

@@ -269,8 +269,14 @@ fn unit(id: OpId) -> Unit {
         TagsSet | TagsDel | TagsGet | TagsSearch => Unit::Tags,
         ClusterSetParams | ClusterRedistConf | ClusterQuery | ClusterVerifyConfig | OsDiagnose
         | Query | QueryFields | TestDelay => Unit::Cluster,
-        GantryLeaseCreate | GantryLeaseModify | GantryLeaseRemove | GantryLeaseEvent
-        | GantryPoolSet | GantryPoolRemove | GantryPoolCheckout | GantryPoolRequest
+        GantryLeaseCreate
+        | GantryLeaseModify
+        | GantryLeaseRemove
+        | GantryLeaseEvent
+        | GantryPoolSet
+        | GantryPoolRemove
+        | GantryPoolCheckout
+        | GantryPoolRequest
         | GantryPoolRequestDelete => Unit::Lease,
     }
 }

@@ -88,11 +88,13 @@ fn lease_times(body: &mut Map<String, Value>) -> Result<(), ApiError> {
         body.insert("end".into(), json!(start + secs(&d, "duration")?));
     }
     if let Some(b) = body.remove("before_end_seconds") {
-        let end = body
-            .get("end")
-            .and_then(Value::as_f64)
-            .ok_or_else(|| ApiError::bad_request("before_end_seconds needs an end or a duration"))?;
-        body.insert("before_end".into(), json!(end - secs(&b, "before_end_seconds")?));
+        let end = body.get("end").and_then(Value::as_f64).ok_or_else(|| {
+            ApiError::bad_request("before_end_seconds needs an end or a duration")
+        })?;
+        body.insert(
+            "before_end".into(),
+            json!(end - secs(&b, "before_end_seconds")?),
+        );
     }
     Ok(())
 }
@@ -111,7 +113,15 @@ pub async fn leases(state: &State, req: &Request, rest: &[&str]) -> R {
             let mut body = req.body_object()?;
             lease_times(&mut body)?;
             let owner = json!(caller_name(req));
-            job(state, req, OpId::GantryLeaseCreate, body, vec![("owner", owner)], &[("name", "lease_name")]).await
+            job(
+                state,
+                req,
+                OpId::GantryLeaseCreate,
+                body,
+                vec![("owner", owner)],
+                &[("name", "lease_name")],
+            )
+            .await
         }
         ("GET", [name]) => cfg
             .leases
@@ -130,16 +140,40 @@ pub async fn leases(state: &State, req: &Request, rest: &[&str]) -> R {
                 body.insert("end".into(), json!(end + ext));
             }
             lease_times(&mut body)?;
-            job(state, req, OpId::GantryLeaseModify, body, vec![("lease_name", json!(name))], &[]).await
+            job(
+                state,
+                req,
+                OpId::GantryLeaseModify,
+                body,
+                vec![("lease_name", json!(name))],
+                &[],
+            )
+            .await
         }
         ("DELETE", [name]) => {
-            job(state, req, OpId::GantryLeaseRemove, Map::new(), vec![("lease_name", json!(name))], &[]).await
+            job(
+                state,
+                req,
+                OpId::GantryLeaseRemove,
+                Map::new(),
+                vec![("lease_name", json!(name))],
+                &[],
+            )
+            .await
         }
         // Ends the window now: the engine runs the end action at once (a "return").
         ("POST", [name, "end"]) => {
             let now = json!(crate::util::now_f64());
             let statics = vec![("lease_name", json!(name)), ("end", now)];
-            job(state, req, OpId::GantryLeaseModify, Map::new(), statics, &[]).await
+            job(
+                state,
+                req,
+                OpId::GantryLeaseModify,
+                Map::new(),
+                statics,
+                &[],
+            )
+            .await
         }
         // An instance created for the lease: it may use the lease's reservation and joins it.
         ("POST", [name, "instances"]) => {
@@ -149,8 +183,17 @@ pub async fn leases(state: &State, req: &Request, rest: &[&str]) -> R {
             let mut body = req.body_object()?;
             body.remove("__version__");
             let now = crate::jobqueue::job::Timestamp::now().as_nanos() as u64;
-            let mut op = opcode(req, OpId::InstanceCreate, body, vec![], &[("name", "instance_name"), ("os", "os_type")])?;
-            op.set("reason", json!([[leases::lease_source(name), "create", now]]));
+            let mut op = opcode(
+                req,
+                OpId::InstanceCreate,
+                body,
+                vec![],
+                &[("name", "instance_name"), ("os", "os_type")],
+            )?;
+            op.set(
+                "reason",
+                json!([[leases::lease_source(name), "create", now]]),
+            );
             submit(state, req, vec![op]).await
         }
         (_, [] | [_] | [_, "end" | "instances"]) => Err(ApiError::unsupported(m)),
@@ -166,10 +209,21 @@ pub async fn pools(state: &State, req: &Request, rest: &[&str]) -> R {
             req,
             "pools",
             cfg.pools.keys().cloned().collect(),
-            cfg.pools.values().map(|p| leases::pool_json(&cfg, p)).collect(),
+            cfg.pools
+                .values()
+                .map(|p| leases::pool_json(&cfg, p))
+                .collect(),
         ),
         ("POST", []) => {
-            job(state, req, OpId::GantryPoolSet, req.body_object()?, vec![], &[("name", "pool_name")]).await
+            job(
+                state,
+                req,
+                OpId::GantryPoolSet,
+                req.body_object()?,
+                vec![],
+                &[("name", "pool_name")],
+            )
+            .await
         }
         ("GET", [name]) => cfg
             .pools
@@ -177,14 +231,41 @@ pub async fn pools(state: &State, req: &Request, rest: &[&str]) -> R {
             .map(|p| leases::pool_json(&cfg, p))
             .ok_or_else(|| ApiError::not_found(format!("Pool '{name}' not found"))),
         ("PUT", [name]) => {
-            job(state, req, OpId::GantryPoolSet, req.body_object()?, vec![("pool_name", json!(name))], &[]).await
+            job(
+                state,
+                req,
+                OpId::GantryPoolSet,
+                req.body_object()?,
+                vec![("pool_name", json!(name))],
+                &[],
+            )
+            .await
         }
         ("DELETE", [name]) => {
-            job(state, req, OpId::GantryPoolRemove, Map::new(), vec![("pool_name", json!(name))], &[]).await
+            job(
+                state,
+                req,
+                OpId::GantryPoolRemove,
+                Map::new(),
+                vec![("pool_name", json!(name))],
+                &[],
+            )
+            .await
         }
         ("POST", [name, "checkout"]) => {
-            let statics = vec![("pool_name", json!(name)), ("requester", json!(caller_name(req)))];
-            job(state, req, OpId::GantryPoolCheckout, req.body_object()?, statics, &[]).await
+            let statics = vec![
+                ("pool_name", json!(name)),
+                ("requester", json!(caller_name(req))),
+            ];
+            job(
+                state,
+                req,
+                OpId::GantryPoolCheckout,
+                req.body_object()?,
+                statics,
+                &[],
+            )
+            .await
         }
         (_, [] | [_] | [_, "checkout"]) => Err(ApiError::unsupported(m)),
         _ => Err(ApiError::plain(404)),

@@ -390,7 +390,10 @@ static HANDWRITTEN: &[Resource] = &[
         path: "/gantry/v1/leases/{lease_name}",
         ops: &[
             get("One lease", Object),
-            submit("PUT", "Move a lease's end (end, duration or extend) or before-end time; tags"),
+            submit(
+                "PUT",
+                "Move a lease's end (end, duration or extend) or before-end time; tags",
+            ),
             Operation {
                 method: "DELETE",
                 summary: "Forget a lease without running its actions",
@@ -503,7 +506,10 @@ static HANDWRITTEN: &[Resource] = &[
     },
     Resource {
         path: "/api/v1/summary",
-        ops: &[get("vmpooler: clone times and tags by day (?from=, ?to=)", Vmpooler)],
+        ops: &[get(
+            "vmpooler: clone times and tags by day (?from=, ?to=)",
+            Vmpooler,
+        )],
     },
     Resource {
         path: "/api/v1/token",

@@ -36,7 +36,10 @@ fn ok() -> Answer {
 pub async fn answer(state: &State, req: &Request, rest: &[&str]) -> Answer {
     let m = req.method.as_str();
     match (m, rest) {
-        ("GET", ["vm"]) => (200, json!(state.config.snapshot().pools.keys().collect::<Vec<_>>())),
+        ("GET", ["vm"]) => (
+            200,
+            json!(state.config.snapshot().pools.keys().collect::<Vec<_>>()),
+        ),
         ("POST", ["vm"]) => match counts(&req.body) {
             Some(wanted) => checkout_all(state, req, wanted).await,
             None => failed(400, "body must map pool names to counts"),
@@ -61,7 +64,13 @@ pub async fn answer(state: &State, req: &Request, rest: &[&str]) -> Answer {
         ("POST", ["ondemandvm"]) => ondemand_create(state, req).await,
         ("GET", ["ondemandvm", id]) => ondemand_status(&state.config.snapshot(), id),
         ("DELETE", ["ondemandvm", id]) => {
-            let op = opcode(req, OpId::GantryPoolRequestDelete, Map::new(), vec![("request_id", json!(id))], &[]);
+            let op = opcode(
+                req,
+                OpId::GantryPoolRequestDelete,
+                Map::new(),
+                vec![("request_id", json!(id))],
+                &[],
+            );
             match run(state, req, op).await {
                 Ok(_) => ok(),
                 Err(_) => fail(404),
@@ -83,11 +92,7 @@ fn counts(body: &Value) -> Option<Vec<(String, u64)>> {
 }
 
 /// Submits one opcode as a job and waits for its end: its result, or a message.
-async fn run(
-    state: &State,
-    req: &Request,
-    op: Result<OpCode, ApiError>,
-) -> Result<Value, String> {
+async fn run(state: &State, req: &Request, op: Result<OpCode, ApiError>) -> Result<Value, String> {
     let op = op.map_err(|e| e.message)?;
     let id = state
         .queue
@@ -103,7 +108,11 @@ async fn finished(state: &State, id: JobId) -> Result<Value, String> {
         .finished(id, JOB_WAIT)
         .await
         .ok_or_else(|| format!("job {id} did not finish in time"))?;
-    let result = job.ops.first().map(|o| o.result.clone()).unwrap_or_default();
+    let result = job
+        .ops
+        .first()
+        .map(|o| o.result.clone())
+        .unwrap_or_default();
     match job.status() {
         Status::Success => Ok(result),
         _ => Err(result
@@ -125,7 +134,10 @@ async fn checkout_all(state: &State, req: &Request, wanted: Vec<(String, u64)>) 
     let mut refused = false;
     'all: for (pool, n) in &wanted {
         for _ in 0..*n {
-            let mut statics = vec![("pool_name", json!(pool)), ("requester", json!(caller_name(req)))];
+            let mut statics = vec![
+                ("pool_name", json!(pool)),
+                ("requester", json!(caller_name(req))),
+            ];
             if let Some(l) = lifetime {
                 statics.push(("lifetime", json!(l)));
             }
@@ -156,7 +168,11 @@ async fn checkout_all(state: &State, req: &Request, wanted: Vec<(String, u64)>) 
     let mut body = Map::new();
     body.insert("ok".into(), json!(true));
     for (pool, _) in &wanted {
-        let hosts: Vec<&String> = got.iter().filter(|(p, _)| p == pool).map(|(_, h)| h).collect();
+        let hosts: Vec<&String> = got
+            .iter()
+            .filter(|(p, _)| p == pool)
+            .map(|(_, h)| h)
+            .collect();
         let hostname = match hosts.as_slice() {
             [one] => json!(one),
             many => json!(many),
@@ -168,7 +184,11 @@ async fn checkout_all(state: &State, req: &Request, wanted: Vec<(String, u64)>) 
 
 async fn run_unkeyed(state: &State, op: Result<OpCode, ApiError>) -> Result<Value, String> {
     let op = op.map_err(|e| e.message)?;
-    let id = state.queue.submit(vec![op]).await.map_err(|e| e.to_string())?;
+    let id = state
+        .queue
+        .submit(vec![op])
+        .await
+        .map_err(|e| e.to_string())?;
     finished(state, id).await
 }
 
@@ -256,20 +276,31 @@ async fn modify(state: &State, req: &Request, host: &str) -> Answer {
                 };
                 let tags: Map<String, Value> = tags
                     .iter()
-                    .map(|(k, v)| (k.clone(), json!(v.as_str().map_or_else(|| v.to_string(), String::from))))
+                    .map(|(k, v)| {
+                        (
+                            k.clone(),
+                            json!(v.as_str().map_or_else(|| v.to_string(), String::from)),
+                        )
+                    })
                     .collect();
                 params.insert("tags".into(), Value::Object(tags));
             }
             _ => return fail(400),
         }
     }
-    let op = opcode(req, OpId::GantryLeaseModify, Map::new(), vec![("lease_name", json!(lease.name))], &[])
-        .map(|mut op| {
-            for (k, v) in params {
-                op.set(&k, v);
-            }
-            op
-        });
+    let op = opcode(
+        req,
+        OpId::GantryLeaseModify,
+        Map::new(),
+        vec![("lease_name", json!(lease.name))],
+        &[],
+    )
+    .map(|mut op| {
+        for (k, v) in params {
+            op.set(&k, v);
+        }
+        op
+    });
     match run(state, req, op).await {
         Ok(_) => ok(),
         Err(_) => fail(400),
@@ -277,8 +308,15 @@ async fn modify(state: &State, req: &Request, host: &str) -> Answer {
 }
 
 async fn end_now(state: &State, req: &Request, lease: &str) -> Result<Value, String> {
-    let statics = vec![("lease_name", json!(lease)), ("end", json!(crate::util::now_f64()))];
-    run_unkeyed(state, opcode(req, OpId::GantryLeaseModify, Map::new(), statics, &[])).await
+    let statics = vec![
+        ("lease_name", json!(lease)),
+        ("end", json!(crate::util::now_f64())),
+    ];
+    run_unkeyed(
+        state,
+        opcode(req, OpId::GantryLeaseModify, Map::new(), statics, &[]),
+    )
+    .await
 }
 
 /// vmpooler's DELETE: the VM's lease ends now, and the engine removes it as at any lease end.
@@ -305,9 +343,19 @@ async fn add_disk(state: &State, req: &Request, host: &str, size: &str) -> Answe
     let body: Map<String, Value> = [("disks".to_string(), json!([["add", {"size": gb * 1024}]]))]
         .into_iter()
         .collect();
-    let op = opcode(req, OpId::InstanceSetParams, body, vec![("instance_name", json!(host))], &[]);
+    let op = opcode(
+        req,
+        OpId::InstanceSetParams,
+        body,
+        vec![("instance_name", json!(host))],
+        &[],
+    );
     let submitted = match op {
-        Ok(op) => state.queue.submit(vec![op]).await.map_err(|e| e.to_string()),
+        Ok(op) => state
+            .queue
+            .submit(vec![op])
+            .await
+            .map_err(|e| e.to_string()),
         Err(e) => Err(e.message),
     };
     match submitted {
@@ -324,10 +372,12 @@ fn pending(state: &State) -> std::collections::HashMap<String, u64> {
         if op.id() != OpId::InstanceCreate {
             return None;
         }
-        op.get("reason")?
-            .as_array()?
-            .iter()
-            .find_map(|e| e.get(0)?.as_str()?.strip_prefix("gantry:pool:").map(String::from))
+        op.get("reason")?.as_array()?.iter().find_map(|e| {
+            e.get(0)?
+                .as_str()?
+                .strip_prefix("gantry:pool:")
+                .map(String::from)
+        })
     });
     for pool in refills.into_iter().flatten() {
         *pending.entry(pool).or_insert(0) += 1;
@@ -423,7 +473,9 @@ async fn summary(state: &State, req: &Request) -> Answer {
             let op = &job.ops.first()?.input;
             let from_pool = op.id() == OpId::InstanceCreate
                 && op.get("reason")?.as_array()?.iter().any(|e| {
-                    e.get(0).and_then(Value::as_str).is_some_and(|s| s.starts_with("gantry:pool:"))
+                    e.get(0)
+                        .and_then(Value::as_str)
+                        .is_some_and(|s| s.starts_with("gantry:pool:"))
                 });
             if !from_pool || job.status() != Status::Success {
                 return None;
@@ -479,12 +531,19 @@ async fn token(state: &State, req: &Request, rest: &[&str]) -> Answer {
             let mut body = Map::new();
             body.insert("ok".into(), json!(true));
             for t in state.tokens.list(&caller.user) {
-                body.insert(t.id.clone(), json!({"created": chrono_time(t.created as f64)}));
+                body.insert(
+                    t.id.clone(),
+                    json!({"created": chrono_time(t.created as f64)}),
+                );
             }
             (200, Value::Object(body))
         }
         ("POST", []) => {
-            let rights = if caller.can_write { Rights::Write } else { Rights::Read };
+            let rights = if caller.can_write {
+                Rights::Write
+            } else {
+                Rights::Read
+            };
             match state.tokens.create(&caller.user, rights, DEFAULT_TTL).await {
                 Ok((secret, _)) => (200, json!({"ok": true, "token": secret})),
                 Err(_) => fail(500),
@@ -492,7 +551,12 @@ async fn token(state: &State, req: &Request, rest: &[&str]) -> Answer {
         }
         ("GET", [given]) => {
             let id = id_of(given);
-            let Some(t) = state.tokens.list(&caller.user).into_iter().find(|t| t.id == id) else {
+            let Some(t) = state
+                .tokens
+                .list(&caller.user)
+                .into_iter()
+                .find(|t| t.id == id)
+            else {
                 return fail(404);
             };
             let running: Vec<&String> = cfg
