@@ -65,8 +65,10 @@ pub(super) enum LeaseCommand {
     /// Move a lease's end: `--by 2h` (later), `--by -30m` (sooner) or `--in 1h` (from now).
     Extend {
         name: String,
+        /// Move the end by this much (negative: sooner).
         #[arg(long, value_parser = signed_seconds, allow_hyphen_values = true)]
         by: Option<f64>,
+        /// Set the end this far from now.
         #[arg(long = "in", value_parser = seconds)]
         from_now: Option<f64>,
         #[command(flatten)]
@@ -219,12 +221,14 @@ pub(super) enum PoolCommand {
     /// Show one pool.
     Show {
         name: String,
+        /// Print JSON.
         #[arg(long)]
         json: bool,
     },
     /// Create a pool: `gantry pool create ci --size 3 --template ci.json` (a /2/instances body).
     Create {
         name: String,
+        /// How many ready instances the pool keeps.
         #[arg(long)]
         size: u64,
         /// A JSON file holding an instance create body (without a name).
