@@ -12,6 +12,8 @@ pub mod client;
 pub mod cluster;
 pub mod cmdlib;
 pub mod control;
+#[cfg(feature = "etcd")]
+pub mod ha;
 pub mod http;
 pub mod jobqueue;
 pub mod locking;

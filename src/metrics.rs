@@ -127,6 +127,10 @@ pub struct Metrics {
     pub pool_refill_seconds: Family<PoolLabel, Histogram, fn() -> Histogram>,
     /// Lease events that ran (their first opcode), by event.
     pub lease_events: Family<EventLabel, Counter>,
+    /// Times this master became or stopped being the leader (etcd store, `ha.rs`).
+    pub leadership_changes: Counter,
+    /// Seconds an etcd request of the leadership took (campaign, keep-alive, fenced write).
+    pub etcd_request_seconds: Histogram,
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -155,6 +159,8 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         pool_checkouts: Family::default(),
         pool_refill_seconds: Family::new_with_constructor(run_time_histogram),
         lease_events: Family::default(),
+        leadership_changes: Counter::default(),
+        etcd_request_seconds: latency_histogram(),
     };
     registry.register(
         "idempotent_hits",
@@ -261,6 +267,16 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "lease_events",
         "Lease events that ran, by event",
         m.lease_events.clone(),
+    );
+    registry.register(
+        "leadership_changes",
+        "Times this master became or stopped being the leader",
+        m.leadership_changes.clone(),
+    );
+    registry.register(
+        "etcd_request_seconds",
+        "Seconds an etcd request of the leadership took",
+        m.etcd_request_seconds.clone(),
     );
     Metrics { registry, ..m }
 });

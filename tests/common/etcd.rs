@@ -1,0 +1,171 @@
+//! A 3-member etcd cluster on loopback ports with temp dirs (Debian's `etcd-server`), started
+//! and stopped by the tests, and a TCP proxy a test can cut to partition one client from it.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub struct Member {
+    pub name: String,
+    pub client_url: String,
+    peer_url: String,
+    dir: std::path::PathBuf,
+    child: Option<Child>,
+}
+
+pub struct EtcdCluster {
+    pub members: Vec<Member>,
+    _dir: tempfile::TempDir,
+    initial: String,
+}
+
+/// Whether the etcd binary is here; with GANTRY_REQUIRE_TOOLS=1 (CI) a missing one fails.
+pub fn have_etcd() -> bool {
+    let found = Command::new("etcd")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found && std::env::var_os("GANTRY_REQUIRE_QEMU").is_some() {
+        panic!("etcd is required here (apt-get install etcd-server)");
+    }
+    found
+}
+
+impl EtcdCluster {
+    pub fn start(n: usize) -> EtcdCluster {
+        let dir = tempfile::tempdir().unwrap();
+        let members: Vec<Member> = (0..n)
+            .map(|i| Member {
+                name: format!("m{i}"),
+                client_url: format!("http://127.0.0.1:{}", free_port()),
+                peer_url: format!("http://127.0.0.1:{}", free_port()),
+                dir: dir.path().join(format!("m{i}")),
+                child: None,
+            })
+            .collect();
+        let initial = members
+            .iter()
+            .map(|m| format!("{}={}", m.name, m.peer_url))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cluster = EtcdCluster {
+            members,
+            _dir: dir,
+            initial,
+        };
+        for i in 0..n {
+            cluster.start_member(i);
+        }
+        cluster.wait_healthy();
+        cluster
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(|m| m.client_url.clone()).collect()
+    }
+
+    /// (Re)starts member `i` on its data dir.
+    pub fn start_member(&mut self, i: usize) {
+        let initial = self.initial.clone();
+        let m = &mut self.members[i];
+        let state = if m.dir.exists() { "existing" } else { "new" };
+        let child = Command::new("etcd")
+            .args(["--name", &m.name, "--data-dir"])
+            .arg(&m.dir)
+            .args(["--listen-client-urls", &m.client_url])
+            .args(["--advertise-client-urls", &m.client_url])
+            .args(["--listen-peer-urls", &m.peer_url])
+            .args(["--initial-advertise-peer-urls", &m.peer_url])
+            .args(["--initial-cluster", &initial])
+            .args(["--initial-cluster-state", state])
+            .args(["--initial-cluster-token", "gantry-test"])
+            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("etcd starts (apt-get install etcd-server)");
+        m.child = Some(child);
+    }
+
+    /// SIGKILLs member `i`.
+    pub fn kill_member(&mut self, i: usize) {
+        if let Some(mut c) = self.members[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Waits until every running member answers healthy.
+    pub fn wait_healthy(&self) {
+        for _ in 0..200 {
+            let ok = self.members.iter().filter(|m| m.child.is_some()).all(|m| {
+                Command::new("curl")
+                    .args(["-sf", &format!("{}/health", m.client_url)])
+                    .output()
+                    .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("true"))
+            });
+            if ok {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("etcd cluster did not become healthy");
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill_member(i);
+        }
+    }
+}
+
+/// A TCP proxy to one address; `cut(true)` drops every connection through it and refuses new
+/// ones (a partition), `cut(false)` heals it.
+pub struct Proxy {
+    pub url: String,
+    cut: tokio::sync::watch::Sender<bool>,
+}
+
+impl Proxy {
+    pub async fn start(upstream: &str) -> Proxy {
+        let upstream = upstream.trim_start_matches("http://").to_string();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (cut, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                if *rx.borrow() {
+                    continue;
+                }
+                let mut cut = rx.clone();
+                let upstream = upstream.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut.wait_for(|c| *c) => {}
+                    }
+                });
+            }
+        });
+        Proxy { url, cut }
+    }
+
+    pub fn cut(&self, on: bool) {
+        let _ = self.cut.send(on);
+    }
+}
