@@ -6,7 +6,7 @@
 mod common;
 use common::*;
 use serde_json::{Value, json};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn create_instance(s: &Server, name: &str, extra: Value) -> Value {
     let mut body = json!({"__version__": 1, "name": name, "mode": "create", "os": "debootstrap+default",
@@ -44,26 +44,8 @@ fn lease_jobs(s: &Server, name: &str) -> Vec<(u64, String, String)> {
         .collect()
 }
 
-fn until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 fn metric(s: &Server, name: &str) -> f64 {
-    let out = std::process::Command::new("curl")
-        .args([
-            "-s",
-            "-k",
-            "-u",
-            "admin:admin",
-            &format!("{}/metrics", s.base),
-        ])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
+    metrics_text(s)
         .lines()
         .filter(|l| l.starts_with(name))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())

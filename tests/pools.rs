@@ -6,15 +6,7 @@
 mod common;
 use common::*;
 use serde_json::{Value, json};
-use std::time::{Duration, Instant};
-
-fn until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
+use std::time::Duration;
 
 fn template() -> Value {
     json!({"__version__": 1, "os": "debootstrap+default", "disk_template": "plain",

@@ -432,3 +432,30 @@ pub fn wait_console(s: &Server, name: &str, text: &str, times: usize) -> String 
         console(s, name)
     );
 }
+
+/// Polls `check` every 50 ms until it holds; fails the test naming `what` after `timeout`.
+pub fn until(what: &str, timeout: std::time::Duration, mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !check() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// The `/metrics` page as text (read with the test users file's admin).
+pub fn metrics_text(s: &Server) -> String {
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-k",
+            "-u",
+            "admin:admin",
+            &format!("{}/metrics", s.base),
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
