@@ -262,3 +262,90 @@ fn pool_definitions_are_checked_before_anything_is_stored() {
     let (_, list) = curl(&s, "GET", "/gantry/v1/pools", None, None);
     assert_eq!(list, json!([]));
 }
+
+#[test]
+fn the_vmpooler_face_keeps_out_readers_token_holders_and_absurd_input() {
+    let s = start(&[]);
+    make_pool(&s, "p", 1);
+    until("the pool to fill", Duration::from_secs(30), || {
+        pool(&s, "p")["ready"] == 1
+    });
+    // A read user may look, not check out.
+    assert_eq!(
+        curl(&s, "GET", "/api/v1/vm", Some("viewer:viewer"), None).0,
+        200
+    );
+    assert_eq!(
+        curl(&s, "POST", "/api/v1/vm/p", Some("viewer:viewer"), None).0,
+        403
+    );
+    assert_eq!(curl(&s, "POST", "/api/v1/vm/p", None, None).0, 401);
+    // Tokens are managed with a password, never with a token.
+    let (_, made) = curl(&s, "POST", "/api/v1/token", Some("admin:admin"), None);
+    let token = made["token"].as_str().unwrap().to_string();
+    let out = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "-k",
+            "-X",
+            "POST",
+            "-H",
+            &format!("X-AUTH-TOKEN: {token}"),
+        ])
+        .arg(format!("{}/api/v1/token", s.base))
+        .output()
+        .unwrap();
+    assert_eq!(
+        serde_json::from_slice::<Value>(&out.stdout).unwrap(),
+        json!({"ok": false})
+    );
+    // Absurd lifetimes, disk sizes and request counts are refused, nothing overflows.
+    let (code, got) = curl(&s, "POST", "/api/v1/vm/p", Some("admin:admin"), None);
+    assert_eq!(code, 200, "{got}");
+    let host = got["p"]["hostname"].as_str().unwrap().to_string();
+    let path = format!("/api/v1/vm/{host}");
+    for body in [
+        r#"{"lifetime": "18446744073709551615"}"#,
+        r#"{"lifetime": 0}"#,
+        r#"{"lifetime": -5}"#,
+        r#"{"tags": "not a hash"}"#,
+        r#"{"owner": "me"}"#,
+        "[1, 2]",
+    ] {
+        let (code, answer) = curl(&s, "PUT", &path, Some("admin:admin"), Some(body));
+        assert_eq!((code, answer), (400, json!({"ok": false})), "{body}");
+    }
+    for size in ["0", "100000", "-1", "8gb"] {
+        let (code, _) = curl(
+            &s,
+            "POST",
+            &format!("{path}/disk/{size}"),
+            Some("admin:admin"),
+            None,
+        );
+        assert_eq!(code, 400, "disk {size}");
+    }
+    let (code, _) = curl(
+        &s,
+        "POST",
+        "/api/v1/ondemandvm",
+        Some("admin:admin"),
+        Some(r#"{"p": "100000"}"#),
+    );
+    assert_eq!(
+        code, 403,
+        "vmpooler answers a request over the maximum with 403"
+    );
+    let (_, id) = curl(
+        &s,
+        "PUT",
+        "/gantry/v1/pools/p",
+        Some("admin:admin"),
+        Some(r#"{"size": 1000000}"#),
+    );
+    let job = wait_job(&s, id.as_u64().unwrap());
+    assert_eq!(job["opresult"][0][1][1], "wrong_input", "{job}");
+    // The server is fine afterwards.
+    assert_eq!(curl(&s, "GET", &path, None, None).0, 200);
+    assert_eq!(pool(&s, "p")["size"], 1);
+}

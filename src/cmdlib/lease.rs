@@ -401,6 +401,12 @@ async fn pool_set(ctx: &Ctx) -> Result<Value, OpError> {
     };
     pool_create_op(&name, &template, &format!("{name}-check"))?;
     let size = op.int("size").map(|s| s.max(0) as u64);
+    if size.is_some_and(|s| s > MAX_POOL_SIZE) {
+        return Err(OpError::prereq(
+            format!("A pool holds at most {MAX_POOL_SIZE} ready instances"),
+            ErrorCode::WrongInput,
+        ));
+    }
     let lifetime = op.int("lifetime").map(|s| s.max(1) as u64);
     let pool = match existing {
         Some(mut p) => {
@@ -608,6 +614,9 @@ async fn request(ctx: &Ctx) -> Result<Value, OpError> {
         .await?;
     Ok(answer)
 }
+
+/// Largest ready size of a pool.
+const MAX_POOL_SIZE: u64 = 1000;
 
 /// Largest on-demand request per pool.
 const MAX_REQUEST: u64 = 50;

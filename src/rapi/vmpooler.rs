@@ -197,7 +197,14 @@ async fn run_unkeyed(state: &State, op: Result<OpCode, ApiError>) -> Result<Valu
 fn lifetime_of(req: &Request) -> Option<u64> {
     req.query_str("lifetime")
         .and_then(|h| h.parse::<u64>().ok())
-        .map(|h| h.max(1) * 3600)
+        .map(hours_to_seconds)
+}
+
+/// Longest lifetime a VM may be given: a year, in hours.
+const MAX_LIFETIME_HOURS: u64 = 24 * 366;
+
+fn hours_to_seconds(hours: u64) -> u64 {
+    hours.clamp(1, MAX_LIFETIME_HOURS) * 3600
 }
 
 fn checked_out<'a>(cfg: &'a Config, host: &str) -> Option<&'a Lease> {
@@ -265,10 +272,17 @@ async fn modify(state: &State, req: &Request, host: &str) -> Answer {
     for (key, value) in body {
         match key.as_str() {
             "lifetime" => {
-                let Some(h) = value.as_u64().or_else(|| value.as_str()?.parse().ok()) else {
+                let Some(h) = value
+                    .as_u64()
+                    .or_else(|| value.as_str()?.parse().ok())
+                    .filter(|h| (1..=MAX_LIFETIME_HOURS).contains(h))
+                else {
                     return fail(400);
                 };
-                params.insert("end".into(), json!(lease.start + (h.max(1) * 3600) as f64));
+                params.insert(
+                    "end".into(),
+                    json!(lease.start + hours_to_seconds(h) as f64),
+                );
             }
             "tags" => {
                 let Some(tags) = value.as_object() else {
