@@ -18,6 +18,7 @@ pub struct LeaseEngine {
     queue: JobQueue,
     /// Event keys submitted by this process → their job.
     submitted: HashMap<String, JobId>,
+    quiet: super::Quiet,
 }
 
 impl LeaseEngine {
@@ -25,6 +26,7 @@ impl LeaseEngine {
         LeaseEngine {
             queue,
             submitted: HashMap::new(),
+            quiet: super::Quiet::default(),
         }
     }
 
@@ -55,7 +57,9 @@ impl LeaseEngine {
                         }
                     }
                     Err(e) => {
-                        tracing::warn!(lease = %lease.name, event, "lease event not submitted (retried): {e}");
+                        let what = format!("lease {} {event}", lease.name);
+                        self.quiet
+                            .warn(&what, format_args!("not submitted (retried): {e}"));
                         break;
                     }
                 }

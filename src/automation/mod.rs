@@ -30,6 +30,27 @@ pub fn start(queue: JobQueue) {
     });
 }
 
+/// Says a repeated refusal (a drained or full queue refuses every tick) once a minute, not
+/// twice a second.
+#[derive(Default)]
+struct Quiet {
+    said: std::collections::HashMap<String, std::time::Instant>,
+}
+
+impl Quiet {
+    fn warn(&mut self, what: &str, message: std::fmt::Arguments) {
+        let now = std::time::Instant::now();
+        let due = self
+            .said
+            .get(what)
+            .is_none_or(|t| now.duration_since(*t) >= Duration::from_secs(60));
+        if due {
+            self.said.insert(what.to_string(), now);
+            tracing::warn!("{what}: {message}");
+        }
+    }
+}
+
 /// A reason-trail entry `[source, text, now in ns]`.
 fn reason(source: &str, text: &str) -> serde_json::Value {
     let ns = std::time::SystemTime::now()

@@ -25,6 +25,7 @@ pub struct PoolEngine {
     refills: HashMap<JobId, (String, Instant)>,
     /// Pool → (no refill before, failures in a row).
     backoff: HashMap<String, (Instant, u32)>,
+    quiet: super::Quiet,
 }
 
 /// What an unfinished job does for a pool.
@@ -58,6 +59,7 @@ impl PoolEngine {
             queue,
             refills: HashMap::new(),
             backoff: HashMap::new(),
+            quiet: super::Quiet::default(),
         }
     }
 
@@ -146,11 +148,12 @@ impl PoolEngine {
         }
     }
 
-    async fn submit(&self, ops: Vec<OpCode>) -> Option<JobId> {
+    async fn submit(&mut self, ops: Vec<OpCode>) -> Option<JobId> {
         match self.queue.submit(ops).await {
             Ok(id) => Some(id),
             Err(e) => {
-                tracing::warn!("pool job not submitted (retried next tick): {e}");
+                self.quiet
+                    .warn("pool job", format_args!("not submitted (retried): {e}"));
                 None
             }
         }
@@ -178,7 +181,7 @@ impl PoolEngine {
         }
     }
 
-    async fn grant(&self, pool: &Pool, req: &crate::cluster::leases::PoolRequest) {
+    async fn grant(&mut self, pool: &Pool, req: &crate::cluster::leases::PoolRequest) {
         let mut params = Map::new();
         params.insert("pool_name".into(), json!(pool.name));
         params.insert("requester".into(), json!(req.requester));
