@@ -16,8 +16,8 @@ const KEY_USER: &str = "gantry:lease";
 
 pub struct LeaseEngine {
     queue: JobQueue,
-    /// Event keys submitted by this process → their job.
-    submitted: HashMap<String, JobId>,
+    /// Event keys submitted by this process → their lease and job.
+    submitted: HashMap<String, (String, JobId)>,
     quiet: super::Quiet,
 }
 
@@ -33,16 +33,15 @@ impl LeaseEngine {
     pub async fn tick(&mut self) {
         let cfg = self.queue.cluster().snapshot();
         let now = crate::util::now_f64();
-        let live: Vec<String> = cfg.leases.keys().cloned().collect();
         self.submitted
-            .retain(|key, _| live.iter().any(|l| key.starts_with(&format!("{l}:"))));
+            .retain(|_, (lease, _)| cfg.leases.contains_key(lease));
         for lease in cfg.leases.values() {
             let before_key = event_key(lease, BEFORE_END);
             let mut before_job = lease
                 .done
                 .get(BEFORE_END)
                 .map(|j| JobId(*j))
-                .or_else(|| self.submitted.get(&before_key).copied());
+                .or_else(|| self.submitted.get(&before_key).map(|(_, job)| *job));
             for event in lease.due(now, before_job.is_some()) {
                 let key = event_key(lease, event);
                 if self.submitted.contains_key(&key) {
@@ -51,7 +50,7 @@ impl LeaseEngine {
                 let after = if event == END { before_job } else { None };
                 match self.submit(&cfg, lease, event, &key, after).await {
                     Ok(id) => {
-                        self.submitted.insert(key, id);
+                        self.submitted.insert(key, (lease.name.clone(), id));
                         if event == BEFORE_END {
                             before_job = Some(id);
                         }
