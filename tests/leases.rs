@@ -166,6 +166,21 @@ fn a_reservation_refuses_a_conflicting_create_during_its_window_only() {
     );
     // What htools read: the reservation is not free.
     assert_eq!(mfree(&s), 512);
+    // A second reservation that would overlap it, even starting later, does not fit.
+    let start = curl(&s, "GET", "/gantry/v1/leases/batch", None, None).1["start"]
+        .as_f64()
+        .unwrap();
+    let body = json!({"name": "overlap", "start": start + 3.0, "duration": 60,
+        "reservation": {"memory": 1024}});
+    let (_, id) = curl(
+        &s,
+        "POST",
+        "/gantry/v1/leases",
+        Some("admin:admin"),
+        Some(&body.to_string()),
+    );
+    let job = wait_job(&s, id.as_u64().unwrap());
+    assert_eq!(job["opresult"][0][1][1], "insufficient_resources", "{job}");
 
     // Outside the lease: Ganeti's capacity error, by node and by the allocator.
     let refused = create_instance(

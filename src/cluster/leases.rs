@@ -228,6 +228,28 @@ pub fn held_back(cfg: &Config, node: &str, now: f64, own: Option<&str>) -> HeldB
     held
 }
 
+/// The most other leases hold back on `node` at any moment of the window `[start, end)`: what a
+/// new reservation for that window must leave room for. Holdings change only when a lease
+/// starts or ends, so the window's start and every other lease's start inside it are the
+/// moments to look at.
+pub fn held_back_during(cfg: &Config, node: &str, start: f64, end: f64) -> HeldBack {
+    let mut moments = vec![start];
+    moments.extend(
+        cfg.leases
+            .values()
+            .map(|l| l.start)
+            .filter(|t| *t > start && *t < end),
+    );
+    moments
+        .into_iter()
+        .map(|t| held_back(cfg, node, t, None))
+        .fold(HeldBack::default(), |a, b| HeldBack {
+            memory: a.memory.max(b.memory),
+            vcpus: a.vcpus.max(b.vcpus),
+            disk: a.disk.max(b.disk),
+        })
+}
+
 /// The lease a reason trail names (`gantry:lease:<name>` as an entry's source).
 pub fn lease_in_reason(reason: Option<&serde_json::Value>) -> Option<String> {
     reason?.as_array()?.iter().find_map(|entry| {
@@ -280,6 +302,28 @@ mod tests {
         let l = lease(Some(90.0), BeforeEndAction::None);
         assert!(l.due(95.0, false).is_empty());
         assert_eq!(l.due(100.0, false), vec![END]);
+    }
+
+    #[test]
+    fn a_later_reservation_inside_the_window_counts() {
+        let mut cfg = crate::cluster::initial_config(&crate::cluster::InitOptions::default());
+        let node = cfg.nodes.keys().next().unwrap().clone();
+        let mut later = lease(None, BeforeEndAction::None);
+        later.name = "later".into();
+        later.start = 50.0;
+        later.reservation = Some(Reservation {
+            group: "default".into(),
+            node: node.clone(),
+            memory: 1024,
+            vcpus: 1,
+            disk: 0,
+        });
+        cfg.leases.insert("later".into(), later);
+        // At 10 nothing is held; during [10, 60) the later lease holds 1024 from 50 on.
+        assert_eq!(held_back(&cfg, &node, 10.0, None).memory, 0);
+        assert_eq!(held_back_during(&cfg, &node, 10.0, 60.0).memory, 1024);
+        assert_eq!(held_back_during(&cfg, &node, 10.0, 40.0).memory, 0);
+        assert_eq!(held_back_during(&cfg, &node, 100.0, 200.0).memory, 0);
     }
 
     #[test]

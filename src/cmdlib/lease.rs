@@ -153,7 +153,7 @@ async fn lease_create(ctx: &Ctx) -> Result<Value, OpError> {
         instances.push(inst.name.clone());
     }
     let reservation = match op.get("reservation") {
-        Some(spec) => Some(reserve(ctx, &cfg, spec, start.max(t)).await?),
+        Some(spec) => Some(reserve(ctx, &cfg, spec, start.max(t), end).await?),
         None => None,
     };
     let lease = Lease {
@@ -187,9 +187,16 @@ async fn lease_create(ctx: &Ctx) -> Result<Value, OpError> {
     Ok(answer)
 }
 
-/// Picks the node of the group that can hold `spec` for the window (the one with most memory
-/// left after other reservations), as the allocator would for an instance of that size.
-async fn reserve(ctx: &Ctx, cfg: &Config, spec: &Value, at: f64) -> Result<Reservation, OpError> {
+/// Picks the node of the group that can hold `spec` for the whole window (the one with most
+/// memory left after other reservations at their fullest in it), as the allocator would for an
+/// instance of that size.
+async fn reserve(
+    ctx: &Ctx,
+    cfg: &Config,
+    spec: &Value,
+    start: f64,
+    end: f64,
+) -> Result<Reservation, OpError> {
     let bad = |what: &str| {
         OpError::prereq(
             format!("Invalid reservation: {what}"),
@@ -235,7 +242,7 @@ async fn reserve(ctx: &Ctx, cfg: &Config, spec: &Value, at: f64) -> Result<Reser
         let Ok(info) = ctx.backend.node_info(&node.name).await else {
             continue;
         };
-        let held = leases::held_back(cfg, &node.name, at, None);
+        let held = leases::held_back_during(cfg, &node.name, start, end);
         let mem_left = info.memory_free.saturating_sub(held.memory);
         let disk_left = info.disk_free.saturating_sub(held.disk);
         if mem_left >= memory
