@@ -1,8 +1,9 @@
 //! The cluster model: one configuration, read as snapshots and changed only through `update`,
 //! atomically per opcode, with a serial number that grows on every change. On disk it is one
-//! document for everything but the instances, plus one record per instance (tree
-//! `config_instances`), so a change to one instance of thousands writes that instance, not
-//! megabytes; both are written in one transaction.
+//! document for everything but the instances and leases, plus one record per instance (tree
+//! `config_instances`) and per lease (`config_leases`: a pool's checkouts make one each), so a
+//! change to one of thousands writes that one, not megabytes; all are written in one
+//! transaction.
 
 pub mod addresses;
 pub mod bootstrap;
@@ -43,15 +44,15 @@ struct StoredDoc<'a> {
     instances: BTreeMap<String, Instance>,
     networks: &'a BTreeMap<String, model::Network>,
     os: &'a BTreeMap<String, model::OsDefinition>,
-    leases: &'a BTreeMap<String, leases::Lease>,
     pools: &'a BTreeMap<String, leases::Pool>,
 }
 
-/// The two trees the configuration lives in.
+/// The trees the configuration lives in.
 #[derive(Clone)]
 struct Trees {
     doc: sled::Tree,
     instances: sled::Tree,
+    leases: sled::Tree,
 }
 
 impl Trees {
@@ -59,6 +60,7 @@ impl Trees {
         Ok(Trees {
             doc: db.open_tree("config")?,
             instances: db.open_tree("config_instances")?,
+            leases: db.open_tree("config_leases")?,
         })
     }
 
@@ -77,6 +79,12 @@ impl Trees {
             cfg.instances
                 .insert(String::from_utf8_lossy(&key).into_owned(), inst);
         }
+        for item in self.leases.iter() {
+            let (key, bytes) = item?;
+            let lease: leases::Lease = serde_json::from_slice(&bytes).map_err(corrupt)?;
+            cfg.leases
+                .insert(String::from_utf8_lossy(&key).into_owned(), lease);
+        }
         Ok(Some((cfg, split)))
     }
 
@@ -91,33 +99,48 @@ impl Trees {
             instances: BTreeMap::new(),
             networks: &newest.networks,
             os: &newest.os,
-            leases: &newest.leases,
             pools: &newest.pools,
         })?;
-        let mut changed = vec![];
-        for (key, inst) in &newest.instances {
-            if written.instances.get(key) != Some(inst) {
-                changed.push((key.as_bytes(), encode(inst)?));
-            }
-        }
-        let gone: Vec<&String> = written
-            .instances
-            .keys()
-            .filter(|k| !newest.instances.contains_key(*k))
-            .collect();
-        (&self.doc, &self.instances)
-            .transaction(|(doc_tree, inst_tree)| {
+        let (changed, gone) = differences(&written.instances, &newest.instances)?;
+        let (changed_leases, gone_leases) = differences(&written.leases, &newest.leases)?;
+        (&self.doc, &self.instances, &self.leases)
+            .transaction(|(doc_tree, inst_tree, lease_tree)| {
                 doc_tree.insert(CONFIG_KEY, doc.clone())?;
-                for (key, bytes) in &changed {
-                    inst_tree.insert(*key, bytes.clone())?;
-                }
-                for key in &gone {
-                    inst_tree.remove(key.as_bytes())?;
+                for (tree, changed, gone) in [
+                    (inst_tree, &changed, &gone),
+                    (lease_tree, &changed_leases, &gone_leases),
+                ] {
+                    for (key, bytes) in changed {
+                        tree.insert(*key, bytes.clone())?;
+                    }
+                    for key in gone {
+                        tree.remove(key.as_bytes())?;
+                    }
                 }
                 Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
             })
             .map_err(|e| ConfigError::Corrupt(format!("config transaction: {e:?}")))
     }
+}
+
+/// Records of `newest` that differ from `written` (encoded), and keys `newest` no longer has.
+type Changes<'a> = (Vec<(&'a [u8], Vec<u8>)>, Vec<&'a String>);
+
+fn differences<'a, T: serde::Serialize + PartialEq>(
+    written: &'a BTreeMap<String, T>,
+    newest: &'a BTreeMap<String, T>,
+) -> Result<Changes<'a>, ConfigError> {
+    let mut changed = vec![];
+    for (key, item) in newest {
+        if written.get(key) != Some(item) {
+            changed.push((key.as_bytes(), encode(item)?));
+        }
+    }
+    let gone = written
+        .keys()
+        .filter(|k| !newest.contains_key(*k))
+        .collect();
+    Ok((changed, gone))
 }
 
 fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, ConfigError> {
