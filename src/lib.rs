@@ -16,6 +16,7 @@ pub mod control;
 pub mod ha;
 pub mod http;
 pub mod jobqueue;
+pub mod kv;
 pub mod locking;
 pub mod metrics;
 pub mod opcodes;

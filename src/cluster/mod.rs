@@ -14,6 +14,7 @@ pub mod params;
 pub mod reservations;
 pub mod verify;
 
+use crate::kv::{Kv, SledKv, Write};
 use crate::storage::{GroupCommit, StorageError};
 use model::{Config, Instance};
 use std::collections::BTreeMap;
@@ -24,8 +25,6 @@ pub use bootstrap::{InitOptions, initial_config};
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
-    #[error("configuration storage: {0}")]
-    Sled(#[from] sled::Error),
     #[error("configuration record is corrupt: {0}")]
     Corrupt(String),
     #[error(transparent)]
@@ -48,49 +47,63 @@ struct StoredDoc<'a> {
 }
 
 /// The trees the configuration lives in.
+const DOC: &str = "config";
+const INSTANCES: &str = "config_instances";
+const LEASES: &str = "config_leases";
+
 #[derive(Clone)]
 struct Trees {
-    doc: sled::Tree,
-    instances: sled::Tree,
-    leases: sled::Tree,
+    kv: Arc<dyn Kv>,
 }
 
 impl Trees {
-    fn open(db: &sled::Db) -> Result<Trees, ConfigError> {
+    fn open(commit: &GroupCommit) -> Result<Trees, ConfigError> {
         Ok(Trees {
-            doc: db.open_tree("config")?,
-            instances: db.open_tree("config_instances")?,
-            leases: db.open_tree("config_leases")?,
+            kv: Arc::new(SledKv::new(commit)),
         })
+    }
+
+    /// Every record of `tree` into `into`.
+    fn load_records<T: serde::de::DeserializeOwned>(
+        &self,
+        tree: &str,
+        into: &mut BTreeMap<String, T>,
+    ) -> Result<(), ConfigError> {
+        let mut bad = None;
+        self.kv.scan(
+            tree,
+            b"",
+            &mut |key, bytes| match serde_json::from_slice(bytes) {
+                Ok(item) => {
+                    into.insert(String::from_utf8_lossy(key).into_owned(), item);
+                    Ok(true)
+                }
+                Err(e) => {
+                    bad = Some(e);
+                    Ok(false)
+                }
+            },
+        )?;
+        bad.map_or(Ok(()), |e| Err(ConfigError::Corrupt(e.to_string())))
     }
 
     /// The stored configuration, and whether its instances are in their own records yet (a
     /// document of the first layout carries them inline until the first write).
     fn load(&self) -> Result<Option<(Config, bool)>, ConfigError> {
         let corrupt = |e: serde_json::Error| ConfigError::Corrupt(e.to_string());
-        let Some(bytes) = self.doc.get(CONFIG_KEY)? else {
+        let Some(bytes) = self.kv.get(DOC, CONFIG_KEY)? else {
             return Ok(None);
         };
         let mut cfg: Config = serde_json::from_slice(&bytes).map_err(corrupt)?;
         let split = cfg.instances.is_empty();
-        for item in self.instances.iter() {
-            let (key, bytes) = item?;
-            let inst: Instance = serde_json::from_slice(&bytes).map_err(corrupt)?;
-            cfg.instances
-                .insert(String::from_utf8_lossy(&key).into_owned(), inst);
-        }
-        for item in self.leases.iter() {
-            let (key, bytes) = item?;
-            let lease: leases::Lease = serde_json::from_slice(&bytes).map_err(corrupt)?;
-            cfg.leases
-                .insert(String::from_utf8_lossy(&key).into_owned(), lease);
-        }
+        self.load_records(INSTANCES, &mut cfg.instances)?;
+        self.load_records(LEASES, &mut cfg.leases)?;
         Ok(Some((cfg, split)))
     }
 
-    /// Writes `newest`: the document, and the instance records that differ from `written`.
+    /// Writes `newest`: the document, and the instance and lease records that differ from
+    /// `written`, in one batch.
     fn write(&self, written: &Config, newest: &Config) -> Result<(), ConfigError> {
-        use sled::Transactional;
         let doc = encode(&StoredDoc {
             serial_no: newest.serial_no,
             cluster: &newest.cluster,
@@ -103,23 +116,16 @@ impl Trees {
         })?;
         let (changed, gone) = differences(&written.instances, &newest.instances)?;
         let (changed_leases, gone_leases) = differences(&written.leases, &newest.leases)?;
-        (&self.doc, &self.instances, &self.leases)
-            .transaction(|(doc_tree, inst_tree, lease_tree)| {
-                doc_tree.insert(CONFIG_KEY, doc.clone())?;
-                for (tree, changed, gone) in [
-                    (inst_tree, &changed, &gone),
-                    (lease_tree, &changed_leases, &gone_leases),
-                ] {
-                    for (key, bytes) in changed {
-                        tree.insert(*key, bytes.clone())?;
-                    }
-                    for key in gone {
-                        tree.remove(key.as_bytes())?;
-                    }
-                }
-                Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
-            })
-            .map_err(|e| ConfigError::Corrupt(format!("config transaction: {e:?}")))
+        let mut writes = vec![Write::Put(DOC, CONFIG_KEY, &doc)];
+        for (tree, changed, gone) in [
+            (INSTANCES, &changed, &gone),
+            (LEASES, &changed_leases, &gone_leases),
+        ] {
+            writes.extend(changed.iter().map(|(k, v)| Write::Put(tree, k, v)));
+            writes.extend(gone.iter().map(|k| Write::Delete(tree, k.as_bytes())));
+        }
+        self.kv.apply(&writes)?;
+        Ok(())
     }
 }
 
@@ -172,7 +178,7 @@ impl ConfigReader {
 impl ClusterStore {
     /// Opens the stored configuration, initialising a new cluster when there is none.
     pub fn open(commit: &GroupCommit, init: &InitOptions) -> Result<ClusterStore, ConfigError> {
-        let trees = Trees::open(commit.db())?;
+        let trees = Trees::open(commit)?;
         let (config, written) = match trees.load()? {
             // Instances still inline: the first write puts every one into its own record.
             Some((cfg, false)) => {
@@ -254,7 +260,7 @@ impl ClusterStore {
             let mut written = self.written.lock().await;
             if written.serial_no < serial {
                 let newest = self.snapshot();
-                let _gate = self.commit.writing();
+                // One batch (the store holds the backup gate around it).
                 self.trees.write(&written, &newest)?;
                 *written = newest;
             }
@@ -267,5 +273,5 @@ impl ClusterStore {
 /// Reads the stored configuration without creating one (`gantry check-db`): `None` when the
 /// database holds no cluster.
 pub fn check_stored(commit: &GroupCommit) -> Result<Option<Config>, ConfigError> {
-    Ok(Trees::open(commit.db())?.load()?.map(|(cfg, _)| cfg))
+    Ok(Trees::open(commit)?.load()?.map(|(cfg, _)| cfg))
 }

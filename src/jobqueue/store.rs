@@ -1,4 +1,4 @@
-//! Durable job storage in sled: unfinished, finished and archived jobs in three trees (so a
+//! Durable job storage (in sled, through `kv::Kv`): unfinished, finished and archived jobs in three trees (so a
 //! restart reads only the unfinished ones), log entries as their own records, the id counter,
 //! filter rules; and the drain flag, which is a file in the data dir (as upstream keeps it in the queue dir) so an admin
 //! can set it while the server runs: `gantry queue drain`, or just creating the file.
@@ -6,36 +6,38 @@
 use super::filters::FilterRule;
 use super::idempotency::{Idempotency, KeyRecord};
 use super::job::{Job, JobId, LogEntry};
+use crate::kv::{Kv, SledKv, Write};
 use crate::storage::{GroupCommit, StorageError};
+use std::sync::Arc;
 use thiserror::Error;
 
 #[derive(Debug, Error)]
 pub enum StoreError {
-    #[error("storage error: {0}")]
-    Sled(#[from] sled::Error),
     #[error("corrupt record: {0}")]
     Corrupt(String),
     #[error(transparent)]
-    Flush(#[from] StorageError),
+    Storage(#[from] StorageError),
 }
 
 #[derive(Clone)]
 pub struct Store {
     commit: GroupCommit,
-    /// Jobs not yet finalized: the only ones loaded at start-up.
-    jobs: sled::Tree,
-    /// Finalized jobs not yet archived (listed by `GET /2/jobs`).
-    finished: sled::Tree,
-    archive: sled::Tree,
-    meta: sled::Tree,
-    filters: sled::Tree,
-    /// One record per log entry: key = job id, serial (both big-endian), value =
-    /// `[opcode index, entry]`.
-    logs: sled::Tree,
-    /// Idempotency keys: user NUL key → `KeyRecord`.
-    keys: sled::Tree,
+    kv: Arc<dyn Kv>,
     drain_file: std::path::PathBuf,
 }
+
+/// Jobs not yet finalized: the only ones loaded at start-up.
+const JOBS: &str = "jobs";
+/// Finalized jobs not yet archived (listed by `GET /2/jobs`).
+const FINISHED: &str = "finished";
+const ARCHIVE: &str = "archive";
+const META: &str = "meta";
+const FILTERS: &str = "filters";
+/// One record per log entry: key = job id, serial (both big-endian), value =
+/// `[opcode index, entry]`.
+const LOGS: &str = "joblog";
+/// Idempotency keys: user NUL key → `KeyRecord`.
+const KEYS: &str = "idempotency";
 
 const NEXT_ID: &[u8] = b"next_job_id";
 /// The storage layout's version: absent in data dirs of the first layout, where finished jobs
@@ -51,15 +53,8 @@ fn key(id: JobId) -> [u8; 8] {
 
 impl Store {
     pub fn open(commit: &GroupCommit) -> Result<Store, StoreError> {
-        let db = commit.db();
         Ok(Store {
-            jobs: db.open_tree("jobs")?,
-            finished: db.open_tree("finished")?,
-            archive: db.open_tree("archive")?,
-            meta: db.open_tree("meta")?,
-            filters: db.open_tree("filters")?,
-            logs: db.open_tree("joblog")?,
-            keys: db.open_tree("idempotency")?,
+            kv: Arc::new(SledKv::new(commit)),
             drain_file: commit.data_dir().join(DRAIN_FILE),
             commit: commit.clone(),
         })
@@ -70,24 +65,36 @@ impl Store {
         Ok(self.commit.durable().await?)
     }
 
+    /// Every value of `tree` (with key prefix `prefix`), in key order, until `visit` says stop.
+    fn each(
+        &self,
+        tree: &str,
+        prefix: &[u8],
+        mut visit: impl FnMut(&[u8], &[u8]) -> Result<bool, StoreError>,
+    ) -> Result<(), StoreError> {
+        let mut failure = None;
+        self.kv.scan(tree, prefix, &mut |k, v| match visit(k, v) {
+            Ok(go_on) => Ok(go_on),
+            Err(e) => {
+                failure = Some(e);
+                Ok(false)
+            }
+        })?;
+        failure.map_or(Ok(()), Err)
+    }
+
     /// Writes a job into the tree its state belongs to; a job that just finished moves from the
     /// unfinished tree to the finished one atomically.
     pub fn put_job(&self, job: &Job) -> Result<(), StoreError> {
-        let _gate = self.commit.writing();
-        use sled::Transactional;
         let bytes = encode(job)?;
+        let k = key(job.id);
         if job.archived {
-            self.archive.insert(key(job.id), bytes)?;
+            self.kv.apply(&[Write::Put(ARCHIVE, &k, &bytes)])?;
         } else if job.is_finalized() {
-            (&self.jobs, &self.finished)
-                .transaction(|(jobs, finished)| {
-                    jobs.remove(&key(job.id))?;
-                    finished.insert(&key(job.id), bytes.clone())?;
-                    Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
-                })
-                .map_err(|e| StoreError::Corrupt(format!("finish transaction: {e:?}")))?;
+            self.kv
+                .apply(&[Write::Delete(JOBS, &k), Write::Put(FINISHED, &k, &bytes)])?;
         } else {
-            self.jobs.insert(key(job.id), bytes)?;
+            self.kv.apply(&[Write::Put(JOBS, &k, &bytes)])?;
         }
         Ok(())
     }
@@ -100,76 +107,62 @@ impl Store {
         idem: &Idempotency,
         record: &KeyRecord,
     ) -> Result<(), StoreError> {
-        use sled::Transactional;
-        let _gate = self.commit.writing();
         let bytes = encode(job)?;
         let rec = serde_json::to_vec(record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let store_key = idem.store_key();
-        (&self.jobs, &self.keys)
-            .transaction(|(jobs, keys)| {
-                jobs.insert(&key(job.id), bytes.clone())?;
-                keys.insert(store_key.clone(), rec.clone())?;
-                Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
-            })
-            .map_err(|e| StoreError::Corrupt(format!("keyed submit transaction: {e:?}")))?;
+        self.kv.apply(&[
+            Write::Put(JOBS, &key(job.id), &bytes),
+            Write::Put(KEYS, &store_key, &rec),
+        ])?;
         Ok(())
     }
 
     pub fn key_record(&self, key: &Idempotency) -> Result<Option<KeyRecord>, StoreError> {
-        match self.keys.get(key.store_key())? {
+        match self.kv.get(KEYS, &key.store_key())? {
             Some(bytes) => Ok(serde_json::from_slice(&bytes).ok()),
             None => Ok(None),
         }
     }
 
     pub fn remove_key(&self, key: &Idempotency) -> Result<(), StoreError> {
-        let _gate = self.commit.writing();
-        self.keys.remove(key.store_key())?;
+        self.kv.apply(&[Write::Delete(KEYS, &key.store_key())])?;
         Ok(())
     }
 
     /// Forgets keys created before `cutoff` (seconds since the epoch); answers how many.
     pub fn sweep_keys(&self, cutoff: u64) -> Result<usize, StoreError> {
-        let _gate = self.commit.writing();
-        let mut removed = 0;
-        for item in self.keys.iter() {
-            let (k, v) = item?;
-            let expired =
-                serde_json::from_slice::<KeyRecord>(&v).map_or(true, |r| r.created < cutoff);
-            if expired {
-                self.keys.remove(k)?;
-                removed += 1;
+        let mut expired = vec![];
+        self.each(KEYS, b"", |k, v| {
+            if serde_json::from_slice::<KeyRecord>(v).map_or(true, |r| r.created < cutoff) {
+                expired.push(k.to_vec());
             }
+            Ok(true)
+        })?;
+        for k in &expired {
+            self.kv.apply(&[Write::Delete(KEYS, k)])?;
         }
-        Ok(removed)
+        Ok(expired.len())
     }
 
     /// Deletes a live job's record (a submission that was refused after its record was written).
     pub fn remove_job(&self, id: JobId) -> Result<(), StoreError> {
-        let _gate = self.commit.writing();
-        self.jobs.remove(key(id))?;
+        self.kv.apply(&[Write::Delete(JOBS, &key(id))])?;
         Ok(())
     }
 
     /// Moves a finished job to the archive tree, atomically.
     pub fn archive_job(&self, job: &Job) -> Result<(), StoreError> {
-        let _gate = self.commit.writing();
-        use sled::Transactional;
         let bytes = encode(job)?;
-        (&self.finished, &self.archive)
-            .transaction(|(finished, archive)| {
-                finished.remove(&key(job.id))?;
-                archive.insert(&key(job.id), bytes.clone())?;
-                Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
-            })
-            .map_err(|e| StoreError::Corrupt(format!("archive transaction: {e:?}")))?;
+        let k = key(job.id);
+        self.kv
+            .apply(&[Write::Delete(FINISHED, &k), Write::Put(ARCHIVE, &k, &bytes)])?;
         Ok(())
     }
 
     /// A finished or archived job with its log, read from disk.
     pub fn stored_job(&self, id: JobId) -> Result<Option<Job>, StoreError> {
-        for tree in [&self.finished, &self.archive] {
-            if let Some(bytes) = tree.get(key(id))? {
+        for tree in [FINISHED, ARCHIVE] {
+            if let Some(bytes) = self.kv.get(tree, &key(id))? {
                 return Ok(Some(self.with_logs(decode(&bytes)?)?));
             }
         }
@@ -185,17 +178,17 @@ impl Store {
         logs: bool,
         f: impl FnMut(&Job),
     ) -> Result<(), StoreError> {
-        self.each_in(&self.archive, ids, logs, f)
+        self.each_in(ARCHIVE, ids, logs, f)
     }
 
     /// Like `each_archived`, over the finished (not archived) jobs.
     pub fn each_finished(&self, logs: bool, f: impl FnMut(&Job)) -> Result<(), StoreError> {
-        self.each_in(&self.finished, None, logs, f)
+        self.each_in(FINISHED, None, logs, f)
     }
 
     fn each_in(
         &self,
-        tree: &sled::Tree,
+        tree: &str,
         ids: Option<&[u64]>,
         logs: bool,
         mut f: impl FnMut(&Job),
@@ -207,76 +200,83 @@ impl Store {
         match ids {
             Some(ids) => {
                 for id in ids {
-                    if let Some(bytes) = tree.get(key(JobId(*id)))? {
+                    if let Some(bytes) = self.kv.get(tree, &key(JobId(*id)))? {
                         f(&load(&bytes)?);
                     }
                 }
             }
-            None => {
-                for bytes in tree.iter().values() {
-                    f(&load(&bytes?)?);
-                }
-            }
+            None => self.each(tree, b"", |_, v| {
+                f(&load(v)?);
+                Ok(true)
+            })?,
         }
         Ok(())
     }
 
     /// The ids of finished jobs, in order, without decoding their records.
     pub fn finished_ids(&self) -> Result<Vec<JobId>, StoreError> {
-        self.finished
-            .iter()
-            .keys()
-            .map(|k| Ok(JobId(id_of(&k?))))
-            .collect()
+        let mut ids = vec![];
+        self.each(FINISHED, b"", |k, _| {
+            ids.push(JobId(id_of(k)));
+            Ok(true)
+        })?;
+        Ok(ids)
     }
 
     /// The `n` finished jobs with the lowest ids (archived first when there are too many).
     pub fn oldest_finished(&self, n: usize) -> Result<Vec<Job>, StoreError> {
-        self.finished
-            .iter()
-            .values()
-            .take(n)
-            .map(|v| decode(&v?))
-            .collect()
+        let mut jobs = vec![];
+        if n == 0 {
+            return Ok(jobs);
+        }
+        self.each(FINISHED, b"", |_, v| {
+            jobs.push(decode(v)?);
+            Ok(jobs.len() < n)
+        })?;
+        Ok(jobs)
     }
 
     /// How many finished jobs wait for archiving (counted once at start-up; the queue keeps
     /// the count after that).
     pub fn finished_count(&self) -> usize {
-        self.finished.len()
+        self.kv.count(FINISHED).unwrap_or(0)
     }
 
     /// The jobs a restart must look at: those not finalized.
     pub fn unfinished_jobs(&self) -> Result<Vec<Job>, StoreError> {
-        self.jobs
-            .iter()
-            .values()
-            .map(|v| self.with_logs(decode(&v?)?))
-            .collect()
+        let mut jobs = vec![];
+        self.each(JOBS, b"", |_, v| {
+            jobs.push(decode(v)?);
+            Ok(true)
+        })?;
+        jobs.into_iter().map(|j| self.with_logs(j)).collect()
     }
 
     /// Brings a data dir of the first layout to this one: finished jobs leave the unfinished
     /// tree. Each move is atomic and the layout mark is written last, so an interrupted
     /// migration just runs again. Answers how many jobs moved.
     pub fn migrate(&self) -> Result<usize, StoreError> {
-        let _gate = self.commit.writing();
         let version = self
-            .meta
-            .get(LAYOUT)?
-            .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes));
+            .kv
+            .get(META, LAYOUT)?
+            .and_then(|v| v.as_slice().try_into().ok().map(u64::from_be_bytes));
         if version.is_some_and(|v| v >= LAYOUT_VERSION) {
             return Ok(0);
         }
-        let mut moved = 0;
-        for item in self.jobs.iter().values() {
-            let job = decode(&item?)?;
+        let mut done = vec![];
+        self.each(JOBS, b"", |_, v| {
+            let job = decode(v)?;
             if job.is_finalized() {
-                self.put_job(&job)?;
-                moved += 1;
+                done.push(job);
             }
+            Ok(true)
+        })?;
+        for job in &done {
+            self.put_job(job)?;
         }
-        self.meta.insert(LAYOUT, &LAYOUT_VERSION.to_be_bytes())?;
-        Ok(moved)
+        self.kv
+            .apply(&[Write::Put(META, LAYOUT, &LAYOUT_VERSION.to_be_bytes())])?;
+        Ok(done.len())
     }
 
     /// Reads every record (`gantry check-db`): answers (unfinished, finished, archived jobs, log
@@ -287,7 +287,7 @@ impl Store {
         self.each_finished(true, |_| finished += 1)?;
         let mut archived = 0;
         self.each_archived(None, true, |_| archived += 1)?;
-        let logs = self.logs.len();
+        let logs = self.kv.count(LOGS)?;
         self.next_id()?;
         self.filter_rules()?;
         Ok((unfinished, finished, archived, logs))
@@ -295,36 +295,36 @@ impl Store {
 
     /// Appends one log entry of opcode `index` of job `id` (made durable by the next flush).
     pub fn put_log(&self, id: JobId, index: usize, entry: &LogEntry) -> Result<(), StoreError> {
-        let _gate = self.commit.writing();
         let mut k = [0u8; 16];
         k[..8].copy_from_slice(&key(id));
         k[8..].copy_from_slice(&entry.0.to_be_bytes());
         let bytes =
             serde_json::to_vec(&(index, entry)).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        self.logs.insert(k, bytes)?;
+        self.kv.apply(&[Write::Put(LOGS, &k, &bytes)])?;
         Ok(())
     }
 
     /// Adds the separately stored log entries to a job read from its record.
     fn with_logs(&self, mut job: Job) -> Result<Job, StoreError> {
-        for item in self.logs.scan_prefix(key(job.id)) {
-            let (_, bytes) = item?;
-            let (index, entry): (usize, LogEntry) = serde_json::from_slice(&bytes)
-                .map_err(|e| StoreError::Corrupt(format!("log entry of job {}: {e}", job.id)))?;
+        let id = job.id;
+        self.each(LOGS, &key(id), |_, bytes| {
+            let (index, entry): (usize, LogEntry) = serde_json::from_slice(bytes)
+                .map_err(|e| StoreError::Corrupt(format!("log entry of job {id}: {e}")))?;
             if let Some(op) = job.ops.get_mut(index) {
                 job.log_size.0 += 1;
                 job.log_size.1 += entry.3.to_string().len();
                 op.log.push(entry);
             }
-        }
+            Ok(true)
+        })?;
         Ok(job)
     }
 
     /// The highest job id in any tree (the counter may lag behind it in old data dirs).
     pub fn max_stored_id(&self) -> Result<u64, StoreError> {
         let mut max = 0;
-        for tree in [&self.jobs, &self.finished, &self.archive] {
-            if let Some((k, _)) = tree.last()? {
+        for tree in [JOBS, FINISHED, ARCHIVE] {
+            if let Some(k) = self.kv.last_key(tree)? {
                 max = max.max(id_of(&k));
             }
         }
@@ -333,15 +333,15 @@ impl Store {
 
     pub fn next_id(&self) -> Result<u64, StoreError> {
         Ok(self
-            .meta
-            .get(NEXT_ID)?
-            .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes))
+            .kv
+            .get(META, NEXT_ID)?
+            .and_then(|v| v.as_slice().try_into().ok().map(u64::from_be_bytes))
             .unwrap_or(1))
     }
 
     pub fn set_next_id(&self, next: u64) -> Result<(), StoreError> {
-        let _gate = self.commit.writing();
-        self.meta.insert(NEXT_ID, &next.to_be_bytes())?;
+        self.kv
+            .apply(&[Write::Put(META, NEXT_ID, &next.to_be_bytes())])?;
         Ok(())
     }
 
@@ -356,24 +356,25 @@ impl Store {
 
 impl Store {
     pub fn filter_rules(&self) -> Result<Vec<FilterRule>, StoreError> {
-        self.filters
-            .iter()
-            .values()
-            .map(|v| serde_json::from_slice(&v?).map_err(|e| StoreError::Corrupt(e.to_string())))
-            .collect()
+        let mut rules = vec![];
+        self.each(FILTERS, b"", |_, v| {
+            rules.push(serde_json::from_slice(v).map_err(|e| StoreError::Corrupt(e.to_string()))?);
+            Ok(true)
+        })?;
+        Ok(rules)
     }
 
     pub fn put_filter_rule(&self, rule: &FilterRule) -> Result<(), StoreError> {
-        let _gate = self.commit.writing();
         let bytes = serde_json::to_vec(rule).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        self.filters.insert(rule.uuid.as_bytes(), bytes)?;
+        self.kv
+            .apply(&[Write::Put(FILTERS, rule.uuid.as_bytes(), &bytes)])?;
         Ok(())
     }
 
     /// Answers whether the rule existed.
     pub fn delete_filter_rule(&self, uuid: &str) -> Result<bool, StoreError> {
-        let _gate = self.commit.writing();
-        Ok(self.filters.remove(uuid.as_bytes())?.is_some())
+        let removed = self.kv.apply(&[Write::Delete(FILTERS, uuid.as_bytes())])?;
+        Ok(removed.first().copied().unwrap_or(false))
     }
 }
 

@@ -6,7 +6,7 @@
 //! read tokens. Creating and revoking are not jobs: a job's result is readable by every reader
 //! of `/2/jobs`, and the secret must be seen once, by its creator only.
 
-use crate::storage::{Records, StorageError};
+use crate::{kv::Records, storage::StorageError};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 

@@ -1,0 +1,195 @@
+//! The key-value interface the stores are written against (issue 16): named trees of byte keys
+//! in order, reads, prefix scans, and atomic batches of writes over several trees. The job
+//! store, the configuration and the keyed records use only this, so the database under them
+//! can be sled (one master, the default) or etcd (several masters, `ha.rs`).
+
+use crate::storage::{GroupCommit, StorageError};
+use std::collections::HashMap;
+use std::sync::RwLock;
+
+/// One write of an atomic batch.
+#[derive(Debug, Clone, Copy)]
+pub enum Write<'a> {
+    Put(&'a str, &'a [u8], &'a [u8]),
+    Delete(&'a str, &'a [u8]),
+}
+
+pub type Visit<'a> = dyn FnMut(&[u8], &[u8]) -> Result<bool, StorageError> + 'a;
+
+pub trait Kv: Send + Sync {
+    fn get(&self, tree: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError>;
+    /// Calls `visit` with each record of `tree` whose key starts with `prefix`, in key order,
+    /// until it answers false.
+    fn scan(&self, tree: &str, prefix: &[u8], visit: &mut Visit) -> Result<(), StorageError>;
+    fn count(&self, tree: &str) -> Result<usize, StorageError>;
+    /// The highest key of `tree`.
+    fn last_key(&self, tree: &str) -> Result<Option<Vec<u8>>, StorageError>;
+    /// Applies every write, all or none. Answers, per `Delete`, whether the key was there.
+    fn apply(&self, writes: &[Write]) -> Result<Vec<bool>, StorageError>;
+}
+
+fn failed(e: sled::Error) -> StorageError {
+    StorageError::Flush(e.to_string())
+}
+
+/// sled: each tree a sled tree; batches over several trees are sled transactions. Every write
+/// holds the group commit's gate (a backup copies between writes, never inside one).
+pub struct SledKv {
+    commit: GroupCommit,
+    trees: RwLock<HashMap<String, sled::Tree>>,
+}
+
+impl SledKv {
+    pub fn new(commit: &GroupCommit) -> SledKv {
+        SledKv {
+            commit: commit.clone(),
+            trees: RwLock::new(HashMap::new()),
+        }
+    }
+
+    fn tree(&self, name: &str) -> Result<sled::Tree, StorageError> {
+        if let Some(t) = self
+            .trees
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+        {
+            return Ok(t.clone());
+        }
+        let tree = self.commit.db().open_tree(name).map_err(failed)?;
+        self.trees
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_string(), tree.clone());
+        Ok(tree)
+    }
+}
+
+impl Kv for SledKv {
+    fn get(&self, tree: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self
+            .tree(tree)?
+            .get(key)
+            .map_err(failed)?
+            .map(|v| v.to_vec()))
+    }
+
+    fn scan(&self, tree: &str, prefix: &[u8], visit: &mut Visit) -> Result<(), StorageError> {
+        for item in self.tree(tree)?.scan_prefix(prefix) {
+            let (k, v) = item.map_err(failed)?;
+            if !visit(&k, &v)? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn count(&self, tree: &str) -> Result<usize, StorageError> {
+        Ok(self.tree(tree)?.len())
+    }
+
+    fn last_key(&self, tree: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self
+            .tree(tree)?
+            .last()
+            .map_err(failed)?
+            .map(|(k, _)| k.to_vec()))
+    }
+
+    fn apply(&self, writes: &[Write]) -> Result<Vec<bool>, StorageError> {
+        let _gate = self.commit.writing();
+        // One write needs no transaction (the common case: a job's new state, a log entry).
+        if let [single] = writes {
+            return Ok(match *single {
+                Write::Put(t, k, v) => {
+                    self.tree(t)?.insert(k, v).map_err(failed)?;
+                    vec![]
+                }
+                Write::Delete(t, k) => vec![self.tree(t)?.remove(k).map_err(failed)?.is_some()],
+            });
+        }
+        let mut names: Vec<&str> = vec![];
+        for w in writes {
+            let (Write::Put(t, ..) | Write::Delete(t, _)) = *w;
+            if !names.contains(&t) {
+                names.push(t);
+            }
+        }
+        let trees = names
+            .iter()
+            .map(|n| self.tree(n))
+            .collect::<Result<Vec<_>, _>>()?;
+        let refs: Vec<&sled::Tree> = trees.iter().collect();
+        use sled::Transactional;
+        refs.as_slice()
+            .transaction(|view| {
+                let mut removed = vec![];
+                for w in writes {
+                    let (Write::Put(t, ..) | Write::Delete(t, _)) = *w;
+                    let at = names.iter().position(|n| *n == t).unwrap_or(0);
+                    match *w {
+                        Write::Put(_, k, v) => {
+                            view[at].insert(k, v)?;
+                        }
+                        Write::Delete(_, k) => removed.push(view[at].remove(k)?.is_some()),
+                    }
+                }
+                Ok::<_, sled::transaction::ConflictableTransactionError<()>>(removed)
+            })
+            .map_err(|e| StorageError::Flush(format!("transaction: {e:?}")))
+    }
+}
+
+/// A keyed collection of records in the database for a room with no store of its own (API
+/// tokens); `durable` waits for the flush.
+#[derive(Clone)]
+pub struct Records {
+    kv: std::sync::Arc<dyn Kv>,
+    tree: String,
+    commit: GroupCommit,
+}
+
+impl GroupCommit {
+    /// The collection `name`.
+    pub fn records(&self, name: &str) -> Result<Records, StorageError> {
+        Ok(Records {
+            kv: std::sync::Arc::new(SledKv::new(self)),
+            tree: name.to_string(),
+            commit: self.clone(),
+        })
+    }
+}
+
+impl Records {
+    pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        self.kv.get(&self.tree, key.as_bytes())
+    }
+
+    pub fn put(&self, key: &str, value: &[u8]) -> Result<(), StorageError> {
+        self.kv
+            .apply(&[Write::Put(&self.tree, key.as_bytes(), value)])?;
+        Ok(())
+    }
+
+    /// Answers whether the key was there.
+    pub fn remove(&self, key: &str) -> Result<bool, StorageError> {
+        let removed = self
+            .kv
+            .apply(&[Write::Delete(&self.tree, key.as_bytes())])?;
+        Ok(removed.first().copied().unwrap_or(false))
+    }
+
+    /// Every value, in key order.
+    pub fn values(&self) -> Result<Vec<Vec<u8>>, StorageError> {
+        let mut values = vec![];
+        self.kv.scan(&self.tree, b"", &mut |_, v| {
+            values.push(v.to_vec());
+            Ok(true)
+        })?;
+        Ok(values)
+    }
+
+    pub async fn durable(&self) -> Result<(), StorageError> {
+        self.commit.durable().await
+    }
+}
