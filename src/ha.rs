@@ -60,6 +60,30 @@ pub async fn connect(opts: &EtcdOptions) -> Result<Client, HaError> {
     Ok(Client::connect(&opts.endpoints, Some(connect)).await?)
 }
 
+/// Whether a failed request never reached a member (the client's channel picked an endpoint
+/// that is down): then sending it again is safe, whatever it was.
+fn unreached(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::GRpcStatus(status) => status.message().contains("connect error"),
+        etcd_client::Error::TransportError(_) => true,
+        _ => false,
+    }
+}
+
+/// Sends a request again (briefly backing off) while it did not reach any member; etcd-client
+/// balances over the endpoints but does not retry by itself.
+async fn reaching<T, F, Fut>(request: F) -> Result<T, etcd_client::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+{
+    use backon::{ExponentialBuilder, Retryable};
+    let backoff = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(20))
+        .with_max_times(5);
+    request.retry(backoff).when(unreached).await
+}
+
 /// Runs an etcd request, timing it (`gantry_etcd_request_seconds`).
 async fn timed<T>(request: impl std::future::Future<Output = T>) -> T {
     let since = std::time::Instant::now();
@@ -76,7 +100,11 @@ fn leader_key(prefix: &str) -> String {
 
 /// The current leader's name, if any master holds the key.
 pub async fn leader(client: &mut Client, prefix: &str) -> Result<Option<String>, HaError> {
-    let answer = client.get(leader_key(prefix), None).await?;
+    let answer = reaching(|| {
+        let mut client = client.clone();
+        async move { client.get(leader_key(prefix), None).await }
+    })
+    .await?;
     Ok(answer
         .kvs()
         .first()
@@ -103,7 +131,12 @@ pub async fn campaign(
     let mut client = client.clone();
     let key = leader_key(&opts.prefix);
     loop {
-        let lease = client.lease_grant(opts.ttl, None).await?.id();
+        let lease = reaching(|| {
+            let mut client = client.clone();
+            async move { client.lease_grant(opts.ttl, None).await }
+        })
+        .await?
+        .id();
         let txn = Txn::new()
             .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
             .and_then([TxnOp::put(
@@ -112,7 +145,11 @@ pub async fn campaign(
                 Some(PutOptions::new().with_lease(lease)),
             )])
             .or_else([TxnOp::get(key.clone(), None)]);
-        let answer = timed(client.txn(txn)).await?;
+        let answer = timed(reaching(|| {
+            let (mut client, txn) = (client.clone(), txn.clone());
+            async move { client.txn(txn).await }
+        }))
+        .await?;
         let revision = answer.header().map_or(0, |h| h.revision());
         if answer.succeeded() {
             METRICS.leadership_changes.inc();
@@ -224,7 +261,12 @@ impl Leadership {
         let txn = Txn::new()
             .when([self.fence()])
             .and_then([TxnOp::put(key, value, None)]);
-        Ok(timed(self.client.txn(txn)).await?.succeeded())
+        let answer = timed(reaching(|| {
+            let (mut client, txn) = (self.client.clone(), txn.clone());
+            async move { client.txn(txn).await }
+        }))
+        .await?;
+        Ok(answer.succeeded())
     }
 
     /// Whether this master has stopped leading (then it must stop executing at once).
