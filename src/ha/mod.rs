@@ -10,7 +10,11 @@
 //! no keep-alive succeeded within the TTL less a margin, [`Leadership::lost`] fires before etcd
 //! can have handed the key to anyone else.
 //!
-//! Not yet wired into `gantry serve`: the job store and the configuration still live in sled.
+//! `kv.rs`: the stores' key-value interface on etcd, every batch one fenced transaction. Not
+//! yet wired into `gantry serve`: the job store and the configuration still live in sled.
+
+mod kv;
+pub use kv::EtcdKv;
 
 use crate::metrics::METRICS;
 use etcd_client::{

@@ -1,0 +1,150 @@
+//! `Kv` on etcd: tree `t`, key `k` is the etcd key `<prefix>/kv/t/k`; a batch is one
+//! transaction, guarded by the leader's fence when one is given, so a master that lost the
+//! leadership cannot write even a single record. The stores call `Kv` synchronously (some
+//! under the queue lock), so requests run on a runtime thread of their own and the caller
+//! waits for the answer.
+
+use crate::kv::{Kv, Visit, Write};
+use crate::storage::StorageError;
+use etcd_client::{Client, Compare, GetOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse};
+use std::future::Future;
+
+pub struct EtcdKv {
+    client: Client,
+    root: String,
+    fence: Option<Compare>,
+    runtime: tokio::runtime::Handle,
+}
+
+fn failed(e: etcd_client::Error) -> StorageError {
+    StorageError::Flush(format!("etcd: {e}"))
+}
+
+impl EtcdKv {
+    /// Records under `<prefix>/kv/`; every write carries `fence` (a leader's) when given.
+    pub fn new(
+        client: Client,
+        prefix: &str,
+        fence: Option<Compare>,
+    ) -> Result<EtcdKv, StorageError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("etcd-kv".into())
+            .spawn(move || {
+                let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                else {
+                    return;
+                };
+                let _ = tx.send(runtime.handle().clone());
+                runtime.block_on(std::future::pending::<()>());
+            })
+            .map_err(|e| StorageError::Open(e.to_string()))?;
+        let runtime = rx
+            .recv()
+            .map_err(|_| StorageError::Open("no runtime for etcd requests".into()))?;
+        Ok(EtcdKv {
+            client,
+            root: format!("{prefix}/kv/"),
+            fence,
+            runtime,
+        })
+    }
+
+    fn key(&self, tree: &str, key: &[u8]) -> Vec<u8> {
+        let mut k = Vec::with_capacity(self.root.len() + tree.len() + 1 + key.len());
+        k.extend_from_slice(self.root.as_bytes());
+        k.extend_from_slice(tree.as_bytes());
+        k.push(b'/');
+        k.extend_from_slice(key);
+        k
+    }
+
+    /// Runs a request on the etcd thread and waits for it.
+    fn run<T: Send + 'static>(
+        &self,
+        request: impl Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
+    ) -> Result<T, StorageError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.runtime.spawn(async move {
+            let _ = tx.send(request.await);
+        });
+        rx.recv()
+            .map_err(|_| StorageError::Flush("the etcd request thread stopped".into()))?
+            .map_err(failed)
+    }
+
+    fn range(
+        &self,
+        key: Vec<u8>,
+        options: GetOptions,
+    ) -> Result<etcd_client::GetResponse, StorageError> {
+        let mut client = self.client.clone();
+        self.run(async move { client.get(key, Some(options)).await })
+    }
+}
+
+impl Kv for EtcdKv {
+    fn get(&self, tree: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        let answer = self.range(self.key(tree, key), GetOptions::new())?;
+        Ok(answer.kvs().first().map(|kv| kv.value().to_vec()))
+    }
+
+    fn scan(&self, tree: &str, prefix: &[u8], visit: &mut Visit) -> Result<(), StorageError> {
+        let strip = self.key(tree, b"").len();
+        let answer = self.range(self.key(tree, prefix), GetOptions::new().with_prefix())?;
+        for kv in answer.kvs() {
+            if !visit(&kv.key()[strip..], kv.value())? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn count(&self, tree: &str) -> Result<usize, StorageError> {
+        let options = GetOptions::new().with_prefix().with_count_only();
+        Ok(self.range(self.key(tree, b""), options)?.count() as usize)
+    }
+
+    fn last_key(&self, tree: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        let strip = self.key(tree, b"").len();
+        let options = GetOptions::new()
+            .with_prefix()
+            .with_sort(SortTarget::Key, SortOrder::Descend)
+            .with_limit(1)
+            .with_keys_only();
+        let answer = self.range(self.key(tree, b""), options)?;
+        Ok(answer.kvs().first().map(|kv| kv.key()[strip..].to_vec()))
+    }
+
+    fn apply(&self, writes: &[Write]) -> Result<Vec<bool>, StorageError> {
+        let ops: Vec<TxnOp> = writes
+            .iter()
+            .map(|w| match *w {
+                Write::Put(t, k, v) => TxnOp::put(self.key(t, k), v, None),
+                Write::Delete(t, k) => TxnOp::delete(self.key(t, k), None),
+            })
+            .collect();
+        let mut txn = Txn::new();
+        if let Some(fence) = &self.fence {
+            txn = txn.when([fence.clone()]);
+        }
+        let txn = txn.and_then(ops);
+        let mut client = self.client.clone();
+        let answer = self.run(async move { client.txn(txn).await })?;
+        if !answer.succeeded() {
+            return Err(StorageError::Flush(
+                "etcd: refused, this master no longer leads".into(),
+            ));
+        }
+        Ok(answer
+            .op_responses()
+            .into_iter()
+            .filter_map(|r| match r {
+                TxnOpResponse::Delete(d) => Some(d.deleted() > 0),
+                _ => None,
+            })
+            .collect())
+    }
+}
