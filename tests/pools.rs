@@ -132,17 +132,7 @@ fn a_pool_fills_hands_out_at_once_refills_and_answers_waiting_requests() {
     });
 
     // Pool metrics.
-    let out = std::process::Command::new("curl")
-        .args([
-            "-s",
-            "-k",
-            "-u",
-            "admin:admin",
-            &format!("{}/metrics", s.base),
-        ])
-        .output()
-        .unwrap();
-    let metrics = String::from_utf8_lossy(&out.stdout).to_string();
+    let metrics = metrics_text(&s);
     for line in [
         "gantry_pool_ready{pool=\"ci\"} 2",
         "gantry_pool_checked_out{pool=\"ci\"} 2",

@@ -53,9 +53,6 @@ impl Quiet {
 
 /// A reason-trail entry `[source, text, now in ns]`.
 fn reason(source: &str, text: &str) -> serde_json::Value {
-    let ns = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
+    let ns = crate::jobqueue::job::Timestamp::now().as_nanos() as u64;
     serde_json::json!([[source, text, ns]])
 }

@@ -40,12 +40,7 @@ fn source(pool: &str) -> String {
 
 fn in_flight(job: &Job) -> Option<InFlight> {
     let op = &job.ops.first()?.input;
-    let pool = op
-        .get("reason")?
-        .as_array()?
-        .iter()
-        .find_map(|entry| entry.get(0)?.as_str()?.strip_prefix("gantry:pool:"))?
-        .to_string();
+    let pool = crate::cluster::leases::pool_in_reason(op.get("reason"))?;
     match op.id() {
         OpId::InstanceCreate => Some(InFlight::Refill(pool)),
         OpId::GantryPoolCheckout => Some(InFlight::Grant(pool, op.str("request_id")?.into())),

@@ -148,6 +148,14 @@ pub fn lease_source(lease: &str) -> String {
     format!("gantry:lease:{lease}")
 }
 
+/// The instances some lease holds.
+fn leased(cfg: &Config) -> std::collections::HashSet<&str> {
+    cfg.leases
+        .values()
+        .flat_map(|l| l.instances.iter().map(String::as_str))
+        .collect()
+}
+
 /// The lease holding an instance, if any.
 pub fn lease_of<'a>(cfg: &'a Config, instance: &str) -> Option<&'a Lease> {
     cfg.leases
@@ -159,12 +167,13 @@ pub fn lease_of<'a>(cfg: &'a Config, instance: &str) -> Option<&'a Lease> {
 /// oldest first.
 pub fn ready_members<'a>(cfg: &'a Config, pool: &str) -> Vec<&'a Instance> {
     let tag = pool_tag(pool);
+    let leased = leased(cfg);
     let mut ready: Vec<&Instance> = cfg
         .instances
         .values()
         .filter(|i| i.meta.tags.contains(&tag) && !i.forthcoming)
         .filter(|i| i.admin_state == super::model::AdminState::Up)
-        .filter(|i| lease_of(cfg, &i.name).is_none())
+        .filter(|i| !leased.contains(i.name.as_str()))
         .collect();
     ready.sort_by(|a, b| {
         a.meta
@@ -186,9 +195,10 @@ pub fn pool_json(cfg: &Config, pool: &Pool) -> serde_json::Value {
 /// A pool's members a lease holds (checked out).
 pub fn checked_out(cfg: &Config, pool: &str) -> usize {
     let tag = pool_tag(pool);
+    let leased = leased(cfg);
     cfg.instances
         .values()
-        .filter(|i| i.meta.tags.contains(&tag) && lease_of(cfg, &i.name).is_some())
+        .filter(|i| i.meta.tags.contains(&tag) && leased.contains(i.name.as_str()))
         .count()
 }
 
@@ -250,15 +260,26 @@ pub fn held_back_during(cfg: &Config, node: &str, start: f64, end: f64) -> HeldB
         })
 }
 
-/// The lease a reason trail names (`gantry:lease:<name>` as an entry's source).
-pub fn lease_in_reason(reason: Option<&serde_json::Value>) -> Option<String> {
+/// The name after `source` (`gantry:lease:`, `gantry:pool:`) in a reason trail's first entry
+/// from that source: which lease or pool a job is for.
+fn named_in_reason(reason: Option<&serde_json::Value>, source: &str) -> Option<String> {
     reason?.as_array()?.iter().find_map(|entry| {
         entry
             .get(0)?
             .as_str()?
-            .strip_prefix("gantry:lease:")
+            .strip_prefix(source)
             .map(String::from)
     })
+}
+
+/// The lease a reason trail names (`gantry:lease:<name>` as an entry's source).
+pub fn lease_in_reason(reason: Option<&serde_json::Value>) -> Option<String> {
+    named_in_reason(reason, "gantry:lease:")
+}
+
+/// The pool a reason trail names (`gantry:pool:<name>`): a refill or a grant of that pool.
+pub fn pool_in_reason(reason: Option<&serde_json::Value>) -> Option<String> {
+    named_in_reason(reason, "gantry:pool:")
 }
 
 #[cfg(test)]

@@ -91,12 +91,26 @@ fn counts(body: &Value) -> Option<Vec<(String, u64)>> {
         .collect()
 }
 
-/// Submits one opcode as a job and waits for its end: its result, or a message.
+/// Submits one opcode as a job under the request's idempotency key and waits for its end: its
+/// result, or a message.
 async fn run(state: &State, req: &Request, op: Result<OpCode, ApiError>) -> Result<Value, String> {
+    submit_and_wait(state, req.idempotency.clone(), op).await
+}
+
+/// As `run`, for a request that makes several jobs (none of them is the request's keyed one).
+async fn run_unkeyed(state: &State, op: Result<OpCode, ApiError>) -> Result<Value, String> {
+    submit_and_wait(state, None, op).await
+}
+
+async fn submit_and_wait(
+    state: &State,
+    key: Option<crate::jobqueue::idempotency::Idempotency>,
+    op: Result<OpCode, ApiError>,
+) -> Result<Value, String> {
     let op = op.map_err(|e| e.message)?;
     let id = state
         .queue
-        .submit_keyed(vec![op], req.idempotency.clone())
+        .submit_keyed(vec![op], key)
         .await
         .map_err(|e| e.to_string())?;
     finished(state, id).await
@@ -180,16 +194,6 @@ async fn checkout_all(state: &State, req: &Request, wanted: Vec<(String, u64)>) 
         body.insert(pool.clone(), json!({"hostname": hostname}));
     }
     (200, Value::Object(body))
-}
-
-async fn run_unkeyed(state: &State, op: Result<OpCode, ApiError>) -> Result<Value, String> {
-    let op = op.map_err(|e| e.message)?;
-    let id = state
-        .queue
-        .submit(vec![op])
-        .await
-        .map_err(|e| e.to_string())?;
-    finished(state, id).await
 }
 
 /// A lifetime in hours from a token holder's request (vmpooler's `X-AUTH-TOKEN` lifetime), in
@@ -386,12 +390,7 @@ fn pending(state: &State) -> std::collections::HashMap<String, u64> {
         if op.id() != OpId::InstanceCreate {
             return None;
         }
-        op.get("reason")?.as_array()?.iter().find_map(|e| {
-            e.get(0)?
-                .as_str()?
-                .strip_prefix("gantry:pool:")
-                .map(String::from)
-        })
+        leases::pool_in_reason(op.get("reason"))
     });
     for pool in refills.into_iter().flatten() {
         *pending.entry(pool).or_insert(0) += 1;
@@ -486,11 +485,7 @@ async fn summary(state: &State, req: &Request) -> Answer {
         .map_jobs(false, |job| {
             let op = &job.ops.first()?.input;
             let from_pool = op.id() == OpId::InstanceCreate
-                && op.get("reason")?.as_array()?.iter().any(|e| {
-                    e.get(0)
-                        .and_then(Value::as_str)
-                        .is_some_and(|s| s.starts_with("gantry:pool:"))
-                });
+                && leases::pool_in_reason(op.get("reason")).is_some();
             if !from_pool || job.status() != Status::Success {
                 return None;
             }
