@@ -6,7 +6,8 @@ use crate::backends::{Backend, fake::FakeBackend};
 use crate::cluster::{ClusterStore, InitOptions};
 use crate::http::{ServerOptions, tls};
 use crate::jobqueue::{JobQueue, QueueOptions, Store};
-use crate::rapi::{self, StateInner, auth::UserDb};
+use crate::kv::Database;
+use crate::rapi::{self, StateInner, auth::UserDb, leading::Serving};
 use crate::storage::GroupCommit;
 use clap::{Args, Parser, Subcommand};
 use std::path::{Path, PathBuf};
@@ -236,6 +237,9 @@ struct ServeArgs {
     /// Every fake-hypervisor operation takes this long (to observe parallelism).
     #[arg(long, default_value_t = 0)]
     fake_delay_ms: u64,
+    /// Append a line per fake-hypervisor operation to this file (tests count executions).
+    #[arg(long)]
+    fake_journal: Option<PathBuf>,
     /// Hypervisor for a new cluster: `fake` (in memory) or `kvm` (real QEMU processes).
     #[arg(long, default_value = "fake", value_parser = ["fake", "kvm"])]
     hypervisor: String,
@@ -299,6 +303,39 @@ struct ServeArgs {
     /// falls below half of it, and the reserve is released for running jobs. 0 disables.
     #[arg(long, default_value_t = 32)]
     reserve_space_mib: u64,
+    #[command(flatten)]
+    etcd: EtcdArgs,
+}
+
+/// Several masters over etcd (`--store etcd`; a build with `--features etcd`).
+#[derive(Args, Clone)]
+pub struct EtcdArgs {
+    /// Where jobs and the configuration live: `sled` (the data dir, one master) or `etcd`
+    /// (several masters share an etcd cluster; one leads and executes, every one answers).
+    #[arg(long, default_value = "sled", value_parser = ["sled", "etcd"])]
+    pub store: String,
+    /// etcd client URLs, comma separated (https:// with --etcd-ca).
+    #[arg(long, value_delimiter = ',', env = "GANTRY_ETCD_ENDPOINTS")]
+    pub etcd_endpoints: Vec<String>,
+    /// Every key of this cluster lives under this prefix (clusters may share an etcd).
+    #[arg(long, default_value = "/gantry")]
+    pub etcd_prefix: String,
+    /// CA certificate (PEM) that signed the etcd members' certificates.
+    #[arg(long)]
+    pub etcd_ca: Option<PathBuf>,
+    /// etcd user (etcd's RBAC); the password comes from GANTRY_ETCD_PASSWORD.
+    #[arg(long)]
+    pub etcd_user: Option<String>,
+    /// Seconds the leader's key outlives the leader: failover takes about this long.
+    #[arg(long, default_value_t = 5)]
+    pub etcd_ttl: i64,
+    /// This master's name among the masters (default: this host's name and the port).
+    #[arg(long)]
+    pub master_name: Option<String>,
+    /// The URL the other masters reach this one at (default: the scheme, --bind and --port;
+    /// 127.0.0.1 when bound to every interface).
+    #[arg(long)]
+    pub advertise_url: Option<String>,
 }
 
 pub fn main() -> ExitCode {
@@ -618,42 +655,29 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         std::fs::set_permissions(&db_dir, std::fs::Permissions::from_mode(0o700))
             .map_err(|e| format!("{}: {e}", db_dir.display()))?;
     }
+    let tls = if args.no_ssl {
+        None
+    } else {
+        Some(tls::load_or_create(
+            args.ssl_cert.as_deref(),
+            args.ssl_key.as_deref(),
+            &args.data_dir,
+        )?)
+    };
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let server = ServerOptions {
+        header_timeout: Duration::from_secs(args.header_timeout.max(1)),
+        max_connections: args.max_connections.max(1),
+        max_per_ip: args.max_connections_per_ip.max(1),
+        handshake_timeout: Duration::from_secs(args.handshake_timeout.max(1)),
+        tls,
+    };
+    if args.etcd.store == "etcd" {
+        return serve_replicated(listener, args, server, scheme).await;
+    }
     let commit = GroupCommit::open(&db_dir).map_err(|e| held_by_another(&args.data_dir, e))?;
     write_pid_file(&args.data_dir);
-    let init = InitOptions {
-        hypervisor: args.hypervisor.clone(),
-        cluster_name: args.cluster_name.clone(),
-        node_names: args
-            .nodes
-            .clone()
-            .unwrap_or_else(|| default_nodes(&args.hypervisor)),
-        node_memory_mib: args.node_memory,
-        node_disk_mib: args.node_disk,
-        ..InitOptions::default()
-    };
-    let cluster = ClusterStore::open(&commit, &init).map_err(|e| e.to_string())?;
-    // The hypervisor is fixed when the cluster is created; the flag only matters the first time.
-    let backend: Arc<dyn Backend> = if cluster
-        .snapshot()
-        .cluster
-        .enabled_hypervisors
-        .iter()
-        .any(|h| h == "kvm")
-    {
-        // The OS list is read from the search path whenever an opcode needs it.
-        let qemu = qemu_backend(&args)?;
-        // Nodes on other machines are reached through their agents with these.
-        let creds = tls::cluster_credentials(&args.data_dir, true)?;
-        Arc::new(crate::backends::cluster::ClusterBackend::new(
-            Arc::new(qemu),
-            creds.secret,
-            creds.cert_der,
-        ))
-    } else {
-        Arc::new(FakeBackend::new(Duration::from_millis(args.fake_delay_ms)))
-    };
-    adopt(&*backend, &cluster).await;
-    let store = Store::open(&commit).map_err(|e| e.to_string())?;
     let space = Arc::new(crate::space::SpaceGuard::new(
         &args.data_dir,
         args.reserve_space_mib << 20,
@@ -666,12 +690,104 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
             watcher.check();
         }
     });
+    let state = start_master(Database::from(&commit), Some(space), &args).await?;
+    let queue = state.queue.clone();
+    let control = crate::control::serve(crate::control::Context {
+        data_dir: args.data_dir.clone(),
+        commit: commit.clone(),
+        users: state.users.clone(),
+        tokens: state.tokens.clone(),
+    });
+    tokio::spawn(async move {
+        if let Err(e) = control.await {
+            tracing::warn!(
+                "no control socket (`gantry backup` and `gantry users token` will not reach this server): {e}"
+            );
+        }
+    });
+    tracing::info!(%local, tls = server.tls.is_some(), "gantry RAPI listening");
+    warn_cleartext_writers(&state, &local);
+    banner(&format!("gantry listening on {scheme}://{local}"));
+    rapi::serve(listener, Serving::alone(state), server, shutdown_signal()).await;
+    tracing::info!("shutting down: waiting for running jobs");
+    queue.shutdown(Duration::from_secs(10)).await;
+    Ok(())
+}
+
+/// The start-up line (the URL last, for scripts). Whoever started the server may have stopped
+/// reading: a closed stdout must not stop it (a master restarting as follower prints it again).
+fn banner(line: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+fn warn_cleartext_writers(state: &StateInner, local: &std::net::SocketAddr) {
+    let writers = state.users.cleartext_writers();
+    if !local.ip().is_loopback() && !writers.is_empty() {
+        tracing::warn!(
+            users = %writers.join(","),
+            "users with write access have clear-text passwords while the RAPI listens beyond \
+             this host: store {{HA1}} digests instead (gantry users hash NAME)"
+        );
+    }
+}
+
+/// Opens the configuration and the job queue on `db`, recovers what a previous master left
+/// (after a crash, or on another master before a failover), and starts executing: what the
+/// leader serves with.
+async fn start_master(
+    db: Database,
+    space: Option<Arc<crate::space::SpaceGuard>>,
+    args: &ServeArgs,
+) -> Result<Arc<StateInner>, String> {
+    let init = InitOptions {
+        hypervisor: args.hypervisor.clone(),
+        cluster_name: args.cluster_name.clone(),
+        node_names: args
+            .nodes
+            .clone()
+            .unwrap_or_else(|| default_nodes(&args.hypervisor)),
+        node_memory_mib: args.node_memory,
+        node_disk_mib: args.node_disk,
+        ..InitOptions::default()
+    };
+    let cluster = ClusterStore::open(db.clone(), &init).map_err(|e| e.to_string())?;
+    // The hypervisor is fixed when the cluster is created; the flag only matters the first time.
+    let backend: Arc<dyn Backend> = if cluster
+        .snapshot()
+        .cluster
+        .enabled_hypervisors
+        .iter()
+        .any(|h| h == "kvm")
+    {
+        // The OS list is read from the search path whenever an opcode needs it.
+        let qemu = qemu_backend(args)?;
+        // Nodes on other machines are reached through their agents with these.
+        let creds = tls::cluster_credentials(&args.data_dir, true)?;
+        Arc::new(crate::backends::cluster::ClusterBackend::new(
+            Arc::new(qemu),
+            creds.secret,
+            creds.cert_der,
+        ))
+    } else {
+        let fake = FakeBackend::new(Duration::from_millis(args.fake_delay_ms));
+        Arc::new(match &args.fake_journal {
+            Some(path) => fake
+                .with_journal(path)
+                .map_err(|e| format!("{}: {e}", path.display()))?,
+            None => fake,
+        })
+    };
+    adopt(&*backend, &cluster).await;
+    let store = Store::open(db.clone()).map_err(|e| e.to_string())?;
     let opts = QueueOptions {
         hard_limit: args.queue_limit,
         keep_finished: args.keep_finished,
         archive_age: Duration::from_secs(args.archive_age),
         archive_interval: Duration::from_secs(args.archive_interval.max(1)),
-        space: Some(space),
+        space,
         idempotency_ttl: Duration::from_secs(args.idempotency_ttl),
         event_retention: args.event_retention,
         event_buffer: args.event_buffer,
@@ -686,65 +802,92 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         .users
         .clone()
         .unwrap_or_else(|| args.data_dir.join("users"));
-    let state = Arc::new(StateInner {
-        queue: queue.clone(),
+    Ok(Arc::new(StateInner {
+        queue,
         config,
         live,
         users: UserDb::load(Some(users_path)),
         require_auth: args.require_authentication,
         wait_timeout: Duration::from_secs(args.wait_timeout),
         answers: Default::default(),
-        tokens: crate::rapi::tokens::Tokens::new(
-            commit.records("tokens").map_err(|e| e.to_string())?,
-        ),
-    });
-    let control = crate::control::serve(crate::control::Context {
-        data_dir: args.data_dir.clone(),
-        commit: commit.clone(),
-        users: state.users.clone(),
-        tokens: state.tokens.clone(),
-    });
-    tokio::spawn(async move {
-        if let Err(e) = control.await {
-            tracing::warn!(
-                "no control socket (`gantry backup` and `gantry users token` will not reach this server): {e}"
-            );
-        }
-    });
-    let tls = if args.no_ssl {
-        None
-    } else {
-        Some(tls::load_or_create(
-            args.ssl_cert.as_deref(),
-            args.ssl_key.as_deref(),
-            &args.data_dir,
-        )?)
-    };
+        tokens: crate::rapi::tokens::Tokens::new(db.records("tokens")),
+    }))
+}
+
+#[cfg(not(feature = "etcd"))]
+async fn serve_replicated(
+    _: tokio::net::TcpListener,
+    _: ServeArgs,
+    _: ServerOptions,
+    _: &str,
+) -> Result<(), String> {
+    Err("this gantry was built without etcd support: build it with `--features etcd`".into())
+}
+
+/// Several masters over etcd: this one answers at once, and leads when it wins the election
+/// (`ha/master.rs`).
+#[cfg(feature = "etcd")]
+async fn serve_replicated(
+    listener: tokio::net::TcpListener,
+    args: ServeArgs,
+    server: ServerOptions,
+    scheme: &str,
+) -> Result<(), String> {
+    write_pid_file(&args.data_dir);
     let local = listener.local_addr().map_err(|e| e.to_string())?;
-    tracing::info!(%local, tls = tls.is_some(), "gantry RAPI listening");
-    let writers = state.users.cleartext_writers();
-    if !local.ip().is_loopback() && !writers.is_empty() {
-        tracing::warn!(
-            users = %writers.join(","),
-            "users with write access have clear-text passwords while the RAPI listens beyond \
-             this host: store {{HA1}} digests instead (gantry users hash NAME)"
-        );
-    }
-    println!(
-        "gantry listening on {}://{local}",
-        if tls.is_some() { "https" } else { "http" }
-    );
-    let opts = ServerOptions {
-        header_timeout: Duration::from_secs(args.header_timeout.max(1)),
-        max_connections: args.max_connections.max(1),
-        max_per_ip: args.max_connections_per_ip.max(1),
-        handshake_timeout: Duration::from_secs(args.handshake_timeout.max(1)),
-        tls,
+    let cert = match &server.tls {
+        Some(_) => Some(tls::served_certificate(
+            args.ssl_cert.as_deref(),
+            &args.data_dir,
+        )?),
+        None => None,
     };
-    rapi::serve(listener, state, opts, shutdown_signal()).await;
-    tracing::info!("shutting down: waiting for running jobs");
-    queue.shutdown(Duration::from_secs(10)).await;
-    Ok(())
+    let advertise = args.etcd.advertise_url.clone().unwrap_or_else(|| {
+        let host = if local.ip().is_unspecified() {
+            "127.0.0.1".to_string()
+        } else {
+            local.ip().to_string()
+        };
+        format!("{scheme}://{host}:{}", local.port())
+    });
+    let name = args.etcd.master_name.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "localhost".into());
+        format!("{host}:{}", local.port())
+    });
+    let password = std::env::var("GANTRY_ETCD_PASSWORD").unwrap_or_default();
+    let master = crate::ha::master::Master {
+        etcd: crate::ha::EtcdOptions {
+            endpoints: args.etcd.etcd_endpoints.clone(),
+            prefix: args.etcd.etcd_prefix.trim_end_matches('/').to_string(),
+            ca: args.etcd.etcd_ca.clone(),
+            user: args.etcd.etcd_user.clone().map(|u| (u, password)),
+            ttl: args.etcd.etcd_ttl.max(2),
+        },
+        me: crate::ha::master::MasterRecord {
+            name,
+            url: advertise,
+            cert,
+        },
+    };
+    if master.etcd.endpoints.is_empty() {
+        return Err("--store etcd needs --etcd-endpoints".into());
+    }
+    banner(&format!(
+        "gantry master {} (etcd store, a follower until elected) listening on {scheme}://{local}",
+        master.me.name
+    ));
+    let args = Arc::new(args);
+    let lead = move |db: Database| {
+        let args = args.clone();
+        async move {
+            let state = start_master(db, None, &args).await?;
+            warn_cleartext_writers(&state, &local);
+            Ok(state)
+        }
+    };
+    master.run(listener, server, lead, shutdown_signal()).await
 }
 
 /// The pid of the server using a data dir, for the message a second one prints.

@@ -5,7 +5,8 @@
 
 use crate::storage::{GroupCommit, StorageError};
 use std::collections::HashMap;
-use std::sync::RwLock;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
 
 /// One write of an atomic batch.
 #[derive(Debug, Clone, Copy)]
@@ -140,33 +141,85 @@ impl Kv for SledKv {
     }
 }
 
+/// What the stores are opened on: the key-value interface, and how to wait until a write is
+/// durable. sled (one master) makes writes durable in its group commit; etcd (several masters)
+/// has them durable on a quorum when the transaction is answered.
+#[derive(Clone)]
+pub struct Database {
+    kv: Arc<dyn Kv>,
+    sled: Option<GroupCommit>,
+}
+
+impl From<&GroupCommit> for Database {
+    fn from(commit: &GroupCommit) -> Database {
+        Database {
+            kv: Arc::new(SledKv::new(commit)),
+            sled: Some(commit.clone()),
+        }
+    }
+}
+
+impl Database {
+    /// A store whose writes are durable once applied (etcd).
+    pub fn replicated(kv: Arc<dyn Kv>) -> Database {
+        Database { kv, sled: None }
+    }
+
+    pub fn kv(&self) -> Arc<dyn Kv> {
+        self.kv.clone()
+    }
+
+    /// The sled database's data dir; none on a replicated store (its state is not in a file of
+    /// this host: the drain flag, for one, lives in the store).
+    pub fn data_dir(&self) -> Option<PathBuf> {
+        self.sled.as_ref().map(GroupCommit::data_dir)
+    }
+
+    /// Waits until everything written before this call is on stable storage.
+    pub async fn durable(&self) -> Result<(), StorageError> {
+        match &self.sled {
+            Some(commit) => commit.durable().await,
+            None => Ok(()),
+        }
+    }
+
+    /// A direct flush, when nobody else writes (start-up).
+    pub fn flush_now(&self) -> Result<(), StorageError> {
+        self.sled.as_ref().map_or(Ok(()), GroupCommit::flush_now)
+    }
+
+    /// The collection `name`.
+    pub fn records(&self, name: &str) -> Records {
+        Records {
+            db: self.clone(),
+            tree: name.to_string(),
+        }
+    }
+}
+
 /// A keyed collection of records in the database for a room with no store of its own (API
 /// tokens); `durable` waits for the flush.
 #[derive(Clone)]
 pub struct Records {
-    kv: std::sync::Arc<dyn Kv>,
+    db: Database,
     tree: String,
-    commit: GroupCommit,
 }
 
 impl GroupCommit {
     /// The collection `name`.
     pub fn records(&self, name: &str) -> Result<Records, StorageError> {
-        Ok(Records {
-            kv: std::sync::Arc::new(SledKv::new(self)),
-            tree: name.to_string(),
-            commit: self.clone(),
-        })
+        Ok(Database::from(self).records(name))
     }
 }
 
 impl Records {
     pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
-        self.kv.get(&self.tree, key.as_bytes())
+        self.db.kv.get(&self.tree, key.as_bytes())
     }
 
     pub fn put(&self, key: &str, value: &[u8]) -> Result<(), StorageError> {
-        self.kv
+        self.db
+            .kv
             .apply(&[Write::Put(&self.tree, key.as_bytes(), value)])?;
         Ok(())
     }
@@ -174,6 +227,7 @@ impl Records {
     /// Answers whether the key was there.
     pub fn remove(&self, key: &str) -> Result<bool, StorageError> {
         let removed = self
+            .db
             .kv
             .apply(&[Write::Delete(&self.tree, key.as_bytes())])?;
         Ok(removed.first().copied().unwrap_or(false))
@@ -182,7 +236,7 @@ impl Records {
     /// Every value, in key order.
     pub fn values(&self) -> Result<Vec<Vec<u8>>, StorageError> {
         let mut values = vec![];
-        self.kv.scan(&self.tree, b"", &mut |_, v| {
+        self.db.kv.scan(&self.tree, b"", &mut |_, v| {
             values.push(v.to_vec());
             Ok(true)
         })?;
@@ -190,6 +244,6 @@ impl Records {
     }
 
     pub async fn durable(&self) -> Result<(), StorageError> {
-        self.commit.durable().await
+        self.db.durable().await
     }
 }

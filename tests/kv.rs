@@ -66,6 +66,24 @@ fn behaves(kv: &dyn Kv) {
     assert_eq!(kv.get("t", &k2).unwrap(), None);
     assert_eq!(kv.get("v", &k2).unwrap().as_deref(), Some(&b"two"[..]));
     assert_eq!(keys(kv, "t", b""), vec![k256.to_vec()]);
+    // More records than one answer carries (etcd reads a scan in pages), all in order, and a
+    // scan that stops early stops.
+    let many: Vec<[u8; 8]> = (0..1234u64).map(u64::to_be_bytes).collect();
+    for chunk in many.chunks(100) {
+        let writes: Vec<Write> = chunk.iter().map(|k| Write::Put("m", k, b"x")).collect();
+        kv.apply(&writes).unwrap();
+    }
+    assert_eq!(
+        keys(kv, "m", b""),
+        many.iter().map(|k| k.to_vec()).collect::<Vec<_>>()
+    );
+    let mut seen = 0;
+    kv.scan("m", b"", &mut |_, _| {
+        seen += 1;
+        Ok(seen < 700)
+    })
+    .unwrap();
+    assert_eq!(seen, 700);
 }
 
 #[test]
@@ -93,11 +111,17 @@ async fn etcd_behaves_and_fences_whole_batches() {
         ttl: 2,
     };
     let client = connect(&opts).await.unwrap();
-    let kv = EtcdKv::new(client.clone(), "/gantry/kvtest", None).unwrap();
+    let kv = tokio::task::block_in_place(|| EtcdKv::connect(&opts, None)).unwrap();
     tokio::task::block_in_place(|| behaves(&kv));
 
     let leader = campaign(&client, &opts, "master-a").await.unwrap();
-    let fenced = EtcdKv::new(client.clone(), "/gantry/fenced", Some(leader.fence())).unwrap();
+    let fenced_opts = EtcdOptions {
+        prefix: "/gantry/fenced".into(),
+        ..opts.clone()
+    };
+    let fenced =
+        tokio::task::block_in_place(|| EtcdKv::connect(&fenced_opts, Some(leader.fence())))
+            .unwrap();
     tokio::task::block_in_place(|| {
         fenced
             .apply(&[Write::Put("jobs", b"1", b"queued")])

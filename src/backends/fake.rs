@@ -46,6 +46,9 @@ pub struct FakeBackend {
     delay: Duration,
     /// Operation name → error to return on its next call.
     failures: Mutex<HashMap<String, BackendError>>,
+    /// `--fake-journal`: a line per disk creation and start, so tests can count executions
+    /// across processes (several masters append to one file).
+    journal: Option<Mutex<std::fs::File>>,
 }
 
 impl FakeBackend {
@@ -53,6 +56,27 @@ impl FakeBackend {
         FakeBackend {
             delay,
             ..FakeBackend::default()
+        }
+    }
+
+    pub fn with_journal(mut self, path: &std::path::Path) -> std::io::Result<FakeBackend> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        self.journal = Some(Mutex::new(file));
+        Ok(self)
+    }
+
+    /// One line, written whole (O_APPEND): `<pid> <operation> <node> <instance>`.
+    fn record(&self, operation: &str, node: &str, vm: &str) {
+        if let Some(journal) = &self.journal {
+            use std::io::Write;
+            let line = format!("{} {operation} {node} {vm}\n", std::process::id());
+            let mut file = journal.lock().unwrap_or_else(|e| e.into_inner());
+            if let Err(e) = file.write_all(line.as_bytes()) {
+                tracing::warn!("fake journal: {e}");
+            }
         }
     }
 
@@ -172,6 +196,7 @@ impl Backend for FakeBackend {
     ) -> BoxFuture<'a, BackendResult<()>> {
         Box::pin(async move {
             self.enter("create_disks", node).await?;
+            self.record("create_disks", node, &vm.name);
             self.with_vm(node, &vm.name, |n, name| {
                 let needed: u64 = vm.disks_mib.iter().sum();
                 let free = n.spec.disk_mib.saturating_sub(n.used_disk());
@@ -256,6 +281,7 @@ impl Backend for FakeBackend {
     fn start<'a>(&'a self, node: &'a str, vm: &'a VmSpec) -> BoxFuture<'a, BackendResult<()>> {
         Box::pin(async move {
             self.enter("start", node).await?;
+            self.record("start", node, &vm.name);
             self.with_vm(node, &vm.name, |n, name| {
                 let free = n
                     .spec

@@ -14,8 +14,9 @@ pub mod params;
 pub mod reservations;
 pub mod verify;
 
-use crate::kv::{Kv, SledKv, Write};
-use crate::storage::{GroupCommit, StorageError};
+use crate::kv::{Database, Kv, Write};
+use crate::storage::StorageError;
+
 use model::{Config, Instance};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -57,10 +58,8 @@ struct Trees {
 }
 
 impl Trees {
-    fn open(commit: &GroupCommit) -> Result<Trees, ConfigError> {
-        Ok(Trees {
-            kv: Arc::new(SledKv::new(commit)),
-        })
+    fn open(db: &Database) -> Result<Trees, ConfigError> {
+        Ok(Trees { kv: db.kv() })
     }
 
     /// Every record of `tree` into `into`.
@@ -156,7 +155,7 @@ fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, ConfigError> {
 #[derive(Clone)]
 pub struct ClusterStore {
     trees: Trees,
-    commit: GroupCommit,
+    db: Database,
     current: Arc<RwLock<Arc<Config>>>,
     writer: Arc<Mutex<()>>,
     /// The newest configuration written to the trees; held while writing, so concurrent
@@ -177,8 +176,9 @@ impl ConfigReader {
 
 impl ClusterStore {
     /// Opens the stored configuration, initialising a new cluster when there is none.
-    pub fn open(commit: &GroupCommit, init: &InitOptions) -> Result<ClusterStore, ConfigError> {
-        let trees = Trees::open(commit)?;
+    pub fn open(db: impl Into<Database>, init: &InitOptions) -> Result<ClusterStore, ConfigError> {
+        let db = db.into();
+        let trees = Trees::open(&db)?;
         let (config, written) = match trees.load()? {
             // Instances still inline: the first write puts every one into its own record.
             Some((cfg, false)) => {
@@ -192,7 +192,7 @@ impl ClusterStore {
                 let mut none = cfg.clone();
                 none.instances.clear();
                 trees.write(&none, &cfg)?;
-                commit.flush_now()?;
+                db.flush_now()?;
                 tracing::info!(cluster = %cfg.cluster.name, nodes = cfg.nodes.len(), "initialised a new cluster");
                 (cfg.clone(), cfg)
             }
@@ -200,7 +200,7 @@ impl ClusterStore {
         Ok(ClusterStore {
             written: Arc::new(tokio::sync::Mutex::new(Arc::new(written))),
             trees,
-            commit: commit.clone(),
+            db,
             current: Arc::new(RwLock::new(Arc::new(config))),
             writer: Arc::new(Mutex::new(())),
             reservations: Arc::default(),
@@ -265,13 +265,13 @@ impl ClusterStore {
                 *written = newest;
             }
         }
-        self.commit.durable().await?;
+        self.db.durable().await?;
         Ok(out)
     }
 }
 
 /// Reads the stored configuration without creating one (`gantry check-db`): `None` when the
 /// database holds no cluster.
-pub fn check_stored(commit: &GroupCommit) -> Result<Option<Config>, ConfigError> {
-    Ok(Trees::open(commit)?.load()?.map(|(cfg, _)| cfg))
+pub fn check_stored(db: impl Into<Database>) -> Result<Option<Config>, ConfigError> {
+    Ok(Trees::open(&db.into())?.load()?.map(|(cfg, _)| cfg))
 }

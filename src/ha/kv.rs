@@ -4,10 +4,26 @@
 //! under the queue lock), so requests run on a runtime thread of their own and the caller
 //! waits for the answer.
 
+use super::EtcdOptions;
 use crate::kv::{Kv, Visit, Write};
 use crate::storage::StorageError;
 use etcd_client::{Client, Compare, GetOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse};
 use std::future::Future;
+
+/// Records per range request of a scan.
+const PAGE: i64 = 500;
+
+/// The first key after every key that starts with `prefix` (etcd's range end for a prefix).
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
 
 pub struct EtcdKv {
     client: Client,
@@ -21,12 +37,12 @@ fn failed(e: etcd_client::Error) -> StorageError {
 }
 
 impl EtcdKv {
-    /// Records under `<prefix>/kv/`; every write carries `fence` (a leader's) when given.
-    pub fn new(
-        client: Client,
-        prefix: &str,
-        fence: Option<Compare>,
-    ) -> Result<EtcdKv, StorageError> {
+    /// Connects to etcd for records under `<prefix>/kv/`; every write carries `fence` (a
+    /// leader's) when given. The client is made on the request thread's own runtime: a gRPC
+    /// channel drives its connections from the runtime it was made on, and the stores' callers
+    /// block runtime threads while they wait (with a client of the main runtime, two blocked
+    /// callers on two cores would wait forever for a connection nobody drives).
+    pub fn connect(opts: &EtcdOptions, fence: Option<Compare>) -> Result<EtcdKv, StorageError> {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::Builder::new()
             .name("etcd-kv".into())
@@ -44,9 +60,18 @@ impl EtcdKv {
         let runtime = rx
             .recv()
             .map_err(|_| StorageError::Open("no runtime for etcd requests".into()))?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let connecting = opts.clone();
+        runtime.spawn(async move {
+            let _ = tx.send(super::connect(&connecting).await);
+        });
+        let client = rx
+            .recv()
+            .map_err(|_| StorageError::Open("the etcd request thread stopped".into()))?
+            .map_err(|e| StorageError::Open(e.to_string()))?;
         Ok(EtcdKv {
             client,
-            root: format!("{prefix}/kv/"),
+            root: format!("{}/kv/", opts.prefix),
             fence,
             runtime,
         })
@@ -61,14 +86,17 @@ impl EtcdKv {
         k
     }
 
-    /// Runs a request on the etcd thread and waits for it.
-    fn run<T: Send + 'static>(
-        &self,
-        request: impl Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
-    ) -> Result<T, StorageError> {
+    /// Runs a request on the etcd thread and waits for it; sent again while it reaches no
+    /// member (a dead endpoint in the client's list).
+    fn run<T, F, Fut>(&self, request: F) -> Result<T, StorageError>
+    where
+        T: Send + 'static,
+        F: FnMut() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
+    {
         let (tx, rx) = std::sync::mpsc::channel();
         self.runtime.spawn(async move {
-            let _ = tx.send(request.await);
+            let _ = tx.send(super::timed(super::reaching(request)).await);
         });
         rx.recv()
             .map_err(|_| StorageError::Flush("the etcd request thread stopped".into()))?
@@ -80,8 +108,11 @@ impl EtcdKv {
         key: Vec<u8>,
         options: GetOptions,
     ) -> Result<etcd_client::GetResponse, StorageError> {
-        let mut client = self.client.clone();
-        self.run(async move { client.get(key, Some(options)).await })
+        let client = self.client.clone();
+        self.run(move || {
+            let (mut client, key, options) = (client.clone(), key.clone(), options.clone());
+            async move { client.get(key, Some(options)).await }
+        })
     }
 }
 
@@ -91,15 +122,28 @@ impl Kv for EtcdKv {
         Ok(answer.kvs().first().map(|kv| kv.value().to_vec()))
     }
 
+    /// Reads a page at a time: a tree may hold more than one answer can carry (gRPC's message
+    /// limit), and a visitor that stops early should not pay for the rest.
     fn scan(&self, tree: &str, prefix: &[u8], visit: &mut Visit) -> Result<(), StorageError> {
         let strip = self.key(tree, b"").len();
-        let answer = self.range(self.key(tree, prefix), GetOptions::new().with_prefix())?;
-        for kv in answer.kvs() {
-            if !visit(&kv.key()[strip..], kv.value())? {
-                break;
+        let mut from = self.key(tree, prefix);
+        let end = prefix_end(&from);
+        loop {
+            let options = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
+            let answer = self.range(from.clone(), options)?;
+            for kv in answer.kvs() {
+                if !visit(&kv.key()[strip..], kv.value())? {
+                    return Ok(());
+                }
+            }
+            match answer.kvs().last() {
+                Some(last) if answer.more() => {
+                    from = last.key().to_vec();
+                    from.push(0);
+                }
+                _ => return Ok(()),
             }
         }
-        Ok(())
     }
 
     fn count(&self, tree: &str) -> Result<usize, StorageError> {
@@ -131,8 +175,11 @@ impl Kv for EtcdKv {
             txn = txn.when([fence.clone()]);
         }
         let txn = txn.and_then(ops);
-        let mut client = self.client.clone();
-        let answer = self.run(async move { client.txn(txn).await })?;
+        let client = self.client.clone();
+        let answer = self.run(move || {
+            let (mut client, txn) = (client.clone(), txn.clone());
+            async move { client.txn(txn).await }
+        })?;
         if !answer.succeeded() {
             return Err(StorageError::Flush(
                 "etcd: refused, this master no longer leads".into(),

@@ -10,10 +10,13 @@
 //! no keep-alive succeeded within the TTL less a margin, [`Leadership::lost`] fires before etcd
 //! can have handed the key to anyone else.
 //!
-//! `kv.rs`: the stores' key-value interface on etcd, every batch one fenced transaction. Not
-//! yet wired into `gantry serve`: the job store and the configuration still live in sled.
+//! `kv.rs`: the stores' key-value interface on etcd, every batch one fenced transaction.
+//! `master.rs`: a master's life (`gantry serve --store etcd`); `forward.rs`: followers hand
+//! requests to the leader.
 
+mod forward;
 mod kv;
+pub mod master;
 pub use kv::EtcdKv;
 
 use crate::metrics::METRICS;
@@ -22,6 +25,7 @@ use etcd_client::{
     Txn, TxnOp, WatchOptions,
 };
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -123,8 +127,13 @@ pub struct Leadership {
     /// The leader key's create revision: what fenced writes compare.
     revision: i64,
     lost: watch::Receiver<bool>,
-    keeper: tokio::task::JoinHandle<()>,
+    /// Ends the keep-alive thread (resigning, or dropped).
+    stop: watch::Sender<bool>,
+    hook: Hook,
 }
+
+/// What the keep-alive thread calls when the leadership is lost.
+type Hook = Arc<std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>>;
 
 /// Campaigns until this master (`name`) is the leader.
 pub async fn campaign(
@@ -159,19 +168,26 @@ pub async fn campaign(
             METRICS.leadership_changes.inc();
             tracing::info!(%name, "this master leads");
             let (tx, lost) = watch::channel(false);
-            let keeper = tokio::spawn(keep_alive(client.clone(), lease, opts.ttl, tx));
+            let (stop, stopped) = watch::channel(false);
+            let hook = Hook::default();
+            spawn_keeper(opts.clone(), lease, tx, stopped, hook.clone())
+                .map_err(|e| HaError::Setup(format!("cannot start the keep-alive thread: {e}")))?;
             return Ok(Leadership {
                 client,
                 key,
                 lease,
                 revision,
                 lost,
-                keeper,
+                stop,
+                hook,
             });
         }
-        // Someone else leads: give the unused lease back and wait for their key to go.
+        // Someone else leads: give the unused lease back and wait for their key to go (a
+        // watch can hang on a member cut off from the others: look again now and then).
         let _ = client.lease_revoke(lease).await;
-        wait_for_deletion(&mut client, &key, revision + 1).await?;
+        let patience = Duration::from_secs(opts.ttl.max(1) as u64 * 2);
+        let _ = tokio::time::timeout(patience, wait_for_deletion(&mut client, &key, revision + 1))
+            .await;
     }
 }
 
@@ -190,21 +206,56 @@ async fn wait_for_deletion(client: &mut Client, key: &str, from: i64) -> Result<
     Ok(())
 }
 
+/// Keeps the lease alive on a thread and runtime of its own, with a client of its own: a busy or
+/// blocked main runtime (the stores block its threads while etcd answers) must not delay the
+/// keep-alives, nor the moment this master notices that it lost the leadership.
+fn spawn_keeper(
+    opts: EtcdOptions,
+    lease: i64,
+    lost: watch::Sender<bool>,
+    mut stopped: watch::Receiver<bool>,
+    hook: Hook,
+) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("etcd-lease".into())
+        .spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                let _ = lost.send(true);
+                return;
+            };
+            runtime.block_on(async move {
+                tokio::select! {
+                    _ = keep_alive(&opts, lease, &lost) => {
+                        if let Some(hook) = hook.get() {
+                            hook();
+                        }
+                    }
+                    _ = stopped.wait_for(|s| *s) => {}
+                }
+            });
+        })
+        .map(drop)
+}
+
 /// Keeps the lease alive every third of the TTL. etcd expires the lease no sooner than the TTL
 /// after it received the last keep-alive, which is after this master sent it: so the
 /// leadership is reported lost once the TTL less a margin has passed since the last keep-alive
 /// that was *sent* and answered, on a timer of its own (a hung call does not delay it). Then
 /// this master stops before etcd can give the key to another.
-async fn keep_alive(mut client: Client, lease: i64, ttl: i64, lost: watch::Sender<bool>) {
-    let ttl = Duration::from_secs(ttl.max(2) as u64);
+async fn keep_alive(opts: &EtcdOptions, lease: i64, lost: &watch::Sender<bool>) {
+    let ttl = Duration::from_secs(opts.ttl.max(2) as u64);
     let margin = ttl / 4;
     let mut last_ok = tokio::time::Instant::now();
+    let mut client = None;
     let mut channel = None;
     loop {
         let deadline = last_ok + ttl - margin;
         let sent = tokio::time::Instant::now();
         tokio::select! {
-            renewed = renew(&mut client, lease, &mut channel, ttl / 3) => {
+            renewed = renew(opts, &mut client, lease, &mut channel, ttl / 3) => {
                 if renewed {
                     last_ok = sent;
                 }
@@ -212,8 +263,15 @@ async fn keep_alive(mut client: Client, lease: i64, ttl: i64, lost: watch::Sende
             _ = tokio::time::sleep_until(deadline) => break,
         }
         let deadline = last_ok + ttl - margin;
+        // A renewal that failed is tried again at once on a new stream (the member it used may
+        // have died; the others still answer); only a renewed lease waits for the next round.
+        let pause = if last_ok == sent {
+            ttl / 3
+        } else {
+            RETRY_PAUSE
+        };
         tokio::select! {
-            _ = tokio::time::sleep(ttl / 3) => {}
+            _ = tokio::time::sleep(pause) => {}
             _ = tokio::time::sleep_until(deadline) => break,
         }
     }
@@ -222,17 +280,31 @@ async fn keep_alive(mut client: Client, lease: i64, ttl: i64, lost: watch::Sende
     let _ = lost.send(true);
 }
 
+/// Between failed keep-alive attempts: short, so that one dead member costs no leadership.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
+
 type KeepAlive = (etcd_client::LeaseKeeper, etcd_client::LeaseKeepAliveStream);
 
-/// One keep-alive round trip; a broken stream is reopened on the next call.
+/// One keep-alive round trip; a broken stream (or client) is made again on the next call.
 async fn renew(
-    client: &mut Client,
+    opts: &EtcdOptions,
+    client: &mut Option<Client>,
     lease: i64,
     channel: &mut Option<KeepAlive>,
     wait: Duration,
 ) -> bool {
+    if client.is_none() {
+        *client = tokio::time::timeout(wait, connect(opts))
+            .await
+            .ok()
+            .and_then(Result::ok);
+    }
+    let Some(connected) = client.as_mut() else {
+        return false;
+    };
     if channel.is_none() {
-        *channel = client.lease_keep_alive(lease).await.ok();
+        let opened = tokio::time::timeout(wait, connected.lease_keep_alive(lease)).await;
+        *channel = opened.ok().and_then(Result::ok);
     }
     let Some((keeper, stream)) = channel.as_mut() else {
         return false;
@@ -283,9 +355,20 @@ impl Leadership {
         let _ = self.lost.wait_for(|lost| *lost).await;
     }
 
+    /// Has the keep-alive thread call `hook` the moment it finds the leadership lost, whatever
+    /// the rest of the process is doing (a master restarts itself from there).
+    pub fn when_lost(&self, hook: impl Fn() + Send + Sync + 'static) {
+        let _ = self.hook.set(Box::new(hook));
+        if self.is_lost()
+            && let Some(hook) = self.hook.get()
+        {
+            hook();
+        }
+    }
+
     /// Gives the leadership up at once (another master may take it without waiting for the TTL).
     pub async fn resign(mut self) -> Result<(), HaError> {
-        self.keeper.abort();
+        let _ = self.stop.send(true);
         self.client.lease_revoke(self.lease).await?;
         Ok(())
     }
@@ -293,6 +376,6 @@ impl Leadership {
 
 impl Drop for Leadership {
     fn drop(&mut self) {
-        self.keeper.abort();
+        let _ = self.stop.send(true);
     }
 }

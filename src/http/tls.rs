@@ -35,6 +35,16 @@ pub fn load_or_create(
     server_config(&cert_path, &key_path)
 }
 
+/// The DER of the certificate `load_or_create` serves (other masters pin it).
+pub fn served_certificate(cert: Option<&Path>, data_dir: &Path) -> Result<Vec<u8>, String> {
+    let path = cert.map_or_else(|| data_dir.join("rapi.pem"), Path::to_path_buf);
+    read_certs(&path)?
+        .into_iter()
+        .next()
+        .map(|c| c.to_vec())
+        .ok_or_else(|| format!("{}: no certificate", path.display()))
+}
+
 fn read_certs(path: &Path) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
     rustls_pemfile::certs(&mut std::io::BufReader::new(
         std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?,

@@ -6,8 +6,8 @@
 use super::filters::FilterRule;
 use super::idempotency::{Idempotency, KeyRecord};
 use super::job::{Job, JobId, LogEntry};
-use crate::kv::{Kv, SledKv, Write};
-use crate::storage::{GroupCommit, StorageError};
+use crate::kv::{Database, Kv, Write};
+use crate::storage::StorageError;
 use std::sync::Arc;
 use thiserror::Error;
 
@@ -21,9 +21,11 @@ pub enum StoreError {
 
 #[derive(Clone)]
 pub struct Store {
-    commit: GroupCommit,
+    db: Database,
     kv: Arc<dyn Kv>,
-    drain_file: std::path::PathBuf,
+    /// sled: the file in the data dir; a replicated store: none, the flag is a record of the
+    /// store (every master sees the same flag).
+    drain_file: Option<std::path::PathBuf>,
 }
 
 /// Jobs not yet finalized: the only ones loaded at start-up.
@@ -44,6 +46,8 @@ const NEXT_ID: &[u8] = b"next_job_id";
 /// shared the `jobs` tree with unfinished ones.
 const LAYOUT: &[u8] = b"layout";
 const LAYOUT_VERSION: u64 = 2;
+/// The drain flag's record on a replicated store.
+const DRAINED: &[u8] = b"drained";
 /// The drain flag's file name in the data dir.
 pub const DRAIN_FILE: &str = "queue-drained";
 
@@ -52,17 +56,18 @@ fn key(id: JobId) -> [u8; 8] {
 }
 
 impl Store {
-    pub fn open(commit: &GroupCommit) -> Result<Store, StoreError> {
+    pub fn open(db: impl Into<Database>) -> Result<Store, StoreError> {
+        let db = db.into();
         Ok(Store {
-            kv: Arc::new(SledKv::new(commit)),
-            drain_file: commit.data_dir().join(DRAIN_FILE),
-            commit: commit.clone(),
+            kv: db.kv(),
+            drain_file: db.data_dir().map(|dir| dir.join(DRAIN_FILE)),
+            db,
         })
     }
 
     /// Waits until everything written before this call is on stable storage.
     pub async fn durable(&self) -> Result<(), StoreError> {
-        Ok(self.commit.durable().await?)
+        Ok(self.db.durable().await?)
     }
 
     /// Every value of `tree` (with key prefix `prefix`), in key order, until `visit` says stop.
@@ -346,11 +351,25 @@ impl Store {
     }
 
     pub fn drain_flag(&self) -> Result<bool, StoreError> {
-        Ok(self.drain_file.exists())
+        match &self.drain_file {
+            Some(file) => Ok(file.exists()),
+            None => Ok(self.kv.get(META, DRAINED)?.is_some()),
+        }
     }
 
     pub fn set_drain_flag(&self, on: bool) -> Result<(), StoreError> {
-        set_drain_file(&self.drain_file, on).map_err(|e| StoreError::Corrupt(e.to_string()))
+        match &self.drain_file {
+            Some(file) => set_drain_file(file, on).map_err(|e| StoreError::Corrupt(e.to_string())),
+            None => {
+                let write = if on {
+                    Write::Put(META, DRAINED, b"1")
+                } else {
+                    Write::Delete(META, DRAINED)
+                };
+                self.kv.apply(&[write])?;
+                Ok(())
+            }
+        }
     }
 }
 

@@ -7,6 +7,7 @@ mod cache;
 mod error;
 mod events;
 mod filters;
+pub mod leading;
 mod leases;
 mod objects;
 pub mod openapi;
@@ -409,11 +410,33 @@ where
 /// Serves RAPI until `shutdown` resolves.
 pub async fn serve(
     listener: TcpListener,
-    state: Arc<State>,
+    serving: leading::Serving,
     opts: ServerOptions,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
-    let with_state = warp::any().map(move || state.clone());
+    // A follower has no state: its requests fall through to `forward`.
+    let current = serving.clone();
+    let with_state = warp::any().and_then(move || {
+        let state = current.current();
+        async move { state.ok_or_else(|| warp::reject::custom(leading::NotLeading)) }
+    });
+    let with_serving = warp::any().map(move || serving.clone());
+    let leader = warp::path!("gantry" / "v1" / "leader")
+        .and(warp::get())
+        .and(with_serving.clone())
+        .then(|serving: leading::Serving| async move {
+            let mut described = match &serving.elsewhere {
+                Some(elsewhere) => elsewhere.describe().await,
+                None => serde_json::json!({"store": "sled"}),
+            };
+            let role = if serving.current().is_some() {
+                "leader"
+            } else {
+                "follower"
+            };
+            described["role"] = role.into();
+            json_response(StatusCode::OK, &described)
+        });
     let events = warp::path!("gantry" / "v1" / "events")
         .and(warp::get())
         .and(with_state.clone())
@@ -468,14 +491,72 @@ pub async fn serve(
         .and_then(handle)
         .map(count_answer)
         .recover(|rej: warp::Rejection| async move {
-            let e = if rej.find::<TooLarge>().is_some() {
-                ApiError::new(413, "Request body too large")
-            } else {
-                ApiError::bad_request("Malformed request")
-            };
-            Ok::<_, std::convert::Infallible>(error_response(&e))
+            if rej.find::<leading::NotLeading>().is_some() {
+                return Err(rej);
+            }
+            Ok(rejected(&rej))
         });
-    serve_filter(listener, events.or(metrics).or(routes), opts, shutdown).await;
+    let forward = with_serving
+        .and(warp::method())
+        .and(warp::path::full())
+        .and(warp::query::raw().or(warp::any().map(String::new)).unify())
+        .and(warp::header::headers_cloned())
+        .and(warp::body::stream().and_then(read_limited))
+        .then(forward)
+        .recover(|rej: warp::Rejection| async move {
+            Ok::<_, std::convert::Infallible>(rejected(&rej))
+        });
+    let all = leader.or(events).or(metrics).or(routes).or(forward);
+    serve_filter(listener, all, opts, shutdown).await;
+}
+
+fn rejected(rej: &warp::Rejection) -> Response<bytes::Bytes> {
+    let e = if rej.find::<TooLarge>().is_some() {
+        ApiError::new(413, "Request body too large")
+    } else {
+        ApiError::bad_request("Malformed request")
+    };
+    error_response(&e)
+}
+
+/// A follower's request: the leader answers it (event streams are redirected to the leader).
+async fn forward(
+    serving: leading::Serving,
+    method: Method,
+    path: warp::path::FullPath,
+    query: String,
+    headers: HeaderMap,
+    body: bytes::Bytes,
+) -> Response<bytes::Bytes> {
+    let Some(elsewhere) = &serving.elsewhere else {
+        return error_response(&ApiError::new(503, "This master is not serving yet"));
+    };
+    let target = if query.is_empty() {
+        path.as_str().to_string()
+    } else {
+        format!("{}?{query}", path.as_str())
+    };
+    if path.as_str() == "/gantry/v1/events" {
+        return match elsewhere.leader_url().await {
+            Some(url) => {
+                let mut resp = Response::new(bytes::Bytes::new());
+                *resp.status_mut() = StatusCode::TEMPORARY_REDIRECT;
+                if let Ok(location) = format!("{url}{target}").parse() {
+                    resp.headers_mut().insert("Location", location);
+                }
+                resp
+            }
+            None => error_response(&ApiError::new(503, leading::NO_LEADER)),
+        };
+    }
+    elsewhere
+        .forward(leading::Received {
+            method,
+            target,
+            headers,
+            body,
+        })
+        .await
 }
 
 #[cfg(test)]

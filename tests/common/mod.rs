@@ -122,8 +122,38 @@ pub fn curl_full(
     user: Option<&str>,
     body: Option<&str>,
 ) -> (u16, String, Value) {
+    curl_base(
+        &server.base,
+        server.netns.as_deref(),
+        method,
+        path,
+        user,
+        body,
+    )
+}
+
+/// `curl` to a server by URL (one this test did not start, or one another thread holds).
+pub fn curl_url(
+    base: &str,
+    method: &str,
+    path: &str,
+    user: Option<&str>,
+    body: Option<&str>,
+) -> (u16, Value) {
+    let (code, _, body) = curl_base(base, None, method, path, user, body);
+    (code, body)
+}
+
+fn curl_base(
+    base: &str,
+    netns: Option<&str>,
+    method: &str,
+    path: &str,
+    user: Option<&str>,
+    body: Option<&str>,
+) -> (u16, String, Value) {
     let headers = tempfile::NamedTempFile::new().unwrap();
-    let mut cmd = match &server.netns {
+    let mut cmd = match netns {
         Some(ns) => {
             let mut cmd = Command::new("ip");
             cmd.args(["netns", "exec", ns, "curl"]);
@@ -140,7 +170,7 @@ pub fn curl_full(
     if let Some(b) = body {
         cmd.args(["-H", "Content-Type: application/json", "--data-binary", b]);
     }
-    cmd.arg(format!("{}{}", server.base, path));
+    cmd.arg(format!("{base}{path}"));
     let out = cmd.output().expect("curl runs");
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));

@@ -1,0 +1,174 @@
+//! One master among several over etcd: it answers from the start (handing requests to the
+//! leader, `forward.rs`), campaigns, and when elected opens the queue and the configuration on
+//! etcd with its fence, recovers what the previous leader left as after an unclean shutdown,
+//! and executes. When it loses the leadership it replaces itself with a fresh process (the
+//! same program and arguments): every task of the old leadership ends at that instant, so
+//! nothing it ran can still call a node, and the new process is a follower.
+
+use super::forward::Forwarder;
+use super::{EtcdKv, EtcdOptions, Leadership, campaign, connect};
+use crate::http::ServerOptions;
+use crate::kv::Database;
+use crate::rapi::{self, State, leading::Serving};
+use serde::{Deserialize, Serialize};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// What a master publishes in the leader key while it leads: how the others reach it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MasterRecord {
+    pub name: String,
+    pub url: String,
+    /// The DER of the certificate it serves (the others pin it), base64.
+    #[serde(with = "der_base64", default)]
+    pub cert: Option<Vec<u8>>,
+}
+
+mod der_base64 {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(der: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        match der {
+            Some(der) => s.serialize_some(&STANDARD.encode(der)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+        let text: Option<String> = Option::deserialize(d)?;
+        text.map(|t| STANDARD.decode(t).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+pub struct Master {
+    pub etcd: EtcdOptions,
+    pub me: MasterRecord,
+}
+
+impl Master {
+    /// Serves until `shutdown`; `lead` opens the stores on the database it is given and starts
+    /// executing (called once, when this master is elected).
+    pub async fn run<F, Fut>(
+        self,
+        listener: tokio::net::TcpListener,
+        server: ServerOptions,
+        lead: F,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), String>
+    where
+        F: FnOnce(Database) -> Fut,
+        Fut: Future<Output = Result<Arc<State>, String>>,
+    {
+        let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+        let (publish, state) = watch::channel(None);
+        let forwarder = Forwarder::new(&self.etcd, &self.me.name);
+        let serving = Serving {
+            state,
+            elsewhere: Some(Arc::new(forwarder.clone())),
+        };
+        let (stop, stopped) = watch::channel(false);
+        let rapi = tokio::spawn(rapi::serve(listener, serving, server, async move {
+            let mut stopped = stopped;
+            let _ = stopped.wait_for(|s| *s).await;
+        }));
+        let mut shutdown = std::pin::pin!(shutdown);
+        let (client, mut leadership) = tokio::select! {
+            won = self.win(&forwarder) => won,
+            _ = &mut shutdown => {
+                let _ = stop.send(true);
+                let _ = rapi.await;
+                return Ok(());
+            }
+        };
+        drop(client);
+        // From the keep-alive thread: the moment the leadership is lost, however busy this
+        // process is.
+        leadership.when_lost(move || restart(port));
+        let (etcd, fence) = (self.etcd.clone(), leadership.fence());
+        let kv = tokio::task::spawn_blocking(move || EtcdKv::connect(&etcd, Some(fence)))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        let db = Database::replicated(Arc::new(kv));
+        let since = std::time::Instant::now();
+        let state = tokio::select! {
+            started = lead(db) => match started {
+                Ok(state) => state,
+                Err(e) => {
+                    tracing::error!("cannot take over as leader: {e}");
+                    restart(port);
+                }
+            },
+            _ = leadership.lost() => restart(port),
+        };
+        let queue = state.queue.clone();
+        let _ = publish.send(Some(state));
+        tracing::info!(
+            master = %self.me.name,
+            took = ?since.elapsed(),
+            "this master leads: it executes jobs"
+        );
+        tokio::select! {
+            _ = leadership.lost() => restart(port),
+            _ = &mut shutdown => {}
+        }
+        // Asked to stop: stop answering, let running jobs end, then hand over at once.
+        let _ = stop.send(true);
+        let _ = rapi.await;
+        tracing::info!("shutting down: waiting for running jobs");
+        queue.shutdown(Duration::from_secs(10)).await;
+        if let Err(e) = leadership.resign().await {
+            tracing::warn!("could not hand the leadership over (it expires by itself): {e}");
+        }
+        Ok(())
+    }
+
+    /// Connects and campaigns until elected, through any etcd outage.
+    async fn win(&self, forwarder: &Forwarder) -> (etcd_client::Client, Leadership) {
+        let record = serde_json::to_string(&self.me).unwrap_or_default();
+        let mut pause = Duration::from_millis(200);
+        loop {
+            let attempt = async {
+                let client = connect(&self.etcd).await?;
+                forwarder.set_client(client.clone());
+                let won = campaign(&client, &self.etcd, &record).await?;
+                Ok::<_, super::HaError>((client, won))
+            };
+            match attempt.await {
+                Ok(won) => return won,
+                Err(e) => {
+                    tracing::warn!("etcd: {e}; trying again in {pause:?}");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+}
+
+/// Replaces this process with a new one of the same program and arguments (the pid stays), on
+/// the port it listened on (which `--port 0` chose).
+fn restart(port: u16) -> ! {
+    use std::os::unix::process::CommandExt;
+    tracing::error!("this master no longer leads: restarting as a follower");
+    let mut args: Vec<std::ffi::OsString> = vec![];
+    let mut given = std::env::args_os().skip(1);
+    while let Some(arg) = given.next() {
+        if arg == "--port" {
+            given.next();
+        } else if !arg.to_string_lossy().starts_with("--port=") {
+            args.push(arg);
+        }
+    }
+    args.push(format!("--port={port}").into());
+    let error = std::process::Command::new("/proc/self/exe")
+        .args(args)
+        .exec();
+    tracing::error!("cannot restart: {error}");
+    std::process::exit(75)
+}

@@ -1,0 +1,67 @@
+//! Which master answers (issue 16): with one master it is always this one. With several over
+//! etcd, only the leader holds a queue and a configuration; the others hand every request on
+//! to it (`Elsewhere`, in `ha/forward.rs`) and relay the answer, so a client may use any master.
+
+use super::State;
+use bytes::Bytes;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio::sync::watch;
+use warp::http::{HeaderMap, Method, Response};
+
+/// What this master serves with: the queue and configuration while it leads (always, with one
+/// master), and where to send requests while it does not.
+#[derive(Clone)]
+pub struct Serving {
+    pub state: watch::Receiver<Option<Arc<State>>>,
+    pub elsewhere: Option<Arc<dyn Elsewhere>>,
+}
+
+impl Serving {
+    /// One master: it always leads.
+    pub fn alone(state: Arc<State>) -> Serving {
+        Serving {
+            state: watch::channel(Some(state)).1,
+            elsewhere: None,
+        }
+    }
+
+    pub fn current(&self) -> Option<Arc<State>> {
+        self.state.borrow().clone()
+    }
+}
+
+/// A request as received, for another master.
+pub struct Received {
+    pub method: Method,
+    /// Path and query, as the client sent them.
+    pub target: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+pub type Answer = Pin<Box<dyn Future<Output = Response<Bytes>> + Send>>;
+
+pub trait Elsewhere: Send + Sync {
+    /// Has the leader answer `request`.
+    fn forward(&self, request: Received) -> Answer;
+    /// Where the leader's event stream is (event streams are redirected, not relayed).
+    fn leader_url(&self) -> Pin<Box<dyn Future<Output = Option<String>> + Send + '_>>;
+    /// This master's role and the current leader, for `/gantry/v1/leader`.
+    fn describe(&self) -> Pin<Box<dyn Future<Output = serde_json::Value> + Send + '_>>;
+}
+
+/// A follower's request reached the routes that need the leader's state.
+#[derive(Debug)]
+pub struct NotLeading;
+impl warp::reject::Reject for NotLeading {}
+
+/// What a follower answers (503) when no master leads within its patience.
+pub const NO_LEADER: &str = "No master leads the cluster at the moment (an election is under \
+     way, or etcd has lost its quorum); retry shortly";
+
+/// An error answer in Ganeti's format (`{"code", "message", "explain"}`).
+pub fn refusal(code: u16, message: &str) -> Response<Bytes> {
+    super::error_response(&super::error::ApiError::new(code, message))
+}

@@ -1,0 +1,323 @@
+//! Several masters over etcd (issue 16), end to end: three `gantry serve --store etcd` on a real
+//! three-member etcd cluster, clients submitting to all three, kill -9 of the leader, then of
+//! etcd members. Every master records its fake-hypervisor executions in one journal, so a job
+//! run twice would show.
+#![cfg(feature = "etcd")]
+
+mod common;
+use common::etcd::{EtcdCluster, have_etcd};
+use common::{Server, curl, curl_url, spawn_gantry, until, wait_job};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const ADMIN: Option<&str> = Some("admin:admin");
+const TTL: &str = "3";
+
+fn master(etcd: &EtcdCluster, name: &str, journal: &Path) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("users"), "admin {cleartext}admin write\n").unwrap();
+    let log = std::fs::File::create(dir.path().join("stderr")).unwrap();
+    let endpoints = etcd.endpoints().join(",");
+    let journal = journal.to_str().unwrap();
+    let (child, base) = spawn_gantry(
+        dir.path(),
+        &[
+            "--store",
+            "etcd",
+            "--etcd-endpoints",
+            &endpoints,
+            "--etcd-ttl",
+            TTL,
+            "--master-name",
+            name,
+            "--fake-journal",
+            journal,
+            "--fake-delay-ms",
+            "20",
+        ],
+        log,
+    );
+    Server {
+        child,
+        base,
+        dir,
+        netns: None,
+    }
+}
+
+/// (this master's role, the leader's name) as `/gantry/v1/leader` answers.
+fn role(s: &Server) -> (String, Option<String>) {
+    let (_, answer) = curl(s, "GET", "/gantry/v1/leader", None, None);
+    (
+        answer["role"].as_str().unwrap_or_default().to_string(),
+        answer["leader"]["name"].as_str().map(str::to_string),
+    )
+}
+
+fn create_body(name: &str) -> String {
+    json!({"__version__": 1, "mode": "create", "name": name, "disk_template": "plain",
+        "disks": [{"size": 128}], "nics": [{}], "os": "debootstrap+default",
+        "name_check": false, "ip_check": false})
+    .to_string()
+}
+
+/// One acknowledged submission: which client, when, the job id.
+#[derive(Clone, Debug)]
+struct Ack {
+    client: usize,
+    at: Instant,
+    id: u64,
+}
+
+/// Clients that submit instance creations, each starting on its own master and moving to the
+/// next one when its master does not answer (as a client given several master URLs does).
+fn load(
+    masters: Arc<Vec<String>>,
+    clients: usize,
+    stop: Arc<AtomicBool>,
+    acks: Arc<Mutex<Vec<Ack>>>,
+) -> Vec<std::thread::JoinHandle<()>> {
+    (0..clients)
+        .map(|client| {
+            let (masters, stop, acks) = (masters.clone(), stop.clone(), acks.clone());
+            std::thread::spawn(move || {
+                let mut at = client % masters.len();
+                let mut n = 0;
+                while !stop.load(Ordering::SeqCst) {
+                    n += 1;
+                    let name = format!("c{client}-{n}.example.com");
+                    let (code, id) = curl_url(
+                        &masters[at],
+                        "POST",
+                        "/2/instances",
+                        ADMIN,
+                        Some(&create_body(&name)),
+                    );
+                    match (code, id.as_u64()) {
+                        (200, Some(id)) => acks.lock().unwrap().push(Ack {
+                            client,
+                            at: Instant::now(),
+                            id,
+                        }),
+                        (0, _) => at = (at + 1) % masters.len(),
+                        // 503 while no master leads, 502 when the leader died under a request.
+                        _ => std::thread::sleep(Duration::from_millis(100)),
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+fn finalized(job: &Value) -> bool {
+    ["success", "error", "canceled"].contains(&job["status"].as_str().unwrap_or(""))
+}
+
+#[test]
+fn three_masters_fail_over_without_losing_or_repeating_a_job() {
+    if !have_etcd() {
+        eprintln!("SKIPPED: etcd not installed (apt-get install etcd-server)");
+        return;
+    }
+    let mut etcd = EtcdCluster::start(3);
+    let work = tempfile::tempdir().unwrap();
+    let journal = work.path().join("journal");
+    let mut masters: Vec<Option<Server>> = vec![];
+    for i in 0..3 {
+        masters.push(Some(master(&etcd, &format!("m{i}"), &journal)));
+        if i == 0 {
+            let first = masters[0].as_ref().unwrap();
+            until("m0 leads", Duration::from_secs(30), || {
+                role(first).0 == "leader"
+            });
+        }
+    }
+    // Every master names the same leader; the others are followers.
+    for s in masters.iter().flatten() {
+        assert_eq!(role(s).1.as_deref(), Some("m0"), "{}", s.base);
+    }
+    assert_eq!(role(masters[1].as_ref().unwrap()).0, "follower");
+
+    // Concurrent submissions spread over the three masters.
+    let urls = Arc::new(
+        masters
+            .iter()
+            .flatten()
+            .map(|s| s.base.clone())
+            .collect::<Vec<_>>(),
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let acks = Arc::new(Mutex::new(vec![]));
+    let clients = load(urls.clone(), 6, stop.clone(), acks.clone());
+    let t0 = Instant::now();
+    while acks.lock().unwrap().len() < 30 {
+        if t0.elapsed() > Duration::from_secs(20) {
+            for s in masters.iter().flatten() {
+                let log = std::fs::read_to_string(s.dir.path().join("stderr")).unwrap();
+                let tail: Vec<&str> = log.lines().rev().take(15).collect();
+                eprintln!("=== {}\n{}", s.base, tail.join("\n"));
+            }
+            panic!("no acks");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // kill -9 of the leader, under load.
+    let killed_at = Instant::now();
+    drop(masters[0].take());
+    let survivors: Vec<&Server> = masters.iter().flatten().collect();
+    let mut new_leader = None;
+    until("another master leads", Duration::from_secs(30), || {
+        new_leader = survivors.iter().position(|s| role(s).0 == "leader");
+        new_leader.is_some()
+    });
+    let failover = killed_at.elapsed();
+    let acked_at_failover = acks.lock().unwrap().len();
+    until(
+        "jobs acknowledged after the failover",
+        Duration::from_secs(30),
+        || acks.lock().unwrap().len() >= acked_at_failover + 30,
+    );
+    stop.store(true, Ordering::SeqCst);
+    for c in clients {
+        c.join().unwrap();
+    }
+    let leader = survivors[new_leader.unwrap()];
+    let follower = survivors[1 - new_leader.unwrap()];
+    eprintln!(
+        "failover: a follower led {failover:?} after kill -9 of the leader (TTL {TTL} s); \
+         {} jobs acknowledged",
+        acks.lock().unwrap().len()
+    );
+
+    // Every acknowledged job exists and ends, read through a follower; those that were running
+    // on the dead leader end as after an unclean shutdown, the others succeed.
+    let acks = acks.lock().unwrap().clone();
+    let mut unclean = 0;
+    for ack in &acks {
+        let job = wait_job(follower, ack.id);
+        assert!(finalized(&job), "{job}");
+        if job["status"] == "error" {
+            assert!(
+                job["opresult"]
+                    .to_string()
+                    .contains("Unclean master daemon shutdown"),
+                "job {} failed otherwise: {job}",
+                ack.id
+            );
+            unclean += 1;
+        } else {
+            assert_eq!(job["status"], "success", "{job}");
+        }
+    }
+    assert!(unclean <= 6, "{unclean} jobs failed by the failover");
+    // Ids strictly increasing: per client in the order they were answered, and every id
+    // acknowledged after the failover above every id acknowledged before the kill.
+    let mut last: HashMap<usize, u64> = HashMap::new();
+    for ack in &acks {
+        if let Some(previous) = last.insert(ack.client, ack.id) {
+            assert!(
+                ack.id > previous,
+                "client {}: {previous} then {}",
+                ack.client,
+                ack.id
+            );
+        }
+    }
+    let before = acks.iter().filter(|a| a.at < killed_at).map(|a| a.id).max();
+    let after = acks
+        .iter()
+        .filter(|a| a.at > killed_at + failover)
+        .map(|a| a.id)
+        .min();
+    assert!(after > before, "ids went back: {before:?} then {after:?}");
+    // No job ran twice: one disk creation per instance, across every master's executions.
+    let text = std::fs::read_to_string(&journal).unwrap();
+    let mut created: HashMap<&str, usize> = HashMap::new();
+    for line in text.lines() {
+        if let [_, "create_disks", _, name] = line.split(' ').collect::<Vec<_>>()[..] {
+            *created.entry(name).or_default() += 1;
+        }
+    }
+    let twice: Vec<_> = created.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "executed twice: {twice:?}");
+    let (_, instances) = curl(leader, "GET", "/2/instances", None, None);
+    assert!(instances.as_array().unwrap().len() + unclean >= acks.len());
+    // The configuration verification finds nothing.
+    let (code, id) = curl(
+        follower,
+        "POST",
+        "/2/jobs",
+        ADMIN,
+        Some(r#"{"ops": [{"OP_ID": "OP_CLUSTER_VERIFY_CONFIG"}]}"#),
+    );
+    assert_eq!(code, 200, "{id}");
+    let verified = wait_job(follower, id.as_u64().unwrap());
+    assert_eq!(verified["opresult"][0], true, "{verified}");
+
+    // One etcd member down: service continues on every master.
+    etcd.kill_member(0);
+    for (i, s) in survivors.iter().enumerate() {
+        let (code, id) = curl(
+            s,
+            "POST",
+            "/2/instances",
+            ADMIN,
+            Some(&create_body(&format!("one-down-{i}.example.com"))),
+        );
+        assert_eq!(code, 200, "{id}");
+        assert_eq!(wait_job(s, id.as_u64().unwrap())["status"], "success");
+    }
+    // Two down: no quorum. The leader gives up; submissions are refused with a 503 that says
+    // why, on every master.
+    etcd.kill_member(1);
+    let t0 = Instant::now();
+    while !survivors.iter().all(|s| role(s).0 == "follower") {
+        if t0.elapsed() > Duration::from_secs(30) {
+            for s in &survivors {
+                let log = std::fs::read_to_string(s.dir.path().join("stderr")).unwrap();
+                let tail: Vec<&str> = log.lines().rev().take(12).collect();
+                eprintln!("=== {} {:?}\n{}", s.base, role(s), tail.join("\n"));
+            }
+            panic!("still leading");
+        }
+    }
+    for s in &survivors {
+        let (code, answer) = curl(
+            s,
+            "POST",
+            "/2/instances",
+            ADMIN,
+            Some(&create_body("no-quorum.example.com")),
+        );
+        assert_eq!(code, 503, "{answer}");
+        assert!(
+            answer["message"].as_str().unwrap_or("").contains("etcd"),
+            "{answer}"
+        );
+    }
+    // Back: service returns, and nothing acknowledged is lost.
+    etcd.start_member(0);
+    etcd.start_member(1);
+    etcd.wait_healthy();
+    until("a master leads again", Duration::from_secs(60), || {
+        survivors.iter().any(|s| role(s).0 == "leader")
+    });
+    let (code, id) = curl(
+        follower,
+        "POST",
+        "/2/instances",
+        ADMIN,
+        Some(&create_body("after.example.com")),
+    );
+    assert_eq!(code, 200, "{id}");
+    assert_eq!(wait_job(leader, id.as_u64().unwrap())["status"], "success");
+    for ack in &acks {
+        let (code, job) = curl(leader, "GET", &format!("/2/jobs/{}", ack.id), None, None);
+        assert_eq!(code, 200, "job {} lost: {job}", ack.id);
+    }
+}
