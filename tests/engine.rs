@@ -3,12 +3,14 @@
 //! priorities, dependencies, cancel, priority change, wait-for-change, archiving, drain, limits,
 //! dry-run and the error encoding.
 
+mod common;
 use gantry::backends::fake::FakeBackend;
 use gantry::backends::{BackendError, FailureKind};
 use gantry::cluster::ClusterStore;
 use gantry::cluster::bootstrap::InitOptions;
 use gantry::jobqueue::job::{Job, JobId, Status};
 use gantry::jobqueue::{JobQueue, QueueOptions, Store, SubmitError};
+use gantry::kv::Database;
 use gantry::opcodes::OpCode;
 use gantry::storage::GroupCommit;
 use serde_json::{Value, json};
@@ -23,11 +25,11 @@ struct Engine {
 }
 
 async fn engine_in(dir: tempfile::TempDir, delay_ms: u64, opts: QueueOptions) -> Engine {
-    let commit = GroupCommit::open(&dir.path().join("db")).unwrap();
-    let cluster = ClusterStore::open(&commit, &InitOptions::default()).unwrap();
+    let db = database(dir.path());
+    let cluster = ClusterStore::open(db.clone(), &InitOptions::default()).unwrap();
     let backend = Arc::new(FakeBackend::new(Duration::from_millis(delay_ms)));
     gantry::cli::adopt(&*backend, &cluster).await;
-    let store = Store::open(&commit).unwrap();
+    let store = Store::open(db).unwrap();
     let queue = JobQueue::start(store, cluster, backend.clone(), opts)
         .await
         .unwrap();
@@ -36,6 +38,23 @@ async fn engine_in(dir: tempfile::TempDir, delay_ms: u64, opts: QueueOptions) ->
         backend,
         _dir: dir,
     }
+}
+
+/// sled in the temp dir; with GANTRY_TEST_STORE=etcd, etcd under a prefix named after it.
+fn database(dir: &std::path::Path) -> Database {
+    #[cfg(feature = "etcd")]
+    if let Some(endpoints) = common::etcd::shared_endpoints() {
+        let opts = gantry::ha::EtcdOptions {
+            endpoints: endpoints.split(',').map(str::to_string).collect(),
+            prefix: format!("/engine{}", dir.display()),
+            ca: None,
+            user: None,
+            ttl: 2,
+        };
+        let kv = gantry::ha::EtcdKv::connect(&opts, None).unwrap();
+        return Database::replicated(Arc::new(kv));
+    }
+    Database::from(&GroupCommit::open(&dir.join("db")).unwrap())
 }
 
 async fn engine(delay_ms: u64) -> Engine {

@@ -76,7 +76,8 @@ impl EtcdCluster {
         let initial = self.initial.clone();
         let m = &mut self.members[i];
         let state = if m.dir.exists() { "existing" } else { "new" };
-        let child = Command::new("etcd")
+        let mut command = Command::new("etcd");
+        command
             .args(["--name", &m.name, "--data-dir"])
             .arg(&m.dir)
             .args(["--listen-client-urls", &m.client_url])
@@ -88,7 +89,16 @@ impl EtcdCluster {
             .args(["--initial-cluster-token", "gantry-test"])
             .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::null());
+        // Killed with the thread that started it, even when the test process dies by a signal.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = command
             .spawn()
             .expect("etcd starts (apt-get install etcd-server)");
         m.child = Some(child);
@@ -168,4 +178,30 @@ impl Proxy {
     pub fn cut(&self, on: bool) {
         let _ = self.cut.send(on);
     }
+}
+
+/// `GANTRY_TEST_STORE=etcd`: one etcd member for every server this test process starts (each
+/// under a prefix of its own), started on first use by a thread that lives as long as the
+/// process (the member dies with it). None with the default store.
+pub fn shared_endpoints() -> Option<&'static str> {
+    static ENDPOINTS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    if std::env::var("GANTRY_TEST_STORE").as_deref() != Ok("etcd") {
+        return None;
+    }
+    let endpoints = ENDPOINTS.get_or_init(|| {
+        assert!(
+            have_etcd(),
+            "GANTRY_TEST_STORE=etcd needs etcd (apt-get install etcd-server)"
+        );
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let cluster = EtcdCluster::start(1);
+            tx.send(cluster.endpoints().join(",")).unwrap();
+            loop {
+                std::thread::park();
+            }
+        });
+        rx.recv().unwrap()
+    });
+    Some(endpoints)
 }

@@ -79,15 +79,44 @@ pub fn spawn_gantry(
     extra: &[&str],
     stderr: impl Into<Stdio>,
 ) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_gantry"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_gantry"));
+    command
         .args(["serve", "--port", "0", "--bind", "127.0.0.1", "--data-dir"])
         .arg(data)
-        .args(extra)
+        .args(extra);
+    // GANTRY_TEST_STORE=etcd: the same tests on the etcd store, one master per server (its
+    // prefix named after its data dir, so a restart on the same dir finds its cluster).
+    let on_etcd = !extra.contains(&"--store") && etcd::shared_endpoints().is_some();
+    if let Some(endpoints) = etcd::shared_endpoints().filter(|_| on_etcd) {
+        command
+            .args([
+                "--store",
+                "etcd",
+                "--etcd-ttl",
+                "2",
+                "--etcd-endpoints",
+                endpoints,
+            ])
+            .arg(format!("--etcd-prefix=/test{}", data.display()));
+    }
+    let mut child = command
         .stdout(Stdio::piped())
         .stderr(stderr)
         .spawn()
         .expect("spawn gantry");
     let base = read_banner(&mut child);
+    if on_etcd {
+        // A follower until it has won its election (at once: it is alone).
+        let leads = (0..200).any(|_| {
+            let (_, answer) = curl_url(&base, "GET", "/gantry/v1/leader", None, None);
+            let leads = answer["role"] == "leader" && answer["store"] == "etcd";
+            if !leads {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            leads
+        });
+        assert!(leads, "{base} did not lead on etcd");
+    }
     (child, base)
 }
 
