@@ -4,12 +4,16 @@
 //!     cargo bench --bench rapi -- --scale 1000000   # plus stored-history scale (1e3 vs N jobs)
 //!     cargo bench --bench rapi -- --only scale      # one part: floors|reads|writes|latency|
 //!                                                   # parallel|tls|scale
+//!     cargo bench --bench rapi --features etcd -- --only etcd   # the etcd store next to sled
 //!
 //! Needs `wrk` and `curl` (`apt-get install wrk curl`). The client and the servers share the
 //! machine's cores, as they would for any single-machine figure. Results go to stdout as one
 //! table per part; doc/benchmarks.md records a run.
 
 mod common;
+#[cfg(feature = "etcd")]
+#[path = "rapi/etcd.rs"]
+mod etcd;
 
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use gantry::jobqueue::Store;
@@ -718,6 +722,11 @@ fn main() {
     }
     if wanted("tls") {
         tls(work.path());
+    }
+    // Only when asked: it needs a build with `--features etcd` and etcd installed.
+    #[cfg(feature = "etcd")]
+    if only.as_deref() == Some("etcd") {
+        etcd::etcd(&rt, work.path());
     }
     if big > 0 && wanted("scale") {
         scale(&rt, work.path(), big);

@@ -27,7 +27,21 @@ pub trait Kv: Send + Sync {
     fn last_key(&self, tree: &str) -> Result<Option<Vec<u8>>, StorageError>;
     /// Applies every write, all or none. Answers, per `Delete`, whether the key was there.
     fn apply(&self, writes: &[Write]) -> Result<Vec<bool>, StorageError>;
+    /// Like `apply` for a caller that needs no answer and calls `durable` before it relies
+    /// on the write: a store may then commit it with others (etcd's group commit). Reads see it
+    /// at once either way.
+    fn apply_blind(&self, writes: &[Write]) -> Result<(), StorageError> {
+        self.apply(writes).map(drop)
+    }
+    /// Waits until every write made before this call is committed (sled's durability is its
+    /// group commit's, in `Database`).
+    fn durable(&self) -> Durable<'_> {
+        Box::pin(async { Ok(()) })
+    }
 }
+
+pub type Durable<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), StorageError>> + Send + 'a>>;
 
 fn failed(e: sled::Error) -> StorageError {
     StorageError::Flush(e.to_string())
@@ -179,7 +193,7 @@ impl Database {
     pub async fn durable(&self) -> Result<(), StorageError> {
         match &self.sled {
             Some(commit) => commit.durable().await,
-            None => Ok(()),
+            None => self.kv.durable().await,
         }
     }
 
@@ -220,7 +234,7 @@ impl Records {
     pub fn put(&self, key: &str, value: &[u8]) -> Result<(), StorageError> {
         self.db
             .kv
-            .apply(&[Write::Put(&self.tree, key.as_bytes(), value)])?;
+            .apply_blind(&[Write::Put(&self.tree, key.as_bytes(), value)])?;
         Ok(())
     }
 

@@ -38,6 +38,9 @@ fn master(etcd: &EtcdCluster, name: &str, journal: &Path) -> Server {
             journal,
             "--fake-delay-ms",
             "20",
+            // Room for every instance however fast the clients go (a fake node's memory).
+            "--node-memory",
+            "4194304",
         ],
         log,
     );
@@ -166,6 +169,47 @@ fn three_masters_fail_over_without_losing_or_repeating_a_job() {
         std::thread::sleep(Duration::from_millis(100));
     }
 
+    // A long job running on the leader, and a client waiting on it through a follower.
+    let (code, long) = curl(
+        masters[1].as_ref().unwrap(),
+        "POST",
+        "/2/jobs",
+        ADMIN,
+        Some(r#"{"ops": [{"OP_ID": "OP_TEST_DELAY", "duration": 120}]}"#),
+    );
+    assert_eq!(code, 200, "{long}");
+    let long = long.as_u64().unwrap();
+    until("the long job runs", Duration::from_secs(30), || {
+        let (_, job) = curl(
+            masters[1].as_ref().unwrap(),
+            "GET",
+            &format!("/2/jobs/{long}"),
+            None,
+            None,
+        );
+        job["status"] == "running"
+    });
+    let waiter = {
+        let url = masters[2].as_ref().unwrap().base.clone();
+        std::thread::spawn(move || {
+            let body = json!({"fields": ["status"], "previous_job_info": ["running"],
+                "previous_log_serial": null});
+            // The server answers null after its wait timeout without change: ask again.
+            loop {
+                let (code, answer) = curl_url(
+                    &url,
+                    "GET",
+                    &format!("/2/jobs/{long}/wait"),
+                    ADMIN,
+                    Some(&body.to_string()),
+                );
+                if code == 200 && !answer.is_null() {
+                    return answer;
+                }
+            }
+        })
+    };
+
     // kill -9 of the leader, under load.
     let killed_at = Instant::now();
     drop(masters[0].take());
@@ -193,6 +237,11 @@ fn three_masters_fail_over_without_losing_or_repeating_a_job() {
          {} jobs acknowledged",
         acks.lock().unwrap().len()
     );
+
+    // The client waiting through a follower saw the change: the job ended as after an
+    // unclean shutdown of its master.
+    let seen = waiter.join().unwrap();
+    assert_eq!(seen["job_info"], json!(["error"]), "{seen}");
 
     // Every acknowledged job exists and ends, read through a follower; those that were running
     // on the dead leader end as after an unclean shutdown, the others succeed.

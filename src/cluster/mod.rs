@@ -123,7 +123,7 @@ impl Trees {
             writes.extend(changed.iter().map(|(k, v)| Write::Put(tree, k, v)));
             writes.extend(gone.iter().map(|k| Write::Delete(tree, k.as_bytes())));
         }
-        self.kv.apply(&writes)?;
+        self.kv.apply_blind(&writes)?;
         Ok(())
     }
 }

@@ -5,10 +5,12 @@
 //! waits for the answer.
 
 use super::EtcdOptions;
-use crate::kv::{Kv, Visit, Write};
+use super::commit::{Committer, Ops};
+use crate::kv::{Durable, Kv, Visit, Write};
 use crate::storage::StorageError;
-use etcd_client::{Client, Compare, GetOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse};
+use etcd_client::{Client, Compare, GetOptions, SortOrder, SortTarget};
 use std::future::Future;
+use std::sync::Arc;
 
 /// Records per range request of a scan.
 const PAGE: i64 = 500;
@@ -28,8 +30,9 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 pub struct EtcdKv {
     client: Client,
     root: String,
-    fence: Option<Compare>,
     runtime: tokio::runtime::Handle,
+    /// Every write goes through it, in order (`commit.rs`).
+    committer: Arc<Committer>,
 }
 
 fn failed(e: etcd_client::Error) -> StorageError {
@@ -69,11 +72,15 @@ impl EtcdKv {
             .recv()
             .map_err(|_| StorageError::Open("the etcd request thread stopped".into()))?
             .map_err(|e| StorageError::Open(e.to_string()))?;
+        let committer = Arc::new(Committer::new());
+        let flusher = committer.clone();
+        let committing = client.clone();
+        runtime.spawn(async move { flusher.run(committing, fence).await });
         Ok(EtcdKv {
             client,
             root: format!("{}/kv/", opts.prefix),
-            fence,
             runtime,
+            committer,
         })
     }
 
@@ -114,17 +121,53 @@ impl EtcdKv {
             async move { client.get(key, Some(options)).await }
         })
     }
+
+    /// Runs `hook` at the first failed commit (a leader that can no longer know what etcd
+    /// holds restarts).
+    pub fn when_failed(&self, hook: impl Fn() + Send + Sync + 'static) {
+        self.committer.when_failed(hook);
+    }
+
+    fn ops(&self, writes: &[Write]) -> Ops {
+        writes
+            .iter()
+            .map(|w| match *w {
+                Write::Put(t, k, v) => (self.key(t, k), Some(v.to_vec())),
+                Write::Delete(t, k) => (self.key(t, k), None),
+            })
+            .collect()
+    }
+
+    /// Waits until every write queued so far is committed (a range read must see them).
+    fn settle(&self) -> Result<(), StorageError> {
+        let generation = self.committer.queued();
+        if self.committer.settled_now(generation) {
+            return Ok(());
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let committer = self.committer.clone();
+        self.runtime.spawn(async move {
+            let _ = tx.send(committer.settled(generation).await);
+        });
+        rx.recv()
+            .map_err(|_| StorageError::Flush("the etcd request thread stopped".into()))?
+    }
 }
 
 impl Kv for EtcdKv {
     fn get(&self, tree: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
-        let answer = self.range(self.key(tree, key), GetOptions::new())?;
+        let full = self.key(tree, key);
+        if let Some(pending) = self.committer.pending(&full) {
+            return Ok(pending);
+        }
+        let answer = self.range(full, GetOptions::new())?;
         Ok(answer.kvs().first().map(|kv| kv.value().to_vec()))
     }
 
     /// Reads a page at a time: a tree may hold more than one answer can carry (gRPC's message
     /// limit), and a visitor that stops early should not pay for the rest.
     fn scan(&self, tree: &str, prefix: &[u8], visit: &mut Visit) -> Result<(), StorageError> {
+        self.settle()?;
         let strip = self.key(tree, b"").len();
         let mut from = self.key(tree, prefix);
         let end = prefix_end(&from);
@@ -147,11 +190,13 @@ impl Kv for EtcdKv {
     }
 
     fn count(&self, tree: &str) -> Result<usize, StorageError> {
+        self.settle()?;
         let options = GetOptions::new().with_prefix().with_count_only();
         Ok(self.range(self.key(tree, b""), options)?.count() as usize)
     }
 
     fn last_key(&self, tree: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        self.settle()?;
         let strip = self.key(tree, b"").len();
         let options = GetOptions::new()
             .with_prefix()
@@ -162,36 +207,21 @@ impl Kv for EtcdKv {
         Ok(answer.kvs().first().map(|kv| kv.key()[strip..].to_vec()))
     }
 
+    /// Waits for its own batch's transaction (the answers come from it).
     fn apply(&self, writes: &[Write]) -> Result<Vec<bool>, StorageError> {
-        let ops: Vec<TxnOp> = writes
-            .iter()
-            .map(|w| match *w {
-                Write::Put(t, k, v) => TxnOp::put(self.key(t, k), v, None),
-                Write::Delete(t, k) => TxnOp::delete(self.key(t, k), None),
-            })
-            .collect();
-        let mut txn = Txn::new();
-        if let Some(fence) = &self.fence {
-            txn = txn.when([fence.clone()]);
-        }
-        let txn = txn.and_then(ops);
-        let client = self.client.clone();
-        let answer = self.run(move || {
-            let (mut client, txn) = (client.clone(), txn.clone());
-            async move { client.txn(txn).await }
-        })?;
-        if !answer.succeeded() {
-            return Err(StorageError::Flush(
-                "etcd: refused, this master no longer leads".into(),
-            ));
-        }
-        Ok(answer
-            .op_responses()
-            .into_iter()
-            .filter_map(|r| match r {
-                TxnOpResponse::Delete(d) => Some(d.deleted() > 0),
-                _ => None,
-            })
-            .collect())
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.committer.enqueue(self.ops(writes), Some(tx));
+        rx.recv()
+            .map_err(|_| StorageError::Flush("the etcd request thread stopped".into()))?
+    }
+
+    fn apply_blind(&self, writes: &[Write]) -> Result<(), StorageError> {
+        self.committer.enqueue(self.ops(writes), None);
+        Ok(())
+    }
+
+    fn durable(&self) -> Durable<'_> {
+        let generation = self.committer.queued();
+        Box::pin(async move { self.committer.settled(generation).await })
     }
 }

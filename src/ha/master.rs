@@ -94,6 +94,7 @@ impl Master {
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())?;
+        kv.when_failed(move || restart(port));
         let db = Database::replicated(Arc::new(kv));
         let since = std::time::Instant::now();
         let state = tokio::select! {

@@ -14,6 +14,7 @@
 //! `master.rs`: a master's life (`gantry serve --store etcd`); `forward.rs`: followers hand
 //! requests to the leader.
 
+mod commit;
 mod forward;
 mod kv;
 pub mod master;

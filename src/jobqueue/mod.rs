@@ -310,18 +310,20 @@ impl JobQueue {
                 let id = JobId(st.next_id);
                 match build_job(id, ops, received) {
                     Ok(job) => {
-                        let written = match key {
-                            Some(k) => self.inner.store.put_job_keyed(
-                                &job,
+                        let record = key.map(|k| {
+                            (
                                 k,
-                                &idempotency::KeyRecord {
+                                idempotency::KeyRecord {
                                     job: id.0,
                                     digest: k.digest.clone(),
                                     created: idempotency::now_secs(),
                                 },
-                            ),
-                            None => self.inner.store.put_job(&job),
-                        };
+                            )
+                        });
+                        let written = self
+                            .inner
+                            .store
+                            .put_new_job(&job, record.as_ref().map(|(k, r)| (*k, r)));
                         if let Err(e) = written {
                             self.forget(&mut st, &accepted);
                             return Err(e.into());
@@ -335,6 +337,7 @@ impl JobQueue {
                 }
             }
             if !accepted.is_empty()
+                && !self.inner.store.counter_with_jobs()
                 && let Err(e) = self.inner.store.set_next_id(st.next_id)
             {
                 self.forget(&mut st, &accepted);

@@ -26,7 +26,12 @@ pub struct Store {
     /// sled: the file in the data dir; a replicated store: none, the flag is a record of the
     /// store (every master sees the same flag).
     drain_file: Option<std::path::PathBuf>,
+    /// The replicated store's flag as last read, and when.
+    drained: Arc<std::sync::Mutex<Option<(std::time::Instant, bool)>>>,
 }
+
+/// How long a drain flag read from a replicated store is trusted.
+const DRAIN_FRESH: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Jobs not yet finalized: the only ones loaded at start-up.
 const JOBS: &str = "jobs";
@@ -61,6 +66,7 @@ impl Store {
         Ok(Store {
             kv: db.kv(),
             drain_file: db.data_dir().map(|dir| dir.join(DRAIN_FILE)),
+            drained: Arc::default(),
             db,
         })
     }
@@ -94,32 +100,49 @@ impl Store {
         let bytes = encode(job)?;
         let k = key(job.id);
         if job.archived {
-            self.kv.apply(&[Write::Put(ARCHIVE, &k, &bytes)])?;
+            self.kv.apply_blind(&[Write::Put(ARCHIVE, &k, &bytes)])?;
         } else if job.is_finalized() {
             self.kv
-                .apply(&[Write::Delete(JOBS, &k), Write::Put(FINISHED, &k, &bytes)])?;
+                .apply_blind(&[Write::Delete(JOBS, &k), Write::Put(FINISHED, &k, &bytes)])?;
         } else {
-            self.kv.apply(&[Write::Put(JOBS, &k, &bytes)])?;
+            self.kv.apply_blind(&[Write::Put(JOBS, &k, &bytes)])?;
         }
         Ok(())
     }
 
-    /// Writes a new job and the idempotency key that created it in one transaction: after a
-    /// crash both exist or neither does.
-    pub fn put_job_keyed(
+    /// Writes a new job, with the idempotency key that created it, in one transaction: after a
+    /// crash both exist or neither does. On a replicated store the id counter moves in the same
+    /// transaction (one round trip per job; `counter_with_jobs`).
+    pub fn put_new_job(
         &self,
         job: &Job,
-        idem: &Idempotency,
-        record: &KeyRecord,
+        keyed: Option<(&Idempotency, &KeyRecord)>,
     ) -> Result<(), StoreError> {
         let bytes = encode(job)?;
-        let rec = serde_json::to_vec(record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let store_key = idem.store_key();
-        self.kv.apply(&[
-            Write::Put(JOBS, &key(job.id), &bytes),
-            Write::Put(KEYS, &store_key, &rec),
-        ])?;
+        let k = key(job.id);
+        let next = (job.id.0 + 1).to_be_bytes();
+        let record = match keyed {
+            Some((idem, record)) => Some((
+                idem.store_key(),
+                serde_json::to_vec(record).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            )),
+            None => None,
+        };
+        let mut writes = vec![Write::Put(JOBS, &k, &bytes)];
+        if let Some((store_key, rec)) = &record {
+            writes.push(Write::Put(KEYS, store_key, rec));
+        }
+        if self.counter_with_jobs() {
+            writes.push(Write::Put(META, NEXT_ID, &next));
+        }
+        self.kv.apply_blind(&writes)?;
         Ok(())
+    }
+
+    /// Whether `put_new_job` moves the id counter itself. On sled a job is one insert and the
+    /// submitter writes the counter once per submission; on etcd each write is a round trip.
+    pub fn counter_with_jobs(&self) -> bool {
+        self.drain_file.is_none()
     }
 
     pub fn key_record(&self, key: &Idempotency) -> Result<Option<KeyRecord>, StoreError> {
@@ -160,7 +183,7 @@ impl Store {
         let bytes = encode(job)?;
         let k = key(job.id);
         self.kv
-            .apply(&[Write::Delete(FINISHED, &k), Write::Put(ARCHIVE, &k, &bytes)])?;
+            .apply_blind(&[Write::Delete(FINISHED, &k), Write::Put(ARCHIVE, &k, &bytes)])?;
         Ok(())
     }
 
@@ -305,7 +328,7 @@ impl Store {
         k[8..].copy_from_slice(&entry.0.to_be_bytes());
         let bytes =
             serde_json::to_vec(&(index, entry)).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        self.kv.apply(&[Write::Put(LOGS, &k, &bytes)])?;
+        self.kv.apply_blind(&[Write::Put(LOGS, &k, &bytes)])?;
         Ok(())
     }
 
@@ -346,21 +369,31 @@ impl Store {
 
     pub fn set_next_id(&self, next: u64) -> Result<(), StoreError> {
         self.kv
-            .apply(&[Write::Put(META, NEXT_ID, &next.to_be_bytes())])?;
+            .apply_blind(&[Write::Put(META, NEXT_ID, &next.to_be_bytes())])?;
         Ok(())
     }
 
+    /// On a replicated store the flag is read at most once a second (every submission asks).
     pub fn drain_flag(&self) -> Result<bool, StoreError> {
-        match &self.drain_file {
-            Some(file) => Ok(file.exists()),
-            None => Ok(self.kv.get(META, DRAINED)?.is_some()),
+        if let Some(file) = &self.drain_file {
+            return Ok(file.exists());
         }
+        let mut cached = self.drained.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((read, on)) = *cached
+            && read.elapsed() < DRAIN_FRESH
+        {
+            return Ok(on);
+        }
+        let on = self.kv.get(META, DRAINED)?.is_some();
+        *cached = Some((std::time::Instant::now(), on));
+        Ok(on)
     }
 
     pub fn set_drain_flag(&self, on: bool) -> Result<(), StoreError> {
         match &self.drain_file {
             Some(file) => set_drain_file(file, on).map_err(|e| StoreError::Corrupt(e.to_string())),
             None => {
+                *self.drained.lock().unwrap_or_else(|e| e.into_inner()) = None;
                 let write = if on {
                     Write::Put(META, DRAINED, b"1")
                 } else {
@@ -386,7 +419,7 @@ impl Store {
     pub fn put_filter_rule(&self, rule: &FilterRule) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec(rule).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         self.kv
-            .apply(&[Write::Put(FILTERS, rule.uuid.as_bytes(), &bytes)])?;
+            .apply_blind(&[Write::Put(FILTERS, rule.uuid.as_bytes(), &bytes)])?;
         Ok(())
     }
 
