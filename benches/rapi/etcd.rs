@@ -4,66 +4,13 @@
 //! lives on this machine's disk.
 
 use super::{Gantry, call, client, noop_latency, percentile_ms, post_script, ratio, table, wrk};
-use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-struct Etcd {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn start_etcd(dir: &Path) -> Etcd {
-    let url = format!("http://127.0.0.1:{}", free_port());
-    let peer = format!("http://127.0.0.1:{}", free_port());
-    let child = Command::new("etcd")
-        .arg("--data-dir")
-        .arg(dir)
-        .args([
-            "--listen-client-urls",
-            &url,
-            "--advertise-client-urls",
-            &url,
-        ])
-        .args([
-            "--listen-peer-urls",
-            &peer,
-            "--initial-advertise-peer-urls",
-            &peer,
-        ])
-        .args(["--initial-cluster", &format!("default={peer}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("etcd (apt-get install etcd-server)");
-    for _ in 0..100 {
-        let healthy = Command::new("curl")
-            .args(["-sf", &format!("{url}/health")])
-            .output()
-            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("true"));
-        if healthy {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Etcd { child, url }
-}
+/// The tests' etcd starter (a member on free loopback ports, killed when dropped).
+#[path = "../../tests/common/etcd.rs"]
+#[allow(dead_code)]
+mod cluster;
 
 /// etcd's floor: 32 writers each putting its next record as soon as the last is acknowledged.
 async fn etcd_puts(url: &str, run: Duration) -> f64 {
@@ -93,7 +40,7 @@ async fn etcd_puts(url: &str, run: Duration) -> f64 {
 }
 
 /// A gantry master on etcd, once it leads (it is alone: at once).
-fn on_etcd(dir: &Path, etcd: &Etcd, prefix: &str) -> Gantry {
+fn on_etcd(dir: &Path, etcd: &str, prefix: &str) -> Gantry {
     let (g, _) = Gantry::start(
         dir,
         &[
@@ -101,7 +48,7 @@ fn on_etcd(dir: &Path, etcd: &Etcd, prefix: &str) -> Gantry {
             "--store",
             "etcd",
             "--etcd-endpoints",
-            &etcd.url,
+            etcd,
             "--etcd-prefix",
             prefix,
         ],
@@ -123,8 +70,9 @@ fn on_etcd(dir: &Path, etcd: &Etcd, prefix: &str) -> Gantry {
 }
 
 pub fn etcd(rt: &tokio::runtime::Runtime, work: &Path) {
-    let etcd = start_etcd(&work.join("etcd"));
-    let floor = rt.block_on(etcd_puts(&etcd.url, Duration::from_secs(5)));
+    let member = cluster::EtcdCluster::start(1);
+    let etcd = &member.endpoints()[0];
+    let floor = rt.block_on(etcd_puts(etcd, Duration::from_secs(5)));
     let script = post_script(work);
     let submit_only = |g: &Gantry| {
         rt.block_on(call(
@@ -138,7 +86,7 @@ pub fn etcd(rt: &tokio::runtime::Runtime, work: &Path) {
     let (sled, _) = Gantry::start(&work.join("sled-held"), &["--no-ssl"]);
     let sled_submit = submit_only(&sled);
     sled.stop();
-    let held = on_etcd(&work.join("etcd-held"), &etcd, "/held");
+    let held = on_etcd(&work.join("etcd-held"), etcd, "/held");
     let etcd_submit = submit_only(&held);
     held.stop();
     let mut t = table(
@@ -167,7 +115,7 @@ pub fn etcd(rt: &tokio::runtime::Runtime, work: &Path) {
         &["store", "clients", "jobs", "p50 ms", "p99 ms", "jobs/s"],
     );
     let (sled, _) = Gantry::start(&work.join("sled-noop"), &["--no-ssl"]);
-    let on = on_etcd(&work.join("etcd-noop"), &etcd, "/noop");
+    let on = on_etcd(&work.join("etcd-noop"), etcd, "/noop");
     for (name, g) in [("sled", &sled), ("etcd", &on)] {
         rt.block_on(noop_latency(&g.base, 1, 100)); // warm-up
         for (clients, jobs) in [(1, 1000), (32, 32 * 50)] {

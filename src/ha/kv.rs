@@ -46,23 +46,8 @@ impl EtcdKv {
     /// block runtime threads while they wait (with a client of the main runtime, two blocked
     /// callers on two cores would wait forever for a connection nobody drives).
     pub fn connect(opts: &EtcdOptions, fence: Option<Compare>) -> Result<EtcdKv, StorageError> {
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::Builder::new()
-            .name("etcd-kv".into())
-            .spawn(move || {
-                let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                else {
-                    return;
-                };
-                let _ = tx.send(runtime.handle().clone());
-                runtime.block_on(std::future::pending::<()>());
-            })
-            .map_err(|e| StorageError::Open(e.to_string()))?;
-        let runtime = rx
-            .recv()
-            .map_err(|_| StorageError::Open("no runtime for etcd requests".into()))?;
+        let runtime =
+            super::runtime_thread("etcd-kv").map_err(|e| StorageError::Open(e.to_string()))?;
         let (tx, rx) = std::sync::mpsc::channel();
         let connecting = opts.clone();
         runtime.spawn(async move {

@@ -217,28 +217,31 @@ fn spawn_keeper(
     mut stopped: watch::Receiver<bool>,
     hook: Hook,
 ) -> std::io::Result<()> {
-    std::thread::Builder::new()
-        .name("etcd-lease".into())
-        .spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                let _ = lost.send(true);
-                return;
-            };
-            runtime.block_on(async move {
-                tokio::select! {
-                    _ = keep_alive(&opts, lease, &lost) => {
-                        if let Some(hook) = hook.get() {
-                            hook();
-                        }
-                    }
-                    _ = stopped.wait_for(|s| *s) => {}
+    let runtime = runtime_thread("etcd-lease")?;
+    runtime.spawn(async move {
+        tokio::select! {
+            _ = keep_alive(&opts, lease, &lost) => {
+                if let Some(hook) = hook.get() {
+                    hook();
                 }
-            });
-        })
-        .map(drop)
+            }
+            _ = stopped.wait_for(|s| *s) => {}
+        }
+    });
+    Ok(())
+}
+
+/// A thread of its own driving a current-thread runtime (for the life of the process); its
+/// handle. What runs there is not delayed by the main runtime's threads being busy or blocked.
+fn runtime_thread(name: &str) -> std::io::Result<tokio::runtime::Handle> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let handle = runtime.handle().clone();
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || runtime.block_on(std::future::pending::<()>()))?;
+    Ok(handle)
 }
 
 /// Keeps the lease alive every third of the TTL. etcd expires the lease no sooner than the TTL
