@@ -6,7 +6,7 @@
 
 mod common;
 use common::etcd::{EtcdCluster, have_etcd};
-use common::{Server, curl, curl_url, spawn_gantry, until, wait_job};
+use common::{Server, curl, curl_full, curl_url, spawn_gantry, until, wait_job};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::path::Path;
@@ -232,6 +232,13 @@ fn three_masters_fail_over_without_losing_or_repeating_a_job() {
     }
     let leader = survivors[new_leader.unwrap()];
     let follower = survivors[1 - new_leader.unwrap()];
+    // An event stream asked of a follower is redirected to the new leader (not relayed).
+    let (code, headers, _) = curl_full(follower, "GET", "/gantry/v1/events", None, None);
+    assert_eq!(code, 307, "{headers}");
+    assert!(
+        headers.contains(&format!("location: {}/gantry/v1/events", leader.base)),
+        "{headers}"
+    );
     eprintln!(
         "failover: a follower led {failover:?} after kill -9 of the leader (TTL {TTL} s); \
          {} jobs acknowledged",

@@ -26,6 +26,19 @@ fn create_instance(s: &Server, name: &str, extra: Value) -> Value {
 }
 
 /// The jobs of lease `name`'s events: (job id, event, status).
+/// Creates a lease (POST /gantry/v1/leases as admin) and answers its finished job.
+fn create_lease(s: &Server, body: &Value) -> Value {
+    let (code, id) = curl(
+        s,
+        "POST",
+        "/gantry/v1/leases",
+        Some("admin:admin"),
+        Some(&body.to_string()),
+    );
+    assert_eq!(code, 200, "{id}");
+    wait_job(s, id.as_u64().unwrap())
+}
+
 fn lease_jobs(s: &Server, name: &str) -> Vec<(u64, String, String)> {
     let (_, jobs) = curl(s, "GET", "/2/jobs?bulk=1", None, None);
     jobs.as_array()
@@ -151,14 +164,7 @@ fn a_reservation_refuses_a_conflicting_create_during_its_window_only() {
     assert_eq!(mfree(&s), 1536);
     let body = json!({"name": "batch", "duration": 6,
         "reservation": {"memory": 1024, "vcpus": 1, "disk": 2048}});
-    let (_, id) = curl(
-        &s,
-        "POST",
-        "/gantry/v1/leases",
-        Some("admin:admin"),
-        Some(&body.to_string()),
-    );
-    let job = wait_job(&s, id.as_u64().unwrap());
+    let job = create_lease(&s, &body);
     assert_eq!(job["status"], "success", "{job}");
     assert_eq!(
         job["opresult"][0]["reservation"]["node"], "node1.example.com",
@@ -172,14 +178,7 @@ fn a_reservation_refuses_a_conflicting_create_during_its_window_only() {
         .unwrap();
     let body = json!({"name": "overlap", "start": start + 3.0, "duration": 60,
         "reservation": {"memory": 1024}});
-    let (_, id) = curl(
-        &s,
-        "POST",
-        "/gantry/v1/leases",
-        Some("admin:admin"),
-        Some(&body.to_string()),
-    );
-    let job = wait_job(&s, id.as_u64().unwrap());
+    let job = create_lease(&s, &body);
     assert_eq!(job["opresult"][0][1][1], "insufficient_resources", "{job}");
 
     // Outside the lease: Ganeti's capacity error, by node and by the allocator.

@@ -80,8 +80,11 @@ impl Forwarder {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        if let Some(known) = cached.filter(|k| !fresh && k.read.elapsed() < FRESH) {
-            return Some(known);
+        if let Some(known) = cached
+            .as_ref()
+            .filter(|k| !fresh && k.read.elapsed() < FRESH)
+        {
+            return Some(known.clone());
         }
         let mut client = self
             .inner
@@ -91,6 +94,16 @@ impl Forwarder {
             .clone()?;
         let text = leader(&mut client, &self.inner.prefix).await.ok()??;
         let record: MasterRecord = serde_json::from_str(&text).ok()?;
+        // The same leader as before: keep its client, and with it the open connections (a new
+        // client each second would mean a new TLS handshake to the leader each second).
+        if let Some(known) = cached.filter(|k| k.record == record) {
+            let known = Known {
+                read: tokio::time::Instant::now(),
+                ..known
+            };
+            *self.inner.known.lock().unwrap_or_else(|e| e.into_inner()) = Some(known.clone());
+            return Some(known);
+        }
         let mut http = reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)
             .redirect(reqwest::redirect::Policy::none());

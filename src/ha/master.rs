@@ -77,7 +77,7 @@ impl Master {
             let _ = stopped.wait_for(|s| *s).await;
         }));
         let mut shutdown = std::pin::pin!(shutdown);
-        let (client, mut leadership) = tokio::select! {
+        let mut leadership = tokio::select! {
             won = self.win(&forwarder) => won,
             _ = &mut shutdown => {
                 let _ = stop.send(true);
@@ -85,7 +85,6 @@ impl Master {
                 return Ok(());
             }
         };
-        drop(client);
         // From the keep-alive thread: the moment the leadership is lost, however busy this
         // process is.
         leadership.when_lost(move || restart(port));
@@ -130,15 +129,14 @@ impl Master {
     }
 
     /// Connects and campaigns until elected, through any etcd outage.
-    async fn win(&self, forwarder: &Forwarder) -> (etcd_client::Client, Leadership) {
+    async fn win(&self, forwarder: &Forwarder) -> Leadership {
         let record = serde_json::to_string(&self.me).unwrap_or_default();
         let mut pause = Duration::from_millis(200);
         loop {
             let attempt = async {
                 let client = connect(&self.etcd).await?;
                 forwarder.set_client(client.clone());
-                let won = campaign(&client, &self.etcd, &record).await?;
-                Ok::<_, super::HaError>((client, won))
+                campaign(&client, &self.etcd, &record).await
             };
             match attempt.await {
                 Ok(won) => return won,
