@@ -94,6 +94,28 @@ fn kill_9_under_concurrent_submissions_loses_nothing() {
     );
 }
 
+/// A job is `running` on disk before its opcode starts: killed the moment a client sees it
+/// running, it comes back failed as after an unclean shutdown, never queued to run again (a
+/// second execution of an opcode that had touched a node).
+#[test]
+fn a_job_seen_running_is_not_run_again_after_kill_9() {
+    let s = start(&["--no-ssl"]);
+    let id = delay_job(&s, 60.0, json!({}));
+    until("the job runs", Duration::from_secs(20), || {
+        let (_, job) = curl(&s, "GET", &format!("/2/jobs/{id}"), None, None);
+        job["status"] == "running"
+    });
+    let s = start_in(kill_9(s), &["--no-ssl"]);
+    let (_, job) = curl(&s, "GET", &format!("/2/jobs/{id}"), None, None);
+    assert_eq!(job["status"], "error", "{job}");
+    assert!(
+        job["opresult"]
+            .to_string()
+            .contains("Unclean master daemon shutdown"),
+        "{job}"
+    );
+}
+
 /// POST /2/jobs with curl; answers the id only when the server acknowledged it.
 fn submit_raw(base: &str, body: &Value) -> Option<u64> {
     let out = std::process::Command::new("curl")

@@ -189,6 +189,19 @@ fn three_masters_fail_over_without_losing_or_repeating_a_job() {
         );
         job["status"] == "running"
     });
+    // A client sees `running` a moment before it is in etcd; a job that ends after that moment
+    // was made durable after it (the leader's commits are ordered), so the kill below finds the
+    // long job running in the store, not queued to run again.
+    let (_, marker) = curl(
+        masters[1].as_ref().unwrap(),
+        "POST",
+        "/2/jobs",
+        ADMIN,
+        // Ahead of the clients' backlog of creations.
+        Some(r#"{"ops": [{"OP_ID": "OP_TEST_DELAY", "duration": 0.01, "priority": -10}]}"#),
+    );
+    let marker = wait_job(masters[1].as_ref().unwrap(), marker.as_u64().unwrap());
+    assert_eq!(marker["status"], "success", "{marker}");
     let waiter = {
         let url = masters[2].as_ref().unwrap().base.clone();
         std::thread::spawn(move || {

@@ -147,7 +147,18 @@ async fn run_op(
         waited = format!("{waited:.3}"),
         "job running"
     );
+    // Durable before the opcode touches anything: a master that dies from here on leaves the
+    // job `running`, which recovery ends as an unclean shutdown instead of running it again
+    // (as upstream writes the job file before the opcode starts).
     queue.persist(id, false).await;
+    // A dry run touches nothing: run again after a crash, it answers the same.
+    if !op.dry_run()
+        && let Err(e) = queue.inner.store.durable().await
+    {
+        return Outcome::Failed(
+            OpError::exec(format!("Cannot record the job as running: {e}")).to_json(),
+        );
+    }
     let ctx = Ctx {
         op,
         job_id: id.0,
