@@ -336,6 +336,13 @@ pub struct EtcdArgs {
     /// 127.0.0.1 when bound to every interface).
     #[arg(long)]
     pub advertise_url: Option<String>,
+    /// An address that moves with the leadership (`A.B.C.D/PREFIX`, as Ganeti's master IP):
+    /// the leader adds it to --master-netdev and announces it with gratuitous ARP (arping).
+    #[arg(long, requires = "master_netdev")]
+    pub master_ip: Option<String>,
+    /// The network device that carries --master-ip on every master.
+    #[arg(long, requires = "master_ip")]
+    pub master_netdev: Option<String>,
 }
 
 pub fn main() -> ExitCode {
@@ -676,6 +683,10 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     if args.etcd.store == "etcd" {
         return serve_replicated(listener, args, server, scheme).await;
     }
+    if args.etcd.master_ip.is_some() {
+        return Err("--master-ip moves with the leadership among several masters: it needs                     --store etcd (one master is reached at its own address)"
+            .into());
+    }
     let commit = GroupCommit::open(&db_dir).map_err(|e| held_by_another(&args.data_dir, e))?;
     write_pid_file(&args.data_dir);
     let space = Arc::new(crate::space::SpaceGuard::new(
@@ -690,7 +701,8 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
             watcher.check();
         }
     });
-    let state = start_master(Database::from(&commit), Some(space), &args).await?;
+    let state = start_master(Database::from(&commit), Some(space), users_of(&args), &args).await?;
+    crate::metrics::METRICS.leader.set(1);
     let queue = state.queue.clone();
     let control = crate::control::serve(crate::control::Context {
         data_dir: args.data_dir.clone(),
@@ -737,9 +749,19 @@ fn warn_cleartext_writers(state: &StateInner, local: &std::net::SocketAddr) {
 /// Opens the configuration and the job queue on `db`, recovers what a previous master left
 /// (after a crash, or on another master before a failover), and starts executing: what the
 /// leader serves with.
+/// The users file `serve` reads (and follows while it runs).
+fn users_of(args: &ServeArgs) -> UserDb {
+    let path = args
+        .users
+        .clone()
+        .unwrap_or_else(|| args.data_dir.join("users"));
+    UserDb::load(Some(path))
+}
+
 async fn start_master(
     db: Database,
     space: Option<Arc<crate::space::SpaceGuard>>,
+    users: UserDb,
     args: &ServeArgs,
 ) -> Result<Arc<StateInner>, String> {
     let init = InitOptions {
@@ -798,15 +820,11 @@ async fn start_master(
         .await
         .map_err(|e| e.to_string())?;
     crate::automation::start(queue.clone());
-    let users_path = args
-        .users
-        .clone()
-        .unwrap_or_else(|| args.data_dir.join("users"));
     Ok(Arc::new(StateInner {
         queue,
         config,
         live,
-        users: UserDb::load(Some(users_path)),
+        users,
         require_auth: args.require_authentication,
         wait_timeout: Duration::from_secs(args.wait_timeout),
         answers: Default::default(),
@@ -870,6 +888,14 @@ async fn serve_replicated(
             url: advertise,
             cert,
         },
+        local: crate::rapi::leading::LocalAuth {
+            users: users_of(&args),
+            require_auth: args.require_authentication,
+        },
+        master_ip: match (&args.etcd.master_ip, &args.etcd.master_netdev) {
+            (Some(ip), Some(dev)) => Some(crate::ha::master_ip::MasterIp::parse(ip, dev)?),
+            _ => None,
+        },
     };
     if master.etcd.endpoints.is_empty() {
         return Err("--store etcd needs --etcd-endpoints".into());
@@ -879,10 +905,11 @@ async fn serve_replicated(
         master.me.name
     ));
     let args = Arc::new(args);
+    let users = master.local.users.clone();
     let lead = move |db: Database| {
         let args = args.clone();
         async move {
-            let state = start_master(db, None, &args).await?;
+            let state = start_master(db, None, users, &args).await?;
             warn_cleartext_writers(&state, &local);
             Ok(state)
         }

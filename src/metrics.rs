@@ -129,6 +129,8 @@ pub struct Metrics {
     pub lease_events: Family<EventLabel, Counter>,
     /// Times this master became or stopped being the leader (etcd store, `ha.rs`).
     pub leadership_changes: Counter,
+    /// 1 while this master leads (executes jobs), else 0; a single master always leads.
+    pub leader: Gauge,
     /// Seconds an etcd request of the leadership took (campaign, keep-alive, fenced write).
     pub etcd_request_seconds: Histogram,
 }
@@ -160,6 +162,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         pool_refill_seconds: Family::new_with_constructor(run_time_histogram),
         lease_events: Family::default(),
         leadership_changes: Counter::default(),
+        leader: Gauge::default(),
         etcd_request_seconds: latency_histogram(),
     };
     registry.register(
@@ -272,6 +275,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "leadership_changes",
         "Times this master became or stopped being the leader",
         m.leadership_changes.clone(),
+    );
+    registry.register(
+        "leader",
+        "1 while this master leads (executes jobs), else 0",
+        m.leader.clone(),
     );
     registry.register(
         "etcd_request_seconds",

@@ -6,7 +6,7 @@
 
 mod common;
 use common::etcd::{EtcdCluster, have_etcd};
-use common::{Server, curl, curl_full, curl_url, spawn_gantry, until, wait_job};
+use common::{Server, curl, curl_full, curl_headers, curl_url, spawn_gantry, until, wait_job};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::path::Path;
@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 const ADMIN: Option<&str> = Some("admin:admin");
 const TTL: &str = "3";
 
-fn master(etcd: &EtcdCluster, name: &str, journal: &Path) -> Server {
+fn master(etcd: &EtcdCluster, name: &str, journal: &Path, extra: &[&str]) -> Server {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("users"), "admin {cleartext}admin write\n").unwrap();
     let log = std::fs::File::create(dir.path().join("stderr")).unwrap();
@@ -41,7 +41,11 @@ fn master(etcd: &EtcdCluster, name: &str, journal: &Path) -> Server {
             // Room for every instance however fast the clients go (a fake node's memory).
             "--node-memory",
             "4194304",
-        ],
+        ]
+        .iter()
+        .chain(extra)
+        .copied()
+        .collect::<Vec<_>>(),
         log,
     );
     Server {
@@ -54,7 +58,7 @@ fn master(etcd: &EtcdCluster, name: &str, journal: &Path) -> Server {
 
 /// (this master's role, the leader's name) as `/gantry/v1/leader` answers.
 fn role(s: &Server) -> (String, Option<String>) {
-    let (_, answer) = curl(s, "GET", "/gantry/v1/leader", None, None);
+    let (_, answer) = curl(s, "GET", "/gantry/v1/leader", ADMIN, None);
     (
         answer["role"].as_str().unwrap_or_default().to_string(),
         answer["leader"]["name"].as_str().map(str::to_string),
@@ -131,7 +135,7 @@ fn three_masters_fail_over_without_losing_or_repeating_a_job() {
     let journal = work.path().join("journal");
     let mut masters: Vec<Option<Server>> = vec![];
     for i in 0..3 {
-        masters.push(Some(master(&etcd, &format!("m{i}"), &journal)));
+        masters.push(Some(master(&etcd, &format!("m{i}"), &journal, &[])));
         if i == 0 {
             let first = masters[0].as_ref().unwrap();
             until("m0 leads", Duration::from_secs(30), || {
@@ -389,4 +393,117 @@ fn three_masters_fail_over_without_losing_or_repeating_a_job() {
         let (code, job) = curl(leader, "GET", &format!("/2/jobs/{}", ack.id), None, None);
         assert_eq!(code, 200, "job {} lost: {job}", ack.id);
     }
+
+    // A follower hands a request on at most twice: one that two masters already relayed is
+    // refused, one that a single master relayed is answered.
+    let (leader, follower) = match role(survivors[0]).0.as_str() {
+        "leader" => (survivors[0], survivors[1]),
+        _ => (survivors[1], survivors[0]),
+    };
+    assert_eq!(relayed_by(follower, "m8,m9"), 503);
+    assert_eq!(relayed_by(follower, "m9"), 200);
+
+    // A write the leader dies under: the follower cannot know whether it was carried out, so
+    // it says so (502) instead of sending it again. The leader is stopped first so that the
+    // request surely reaches it and waits there.
+    let pid = leader.child.id() as i32;
+    // SAFETY: signals to a child process this test started and still owns.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let base = follower.base.clone();
+    let write = std::thread::spawn(move || {
+        curl_url(
+            &base,
+            "POST",
+            "/2/jobs",
+            ADMIN,
+            Some(r#"{"ops": [{"OP_ID": "OP_TEST_DELAY", "duration": 0.01}]}"#),
+        )
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let (code, answer) = write.join().unwrap();
+    assert_eq!(code, 502, "{answer}");
+    assert!(
+        answer["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("may or may not have been carried out"),
+        "{answer}"
+    );
+    until("the last master leads", Duration::from_secs(30), || {
+        role(follower).0 == "leader"
+    });
+}
+
+/// The status of a read sent to `s` as if masters `by` had relayed it already.
+fn relayed_by(s: &Server, by: &str) -> u16 {
+    let header = format!("x-gantry-forwarded-by: {by}");
+    curl_headers(s, "GET", "/2/info", &[&header], None).0
+}
+
+/// A follower answers for itself (its role, its metrics), with the users file as the leader
+/// does, and every master's metrics say whether it leads.
+#[test]
+fn a_follower_answers_for_itself_to_users_of_the_users_file() {
+    if !have_etcd() {
+        eprintln!("SKIPPED: etcd not installed (apt-get install etcd-server)");
+        return;
+    }
+    let etcd = EtcdCluster::start(1);
+    let work = tempfile::tempdir().unwrap();
+    let journal = work.path().join("journal");
+    let strict = ["--require-authentication"];
+    let leader = master(&etcd, "a", &journal, &strict);
+    until("a leads", Duration::from_secs(30), || {
+        role(&leader).0 == "leader"
+    });
+    let follower = master(&etcd, "b", &journal, &strict);
+    until("b follows a", Duration::from_secs(30), || {
+        role(&follower) == ("follower".into(), Some("a".into()))
+    });
+
+    let (code, _) = curl(&follower, "GET", "/gantry/v1/leader", None, None);
+    assert_eq!(code, 401, "who leads is not told to strangers");
+    let (code, _) = curl(&follower, "GET", "/metrics", None, None);
+    assert_eq!(code, 401);
+    // Metrics are text: read them with curl's own output.
+    let metrics = |s: &Server| {
+        let out = std::process::Command::new("curl")
+            .args(["-s", "-f", "-k", "-u", ADMIN.unwrap()])
+            .arg(format!("{}/metrics", s.base))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}: /metrics refused", s.base);
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let (mine, theirs) = (metrics(&follower), metrics(&leader));
+    assert!(mine.contains("\ngantry_leader 0\n"), "{mine}");
+    assert!(theirs.contains("\ngantry_leader 1\n"), "{theirs}");
+    // The follower's own etcd requests (its campaign), not the leader's figures.
+    assert!(mine.contains("gantry_etcd_request_seconds_count"), "{mine}");
+    assert!(!mine.contains("gantry_jobs_submitted_total 1"), "{mine}");
+
+    // A token made on the leader works through the follower for the API (the leader checks
+    // it); the follower's own answers take passwords only.
+    let (code, made) = curl(
+        &leader,
+        "POST",
+        "/gantry/v1/tokens",
+        ADMIN,
+        Some(r#"{"rights": "read", "ttl": 600}"#),
+    );
+    assert_eq!(code, 200, "{made}");
+    let header = format!("X-Api-Key: {}", made["token"].as_str().unwrap());
+    assert_eq!(
+        curl_headers(&follower, "GET", "/2/info", &[&header], None).0,
+        200
+    );
+    assert_eq!(
+        curl_headers(&follower, "GET", "/metrics", &[&header], None).0,
+        401
+    );
+    assert_eq!(
+        curl_headers(&leader, "GET", "/metrics", &[&header], None).0,
+        200
+    );
 }

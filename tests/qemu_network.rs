@@ -6,72 +6,34 @@
 //! a second ready line, a restarted gantry keeps the taps, and removal leaves no tap behind.
 
 mod common;
+use common::netns::Netns;
 use common::*;
 use serde_json::{Value, json};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::time::Duration;
 
 const ADMIN: Option<&str> = Some("admin:admin");
 const BRIDGE: &str = "gtbr0";
 
-/// A network namespace with a bridge (10.99.0.1/24) in it; deleted when dropped.
-struct Netns(String);
-
-impl Netns {
-    fn new(tag: &str) -> Netns {
-        let ns = Netns(format!("gantry-{tag}-{}", std::process::id()));
-        let _ = Command::new("ip").args(["netns", "del", &ns.0]).output();
-        let out = Command::new("ip")
-            .args(["netns", "add", &ns.0])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "ip netns add: {out:?}");
-        for args in [
-            vec!["link", "set", "lo", "up"],
-            vec!["link", "add", BRIDGE, "type", "bridge"],
-            vec!["addr", "add", "10.99.0.1/24", "dev", BRIDGE],
-            vec!["link", "set", BRIDGE, "up"],
-        ] {
-            let out = ns.run("ip", &args);
-            assert!(out.status.success(), "ip {args:?}: {out:?}");
-        }
-        ns
-    }
-
-    fn run(&self, tool: &str, args: &[&str]) -> Output {
-        Command::new("ip")
-            .args(["netns", "exec", &self.0, tool])
-            .args(args)
-            .output()
-            .unwrap()
-    }
-
-    /// One ping from the host side; the first ones may wait for ARP.
-    fn ping(&self, ip: &str) -> bool {
-        (0..10).any(|_| {
-            self.run("ping", &["-c", "1", "-W", "1", ip])
-                .status
-                .success()
-        })
-    }
-
-    fn taps(&self) -> Vec<String> {
-        let out = self.run("ip", &["-br", "link"]);
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| l.split(['@', ' ']).next())
-            .filter(|name| name.starts_with("gt") && *name != BRIDGE)
-            .map(str::to_string)
-            .collect()
-    }
+/// A network namespace with a bridge (10.99.0.1/24) in it.
+fn bridged(tag: &str) -> Netns {
+    let ns = Netns::new(tag);
+    ns.ip(&["link", "add", BRIDGE, "type", "bridge"]);
+    ns.ip(&["addr", "add", "10.99.0.1/24", "dev", BRIDGE]);
+    ns.ip(&["link", "set", BRIDGE, "up"]);
+    ns
 }
 
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
-    }
+/// The guests' taps in the namespace.
+fn taps(ns: &Netns) -> Vec<String> {
+    let out = ns.run("ip", &["-br", "link"]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split(['@', ' ']).next())
+        .filter(|name| name.starts_with("gt") && *name != BRIDGE)
+        .map(str::to_string)
+        .collect()
 }
 
 fn run_dir_of(run_root: &Path, name: &str) -> PathBuf {
@@ -103,7 +65,7 @@ fn guests_boot_the_shipped_os_and_are_reachable_bridged_and_routed() {
     let Some(kernel) = guest_kernel() else {
         return;
     };
-    let ns = Netns::new("net");
+    let ns = bridged("net");
     let run = short_tempdir("gn");
     let run_root = run.path().to_path_buf();
     let _cleanup = KillVms(run_root.clone());
@@ -229,10 +191,10 @@ fn guests_boot_the_shipped_os_and_are_reachable_bridged_and_routed() {
         }
     }
     assert_eq!(
-        ns.taps().len(),
+        taps(&ns).len(),
         3,
         "one tap per VM, the sources' gone: {:?}",
-        ns.taps()
+        taps(&ns)
     );
 
     // A soft reboot resets the guest, which comes up again on the same console.
@@ -252,7 +214,7 @@ fn guests_boot_the_shipped_os_and_are_reachable_bridged_and_routed() {
     for name in [a, b, r] {
         job_ok(&s, "DELETE", &format!("/2/instances/{name}"), json!({}));
     }
-    assert_eq!(ns.taps(), Vec::<String>::new(), "no tap left");
+    assert_eq!(taps(&ns), Vec::<String>::new(), "no tap left");
     let route = ns.run("ip", &["route", "show", "10.99.1.5"]);
     assert!(route.stdout.is_empty(), "no route left: {route:?}");
 }
@@ -262,7 +224,7 @@ fn a_missing_bridge_or_a_kernel_outside_the_boot_dirs_is_refused_clearly() {
     let Some(kernel) = guest_kernel() else {
         return;
     };
-    let ns = Netns::new("refuse");
+    let ns = bridged("refuse");
     let run = short_tempdir("gm");
     let _cleanup = KillVms(run.path().to_path_buf());
     let s = start_in_netns(
@@ -334,7 +296,7 @@ fn a_missing_bridge_or_a_kernel_outside_the_boot_dirs_is_refused_clearly() {
         "{job}"
     );
     assert_eq!(
-        ns.taps(),
+        taps(&ns),
         Vec::<String>::new(),
         "no tap left by the failures"
     );

@@ -10,32 +10,6 @@ use std::process::Command;
 
 const DELAY: &str = r#"{"ops": [{"OP_ID": "OP_TEST_DELAY", "duration": 0.01}]}"#;
 
-/// curl with extra headers; answers (status, body).
-fn call(
-    s: &Server,
-    method: &str,
-    path: &str,
-    headers: &[&str],
-    body: Option<&str>,
-) -> (u16, Value) {
-    let mut cmd = Command::new("curl");
-    cmd.args(["-s", "-k", "-o", "-", "-w", "\n%{http_code}", "-X", method]);
-    for h in headers {
-        cmd.args(["-H", h]);
-    }
-    if let Some(b) = body {
-        cmd.args(["-H", "Content-Type: application/json", "--data-binary", b]);
-    }
-    cmd.arg(format!("{}{path}", s.base));
-    let out = cmd.output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (
-        code.trim().parse().unwrap_or(0),
-        serde_json::from_str(body).unwrap_or(Value::Null),
-    )
-}
-
 fn basic(user_password: &str) -> String {
     use base64::Engine;
     format!(
@@ -45,7 +19,7 @@ fn basic(user_password: &str) -> String {
 }
 
 fn create(s: &Server, user: &str, body: Value) -> (u16, Value) {
-    call(
+    curl_headers(
         s,
         "POST",
         "/gantry/v1/tokens",
@@ -68,9 +42,9 @@ fn tokens_work_with_each_header_and_never_outrank_or_outlive_their_user() {
         format!("X-AUTH-TOKEN: {token}"),
         format!("X-Api-Key: {token}"),
     ] {
-        let (code, id) = call(&s, "POST", "/2/jobs", &[header.as_str()], Some(DELAY));
+        let (code, id) = curl_headers(&s, "POST", "/2/jobs", &[header.as_str()], Some(DELAY));
         assert_eq!(code, 200, "{header}: {id}");
-        let (code, _) = call(
+        let (code, _) = curl_headers(
             &s,
             "GET",
             "/2/query/node?fields=name",
@@ -82,7 +56,7 @@ fn tokens_work_with_each_header_and_never_outrank_or_outlive_their_user() {
     // A wrong secret, an unknown id, garbage: 401.
     let forged = format!("{}x", &token[..token.len() - 1]);
     for bad in [forged.as_str(), "gt_000000000000_00", "nonsense"] {
-        let (code, _) = call(
+        let (code, _) = curl_headers(
             &s,
             "POST",
             "/2/jobs",
@@ -93,7 +67,7 @@ fn tokens_work_with_each_header_and_never_outrank_or_outlive_their_user() {
     }
 
     // Listed for its user, without the secret; a token cannot manage tokens.
-    let (code, list) = call(
+    let (code, list) = curl_headers(
         &s,
         "GET",
         "/gantry/v1/tokens",
@@ -108,7 +82,7 @@ fn tokens_work_with_each_header_and_never_outrank_or_outlive_their_user() {
     );
     assert!(list[0]["last_used"].is_u64(), "{list}");
     let bearer = format!("Authorization: Bearer {token}");
-    let (code, _) = call(
+    let (code, _) = curl_headers(
         &s,
         "POST",
         "/gantry/v1/tokens",
@@ -121,7 +95,7 @@ fn tokens_work_with_each_header_and_never_outrank_or_outlive_their_user() {
     let (_, read) = create(&s, "admin:admin", json!({"rights": "read"}));
     let read_header = format!("X-AUTH-TOKEN: {}", read["token"].as_str().unwrap());
     assert_eq!(
-        call(
+        curl_headers(
             &s,
             "GET",
             "/2/query/node?fields=name",
@@ -132,7 +106,7 @@ fn tokens_work_with_each_header_and_never_outrank_or_outlive_their_user() {
         200
     );
     assert_eq!(
-        call(&s, "POST", "/2/jobs", &[read_header.as_str()], Some(DELAY)).0,
+        curl_headers(&s, "POST", "/2/jobs", &[read_header.as_str()], Some(DELAY)).0,
         403
     );
     assert_eq!(
@@ -156,9 +130,9 @@ fn tokens_work_with_each_header_and_never_outrank_or_outlive_their_user() {
     // The user loses write: the write token only reads. Then the user goes: the token too.
     let users = s.dir.path().join("users");
     std::fs::write(&users, "admin {cleartext}admin read\nviewer viewer read\n").unwrap();
-    wait_until(|| call(&s, "POST", "/2/jobs", &[bearer.as_str()], Some(DELAY)).0 == 403);
+    wait_until(|| curl_headers(&s, "POST", "/2/jobs", &[bearer.as_str()], Some(DELAY)).0 == 403);
     assert_eq!(
-        call(
+        curl_headers(
             &s,
             "GET",
             "/2/query/node?fields=name",
@@ -170,7 +144,7 @@ fn tokens_work_with_each_header_and_never_outrank_or_outlive_their_user() {
     );
     std::fs::write(&users, "viewer viewer read\n").unwrap();
     wait_until(|| {
-        call(
+        curl_headers(
             &s,
             "GET",
             "/2/query/node?fields=name",
@@ -180,11 +154,11 @@ fn tokens_work_with_each_header_and_never_outrank_or_outlive_their_user() {
         .0 == 401
     });
     std::fs::write(&users, "admin {cleartext}admin write\nviewer viewer read\n").unwrap();
-    wait_until(|| call(&s, "POST", "/2/jobs", &[bearer.as_str()], Some(DELAY)).0 == 200);
+    wait_until(|| curl_headers(&s, "POST", "/2/jobs", &[bearer.as_str()], Some(DELAY)).0 == 200);
 
     // Revoked: refused at once, and after a restart.
     let id = made["id"].as_str().unwrap();
-    let (code, _) = call(
+    let (code, _) = curl_headers(
         &s,
         "DELETE",
         &format!("/gantry/v1/tokens/{id}"),
@@ -192,7 +166,7 @@ fn tokens_work_with_each_header_and_never_outrank_or_outlive_their_user() {
         None,
     );
     assert_eq!(code, 404, "another user's token is not theirs to revoke");
-    let (code, _) = call(
+    let (code, _) = curl_headers(
         &s,
         "DELETE",
         &format!("/gantry/v1/tokens/{id}"),
@@ -201,16 +175,16 @@ fn tokens_work_with_each_header_and_never_outrank_or_outlive_their_user() {
     );
     assert_eq!(code, 200);
     assert_eq!(
-        call(&s, "POST", "/2/jobs", &[bearer.as_str()], Some(DELAY)).0,
+        curl_headers(&s, "POST", "/2/jobs", &[bearer.as_str()], Some(DELAY)).0,
         401
     );
     let s = restart_after_kill_9(s, &[]);
     assert_eq!(
-        call(&s, "POST", "/2/jobs", &[bearer.as_str()], Some(DELAY)).0,
+        curl_headers(&s, "POST", "/2/jobs", &[bearer.as_str()], Some(DELAY)).0,
         401
     );
     // The read token, created before the restart, still works: tokens are durable.
-    let (code, list) = call(
+    let (code, list) = curl_headers(
         &s,
         "GET",
         "/gantry/v1/tokens",
@@ -227,10 +201,10 @@ fn tokens_expire_and_bad_requests_are_refused_clearly() {
     assert_eq!(code, 200, "{made}");
     let header = format!("X-Api-Key: {}", made["token"].as_str().unwrap());
     assert_eq!(
-        call(&s, "POST", "/2/jobs", &[header.as_str()], Some(DELAY)).0,
+        curl_headers(&s, "POST", "/2/jobs", &[header.as_str()], Some(DELAY)).0,
         200
     );
-    wait_until(|| call(&s, "POST", "/2/jobs", &[header.as_str()], Some(DELAY)).0 == 401);
+    wait_until(|| curl_headers(&s, "POST", "/2/jobs", &[header.as_str()], Some(DELAY)).0 == 401);
 
     for (body, text) in [
         (json!({"ttl": 0}), "Invalid ttl"),
@@ -244,7 +218,10 @@ fn tokens_expire_and_bad_requests_are_refused_clearly() {
             "{answer}"
         );
     }
-    assert_eq!(call(&s, "GET", "/gantry/v1/tokens", &[], None).0, 401);
+    assert_eq!(
+        curl_headers(&s, "GET", "/gantry/v1/tokens", &[], None).0,
+        401
+    );
 }
 
 fn wait_until(mut ok: impl FnMut() -> bool) {
@@ -291,7 +268,7 @@ fn gantry_users_token_create_asks_the_running_server() {
     assert!(ok && token.starts_with("gt_"), "{token} {err}");
     let header = format!("X-AUTH-TOKEN: {token}");
     assert_eq!(
-        call(&s, "POST", "/2/jobs", &[header.as_str()], Some(DELAY)).0,
+        curl_headers(&s, "POST", "/2/jobs", &[header.as_str()], Some(DELAY)).0,
         200
     );
     let (ok, _, err) = cli(&["viewer", "--write"], s.dir.path());

@@ -6,10 +6,13 @@
 //! nothing it ran can still call a node, and the new process is a follower.
 
 use super::forward::Forwarder;
+use super::master_ip::MasterIp;
 use super::{EtcdKv, EtcdOptions, Leadership, campaign, connect};
 use crate::http::ServerOptions;
 use crate::kv::Database;
-use crate::rapi::{self, State, leading::Serving};
+use crate::metrics::METRICS;
+use crate::rapi::leading::{LocalAuth, Serving};
+use crate::rapi::{self, State};
 use serde::{Deserialize, Serialize};
 use std::future::Future;
 use std::sync::Arc;
@@ -48,6 +51,9 @@ mod der_base64 {
 pub struct Master {
     pub etcd: EtcdOptions,
     pub me: MasterRecord,
+    pub local: LocalAuth,
+    /// `--master-ip`: the address that moves with the leadership.
+    pub master_ip: Option<MasterIp>,
 }
 
 impl Master {
@@ -65,11 +71,18 @@ impl Master {
         Fut: Future<Output = Result<Arc<State>, String>>,
     {
         let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+        // A process of this host may have held it (killed, or restarted on losing).
+        if let Some(ip) = self.master_ip.clone() {
+            let _ = tokio::task::spawn_blocking(move || ip.drop_here()).await;
+        }
+        let ip = self.master_ip.clone();
+        let restart = move || -> ! { restart(port, ip.as_ref()) };
         let (publish, state) = watch::channel(None);
         let forwarder = Forwarder::new(&self.etcd, &self.me.name);
         let serving = Serving {
             state,
             elsewhere: Some(Arc::new(forwarder.clone())),
+            local: self.local.clone(),
         };
         let (stop, stopped) = watch::channel(false);
         let rapi = tokio::spawn(rapi::serve(listener, serving, server, async move {
@@ -87,13 +100,19 @@ impl Master {
         };
         // From the keep-alive thread: the moment the leadership is lost, however busy this
         // process is.
-        leadership.when_lost(move || restart(port));
+        let on_loss = restart.clone();
+        leadership.when_lost(move || {
+            on_loss();
+        });
         let (etcd, fence) = (self.etcd.clone(), leadership.fence());
         let kv = tokio::task::spawn_blocking(move || EtcdKv::connect(&etcd, Some(fence)))
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())?;
-        kv.when_failed(move || restart(port));
+        let on_failure = restart.clone();
+        kv.when_failed(move || {
+            on_failure();
+        });
         let db = Database::replicated(Arc::new(kv));
         let since = std::time::Instant::now();
         let state = tokio::select! {
@@ -101,23 +120,34 @@ impl Master {
                 Ok(state) => state,
                 Err(e) => {
                     tracing::error!("cannot take over as leader: {e}");
-                    restart(port);
+                    restart();
                 }
             },
-            _ = leadership.lost() => restart(port),
+            _ = leadership.lost() => restart(),
         };
         let queue = state.queue.clone();
         let _ = publish.send(Some(state));
+        METRICS.leader.set(1);
+        let taking = self
+            .master_ip
+            .clone()
+            .map(|ip| tokio::spawn(async move { ip.take().await }));
         tracing::info!(
             master = %self.me.name,
             took = ?since.elapsed(),
             "this master leads: it executes jobs"
         );
         tokio::select! {
-            _ = leadership.lost() => restart(port),
+            _ = leadership.lost() => restart(),
             _ = &mut shutdown => {}
         }
         // Asked to stop: stop answering, let running jobs end, then hand over at once.
+        if let Some(taking) = taking {
+            taking.abort();
+        }
+        if let Some(ip) = self.master_ip.clone() {
+            let _ = tokio::task::spawn_blocking(move || ip.drop_here()).await;
+        }
         let _ = stop.send(true);
         let _ = rapi.await;
         tracing::info!("shutting down: waiting for running jobs");
@@ -152,9 +182,13 @@ impl Master {
 
 /// Replaces this process with a new one of the same program and arguments (the pid stays), on
 /// the port it listened on (which `--port 0` chose).
-fn restart(port: u16) -> ! {
+fn restart(port: u16, master_ip: Option<&MasterIp>) -> ! {
     use std::os::unix::process::CommandExt;
     tracing::error!("this master no longer leads: restarting as a follower");
+    // Before anything else: the next leader may be taking it already.
+    if let Some(ip) = master_ip {
+        ip.drop_here();
+    }
     let mut args: Vec<std::ffi::OsString> = vec![];
     let mut given = std::env::args_os().skip(1);
     while let Some(arg) = given.next() {

@@ -18,6 +18,7 @@ mod commit;
 mod forward;
 mod kv;
 pub mod master;
+pub mod master_ip;
 pub use kv::EtcdKv;
 
 use crate::metrics::METRICS;

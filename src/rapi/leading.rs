@@ -3,6 +3,7 @@
 //! to it (`Elsewhere`, in `ha/forward.rs`) and relay the answer, so a client may use any master.
 
 use super::State;
+use super::auth::UserDb;
 use bytes::Bytes;
 use std::future::Future;
 use std::pin::Pin;
@@ -16,12 +17,26 @@ use warp::http::{HeaderMap, Method, Response};
 pub struct Serving {
     pub state: watch::Receiver<Option<Arc<State>>>,
     pub elsewhere: Option<Arc<dyn Elsewhere>>,
+    /// Who may ask this master about itself (its role, its metrics) while it follows.
+    pub local: LocalAuth,
+}
+
+/// The users file, which every master reads for itself. API tokens live in the leader's store:
+/// a follower's own answers take passwords only.
+#[derive(Clone)]
+pub struct LocalAuth {
+    pub users: UserDb,
+    pub require_auth: bool,
 }
 
 impl Serving {
     /// One master: it always leads.
     pub fn alone(state: Arc<State>) -> Serving {
         Serving {
+            local: LocalAuth {
+                users: state.users.clone(),
+                require_auth: state.require_auth,
+            },
             state: watch::channel(Some(state)).1,
             elsewhere: None,
         }

@@ -102,16 +102,31 @@ fn check_auth(
     headers: &HeaderMap,
     access: Access,
 ) -> Result<Option<request::Caller>, ApiError> {
+    authorize(
+        &state.users,
+        state.require_auth,
+        Some(&state.tokens),
+        headers,
+        access,
+    )
+}
+
+/// `check_auth` for a master with or without a store of API tokens (a follower has none).
+fn authorize(
+    users: &auth::UserDb,
+    require_auth: bool,
+    tokens: Option<&tokens::Tokens>,
+    headers: &HeaderMap,
+    access: Access,
+) -> Result<Option<request::Caller>, ApiError> {
     let caller = match tokens::presented(headers) {
         // A token's rights are cut to what its user may do now; a user no longer in the users
         // file takes their tokens along.
         Some(token) => {
-            let record = state
-                .tokens
-                .authenticate(&token)
+            let record = tokens
+                .and_then(|tokens| tokens.authenticate(&token))
                 .ok_or_else(|| ApiError::plain(401))?;
-            let user = state
-                .users
+            let user = users
                 .get(&record.user)
                 .ok_or_else(|| ApiError::plain(401))?;
             Some(request::Caller {
@@ -128,8 +143,7 @@ fn check_auth(
                 .map(|h| auth::basic_credentials(h).ok_or_else(|| ApiError::plain(401)));
             match creds {
                 Some(Ok((name, password))) => {
-                    let user = state
-                        .users
+                    let user = users
                         .authenticate(&name, &password)
                         .ok_or_else(|| ApiError::plain(401))?;
                     Some(request::Caller {
@@ -144,7 +158,7 @@ fn check_auth(
             }
         }
     };
-    let needs_user = access != Access::Open || state.require_auth;
+    let needs_user = access != Access::Open || require_auth;
     match (caller, access) {
         // Upstream says no more than the status for either.
         (None, _) if needs_user => Err(ApiError::plain(401)),
@@ -424,7 +438,11 @@ pub async fn serve(
     let leader = warp::path!("gantry" / "v1" / "leader")
         .and(warp::get())
         .and(with_serving.clone())
-        .then(|serving: leading::Serving| async move {
+        .and(warp::header::headers_cloned())
+        .then(|serving: leading::Serving, headers: HeaderMap| async move {
+            if let Err(e) = authorize_here(&serving, &headers, Access::Open) {
+                return error_response(&e);
+            }
             let mut described = match &serving.elsewhere {
                 Some(elsewhere) => elsewhere.describe().await,
                 None => serde_json::json!({"store": "sled"}),
@@ -453,16 +471,19 @@ pub async fn serve(
                 Err(e) => error_response(&e).into_response(),
             }
         });
+    // Every master answers with its own metrics (a follower's: its leadership and etcd).
     let metrics = warp::path!("metrics")
         .and(warp::get())
-        .and(with_state.clone())
+        .and(with_serving.clone())
         .and(warp::header::headers_cloned())
-        .map(|state: Arc<State>, headers: HeaderMap| {
+        .map(|serving: leading::Serving, headers: HeaderMap| {
             use warp::Reply;
-            match check_auth(&state, &headers, Access::Read) {
+            match authorize_here(&serving, &headers, Access::Read) {
                 Ok(_) => warp::reply::with_header(
                     {
-                        crate::metrics::count_instances(&state.config.snapshot());
+                        if let Some(state) = serving.current() {
+                            crate::metrics::count_instances(&state.config.snapshot());
+                        }
                         crate::metrics::render()
                     },
                     "Content-Type",
@@ -508,6 +529,22 @@ pub async fn serve(
         });
     let all = leader.or(events).or(metrics).or(routes).or(forward);
     serve_filter(listener, all, opts, shutdown).await;
+}
+
+/// Checks a request this master answers itself, leading or not: a follower has the users file
+/// but no API tokens (they are in the leader's store).
+fn authorize_here(
+    serving: &leading::Serving,
+    headers: &HeaderMap,
+    access: Access,
+) -> Result<Option<request::Caller>, ApiError> {
+    match serving.current() {
+        Some(state) => check_auth(&state, headers, access),
+        None => {
+            let local = &serving.local;
+            authorize(&local.users, local.require_auth, None, headers, access)
+        }
+    }
 }
 
 fn rejected(rej: &warp::Rejection) -> Response<bytes::Bytes> {

@@ -24,6 +24,8 @@ pub struct EtcdCluster {
     pub members: Vec<Member>,
     _dir: tempfile::TempDir,
     initial: String,
+    /// The network namespace the members run in (none: this test's own).
+    netns: Option<String>,
 }
 
 /// Whether the etcd binary is here; with GANTRY_REQUIRE_TOOLS=1 (CI) a missing one fails.
@@ -38,14 +40,31 @@ pub fn have_etcd() -> bool {
     found
 }
 
+/// `tool`, run inside `netns` when there is one.
+fn in_netns(netns: Option<&str>, tool: &str) -> Command {
+    match netns {
+        Some(ns) => {
+            let mut command = Command::new("ip");
+            command.args(["netns", "exec", ns, tool]);
+            command
+        }
+        None => Command::new(tool),
+    }
+}
+
 impl EtcdCluster {
     pub fn start(n: usize) -> EtcdCluster {
+        EtcdCluster::start_in(n, None, "127.0.0.1")
+    }
+
+    /// `n` members listening on `ip` inside network namespace `netns`.
+    pub fn start_in(n: usize, netns: Option<&str>, ip: &str) -> EtcdCluster {
         let dir = tempfile::tempdir().unwrap();
         let members: Vec<Member> = (0..n)
             .map(|i| Member {
                 name: format!("m{i}"),
-                client_url: format!("http://127.0.0.1:{}", free_port()),
-                peer_url: format!("http://127.0.0.1:{}", free_port()),
+                client_url: format!("http://{ip}:{}", free_port()),
+                peer_url: format!("http://{ip}:{}", free_port()),
                 dir: dir.path().join(format!("m{i}")),
                 child: None,
             })
@@ -59,6 +78,7 @@ impl EtcdCluster {
             members,
             _dir: dir,
             initial,
+            netns: netns.map(str::to_string),
         };
         for i in 0..n {
             cluster.start_member(i);
@@ -74,9 +94,10 @@ impl EtcdCluster {
     /// (Re)starts member `i` on its data dir.
     pub fn start_member(&mut self, i: usize) {
         let initial = self.initial.clone();
+        let netns = self.netns.clone();
         let m = &mut self.members[i];
         let state = if m.dir.exists() { "existing" } else { "new" };
-        let mut command = Command::new("etcd");
+        let mut command = in_netns(netns.as_deref(), "etcd");
         command
             .args(["--name", &m.name, "--data-dir"])
             .arg(&m.dir)
@@ -116,7 +137,7 @@ impl EtcdCluster {
     pub fn wait_healthy(&self) {
         for _ in 0..200 {
             let ok = self.members.iter().filter(|m| m.child.is_some()).all(|m| {
-                Command::new("curl")
+                in_netns(self.netns.as_deref(), "curl")
                     .args(["-sf", &format!("{}/health", m.client_url)])
                     .output()
                     .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("true"))

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod etcd;
+pub mod netns;
 
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader};
@@ -121,7 +122,7 @@ pub fn spawn_gantry(
 }
 
 /// The base URL from a starting server's first line ("... listening on URL").
-fn read_banner(child: &mut Child) -> String {
+pub fn read_banner(child: &mut Child) -> String {
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
@@ -141,6 +142,32 @@ pub fn curl(
 ) -> (u16, Value) {
     let (code, _, body) = curl_full(server, method, path, user, body);
     (code, body)
+}
+
+/// curl with request headers (`"Name: value"`) of the caller's choosing; answers (status, body).
+pub fn curl_headers(
+    s: &Server,
+    method: &str,
+    path: &str,
+    headers: &[&str],
+    body: Option<&str>,
+) -> (u16, Value) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "-k", "-o", "-", "-w", "\n%{http_code}", "-X", method]);
+    for h in headers {
+        cmd.args(["-H", h]);
+    }
+    if let Some(b) = body {
+        cmd.args(["-H", "Content-Type: application/json", "--data-binary", b]);
+    }
+    cmd.arg(format!("{}{path}", s.base));
+    let out = cmd.output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (
+        code.trim().parse().unwrap_or(0),
+        serde_json::from_str(body).unwrap_or(Value::Null),
+    )
 }
 
 /// Like `curl`, plus the response headers as one lower-cased string.
