@@ -74,13 +74,16 @@ enum Command {
     Pool(crate::client::PoolArgs),
     /// Your API tokens on a gantry server (list, create, revoke).
     Token(crate::client::TokenArgs),
-    /// The job queue's drain flag, like `gnt-cluster queue`; works while the server runs.
+    /// The job queue's drain flag, like `gnt-cluster queue`; works while the server runs (on
+    /// the data dir, or with --store etcd on the masters' etcd).
     Queue {
         #[command(subcommand)]
         command: QueueCommand,
         /// The server's data directory.
         #[arg(long, default_value = "gantry-data", global = true)]
         data_dir: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
     },
     /// Write a backup of a data dir (database, certificates, users) to FILE (tar.gz); works while
     /// the server runs: jobs and configuration are copied from one instant.
@@ -307,25 +310,55 @@ struct ServeArgs {
     etcd: EtcdArgs,
 }
 
+/// Where the store is: the data dir's sled, or an etcd cluster (`--features etcd`).
+#[derive(Args, Clone)]
+pub struct StoreArgs {
+    /// Where jobs and the configuration live: `sled` (the data dir, one master) or `etcd`
+    /// (several masters share an etcd cluster; one leads and executes, every one answers).
+    #[arg(long, default_value = "sled", value_parser = ["sled", "etcd"], global = true)]
+    pub store: String,
+    /// etcd client URLs, comma separated (https:// with --etcd-ca).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        env = "GANTRY_ETCD_ENDPOINTS",
+        global = true
+    )]
+    pub etcd_endpoints: Vec<String>,
+    /// Every key of this cluster lives under this prefix (clusters may share an etcd).
+    #[arg(long, default_value = "/gantry", global = true)]
+    pub etcd_prefix: String,
+    /// CA certificate (PEM) that signed the etcd members' certificates.
+    #[arg(long, global = true)]
+    pub etcd_ca: Option<PathBuf>,
+    /// etcd user (etcd's RBAC); the password comes from GANTRY_ETCD_PASSWORD.
+    #[arg(long, global = true)]
+    pub etcd_user: Option<String>,
+}
+
+impl StoreArgs {
+    /// How to reach etcd, with a leader key that outlives its leader by `ttl` seconds.
+    #[cfg(feature = "etcd")]
+    fn etcd_options(&self, ttl: i64) -> Result<crate::ha::EtcdOptions, String> {
+        if self.etcd_endpoints.is_empty() {
+            return Err("--store etcd needs --etcd-endpoints".into());
+        }
+        let password = std::env::var("GANTRY_ETCD_PASSWORD").unwrap_or_default();
+        Ok(crate::ha::EtcdOptions {
+            endpoints: self.etcd_endpoints.clone(),
+            prefix: self.etcd_prefix.trim_end_matches('/').to_string(),
+            ca: self.etcd_ca.clone(),
+            user: self.etcd_user.clone().map(|u| (u, password)),
+            ttl: ttl.max(2),
+        })
+    }
+}
+
 /// Several masters over etcd (`--store etcd`; a build with `--features etcd`).
 #[derive(Args, Clone)]
 pub struct EtcdArgs {
-    /// Where jobs and the configuration live: `sled` (the data dir, one master) or `etcd`
-    /// (several masters share an etcd cluster; one leads and executes, every one answers).
-    #[arg(long, default_value = "sled", value_parser = ["sled", "etcd"])]
-    pub store: String,
-    /// etcd client URLs, comma separated (https:// with --etcd-ca).
-    #[arg(long, value_delimiter = ',', env = "GANTRY_ETCD_ENDPOINTS")]
-    pub etcd_endpoints: Vec<String>,
-    /// Every key of this cluster lives under this prefix (clusters may share an etcd).
-    #[arg(long, default_value = "/gantry")]
-    pub etcd_prefix: String,
-    /// CA certificate (PEM) that signed the etcd members' certificates.
-    #[arg(long)]
-    pub etcd_ca: Option<PathBuf>,
-    /// etcd user (etcd's RBAC); the password comes from GANTRY_ETCD_PASSWORD.
-    #[arg(long)]
-    pub etcd_user: Option<String>,
+    #[command(flatten)]
+    pub store: StoreArgs,
     /// Seconds the leader's key outlives the leader: failover takes about this long.
     #[arg(long, default_value_t = 5)]
     pub etcd_ttl: i64,
@@ -437,7 +470,12 @@ pub fn main() -> ExitCode {
         }
         Command::Backup { data_dir, file } => report(backup(&data_dir, &file)),
         Command::Restore { data_dir, file } => report(crate::backup::restore(&file, &data_dir)),
-        Command::Queue { command, data_dir } => {
+        Command::Queue { command, store, .. } if store.store == "etcd" => {
+            report(queue_on_etcd(&command, &store))
+        }
+        Command::Queue {
+            command, data_dir, ..
+        } => {
             // Only a data dir gets a flag: a typo must not leave a stray file anywhere.
             if !data_dir.join("db").is_dir() {
                 eprintln!(
@@ -680,7 +718,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         handshake_timeout: Duration::from_secs(args.handshake_timeout.max(1)),
         tls,
     };
-    if args.etcd.store == "etcd" {
+    if args.etcd.store.store == "etcd" {
         return serve_replicated(listener, args, server, scheme).await;
     }
     if args.etcd.master_ip.is_some() {
@@ -749,6 +787,28 @@ fn warn_cleartext_writers(state: &StateInner, local: &std::net::SocketAddr) {
 /// Opens the configuration and the job queue on `db`, recovers what a previous master left
 /// (after a crash, or on another master before a failover), and starts executing: what the
 /// leader serves with.
+/// `gantry queue` on several masters' etcd: the flag is a record of the store, which the
+/// leader reads at most a second later.
+#[cfg(feature = "etcd")]
+fn queue_on_etcd(command: &QueueCommand, store: &StoreArgs) -> Result<String, String> {
+    let kv =
+        crate::ha::EtcdKv::connect(&store.etcd_options(5)?, None).map_err(|e| e.to_string())?;
+    let store = Store::open(Database::replicated(Arc::new(kv))).map_err(|e| e.to_string())?;
+    match command {
+        QueueCommand::Drain => store.set_drain_flag(true),
+        QueueCommand::Undrain => store.set_drain_flag(false),
+        QueueCommand::Info => Ok(()),
+    }
+    .and_then(|()| store.drain_flag())
+    .map(|on| format!("The drain flag is {}", if on { "set" } else { "unset" }))
+    .map_err(|e| e.to_string())
+}
+
+#[cfg(not(feature = "etcd"))]
+fn queue_on_etcd(_: &QueueCommand, _: &StoreArgs) -> Result<String, String> {
+    Err("this gantry was built without etcd support: build it with `--features etcd`".into())
+}
+
 /// The users file `serve` reads (and follows while it runs).
 fn users_of(args: &ServeArgs) -> UserDb {
     let path = args
@@ -874,15 +934,8 @@ async fn serve_replicated(
             .unwrap_or_else(|_| "localhost".into());
         format!("{host}:{}", local.port())
     });
-    let password = std::env::var("GANTRY_ETCD_PASSWORD").unwrap_or_default();
     let master = crate::ha::master::Master {
-        etcd: crate::ha::EtcdOptions {
-            endpoints: args.etcd.etcd_endpoints.clone(),
-            prefix: args.etcd.etcd_prefix.trim_end_matches('/').to_string(),
-            ca: args.etcd.etcd_ca.clone(),
-            user: args.etcd.etcd_user.clone().map(|u| (u, password)),
-            ttl: args.etcd.etcd_ttl.max(2),
-        },
+        etcd: args.etcd.store.etcd_options(args.etcd.etcd_ttl)?,
         me: crate::ha::master::MasterRecord {
             name,
             url: advertise,
@@ -897,9 +950,6 @@ async fn serve_replicated(
             _ => None,
         },
     };
-    if master.etcd.endpoints.is_empty() {
-        return Err("--store etcd needs --etcd-endpoints".into());
-    }
     banner(&format!(
         "gantry master {} (etcd store, a follower until elected) listening on {scheme}://{local}",
         master.me.name

@@ -506,4 +506,42 @@ fn a_follower_answers_for_itself_to_users_of_the_users_file() {
         curl_headers(&leader, "GET", "/metrics", &[&header], None).0,
         200
     );
+
+    // The drain flag, set with the same command as on one master's data dir.
+    let endpoint = etcd.endpoints()[0].clone();
+    let queue = |action: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_gantry"))
+            .args([
+                "queue",
+                action,
+                "--store",
+                "etcd",
+                "--etcd-endpoints",
+                &endpoint,
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let submit = || {
+        curl(
+            &follower,
+            "POST",
+            "/2/jobs",
+            ADMIN,
+            Some(r#"{"ops": [{"OP_ID": "OP_TEST_DELAY", "duration": 0.01}]}"#),
+        )
+    };
+    assert!(queue("info").contains("is unset"));
+    assert!(queue("drain").contains("is set"));
+    // The leader reads the flag at most a second later.
+    until("submissions are refused", Duration::from_secs(10), || {
+        submit().0 == 503
+    });
+    assert_eq!(submit().1["message"], "Job queue is drained, cannot submit");
+    assert!(queue("undrain").contains("is unset"));
+    until("submissions are accepted", Duration::from_secs(10), || {
+        submit().0 == 200
+    });
 }
