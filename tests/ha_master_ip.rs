@@ -6,25 +6,15 @@
 #![cfg(feature = "etcd")]
 
 mod common;
-use common::etcd::{EtcdCluster, have_etcd};
+use common::etcd::EtcdCluster;
+use common::have_etcd;
 use common::netns::Netns;
-use common::{read_banner, until};
+use common::{have_tool, read_banner, until};
 use serde_json::Value;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 const VIP: &str = "10.77.0.50";
-
-fn have_arping() -> bool {
-    let found = Command::new("arping")
-        .arg("-V")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found && std::env::var_os("GANTRY_REQUIRE_QEMU").is_some() {
-        panic!("arping is required here (apt-get install iputils-arping)");
-    }
-    found
-}
 
 /// A master process, killed when dropped (a failing test leaves none behind).
 struct Running(Child);
@@ -94,8 +84,7 @@ fn mac(host: &Netns) -> String {
 
 #[test]
 fn the_master_ip_follows_the_leader() {
-    if !have_etcd() || !have_arping() {
-        eprintln!("SKIPPED: needs etcd and arping (apt-get install etcd-server iputils-arping)");
+    if !have_etcd() || !have_tool("arping", "-V", "apt-get install iputils-arping") {
         return;
     }
     let hub = Netns::new("hub");

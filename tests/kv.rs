@@ -96,10 +96,10 @@ fn sled_behaves() {
 #[cfg(feature = "etcd")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_behaves_and_fences_whole_batches() {
-    use common::etcd::{EtcdCluster, have_etcd};
+    use common::etcd::EtcdCluster;
+    use common::have_etcd;
     use gantry::ha::{EtcdKv, EtcdOptions, campaign, connect};
     if !have_etcd() {
-        eprintln!("SKIPPED: etcd not installed (apt-get install etcd-server)");
         return;
     }
     let etcd = EtcdCluster::start(1);

@@ -280,21 +280,31 @@ pub fn restart_after_kill_9(s: Server, extra: &[&str]) -> Server {
     start_in(kill_9(s), extra)
 }
 
-/// Whether QEMU is installed; with GANTRY_REQUIRE_QEMU=1 (CI) a missing QEMU fails the test
-/// instead of skipping it.
-pub fn have_qemu() -> bool {
-    let found = Command::new("qemu-system-x86_64")
-        .arg("--version")
+/// Whether `program` runs (`program version_arg` succeeds); with GANTRY_REQUIRE_QEMU=1 (CI,
+/// which installs every tool) a missing one fails the test instead of skipping it.
+pub fn have_tool(program: &str, version_arg: &str, install: &str) -> bool {
+    let found = Command::new(program)
+        .arg(version_arg)
         .output()
         .is_ok_and(|o| o.status.success());
     if !found {
         assert!(
             std::env::var("GANTRY_REQUIRE_QEMU").as_deref() != Ok("1"),
-            "QEMU is required (GANTRY_REQUIRE_QEMU=1) but not installed"
+            "{program} is required (GANTRY_REQUIRE_QEMU=1) but not installed: {install}"
         );
-        eprintln!("SKIPPED: qemu-system-x86_64 not installed; run .ci/install-qemu");
+        eprintln!("SKIPPED: {program} not installed; {install}");
     }
     found
+}
+
+/// Whether the etcd binary is here (Debian's etcd-server).
+pub fn have_etcd() -> bool {
+    have_tool("etcd", "--version", "apt-get install etcd-server")
+}
+
+/// Whether QEMU is installed.
+pub fn have_qemu() -> bool {
+    have_tool("qemu-system-x86_64", "--version", "run .ci/install-qemu")
 }
 
 /// Live (not zombie) QEMU processes whose command line mentions `run_dir`.
