@@ -949,6 +949,7 @@ async fn serve_replicated(
             (Some(ip), Some(dev)) => Some(crate::ha::master_ip::MasterIp::parse(ip, dev)?),
             _ => None,
         },
+        wait_timeout: Duration::from_secs(args.wait_timeout),
     };
     banner(&format!(
         "gantry master {} (etcd store, a follower until elected) listening on {scheme}://{local}",

@@ -1,5 +1,7 @@
 //! Availability under a connection flood (doc/security.md). In a test binary of its own, so that
-//! no other test competes for the two cores while it measures answers within 1 s.
+//! no other test competes for the two cores. A starved client would wait for a flood
+//! connection's handshake timeout (5 s) to free a slot: a client answered within 3 s was not
+//! starved, with room for a busy machine (1 s failed a CI run while the machine compiled).
 
 mod common;
 use common::*;
@@ -20,7 +22,7 @@ fn idle_and_half_open_connections_cannot_starve_clients() {
                     .args([
                         "-sk",
                         "--max-time",
-                        "1",
+                        "3",
                         "-o",
                         "/dev/null",
                         "-w",
@@ -36,7 +38,7 @@ fn idle_and_half_open_connections_cannot_starve_clients() {
     assert!(opened >= 2000, "the flood opened only {opened} connections");
     assert!(
         answered * 100 >= tries * 95,
-        "only {answered} of {tries} requests answered within 1 s under the flood"
+        "only {answered} of {tries} requests answered within 3 s under the flood"
     );
     // One address alone cannot take more than its share.
     let runtime = tokio::runtime::Runtime::new().unwrap();

@@ -543,4 +543,40 @@ fn a_follower_answers_for_itself_to_users_of_the_users_file() {
     until("submissions are accepted", Duration::from_secs(10), || {
         submit().0 == 200
     });
+    let (code, id) = submit();
+    assert_eq!(code, 200, "{id}");
+    let id = id.as_u64().unwrap();
+    until("the job ends", Duration::from_secs(20), || {
+        curl(&follower, "GET", &format!("/2/jobs/{id}"), ADMIN, None).1["status"] == "success"
+    });
+
+    // A follower reads jobs from etcd: with the leader stopped, a poll and a wait through the
+    // follower are still answered (a relayed request would hang on the stopped leader).
+    let pid = leader.child.id() as i32;
+    // SAFETY: signals to a child process this test started and still owns.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let at_follower = |path: &str, body: &str| {
+        let out = std::process::Command::new("curl")
+            .args(["-s", "-k", "-m", "10", "-u", ADMIN.unwrap(), "-X", "GET"])
+            .args([
+                "-H",
+                "Content-Type: application/json",
+                "--data-binary",
+                body,
+            ])
+            .arg(format!("{}{path}", follower.base))
+            .output()
+            .unwrap();
+        serde_json::from_slice::<Value>(&out.stdout).unwrap_or(Value::Null)
+    };
+    let polled = at_follower(&format!("/2/jobs/{id}"), "");
+    let waited = at_follower(
+        &format!("/2/jobs/{id}/wait"),
+        r#"{"fields": ["status"], "previous_job_info": ["running"]}"#,
+    );
+    let missing = at_follower("/2/jobs/999999", "");
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    assert_eq!(polled["status"], "success", "{polled}");
+    assert_eq!(waited["job_info"], json!(["success"]), "{waited}");
+    assert_eq!(missing["message"], "Job 999999 not found", "{missing}");
 }

@@ -9,9 +9,10 @@ use super::forward::Forwarder;
 use super::master_ip::MasterIp;
 use super::{EtcdKv, EtcdOptions, Leadership, campaign, connect};
 use crate::http::ServerOptions;
+use crate::jobqueue::Store;
 use crate::kv::Database;
 use crate::metrics::METRICS;
-use crate::rapi::leading::{LocalAuth, Serving};
+use crate::rapi::leading::{FollowerJobs, LocalAuth, Serving};
 use crate::rapi::{self, State};
 use serde::{Deserialize, Serialize};
 use std::future::Future;
@@ -54,6 +55,8 @@ pub struct Master {
     pub local: LocalAuth,
     /// `--master-ip`: the address that moves with the leadership.
     pub master_ip: Option<MasterIp>,
+    /// `--wait-timeout`, for the waits a follower answers itself.
+    pub wait_timeout: Duration,
 }
 
 impl Master {
@@ -79,10 +82,16 @@ impl Master {
         let restart = move || -> ! { restart(port, ip.as_ref()) };
         let (publish, state) = watch::channel(None);
         let forwarder = Forwarder::new(&self.etcd, &self.me.name);
+        let jobs = FollowerJobs {
+            store: Arc::default(),
+            wait_timeout: self.wait_timeout,
+        };
+        tokio::spawn(read_jobs_from_etcd(self.etcd.clone(), jobs.clone()));
         let serving = Serving {
             state,
             elsewhere: Some(Arc::new(forwarder.clone())),
             local: self.local.clone(),
+            jobs: Some(jobs),
         };
         let (stop, stopped) = watch::channel(false);
         let rapi = tokio::spawn(rapi::serve(listener, serving, server, async move {
@@ -177,6 +186,32 @@ impl Master {
                 }
             }
         }
+    }
+}
+
+/// Opens the job store on etcd for reading (no fence: a follower never writes), trying again
+/// while etcd cannot be reached; the follower relays job reads until then.
+async fn read_jobs_from_etcd(etcd: EtcdOptions, jobs: FollowerJobs) {
+    use backon::{ExponentialBuilder, Retryable};
+    let open = || async {
+        let etcd = etcd.clone();
+        tokio::task::spawn_blocking(move || EtcdKv::connect(&etcd, None))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())
+    };
+    let retry = ExponentialBuilder::default()
+        .with_max_delay(Duration::from_secs(5))
+        .without_max_times();
+    let kv = match open.retry(retry).await {
+        Ok(kv) => kv,
+        Err(e) => return tracing::warn!("job reads stay with the leader: {e}"),
+    };
+    match Store::open(Database::replicated(Arc::new(kv))) {
+        Ok(store) => {
+            let _ = jobs.store.set(Arc::new(store));
+        }
+        Err(e) => tracing::warn!("job reads stay with the leader: {e}"),
     }
 }
 

@@ -222,6 +222,25 @@ impl Job {
         all
     }
 
+    /// What a waiter on `fields` who saw `previous` and log entries up to `serial` is told now:
+    /// the fields and the newer log entries, or `None` while nothing changed for it (a
+    /// finished job always answers).
+    pub fn changes_for(
+        &self,
+        fields: &[String],
+        previous: Option<&Value>,
+        serial: Option<u64>,
+    ) -> Option<(Vec<Value>, Vec<LogEntry>)> {
+        let info: Vec<Value> = fields.iter().filter_map(|f| self.field(f)).collect();
+        let logs: Vec<LogEntry> = self
+            .log_entries_after(serial.unwrap_or(0))
+            .into_iter()
+            .cloned()
+            .collect();
+        let changed = previous != Some(&Value::Array(info.clone()));
+        (self.is_finalized() || changed || !logs.is_empty()).then_some((info, logs))
+    }
+
     /// Marks opcodes from `from` on as finished with `status`/`result` and ends the job.
     pub fn finalize_rest(&mut self, from: usize, status: Status, result: Value, now: Timestamp) {
         for op in self.ops.iter_mut().skip(from) {

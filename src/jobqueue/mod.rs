@@ -730,25 +730,16 @@ impl JobQueue {
         timeout: Duration,
     ) -> Result<Option<(Vec<Value>, Vec<LogEntry>)>, WaitError> {
         let deadline = tokio::time::Instant::now() + timeout;
-        let look = |job: &Job| {
-            let info: Vec<Value> = fields.iter().filter_map(|f| job.field(f)).collect();
-            let logs: Vec<LogEntry> = job
-                .log_entries_after(previous_serial.unwrap_or(0))
-                .into_iter()
-                .cloned()
-                .collect();
-            (info, logs, job.is_finalized())
-        };
+        let look = |job: &Job| job.changes_for(fields, previous, previous_serial);
         loop {
             let rx = self.watch(id);
             let seen = self.state().jobs.get(&id).map(look);
-            let (info, logs, done) = match seen {
-                Some(seen) => seen,
+            let changes = match seen {
+                Some(changes) => changes,
                 None => look(&*self.job(id).ok_or(WaitError::NotFound(id))?),
             };
-            let changed = previous != Some(&Value::Array(info.clone()));
-            if done || changed || !logs.is_empty() {
-                return Ok(Some((info, logs)));
+            if changes.is_some() {
+                return Ok(changes);
             }
             // No receiver: the job finished in between, and the next look sees it.
             let Some(mut rx) = rx else { continue };

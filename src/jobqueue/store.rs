@@ -187,6 +187,16 @@ impl Store {
         Ok(())
     }
 
+    /// A job wherever it is (unfinished, finished or archived), with its log: what a master
+    /// that does not run the queue reads. The trees are read in the order a job moves through
+    /// them, so a job moving meanwhile is still found.
+    pub fn any_job(&self, id: JobId) -> Result<Option<Job>, StoreError> {
+        match self.kv.get(JOBS, &key(id))? {
+            Some(bytes) => Ok(Some(self.with_logs(decode(&bytes)?)?)),
+            None => self.stored_job(id),
+        }
+    }
+
     /// A finished or archived job with its log, read from disk.
     pub fn stored_job(&self, id: JobId) -> Result<Option<Job>, StoreError> {
         for tree in [FINISHED, ARCHIVE] {

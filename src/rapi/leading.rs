@@ -4,6 +4,7 @@
 
 use super::State;
 use super::auth::UserDb;
+use crate::jobqueue::job::{Job, JobId};
 use bytes::Bytes;
 use std::future::Future;
 use std::pin::Pin;
@@ -19,6 +20,29 @@ pub struct Serving {
     pub elsewhere: Option<Arc<dyn Elsewhere>>,
     /// Who may ask this master about itself (its role, its metrics) while it follows.
     pub local: LocalAuth,
+    /// The jobs a follower reads itself (`follower.rs`); none with one master.
+    pub jobs: Option<FollowerJobs>,
+}
+
+/// Job records as the leader stored them (in etcd), for a follower to read without the leader.
+pub trait StoredJobs: Send + Sync {
+    /// The job with its log; `Err` when the store cannot be read now.
+    fn job(&self, id: JobId) -> Result<Option<Job>, String>;
+}
+
+impl StoredJobs for crate::jobqueue::Store {
+    fn job(&self, id: JobId) -> Result<Option<Job>, String> {
+        self.any_job(id).map_err(|e| e.to_string())
+    }
+}
+
+/// What a follower answers `GET /2/jobs/N` and `/2/jobs/N/wait` from.
+#[derive(Clone)]
+pub struct FollowerJobs {
+    /// Filled once the follower reaches the store; until then requests go to the leader.
+    pub store: Arc<std::sync::OnceLock<Arc<dyn StoredJobs>>>,
+    /// `--wait-timeout`: how long a wait goes on without a change.
+    pub wait_timeout: std::time::Duration,
 }
 
 /// The users file, which every master reads for itself. API tokens live in the leader's store:
@@ -39,6 +63,7 @@ impl Serving {
             },
             state: watch::channel(Some(state)).1,
             elsewhere: None,
+            jobs: None,
         }
     }
 

@@ -7,6 +7,7 @@ mod cache;
 mod error;
 mod events;
 mod filters;
+mod follower;
 pub mod leading;
 mod leases;
 mod objects;
@@ -573,6 +574,20 @@ async fn forward(
     } else {
         format!("{}?{query}", path.as_str())
     };
+    if let Some(jobs) = &serving.jobs
+        && let Some(answer) = follower::answer(
+            jobs,
+            &serving.local,
+            &method,
+            path.as_str(),
+            &query,
+            &headers,
+            &body,
+        )
+        .await
+    {
+        return answer;
+    }
     if path.as_str() == "/gantry/v1/events" {
         return match elsewhere.leader_url().await {
             Some(url) => {

@@ -337,7 +337,7 @@ fn job_fields(job: &crate::jobqueue::job::Job, fields: &[&str]) -> Value {
     Value::Object(m)
 }
 
-fn job_id(text: &str) -> Result<JobId, ApiError> {
+pub(super) fn job_id(text: &str) -> Result<JobId, ApiError> {
     text.parse::<u64>()
         .map(JobId)
         .map_err(|_| ApiError::bad_request(format!("Invalid job ID '{text}'")))
@@ -347,23 +347,8 @@ async fn job(state: &State, req: &Request, id: &str) -> R {
     let id = job_id(id)?;
     match req.method.as_str() {
         "GET" => {
-            const FIELDS: &[&str] = &[
-                "id",
-                "ops",
-                "status",
-                "summary",
-                "opstatus",
-                "received_ts",
-                "start_ts",
-                "end_ts",
-                "oplog",
-                "opresult",
-            ];
-            let job = state
-                .queue
-                .job(id)
-                .ok_or_else(|| ApiError::not_found(format!("Job {id} not found")))?;
-            Ok(job_fields(&job, FIELDS))
+            let job = state.queue.job(id).ok_or_else(|| job_not_found(id))?;
+            Ok(job_answer(&job))
         }
         "DELETE" => {
             let (ok, msg) = state.queue.cancel(id).await;
@@ -373,53 +358,105 @@ async fn job(state: &State, req: &Request, id: &str) -> R {
     }
 }
 
+/// `GET /2/jobs/N`.
+pub(super) fn job_answer(job: &crate::jobqueue::job::Job) -> Value {
+    const FIELDS: &[&str] = &[
+        "id",
+        "ops",
+        "status",
+        "summary",
+        "opstatus",
+        "received_ts",
+        "start_ts",
+        "end_ts",
+        "oplog",
+        "opresult",
+    ];
+    job_fields(job, FIELDS)
+}
+
+pub(super) fn job_not_found(id: JobId) -> ApiError {
+    ApiError::not_found(format!("Job {id} not found"))
+}
+
+/// What `GET /2/jobs/N/wait` asks: the fields, what the client saw of them, its last log serial.
+pub(super) struct WaitArgs {
+    pub fields: Vec<String>,
+    pub previous: Option<Value>,
+    pub serial: Option<u64>,
+}
+
+impl WaitArgs {
+    pub(super) fn parse(req: &Request) -> Result<WaitArgs, ApiError> {
+        let body = req.body_object()?;
+        let fields: Vec<String> = match body.get("fields") {
+            Some(Value::Array(a)) if a.iter().all(Value::is_string) => a
+                .iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect(),
+            _ => {
+                return Err(ApiError::bad_request(
+                    "The 'fields' parameter should be a list",
+                ));
+            }
+        };
+        let previous = match body.get("previous_job_info") {
+            None | Some(Value::Null) => None,
+            Some(v @ Value::Array(_)) => Some(v.clone()),
+            Some(_) => {
+                return Err(ApiError::bad_request(
+                    "The 'previous_job_info' parameter should be a list",
+                ));
+            }
+        };
+        let serial = match body.get("previous_log_serial") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(v.as_u64().ok_or_else(|| {
+                ApiError::bad_request("The 'previous_log_serial' parameter should be a number")
+            })?),
+        };
+        if let Some(bad) = fields.iter().find(|f| !JOB_FIELDS.contains(&f.as_str())) {
+            return Err(ApiError::bad_request(format!(
+                "Unknown output fields selected: {bad}"
+            )));
+        }
+        Ok(WaitArgs {
+            fields,
+            previous,
+            serial,
+        })
+    }
+}
+
+/// The answer to a wait: what changed, or null when nothing did before the timeout.
+pub(super) fn wait_answer(
+    changes: Option<(Vec<Value>, Vec<crate::jobqueue::job::LogEntry>)>,
+) -> Value {
+    match changes {
+        None => Value::Null,
+        Some((info, logs)) => json!({"job_info": info, "log_entries": logs}),
+    }
+}
+
 async fn wait(state: &State, req: &Request, id: &str) -> R {
     only(&req.method, &["GET"])?;
     let id = job_id(id)?;
-    let body = req.body_object()?;
-    let fields: Vec<String> = match body.get("fields") {
-        Some(Value::Array(a)) if a.iter().all(Value::is_string) => a
-            .iter()
-            .filter_map(|v| v.as_str().map(String::from))
-            .collect(),
-        _ => {
-            return Err(ApiError::bad_request(
-                "The 'fields' parameter should be a list",
-            ));
-        }
-    };
-    let previous = match body.get("previous_job_info") {
-        None | Some(Value::Null) => None,
-        Some(v @ Value::Array(_)) => Some(v.clone()),
-        Some(_) => {
-            return Err(ApiError::bad_request(
-                "The 'previous_job_info' parameter should be a list",
-            ));
-        }
-    };
-    let serial = match body.get("previous_log_serial") {
-        None | Some(Value::Null) => None,
-        Some(v) => Some(v.as_u64().ok_or_else(|| {
-            ApiError::bad_request("The 'previous_log_serial' parameter should be a number")
-        })?),
-    };
-    if let Some(bad) = fields.iter().find(|f| !JOB_FIELDS.contains(&f.as_str())) {
-        return Err(ApiError::bad_request(format!(
-            "Unknown output fields selected: {bad}"
-        )));
-    }
+    let args = WaitArgs::parse(req)?;
     let answer = state
         .queue
-        .wait_for_change(id, &fields, previous.as_ref(), serial, state.wait_timeout)
+        .wait_for_change(
+            id,
+            &args.fields,
+            args.previous.as_ref(),
+            args.serial,
+            state.wait_timeout,
+        )
         .await
         .map_err(|e| match e {
             crate::jobqueue::WaitError::NotFound(_) => ApiError::not_found(e.to_string()),
             other => ApiError::bad_request(other.to_string()),
         })?;
-    Ok(match answer {
-        None => Value::Null,
-        Some((info, logs)) => json!({"job_info": info, "log_entries": logs}),
-    })
+    Ok(wait_answer(answer))
 }
 
 // ---- cluster-wide ----
