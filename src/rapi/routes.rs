@@ -289,18 +289,11 @@ async fn jobs(state: &State, req: &Request) -> R {
     match req.method.as_str() {
         "GET" => {
             if req.flag("bulk")? {
-                const BULK: &[&str] = &[
-                    "id",
-                    "ops",
-                    "status",
-                    "summary",
-                    "opstatus",
-                    "received_ts",
-                    "start_ts",
-                    "end_ts",
-                ];
                 Ok(Value::Array(
-                    state.queue.map_jobs(false, |j| job_fields(j, BULK)).await,
+                    state
+                        .queue
+                        .map_jobs(false, |j| job_fields(j, JOB_BULK))
+                        .await,
                 ))
             } else {
                 let ids = state.queue.job_ids();
@@ -358,21 +351,25 @@ async fn job(state: &State, req: &Request, id: &str) -> R {
     }
 }
 
+/// A job in `GET /2/jobs?bulk=1`; `GET /2/jobs/N` adds its log and results.
+const JOB_BULK: &[&str] = &[
+    "id",
+    "ops",
+    "status",
+    "summary",
+    "opstatus",
+    "received_ts",
+    "start_ts",
+    "end_ts",
+];
+
 /// `GET /2/jobs/N`.
 pub(super) fn job_answer(job: &crate::jobqueue::job::Job) -> Value {
-    const FIELDS: &[&str] = &[
-        "id",
-        "ops",
-        "status",
-        "summary",
-        "opstatus",
-        "received_ts",
-        "start_ts",
-        "end_ts",
-        "oplog",
-        "opresult",
-    ];
-    job_fields(job, FIELDS)
+    let mut answer = job_fields(job, JOB_BULK);
+    for field in ["oplog", "opresult"] {
+        answer[field] = job.field(field).unwrap_or(Value::Null);
+    }
+    answer
 }
 
 pub(super) fn job_not_found(id: JobId) -> ApiError {
