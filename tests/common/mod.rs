@@ -109,7 +109,10 @@ pub fn spawn_gantry(
     if on_etcd {
         // A follower until it has won its election (at once: it is alone).
         let leads = (0..200).any(|_| {
-            let (_, answer) = curl_url(&base, "GET", "/gantry/v1/leader", None, None);
+            // A user of start_in's users file: with --require-authentication, who leads is not
+            // told to strangers.
+            let (_, answer) =
+                curl_url(&base, "GET", "/gantry/v1/leader", Some("admin:admin"), None);
             let leads = answer["role"] == "leader" && answer["store"] == "etcd";
             if !leads {
                 std::thread::sleep(std::time::Duration::from_millis(50));
