@@ -4,12 +4,25 @@
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 
+/// A port for an etcd member to listen on, free when picked and below the kernel's ephemeral
+/// range: a port from that range (what `bind(:0)` gives) could be taken before etcd binds it
+/// by any outgoing connection, say a member dialling a peer that is not up yet, which once
+/// left a test's cluster unhealthy. Never the same port twice in one test process.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::hash::{BuildHasher, RandomState};
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (low, span) = (ephemeral / 3, ephemeral - ephemeral / 3);
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    let random = RandomState::new();
+    (0u64..)
+        .map(|n| low + (random.hash_one(n) % u64::from(span)) as u16)
+        .find(|port| !given.contains(port) && TcpListener::bind(("127.0.0.1", *port)).is_ok())
+        .inspect(|port| given.push(*port))
+        .expect("a free port below the ephemeral range")
 }
 
 pub struct Member {
