@@ -41,6 +41,16 @@ pub struct EtcdCluster {
     netns: Option<String>,
 }
 
+/// Where a member's messages go (beside its data dir, appended across restarts): shown when a
+/// cluster does not become healthy.
+fn log_file(dir: &std::path::Path) -> Stdio {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.with_extension("log"))
+        .map_or_else(|_| Stdio::null(), Stdio::from)
+}
+
 /// `tool`, run inside `netns` when there is one.
 fn in_netns(netns: Option<&str>, tool: &str) -> Command {
     match netns {
@@ -111,7 +121,7 @@ impl EtcdCluster {
             .args(["--initial-cluster-token", "gantry-test"])
             .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
             .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stderr(log_file(&m.dir));
         // Killed with the thread that started it, even when the test process dies by a signal.
         unsafe {
             use std::os::unix::process::CommandExt;
@@ -147,6 +157,14 @@ impl EtcdCluster {
                 return;
             }
             std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        for m in &self.members {
+            let log = std::fs::read_to_string(m.dir.with_extension("log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(15).collect();
+            eprintln!("=== etcd {} ({})", m.name, m.client_url);
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
         }
         panic!("etcd cluster did not become healthy");
     }
