@@ -119,7 +119,12 @@ pub fn spawn_gantry(
             }
             leads
         });
-        assert!(leads, "{base} did not lead on etcd");
+        if !leads {
+            // Not left behind: it would go on waiting for a leadership (and its etcd) forever.
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{base} did not lead on etcd");
+        }
     }
     (child, base)
 }
