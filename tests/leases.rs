@@ -14,31 +14,15 @@ fn create_instance(s: &Server, name: &str, extra: Value) -> Value {
     body.as_object_mut()
         .unwrap()
         .extend(extra.as_object().unwrap().clone());
-    let (code, id) = curl(
-        s,
-        "POST",
-        "/2/instances",
-        Some("admin:admin"),
-        Some(&body.to_string()),
-    );
-    assert_eq!(code, 200, "{id}");
-    wait_job(s, id.as_u64().unwrap())
+    post_job(s, "/2/instances", &body)
+}
+
+/// Creates a lease (POST /gantry/v1/leases as admin) and answers its finished job.
+fn create_lease(s: &Server, body: &Value) -> Value {
+    post_job(s, "/gantry/v1/leases", body)
 }
 
 /// The jobs of lease `name`'s events: (job id, event, status).
-/// Creates a lease (POST /gantry/v1/leases as admin) and answers its finished job.
-fn create_lease(s: &Server, body: &Value) -> Value {
-    let (code, id) = curl(
-        s,
-        "POST",
-        "/gantry/v1/leases",
-        Some("admin:admin"),
-        Some(&body.to_string()),
-    );
-    assert_eq!(code, 200, "{id}");
-    wait_job(s, id.as_u64().unwrap())
-}
-
 fn lease_jobs(s: &Server, name: &str) -> Vec<(u64, String, String)> {
     let (_, jobs) = curl(s, "GET", "/2/jobs?bulk=1", None, None);
     jobs.as_array()

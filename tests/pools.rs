@@ -15,15 +15,7 @@ fn template() -> Value {
 
 fn make_pool(s: &Server, name: &str, size: u64) {
     let body = json!({"name": name, "size": size, "template": template()});
-    let (code, id) = curl(
-        s,
-        "POST",
-        "/gantry/v1/pools",
-        Some("admin:admin"),
-        Some(&body.to_string()),
-    );
-    assert_eq!(code, 200, "{id}");
-    let job = wait_job(s, id.as_u64().unwrap());
+    let job = post_job(s, "/gantry/v1/pools", &body);
     assert_eq!(job["status"], "success", "{job}");
 }
 

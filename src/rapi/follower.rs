@@ -6,7 +6,6 @@
 //! and any read the store cannot answer now go to the leader as before.
 
 use super::leading::{FollowerJobs, StoredJobs};
-use super::request::Request;
 use super::routes::{self, WaitArgs};
 use super::{ApiError, authorize, error_response, json_response, parse_body, percent_decode};
 use crate::jobqueue::job::{Job, JobId};
@@ -86,15 +85,7 @@ async fn wait(
     body: &serde_json::Value,
     timeout: Duration,
 ) -> Option<Result<serde_json::Value, ApiError>> {
-    let req = Request {
-        method: "GET".into(),
-        segments: vec![],
-        query: vec![],
-        body: body.clone(),
-        idempotency: None,
-        caller: None,
-    };
-    let args = match WaitArgs::parse(&req) {
+    let args = match WaitArgs::parse(body) {
         Ok(args) => args,
         Err(e) => return Some(Err(e)),
     };

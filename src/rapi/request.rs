@@ -50,12 +50,17 @@ impl Request {
 
     /// The body as an object; an absent body counts as `{}`.
     pub fn body_object(&self) -> Result<Map<String, Value>, ApiError> {
-        match &self.body {
-            Value::Null => Ok(Map::new()),
-            Value::Object(m) => Ok(m.clone()),
-            _ => Err(ApiError::bad_request(
-                "Invalid body contents, expected a dictionary",
-            )),
-        }
+        body_object(&self.body)
+    }
+}
+
+/// A JSON body as an object; an absent body (`Null`) counts as `{}`.
+pub fn body_object(body: &Value) -> Result<Map<String, Value>, ApiError> {
+    match body {
+        Value::Null => Ok(Map::new()),
+        Value::Object(m) => Ok(m.clone()),
+        _ => Err(ApiError::bad_request(
+            "Invalid body contents, expected a dictionary",
+        )),
     }
 }

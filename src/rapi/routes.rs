@@ -384,8 +384,9 @@ pub(super) struct WaitArgs {
 }
 
 impl WaitArgs {
-    pub(super) fn parse(req: &Request) -> Result<WaitArgs, ApiError> {
-        let body = req.body_object()?;
+    /// From the request's JSON body (`Value::Null` when it had none).
+    pub(super) fn parse(body: &Value) -> Result<WaitArgs, ApiError> {
+        let body = super::request::body_object(body)?;
         let fields: Vec<String> = match body.get("fields") {
             Some(Value::Array(a)) if a.iter().all(Value::is_string) => a
                 .iter()
@@ -438,7 +439,7 @@ pub(super) fn wait_answer(
 async fn wait(state: &State, req: &Request, id: &str) -> R {
     only(&req.method, &["GET"])?;
     let id = job_id(id)?;
-    let args = WaitArgs::parse(req)?;
+    let args = WaitArgs::parse(&req.body)?;
     let answer = state
         .queue
         .wait_for_change(

@@ -247,6 +247,19 @@ fn curl_base(
     )
 }
 
+/// POSTs `body` to `path` as admin, which must answer a job id, and answers the finished job.
+pub fn post_job(s: &Server, path: &str, body: &Value) -> Value {
+    let (code, id) = curl(
+        s,
+        "POST",
+        path,
+        Some("admin:admin"),
+        Some(&body.to_string()),
+    );
+    assert_eq!(code, 200, "{path}: {id}");
+    wait_job(s, id.as_u64().unwrap())
+}
+
 /// Polls a job until it is finalized.
 pub fn wait_job(server: &Server, id: u64) -> Value {
     for _ in 0..400 {
