@@ -1,8 +1,8 @@
 //! Runs one job: its opcodes in order, each through dependencies, name expansion, locks, checks
 //! and execution (spec jobs.md §4.2), recording every transition.
 
-use super::job::{ERROR_MSG_CANCELED, JobId, LogEntry, Status, Timestamp};
-use super::{JobQueue, SubmitError};
+use super::job::{ERROR_MSG_CANCELED, Job, JobId, LogEntry, Status, Timestamp};
+use super::{JobQueue, StoreError, SubmitError};
 use crate::backends::BoxFuture;
 use crate::cmdlib::{self, Ctx, Feedback, JobSubmitter, OpError};
 use crate::opcodes::OpCode;
@@ -84,6 +84,20 @@ fn record(queue: &JobQueue, id: JobId, idx: usize, params: Vec<(&'static str, Va
     }
 }
 
+/// The opcode's `running` state: its recorded parameters and when it started executing.
+fn mark_running(job: &mut Job, idx: usize, recorded: &[(&'static str, Value)], now: Timestamp) {
+    for (name, value) in recorded {
+        job.ops[idx].input.set(name, value.clone());
+    }
+    job.ops[idx].status = Status::Running;
+    job.ops[idx].exec = Some(now);
+}
+
+async fn write_durably(queue: &JobQueue, job: &Job) -> Result<(), StoreError> {
+    queue.inner.store.put_job(job)?;
+    queue.inner.store.durable().await
+}
+
 async fn run_op(
     queue: &JobQueue,
     id: JobId,
@@ -120,7 +134,31 @@ async fn run_op(
         return Outcome::Canceled;
     }
     let recorded = recorded(&op, &cluster);
-    let waited = {
+    let now = Timestamp::now();
+    // The job is `running` on disk before anyone can see it running, and before the opcode
+    // touches anything: a master that dies from here on leaves it `running`, which recovery
+    // ends as an unclean shutdown instead of running it again (as upstream writes the job
+    // file before the opcode starts). A dry run touches nothing: run again, it answers the same.
+    let running = {
+        let st = queue.state();
+        let Some(job) = st.jobs.get(&id) else {
+            return Outcome::Canceled;
+        };
+        if job.ops[idx].status == Status::Canceling {
+            return Outcome::Canceled;
+        }
+        let mut running = job.clone();
+        mark_running(&mut running, idx, &recorded, now);
+        running
+    };
+    if !op.dry_run()
+        && let Err(e) = write_durably(queue, &running).await
+    {
+        return Outcome::Failed(
+            OpError::exec(format!("Cannot record the job as running: {e}")).to_json(),
+        );
+    }
+    {
         let mut st = queue.state();
         let Some(job) = st.jobs.get_mut(&id) else {
             return Outcome::Canceled;
@@ -128,17 +166,12 @@ async fn run_op(
         if job.ops[idx].status == Status::Canceling {
             return Outcome::Canceled;
         }
-        for (name, value) in recorded {
-            job.ops[idx].input.set(name, value);
-        }
-        job.ops[idx].status = Status::Running;
-        let now = Timestamp::now();
-        job.ops[idx].exec = Some(now);
-        // Waiting covers the queue and the locks: the seconds since this opcode was picked up.
-        job.ops[idx]
-            .start
-            .map_or(0.0, |t| now.as_secs_f64() - t.as_secs_f64())
-    };
+        mark_running(job, idx, &recorded, now);
+    }
+    // Waiting covers the queue and the locks: the seconds since this opcode was picked up.
+    let waited = running.ops[idx]
+        .start
+        .map_or(0.0, |t| now.as_secs_f64() - t.as_secs_f64());
     // Logged outside the queue lock: a slow stderr must not hold up every other job.
     tracing::info!(
         job = %id,
@@ -147,18 +180,8 @@ async fn run_op(
         waited = format!("{waited:.3}"),
         "job running"
     );
-    // Durable before the opcode touches anything: a master that dies from here on leaves the
-    // job `running`, which recovery ends as an unclean shutdown instead of running it again
-    // (as upstream writes the job file before the opcode starts).
+    // Wakes its waiters (and writes the whole job again: it may have changed meanwhile).
     queue.persist(id, false).await;
-    // A dry run touches nothing: run again after a crash, it answers the same.
-    if !op.dry_run()
-        && let Err(e) = queue.inner.store.durable().await
-    {
-        return Outcome::Failed(
-            OpError::exec(format!("Cannot record the job as running: {e}")).to_json(),
-        );
-    }
     let ctx = Ctx {
         op,
         job_id: id.0,
