@@ -33,6 +33,13 @@ pub trait Kv: Send + Sync {
     fn apply_blind(&self, writes: &[Write]) -> Result<(), StorageError> {
         self.apply(writes).map(drop)
     }
+    /// From now on, every write of record `key` of `tree` is a compare-and-swap on the
+    /// revision this store last read or wrote it at: when another process wrote the record
+    /// meanwhile, the write fails (and the store with it). Only a store that other processes
+    /// reach needs it (etcd); sled is this process's alone.
+    fn guard(&self, _tree: &str, _key: &[u8]) -> Result<(), StorageError> {
+        Ok(())
+    }
     /// Waits until every write made before this call is committed (sled's durability is its
     /// group commit's, in `Database`).
     fn durable(&self) -> Durable<'_> {

@@ -68,6 +68,12 @@ pub struct EventLabel {
     pub event: String,
 }
 
+/// What woke a wait (`watch`, `poll`, `timeout`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ByLabel {
+    pub by: &'static str,
+}
+
 type RunTimes = Family<OpcodeLabel, Histogram, fn() -> Histogram>;
 type Latencies<L> = Family<L, Histogram, fn() -> Histogram>;
 
@@ -133,6 +139,9 @@ pub struct Metrics {
     pub leader: Gauge,
     /// Seconds an etcd request of the leadership took (campaign, keep-alive, fenced write).
     pub etcd_request_seconds: Histogram,
+    /// Times a wait on a follower looked at the job again, by what woke it (`watch`: its etcd
+    /// watch heard of a change; `poll`: none heard for a while; `timeout`).
+    pub follower_wait_wakeups: Family<ByLabel, Counter>,
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -164,6 +173,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         leadership_changes: Counter::default(),
         leader: Gauge::default(),
         etcd_request_seconds: latency_histogram(),
+        follower_wait_wakeups: Family::default(),
     };
     registry.register(
         "idempotent_hits",
@@ -286,10 +296,21 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "Seconds an etcd request of the leadership took",
         m.etcd_request_seconds.clone(),
     );
+    registry.register(
+        "follower_wait_wakeups",
+        "Times a wait on a follower looked at the job again, by what woke it",
+        m.follower_wait_wakeups.clone(),
+    );
     Metrics { registry, ..m }
 });
 
 impl Metrics {
+    pub fn follower_wait_wakeup(&self, by: &'static str) {
+        self.follower_wait_wakeups
+            .get_or_create(&ByLabel { by })
+            .inc();
+    }
+
     pub fn lease_event(&self, event: &str) {
         self.lease_events
             .get_or_create(&EventLabel {

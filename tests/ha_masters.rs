@@ -7,7 +7,9 @@
 mod common;
 use common::etcd::EtcdCluster;
 use common::have_etcd;
-use common::{Server, curl, curl_full, curl_headers, curl_url, spawn_gantry, until, wait_job};
+use common::{
+    Server, curl, curl_full, curl_headers, curl_url, delay_job, spawn_gantry, until, wait_job,
+};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::path::Path;
@@ -550,6 +552,26 @@ fn a_follower_answers_for_itself_to_users_of_the_users_file() {
         curl(&follower, "GET", &format!("/2/jobs/{id}"), ADMIN, None).1["status"] == "success"
     });
 
+    // A wait through the follower wakes when its etcd watch hears the job change (it would
+    // also notice by polling, every 2 s: the metric tells which).
+    let slow = delay_job(&follower, 1.0, json!({}));
+    let mut previous = json!(null);
+    until("the waited job ends", Duration::from_secs(30), || {
+        let body = json!({"fields": ["status"], "previous_job_info": previous});
+        let path = format!("/2/jobs/{slow}/wait");
+        let (code, answer) = curl(&follower, "GET", &path, ADMIN, Some(&body.to_string()));
+        assert_eq!(code, 200, "{answer}");
+        if answer.is_object() {
+            previous = answer["job_info"].clone();
+        }
+        previous == json!(["success"])
+    });
+    let woken = metrics(&follower);
+    assert!(
+        woken.contains("gantry_follower_wait_wakeups_total{by=\"watch\"}"),
+        "{woken}"
+    );
+
     // A follower reads jobs from etcd: with the leader stopped, a poll and a wait through the
     // follower are still answered (a relayed request would hang on the stopped leader).
     let pid = leader.child.id() as i32;
@@ -579,4 +601,78 @@ fn a_follower_answers_for_itself_to_users_of_the_users_file() {
     assert_eq!(polled["status"], "success", "{polled}");
     assert_eq!(waited["job_info"], json!(["success"]), "{waited}");
     assert_eq!(missing["message"], "Job 999999 not found", "{missing}");
+}
+
+/// etcd's JSON gateway (`/v3/kv/...`, keys and values in base64), as another writer would
+/// reach the store.
+fn etcd_call(endpoint: &str, call: &str, body: Value) -> Value {
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-f", "-m", "10", "--data-binary"])
+        .arg(body.to_string())
+        .arg(format!("{endpoint}/v3/kv/{call}"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "etcd {call}: {out:?}");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Config writes are compare-and-swaps on the document's revision: when another process
+/// changed the configuration in etcd, the leader's next change is refused (its job ends as
+/// after an unclean shutdown, the master starts over and reads the configuration again)
+/// instead of overwriting it.
+#[test]
+fn a_configuration_changed_by_another_writer_is_not_overwritten() {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    if !have_etcd() {
+        return;
+    }
+    let etcd = EtcdCluster::start(1);
+    let work = tempfile::tempdir().unwrap();
+    let leader = master(&etcd, "a", &work.path().join("journal"), &[]);
+    until("a leads", Duration::from_secs(30), || {
+        role(&leader).0 == "leader"
+    });
+    // Its job, once ended (through a restart: answered by the master as follower meanwhile).
+    let tag = |name: &str| {
+        let (code, id) = curl(&leader, "PUT", &format!("/2/tags?tag={name}"), ADMIN, None);
+        assert_eq!(code, 200, "{id}");
+        let mut job = Value::Null;
+        until("the tag's job ends", Duration::from_secs(60), || {
+            job = curl(&leader, "GET", &format!("/2/jobs/{id}"), ADMIN, None).1;
+            finalized(&job)
+        });
+        job
+    };
+    assert_eq!(tag("ours")["status"], "success");
+
+    // Another writer adds a tag to the stored document.
+    let endpoint = etcd.endpoints()[0].clone();
+    let key = b64.encode("/gantry/kv/config/config");
+    let stored = etcd_call(&endpoint, "range", json!({ "key": key }));
+    let value = stored["kvs"][0]["value"]
+        .as_str()
+        .expect("a stored configuration");
+    let mut doc: Value = serde_json::from_slice(&b64.decode(value).unwrap()).unwrap();
+    let tags = doc["cluster"]["meta"]["tags"]
+        .as_array_mut()
+        .expect("cluster tags");
+    assert_eq!(*tags, vec![json!("ours")]);
+    tags.push(json!("theirs"));
+    let value = b64.encode(doc.to_string());
+    etcd_call(&endpoint, "put", json!({ "key": key, "value": value }));
+
+    // The leader's next change is refused; it starts over, and the other writer's tag stays.
+    let late = tag("late");
+    assert_eq!(late["status"], "error", "{late}");
+    until("a leads again", Duration::from_secs(30), || {
+        role(&leader).0 == "leader"
+    });
+    let (code, tags) = curl(&leader, "GET", "/2/tags", ADMIN, None);
+    assert_eq!(code, 200, "{tags}");
+    assert_eq!(tags, json!(["ours", "theirs"]));
+    // Changes go on from the configuration it read again.
+    assert_eq!(tag("after")["status"], "success");
+    let (_, tags) = curl(&leader, "GET", "/2/tags", ADMIN, None);
+    assert_eq!(tags, json!(["after", "ours", "theirs"]));
 }

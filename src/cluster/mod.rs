@@ -179,6 +179,9 @@ impl ClusterStore {
     pub fn open(db: impl Into<Database>, init: &InitOptions) -> Result<ClusterStore, ConfigError> {
         let db = db.into();
         let trees = Trees::open(&db)?;
+        // Config writes are compare-and-swaps on the document's revision: a configuration
+        // changed by anyone else since this process read it is never overwritten.
+        trees.kv.guard(DOC, CONFIG_KEY)?;
         let (config, written) = match trees.load()? {
             // Instances still inline: the first write puts every one into its own record.
             Some((cfg, false)) => {

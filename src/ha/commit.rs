@@ -10,9 +10,10 @@
 
 use crate::storage::StorageError;
 use backon::{ExponentialBuilder, Retryable};
-use etcd_client::{Client, Compare, Txn, TxnOp, TxnOpResponse};
+use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp, TxnOpResponse};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::sync::{Notify, watch};
 
@@ -53,6 +54,9 @@ pub(super) struct Committer {
     wake: Notify,
     settled: watch::Sender<Settled>,
     hook: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
+    /// Keys whose writes compare their revision (`Kv::guard`): key → the revision this
+    /// master last read or wrote it at (0: absent).
+    guarded: Mutex<HashMap<Vec<u8>, i64>>,
 }
 
 impl Committer {
@@ -65,7 +69,17 @@ impl Committer {
             wake: Notify::new(),
             settled: watch::channel(Settled::default()).0,
             hook: std::sync::OnceLock::new(),
+            guarded: Mutex::default(),
         }
+    }
+
+    /// Writes of `key` compare its revision from now on; `revision` is the one just read.
+    pub(super) fn guard(&self, key: Vec<u8>, revision: i64) {
+        self.revisions().insert(key, revision);
+    }
+
+    fn revisions(&self) -> std::sync::MutexGuard<'_, HashMap<Vec<u8>, i64>> {
+        self.guarded.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Called (once) at the first failed commit.
@@ -158,11 +172,26 @@ impl Committer {
                 None => TxnOp::delete(k.clone(), None),
             })
             .collect();
-        let mut txn = Txn::new();
-        if let Some(fence) = fence {
-            txn = txn.when([fence.clone()]);
-        }
-        let txn = txn.and_then(ops);
+        // The guarded keys this transaction writes, at the revisions they must still have.
+        let guards: Vec<(Vec<u8>, i64)> = {
+            let known = self.revisions();
+            group
+                .ops
+                .iter()
+                .filter_map(|(k, _)| known.get(k).map(|r| (k.clone(), *r)))
+                .collect()
+        };
+        let compares: Vec<Compare> = fence
+            .cloned()
+            .into_iter()
+            .chain(
+                guards
+                    .iter()
+                    .map(|(k, r)| Compare::mod_revision(k.clone(), CompareOp::Equal, *r)),
+            )
+            .collect();
+        let txn = Txn::new().when(compares).and_then(ops);
+        let sends = AtomicUsize::new(0);
         // Sent again after any failure to get an answer (a member died under it, a timeout):
         // the same writes again leave the same state, and the fence still guards them. Only a
         // refusal, or etcd unreachable for seconds, fails the commit.
@@ -173,16 +202,36 @@ impl Committer {
         let answer = super::timed(
             (|| {
                 let (mut client, txn) = (client.clone(), txn.clone());
+                sends.fetch_add(1, Ordering::Relaxed);
                 async move { client.txn(txn).await }
             })
             .retry(again)
             .notify(|e, _| tracing::warn!("etcd commit sent again: {e}")),
         )
         .await;
+        let blind = group.batches.iter().all(|q| q.answer.is_none());
         let outcome = match answer {
-            Ok(a) if a.succeeded() => Ok(a.op_responses()),
-            Ok(_) => Err(StorageError::Flush(
+            Ok(a) if a.succeeded() => {
+                let revision = a.header().map_or(0, |h| h.revision());
+                self.wrote(&group, &guards, |_| revision);
+                Ok(a.op_responses())
+            }
+            // A send whose answer was lost may have committed: then its guarded keys have
+            // moved on, and the transaction sent again is refused for it.
+            Ok(_)
+                if sends.load(Ordering::Relaxed) > 1
+                    && blind
+                    && self.landed(client, &group, &guards).await =>
+            {
+                Ok(vec![])
+            }
+            Ok(_) if guards.is_empty() => Err(StorageError::Flush(
                 "etcd: refused, this master no longer leads".into(),
+            )),
+            Ok(_) => Err(StorageError::Flush(
+                "etcd: refused: this master no longer leads, or another process changed the \
+                 configuration since this master read it"
+                    .into(),
             )),
             Err(e) => Err(StorageError::Flush(format!("etcd: {e}"))),
         };
@@ -225,6 +274,51 @@ impl Committer {
         if first_failure && let Some(hook) = self.hook.get() {
             hook();
         }
+    }
+}
+
+impl Committer {
+    /// Notes the revisions the guarded keys of a committed group have now (0 when deleted).
+    fn wrote(&self, group: &Group, guards: &[(Vec<u8>, i64)], revision_of: impl Fn(&[u8]) -> i64) {
+        let mut known = self.revisions();
+        for (key, _) in guards {
+            let written = group.at.get(key).and_then(|&i| group.ops[i].1.as_ref());
+            let revision = if written.is_some() {
+                revision_of(key)
+            } else {
+                0
+            };
+            known.insert(key.clone(), revision);
+        }
+    }
+
+    /// Whether a refused group had committed at an earlier send: every guarded key it writes
+    /// holds what it wrote, at a newer revision than it compared.
+    async fn landed(&self, client: &Client, group: &Group, guards: &[(Vec<u8>, i64)]) -> bool {
+        if guards.is_empty() {
+            return false;
+        }
+        let mut now = HashMap::new();
+        for (key, was) in guards {
+            let Ok(answer) = client.clone().get(key.clone(), None).await else {
+                return false;
+            };
+            let stored = answer.kvs().first();
+            let written = group.at.get(key).and_then(|&i| group.ops[i].1.as_ref());
+            let same = match (stored, written) {
+                (Some(kv), Some(value)) => {
+                    kv.value() == value.as_slice() && kv.mod_revision() > *was
+                }
+                (None, None) => true,
+                _ => false,
+            };
+            if !same {
+                return false;
+            }
+            now.insert(key.clone(), stored.map_or(0, |kv| kv.mod_revision()));
+        }
+        self.wrote(group, guards, |key| now.get(key).copied().unwrap_or(0));
+        true
     }
 }
 

@@ -27,6 +27,14 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     vec![0]
 }
 
+/// What a watch saw (`EtcdKv::watch`).
+pub enum Seen<'a> {
+    /// Record `key` of tree `tree` was written or deleted.
+    Record { tree: &'a str, key: &'a [u8] },
+    /// The watch (re)opened: anything may have changed meanwhile.
+    Anything,
+}
+
 pub struct EtcdKv {
     client: Client,
     root: String,
@@ -105,6 +113,50 @@ impl EtcdKv {
             let (mut client, key, options) = (client.clone(), key.clone(), options.clone());
             async move { client.get(key, Some(options)).await }
         })
+    }
+
+    /// Calls `seen` with each record written or deleted under this store from now on (by any
+    /// master), on the etcd thread, for as long as the process lives. A watch that broke is
+    /// opened again (backing off up to 5 s); changes in the gap are not replayed, so `seen`
+    /// hears `Seen::Anything` whenever a watch opens.
+    pub fn watch(&self, seen: impl Fn(Seen<'_>) + Send + Sync + 'static) {
+        use backon::{ExponentialBuilder, Retryable};
+        let (client, root) = (self.client.clone(), self.root.clone());
+        let seen = Arc::new(seen);
+        let watch_once = move || {
+            let (mut client, root, seen) = (client.clone(), root.clone(), seen.clone());
+            async move {
+                let options = etcd_client::WatchOptions::new().with_prefix();
+                let mut stream = client.watch(root.as_bytes(), Some(options)).await?;
+                seen(Seen::Anything);
+                while let Some(answer) = stream.message().await? {
+                    for kv in answer.events().iter().filter_map(|e| e.kv()) {
+                        let Some(record) = kv.key().strip_prefix(root.as_bytes()) else {
+                            continue;
+                        };
+                        let Some(slash) = record.iter().position(|b| *b == b'/') else {
+                            continue;
+                        };
+                        if let Ok(tree) = std::str::from_utf8(&record[..slash]) {
+                            seen(Seen::Record {
+                                tree,
+                                key: &record[slash + 1..],
+                            });
+                        }
+                    }
+                }
+                Err::<(), _>(etcd_client::Error::WatchError("the watch ended".into()))
+            }
+        };
+        let backoff = ExponentialBuilder::default()
+            .with_max_delay(std::time::Duration::from_secs(5))
+            .without_max_times();
+        self.runtime.spawn(async move {
+            let _ = watch_once
+                .retry(backoff)
+                .notify(|e, _| tracing::debug!("etcd watch: {e}; opening it again"))
+                .await;
+        });
     }
 
     /// Runs `hook` at the first failed commit (a leader that can no longer know what etcd
@@ -202,6 +254,15 @@ impl Kv for EtcdKv {
 
     fn apply_blind(&self, writes: &[Write]) -> Result<(), StorageError> {
         self.committer.enqueue(self.ops(writes), None);
+        Ok(())
+    }
+
+    fn guard(&self, tree: &str, key: &[u8]) -> Result<(), StorageError> {
+        let full = self.key(tree, key);
+        let answer = self.range(full.clone(), GetOptions::new().with_keys_only())?;
+        // etcd compares an absent key's revision as 0.
+        let revision = answer.kvs().first().map_or(0, |kv| kv.mod_revision());
+        self.committer.guard(full, revision);
         Ok(())
     }
 

@@ -7,9 +7,9 @@
 
 use super::forward::Forwarder;
 use super::master_ip::MasterIp;
-use super::{EtcdKv, EtcdOptions, Leadership, campaign, connect};
+use super::{EtcdKv, EtcdOptions, Leadership, Seen, campaign, connect};
 use crate::http::ServerOptions;
-use crate::jobqueue::Store;
+use crate::jobqueue::{Store, job_of_record};
 use crate::kv::Database;
 use crate::metrics::METRICS;
 use crate::rapi::leading::{FollowerJobs, LocalAuth, Serving};
@@ -85,6 +85,7 @@ impl Master {
         let jobs = FollowerJobs {
             store: Arc::default(),
             wait_timeout: self.wait_timeout,
+            changes: tokio::sync::broadcast::channel(1024).0,
         };
         tokio::spawn(read_jobs_from_etcd(self.etcd.clone(), jobs.clone()));
         let serving = Serving {
@@ -207,6 +208,18 @@ async fn read_jobs_from_etcd(etcd: EtcdOptions, jobs: FollowerJobs) {
         Ok(kv) => kv,
         Err(e) => return tracing::warn!("job reads stay with the leader: {e}"),
     };
+    let changes = jobs.changes.clone();
+    kv.watch(move |seen| {
+        let changed = match seen {
+            Seen::Record { tree, key } => match job_of_record(tree, key) {
+                Some(id) => Some(id),
+                None => return,
+            },
+            Seen::Anything => None,
+        };
+        // Nobody waiting is no error.
+        let _ = changes.send(changed);
+    });
     match Store::open(Database::replicated(Arc::new(kv))) {
         Ok(store) => {
             let _ = jobs.store.set(Arc::new(store));

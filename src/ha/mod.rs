@@ -19,7 +19,7 @@ mod forward;
 mod kv;
 pub mod master;
 pub mod master_ip;
-pub use kv::EtcdKv;
+pub use kv::{EtcdKv, Seen};
 
 use crate::metrics::METRICS;
 use etcd_client::{

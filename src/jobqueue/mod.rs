@@ -25,7 +25,7 @@ use std::time::Duration;
 use thiserror::Error;
 use tokio::sync::{Notify, watch};
 
-pub use store::{DRAIN_FILE, Store, StoreError, set_drain_file};
+pub use store::{DRAIN_FILE, Store, StoreError, job_of_record, set_drain_file};
 
 #[derive(Debug, Error)]
 pub enum SubmitError {

@@ -60,6 +60,16 @@ fn key(id: JobId) -> [u8; 8] {
     id.0.to_be_bytes()
 }
 
+/// The job a record of tree `tree` belongs to (a job, finished or archived, or one of its log
+/// entries); `None` for every other record. For a follower watching the records change.
+pub fn job_of_record(tree: &str, key: &[u8]) -> Option<JobId> {
+    if ![JOBS, FINISHED, ARCHIVE, LOGS].contains(&tree) {
+        return None;
+    }
+    let id: [u8; 8] = key.get(..8)?.try_into().ok()?;
+    Some(JobId(u64::from_be_bytes(id)))
+}
+
 impl Store {
     pub fn open(db: impl Into<Database>) -> Result<Store, StoreError> {
         let db = db.into();

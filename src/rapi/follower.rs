@@ -9,13 +9,16 @@ use super::leading::{FollowerJobs, StoredJobs};
 use super::routes::{self, WaitArgs};
 use super::{ApiError, authorize, error_response, json_response, parse_body, percent_decode};
 use crate::jobqueue::job::{Job, JobId};
+use crate::metrics::METRICS;
 use bytes::Bytes;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::broadcast;
 use warp::http::{HeaderMap, Method, Response, StatusCode};
 
-/// How often a wait looks at the store again.
-const POLL: Duration = Duration::from_millis(100);
+/// How often a wait looks at the store again without hearing of a change (the watch may be
+/// down, or reopening).
+const POLL: Duration = Duration::from_secs(2);
 
 /// The answer, or `None` for the leader to give.
 pub async fn answer(
@@ -50,7 +53,7 @@ pub async fn answer(
         Err(e) => Err(e),
         Ok(id) if waits => match parse_body(headers, body, false) {
             Err(e) => Err(e),
-            Ok(body) => wait(store, id, &body, jobs.wait_timeout).await?,
+            Ok(body) => wait(jobs, store, id, &body).await?,
         },
         Ok(id) => match read(&store, id).await? {
             Some(job) => Ok(routes::job_answer(&job)),
@@ -77,27 +80,48 @@ async fn read(store: &Arc<dyn StoredJobs>, id: JobId) -> Option<Option<Job>> {
     }
 }
 
-/// A wait on the stored job: looked at again every `POLL` until it changes for the client, or
-/// answered null after `timeout`, as the leader does.
+/// A wait on the stored job: looked at again whenever the follower's etcd watch hears that its
+/// records changed (and every `POLL` in case the watch is down), until it changes for the
+/// client, or answered null after `timeout`, as the leader does.
 async fn wait(
+    jobs: &FollowerJobs,
     store: Arc<dyn StoredJobs>,
     id: JobId,
     body: &serde_json::Value,
-    timeout: Duration,
 ) -> Option<Result<serde_json::Value, ApiError>> {
     let args = match WaitArgs::parse(body) {
         Ok(args) => args,
         Err(e) => return Some(Err(e)),
     };
-    let deadline = tokio::time::Instant::now() + timeout;
+    // Listening before the first read: a change between the read and the wait is not missed.
+    let mut changes = jobs.changes.subscribe();
+    let deadline = tokio::time::Instant::now() + jobs.wait_timeout;
     loop {
         let Some(job) = read(&store, id).await? else {
             return Some(Err(routes::job_not_found(id)));
         };
-        let changes = job.changes_for(&args.fields, args.previous.as_ref(), args.serial);
-        if changes.is_some() || tokio::time::Instant::now() >= deadline {
-            return Some(Ok(routes::wait_answer(changes)));
+        let changes_seen = job.changes_for(&args.fields, args.previous.as_ref(), args.serial);
+        if changes_seen.is_some() || tokio::time::Instant::now() >= deadline {
+            return Some(Ok(routes::wait_answer(changes_seen)));
         }
-        tokio::time::sleep(POLL).await;
+        let woken_by = tokio::select! {
+            () = changed(&mut changes, id) => "watch",
+            () = tokio::time::sleep(POLL) => "poll",
+            () = tokio::time::sleep_until(deadline) => "timeout",
+        };
+        METRICS.follower_wait_wakeup(woken_by);
+    }
+}
+
+/// Returns when job `id`'s records may have changed.
+async fn changed(changes: &mut broadcast::Receiver<Option<JobId>>, id: JobId) {
+    loop {
+        match changes.recv().await {
+            Ok(Some(other)) if other != id => continue,
+            // This job, anything (the watch reopened), or more changes than were kept.
+            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => return,
+            // The watch is gone for good: the polls remain.
+            Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
+        }
     }
 }

@@ -43,6 +43,9 @@ pub struct FollowerJobs {
     pub store: Arc<std::sync::OnceLock<Arc<dyn StoredJobs>>>,
     /// `--wait-timeout`: how long a wait goes on without a change.
     pub wait_timeout: std::time::Duration,
+    /// Which jobs' records changed, as the follower's etcd watch hears it: `Some(id)`, or
+    /// `None` when anything may have (the watch reopened). Waits wake on it.
+    pub changes: tokio::sync::broadcast::Sender<Option<JobId>>,
 }
 
 /// The users file, which every master reads for itself. API tokens live in the leader's store:
