@@ -102,10 +102,31 @@ enum Command {
         /// The archive `gantry backup` wrote.
         file: PathBuf,
     },
+    /// The master IP of several masters over etcd: `drop` removes it from this host. For
+    /// systemd's `ExecStopPost` (contrib/systemd/gantry.service), so a master whose process
+    /// died on a live host hands the address on at once.
+    #[cfg(feature = "etcd")]
+    MasterIp {
+        #[command(subcommand)]
+        command: MasterIpCommand,
+        /// The address, as given to `gantry serve --master-ip`.
+        #[arg(long, global = true)]
+        master_ip: Option<String>,
+        /// Its device, as given to `gantry serve --master-netdev`.
+        #[arg(long, global = true)]
+        master_netdev: Option<String>,
+    },
     /// Print a shell completion script: `gantry completions bash > /etc/bash_completion.d/gantry`.
     Completions { shell: clap_complete::Shell },
     /// Print the manual page (roff): `gantry man | man -l -`.
     Man,
+}
+
+#[cfg(feature = "etcd")]
+#[derive(Subcommand)]
+enum MasterIpCommand {
+    /// Remove the address from this host if it holds it (exit 0 either way).
+    Drop,
 }
 
 #[derive(Subcommand)]
@@ -470,6 +491,12 @@ pub fn main() -> ExitCode {
         }
         Command::Backup { data_dir, file } => report(backup(&data_dir, &file)),
         Command::Restore { data_dir, file } => report(crate::backup::restore(&file, &data_dir)),
+        #[cfg(feature = "etcd")]
+        Command::MasterIp {
+            command: MasterIpCommand::Drop,
+            master_ip,
+            master_netdev,
+        } => report(drop_master_ip(master_ip, master_netdev)),
         Command::Queue { command, store, .. } if store.store == "etcd" => {
             report(queue_on_etcd(&command, &store))
         }
@@ -722,8 +749,11 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         return serve_replicated(listener, args, server, scheme).await;
     }
     if args.etcd.master_ip.is_some() {
-        return Err("--master-ip moves with the leadership among several masters: it needs                     --store etcd (one master is reached at its own address)"
-            .into());
+        return Err(
+            "--master-ip moves with the leadership among several masters: it needs \
+                    --store etcd (one master is reached at its own address)"
+                .into(),
+        );
     }
     let commit = GroupCommit::open(&db_dir).map_err(|e| held_by_another(&args.data_dir, e))?;
     write_pid_file(&args.data_dir);
@@ -1092,6 +1122,18 @@ fn backup(data_dir: &Path, file: &Path) -> Result<String, String> {
 }
 
 /// Prints a tool's summary, or its error and fails.
+#[cfg(feature = "etcd")]
+fn drop_master_ip(ip: Option<String>, device: Option<String>) -> Result<String, String> {
+    let (Some(ip), Some(device)) = (ip, device) else {
+        return Err("give --master-ip and --master-netdev as to `gantry serve`".into());
+    };
+    let master_ip = crate::ha::master_ip::MasterIp::parse(&ip, &device)?;
+    Ok(match master_ip.drop_now()? {
+        true => format!("dropped {ip} from {device}"),
+        false => format!("{ip} is not on {device} here"),
+    })
+}
+
 fn report(result: Result<String, String>) -> ExitCode {
     match result {
         Ok(summary) => {

@@ -168,5 +168,54 @@ fn the_master_ip_follows_the_leader() {
     until("the master IP reaches a", Duration::from_secs(10), || {
         leader_seen_at(&hub, VIP)["this"] == "a"
     });
+
+    // a's master dies on a live host: the address stays on a, which answers ARP for it, so b
+    // leads but does not take it (two hosts would answer for one address)...
+    let on_b = master(&b, "b", "10.77.0.2", &endpoint, &dir("b"));
+    until("b follows a", Duration::from_secs(30), || {
+        leader_seen_at(&hub, "10.77.0.2")["leader"]["name"] == "a"
+    });
     drop(on_a);
+    until("b leads", Duration::from_secs(30), || {
+        leader_seen_at(&hub, "10.77.0.2")["role"] == "leader"
+    });
+    // Several of b's duplicate-address checks (one every 2 s).
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(holds_vip(&a) && !holds_vip(&b), "b took an address a holds");
+    // ...until a's `gantry master-ip drop` (systemd's ExecStopPost) removes it: b takes it.
+    let vip = format!("{VIP}/24");
+    let gantry = env!("CARGO_BIN_EXE_gantry");
+    let dropped = a.run(
+        gantry,
+        &[
+            "master-ip",
+            "drop",
+            "--master-ip",
+            &vip,
+            "--master-netdev",
+            "eth0",
+        ],
+    );
+    assert!(dropped.status.success(), "{dropped:?}");
+    assert!(String::from_utf8_lossy(&dropped.stdout).starts_with("dropped"));
+    until("b takes the master IP", Duration::from_secs(30), || {
+        holds_vip(&b)
+    });
+    until("the master IP reaches b", Duration::from_secs(10), || {
+        leader_seen_at(&hub, VIP)["this"] == "b"
+    });
+    // Run again, as after a clean stop: nothing to drop, still a success.
+    let again = a.run(
+        gantry,
+        &[
+            "master-ip",
+            "drop",
+            "--master-ip",
+            &vip,
+            "--master-netdev",
+            "eth0",
+        ],
+    );
+    assert!(again.status.success(), "{again:?}");
+    drop(on_b);
 }

@@ -4,9 +4,10 @@
 //! as Ganeti's `master-ip-setup` does. Every master drops it when it starts and before it
 //! restarts on losing the leadership (a process of this host may have held it), and when it
 //! shuts down. Before taking it the leader asks whether another host still answers for it
-//! (`arping -D`): a dead leader process on a live host leaves it there until that host's
-//! gantry starts again and drops it, and the new leader tries again until then, where Ganeti
-//! would refuse once. IPv4 only (Ganeti uses `ndisc6` for IPv6).
+//! (`arping -D`): a dead leader process on a live host leaves it there until `gantry master-ip
+//! drop` (systemd's `ExecStopPost`) or that host's next gantry drops it, and the new leader
+//! tries again until then, where Ganeti would refuse once. IPv4 only (Ganeti uses `ndisc6`
+//! for IPv6).
 
 use backon::{ConstantBuilder, Retryable};
 use std::net::Ipv4Addr;
@@ -59,22 +60,33 @@ impl MasterIp {
     /// Removes the address from this host's device if it is there (blocking: it also runs on
     /// the keep-alive thread, just before the process is replaced).
     pub fn drop_here(&self) {
-        let out = Command::new("ip")
-            .args(["address", "del", &self.cidr(), "dev", &self.device])
-            .stdin(Stdio::null())
-            .output();
-        match out {
-            Ok(o) if o.status.success() => {
+        match self.drop_now() {
+            Ok(true) => {
                 tracing::info!(ip = %self.cidr(), dev = %self.device, "dropped the master IP");
             }
             // Not there: the usual case on a follower.
-            Ok(o) if String::from_utf8_lossy(&o.stderr).contains("Cannot assign") => {}
-            Ok(o) => tracing::warn!(
-                "cannot drop the master IP {}: {}",
-                self.cidr(),
-                String::from_utf8_lossy(&o.stderr).trim()
-            ),
-            Err(e) => tracing::warn!("cannot run `ip` to drop the master IP: {e}"),
+            Ok(false) => {}
+            Err(e) => tracing::warn!("cannot drop the master IP {}: {e}", self.cidr()),
+        }
+    }
+
+    /// Removes the address if this host holds it: whether it did. Also `gantry master-ip
+    /// drop`, which systemd runs after a master's process ended however it ended
+    /// (`ExecStopPost`): a master that died on a live host does not keep the address.
+    pub fn drop_now(&self) -> Result<bool, String> {
+        let out = Command::new("ip")
+            .args(["address", "del", &self.cidr(), "dev", &self.device])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run `ip`: {e}"))?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if out.status.success() {
+            Ok(true)
+        } else if stderr.contains("Address not found") || stderr.contains("Cannot assign") {
+            // Not there (iproute2's words: today's, and older releases').
+            Ok(false)
+        } else {
+            Err(stderr.trim().to_string())
         }
     }
 
