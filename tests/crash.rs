@@ -116,6 +116,22 @@ fn a_job_seen_running_is_not_run_again_after_kill_9() {
     );
 }
 
+/// A job's end is durable before anyone can see it: killed the moment a client sees a job
+/// succeed (and a dependent job may have acted on it), it comes back succeeded, never running
+/// (which recovery would turn into an error).
+#[test]
+fn a_job_seen_ended_is_still_ended_after_kill_9() {
+    let s = start(&["--no-ssl"]);
+    let id = delay_job(&s, 0.01, json!({}));
+    until("the job ends", Duration::from_secs(20), || {
+        let (_, job) = curl(&s, "GET", &format!("/2/jobs/{id}"), None, None);
+        job["status"] == "success"
+    });
+    let s = start_in(kill_9(s), &["--no-ssl"]);
+    let (_, job) = curl(&s, "GET", &format!("/2/jobs/{id}"), None, None);
+    assert_eq!(job["status"], "success", "{job}");
+}
+
 /// POST /2/jobs with curl; answers the id only when the server acknowledged it.
 fn submit_raw(base: &str, body: &Value) -> Option<u64> {
     let out = std::process::Command::new("curl")

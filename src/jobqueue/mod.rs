@@ -863,6 +863,15 @@ impl JobQueue {
     /// Writes a job's current state and wakes its waiters; `flush` makes it durable first, and
     /// final states always are. A finished job leaves memory: it is on disk and in `recent`.
     async fn persist(&self, id: JobId, flush: bool) {
+        self.write_back(id, flush, false).await;
+    }
+
+    /// `persist` for a state the caller already made durable: no second flush.
+    async fn persist_durable(&self, id: JobId) {
+        self.write_back(id, false, true).await;
+    }
+
+    async fn write_back(&self, id: JobId, flush: bool, durable: bool) {
         let (job, ended) = {
             let mut st = self.state();
             let Some(job) = st.jobs.get(&id) else {
@@ -888,6 +897,7 @@ impl JobQueue {
             }
         };
         if (flush || ended.is_some())
+            && !durable
             && let Err(e) = self.inner.store.durable().await
         {
             tracing::error!(job = %id, "flushing job failed: {e}");

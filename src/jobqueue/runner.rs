@@ -269,41 +269,74 @@ async fn check_dependencies(
     None
 }
 
-/// Records an opcode's outcome; returns whether the job goes on to its next opcode.
+/// Records an opcode's outcome; returns whether the job goes on to its next opcode. A final
+/// state is durable before anyone can see it: a poller, or a dependent job acting on it (spec
+/// jobs.md §14.3), never sees an end that a crash could take back.
 async fn finish_op(queue: &JobQueue, id: JobId, idx: usize, outcome: Outcome) -> bool {
     let now = Timestamp::now();
+    // The job as it ends, when this outcome ends it.
+    let ended = {
+        let st = queue.state();
+        let Some(job) = st.jobs.get(&id) else {
+            return false;
+        };
+        let ends = !matches!(outcome, Outcome::Success(_)) || idx + 1 == job.ops.len();
+        ends.then(|| {
+            let mut ended = job.clone();
+            record_outcome(&mut ended, idx, &outcome, now);
+            ended
+        })
+    };
+    let durable = match ended {
+        Some(ended) => match write_durably(queue, &ended).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(job = %id, "flushing job failed: {e}");
+                false
+            }
+        },
+        None => false,
+    };
     let go_on = {
         let mut st = queue.state();
         let Some(job) = st.jobs.get_mut(&id) else {
             return false;
         };
-        let op = &mut job.ops[idx];
-        op.end = Some(now);
-        match outcome {
-            Outcome::Success(v) => {
-                op.status = Status::Success;
-                op.result = v;
-                if idx + 1 == job.ops.len() {
-                    job.end_ts = Some(now);
-                }
-                idx + 1 < job.ops.len()
-            }
-            Outcome::Failed(err) => {
-                op.status = Status::Error;
-                op.result = err;
-                let preceding = json!(["OpExecError", ["Preceding opcode failed"]]);
-                job.finalize_rest(idx + 1, Status::Error, preceding, now);
-                false
-            }
-            Outcome::Canceled => {
-                job.finalize_rest(idx, Status::Canceled, json!(ERROR_MSG_CANCELED), now);
-                false
-            }
-        }
+        record_outcome(job, idx, &outcome, now)
     };
-    // Final states are durable before dependents may act on them (spec jobs.md §14.3).
-    queue.persist(id, false).await;
+    if durable {
+        queue.persist_durable(id).await;
+    } else {
+        queue.persist(id, false).await;
+    }
     go_on
+}
+
+/// Writes an opcode's outcome into the job; whether the job goes on to its next opcode.
+fn record_outcome(job: &mut Job, idx: usize, outcome: &Outcome, now: Timestamp) -> bool {
+    let op = &mut job.ops[idx];
+    op.end = Some(now);
+    match outcome {
+        Outcome::Success(v) => {
+            op.status = Status::Success;
+            op.result = v.clone();
+            if idx + 1 == job.ops.len() {
+                job.end_ts = Some(now);
+            }
+            idx + 1 < job.ops.len()
+        }
+        Outcome::Failed(err) => {
+            op.status = Status::Error;
+            op.result = err.clone();
+            let preceding = json!(["OpExecError", ["Preceding opcode failed"]]);
+            job.finalize_rest(idx + 1, Status::Error, preceding, now);
+            false
+        }
+        Outcome::Canceled => {
+            job.finalize_rest(idx, Status::Canceled, json!(ERROR_MSG_CANCELED), now);
+            false
+        }
+    }
 }
 
 /// The feedback channel handed to opcodes: appends log entries and wakes waiters at once.
