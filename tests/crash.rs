@@ -94,19 +94,29 @@ fn kill_9_under_concurrent_submissions_loses_nothing() {
     );
 }
 
+/// Submits an OP_TEST_DELAY of `duration` s, kills the server -9 the moment a client sees the
+/// job `seen`, and answers the job as the restarted server has it.
+fn job_after_kill_9_once_seen(duration: f64, seen: &str) -> Value {
+    let s = start(&["--no-ssl"]);
+    let id = delay_job(&s, duration, json!({}));
+    until(
+        &format!("the job is {seen}"),
+        Duration::from_secs(20),
+        || {
+            let (_, job) = curl(&s, "GET", &format!("/2/jobs/{id}"), None, None);
+            job["status"] == seen
+        },
+    );
+    let s = start_in(kill_9(s), &["--no-ssl"]);
+    curl(&s, "GET", &format!("/2/jobs/{id}"), None, None).1
+}
+
 /// A job is `running` on disk before its opcode starts: killed the moment a client sees it
 /// running, it comes back failed as after an unclean shutdown, never queued to run again (a
 /// second execution of an opcode that had touched a node).
 #[test]
 fn a_job_seen_running_is_not_run_again_after_kill_9() {
-    let s = start(&["--no-ssl"]);
-    let id = delay_job(&s, 60.0, json!({}));
-    until("the job runs", Duration::from_secs(20), || {
-        let (_, job) = curl(&s, "GET", &format!("/2/jobs/{id}"), None, None);
-        job["status"] == "running"
-    });
-    let s = start_in(kill_9(s), &["--no-ssl"]);
-    let (_, job) = curl(&s, "GET", &format!("/2/jobs/{id}"), None, None);
+    let job = job_after_kill_9_once_seen(60.0, "running");
     assert_eq!(job["status"], "error", "{job}");
     assert!(
         job["opresult"]
@@ -121,14 +131,7 @@ fn a_job_seen_running_is_not_run_again_after_kill_9() {
 /// (which recovery would turn into an error).
 #[test]
 fn a_job_seen_ended_is_still_ended_after_kill_9() {
-    let s = start(&["--no-ssl"]);
-    let id = delay_job(&s, 0.01, json!({}));
-    until("the job ends", Duration::from_secs(20), || {
-        let (_, job) = curl(&s, "GET", &format!("/2/jobs/{id}"), None, None);
-        job["status"] == "success"
-    });
-    let s = start_in(kill_9(s), &["--no-ssl"]);
-    let (_, job) = curl(&s, "GET", &format!("/2/jobs/{id}"), None, None);
+    let job = job_after_kill_9_once_seen(0.01, "success");
     assert_eq!(job["status"], "success", "{job}");
 }
 

@@ -13,7 +13,6 @@ use backon::{ExponentialBuilder, Retryable};
 use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp, TxnOpResponse};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::sync::{Notify, watch};
 
@@ -191,7 +190,7 @@ impl Committer {
             )
             .collect();
         let txn = Txn::new().when(compares).and_then(ops);
-        let sends = AtomicUsize::new(0);
+        let mut sends = 0;
         // Sent again after any failure to get an answer (a member died under it, a timeout):
         // the same writes again leave the same state, and the fence still guards them. Only a
         // refusal, or etcd unreachable for seconds, fails the commit.
@@ -202,7 +201,7 @@ impl Committer {
         let answer = super::timed(
             (|| {
                 let (mut client, txn) = (client.clone(), txn.clone());
-                sends.fetch_add(1, Ordering::Relaxed);
+                sends += 1;
                 async move { client.txn(txn).await }
             })
             .retry(again)
@@ -213,18 +212,16 @@ impl Committer {
         let outcome = match answer {
             Ok(a) if a.succeeded() => {
                 let revision = a.header().map_or(0, |h| h.revision());
-                self.wrote(&group, &guards, |_| revision);
+                // A deleted key compares as absent: revision 0.
+                self.wrote(guards.iter().map(|(key, _)| {
+                    let put = group.at.get(key).is_some_and(|&i| group.ops[i].1.is_some());
+                    (key.clone(), if put { revision } else { 0 })
+                }));
                 Ok(a.op_responses())
             }
             // A send whose answer was lost may have committed: then its guarded keys have
             // moved on, and the transaction sent again is refused for it.
-            Ok(_)
-                if sends.load(Ordering::Relaxed) > 1
-                    && blind
-                    && self.landed(client, &group, &guards).await =>
-            {
-                Ok(vec![])
-            }
+            Ok(_) if sends > 1 && blind && self.landed(client, &group, &guards).await => Ok(vec![]),
             Ok(_) if guards.is_empty() => Err(StorageError::Flush(
                 "etcd: refused, this master no longer leads".into(),
             )),
@@ -278,18 +275,9 @@ impl Committer {
 }
 
 impl Committer {
-    /// Notes the revisions the guarded keys of a committed group have now (0 when deleted).
-    fn wrote(&self, group: &Group, guards: &[(Vec<u8>, i64)], revision_of: impl Fn(&[u8]) -> i64) {
-        let mut known = self.revisions();
-        for (key, _) in guards {
-            let written = group.at.get(key).and_then(|&i| group.ops[i].1.as_ref());
-            let revision = if written.is_some() {
-                revision_of(key)
-            } else {
-                0
-            };
-            known.insert(key.clone(), revision);
-        }
+    /// Notes the revisions guarded keys have now.
+    fn wrote(&self, revisions: impl IntoIterator<Item = (Vec<u8>, i64)>) {
+        self.revisions().extend(revisions);
     }
 
     /// Whether a refused group had committed at an earlier send: every guarded key it writes
@@ -298,27 +286,33 @@ impl Committer {
         if guards.is_empty() {
             return false;
         }
-        let mut now = HashMap::new();
+        let mut now = vec![];
         for (key, was) in guards {
             let Ok(answer) = client.clone().get(key.clone(), None).await else {
                 return false;
             };
-            let stored = answer.kvs().first();
-            let written = group.at.get(key).and_then(|&i| group.ops[i].1.as_ref());
-            let same = match (stored, written) {
-                (Some(kv), Some(value)) => {
-                    kv.value() == value.as_slice() && kv.mod_revision() > *was
-                }
-                (None, None) => true,
-                _ => false,
-            };
-            if !same {
+            let stored = answer
+                .kvs()
+                .first()
+                .map(|kv| (kv.value(), kv.mod_revision()));
+            let written = group.at.get(key).and_then(|&i| group.ops[i].1.as_deref());
+            if !holds_what_was_written(stored, written, *was) {
                 return false;
             }
-            now.insert(key.clone(), stored.map_or(0, |kv| kv.mod_revision()));
+            now.push((key.clone(), stored.map_or(0, |(_, revision)| revision)));
         }
-        self.wrote(group, guards, |key| now.get(key).copied().unwrap_or(0));
+        self.wrote(now);
         true
+    }
+}
+
+/// Whether a key `stored` as (value, revision), or absent, shows a write of `written` (none: a
+/// delete) made after revision `was`.
+fn holds_what_was_written(stored: Option<(&[u8], i64)>, written: Option<&[u8]>, was: i64) -> bool {
+    match (stored, written) {
+        (Some((value, revision)), Some(written)) => value == written && revision > was,
+        (None, None) => true,
+        _ => false,
     }
 }
 
@@ -374,4 +368,30 @@ fn groups(batches: Vec<Queued>) -> Vec<Group> {
         }
     }
     groups
+}
+
+#[cfg(test)]
+mod tests {
+    use super::holds_what_was_written;
+
+    #[test]
+    fn a_resent_commit_is_told_from_a_conflict() {
+        // Ours, committed after the revision compared: the first send landed.
+        assert!(holds_what_was_written(Some((b"ours", 9)), Some(b"ours"), 5));
+        // Another writer's value, or ours but not newer than compared: a conflict.
+        assert!(!holds_what_was_written(
+            Some((b"theirs", 9)),
+            Some(b"ours"),
+            5
+        ));
+        assert!(!holds_what_was_written(
+            Some((b"ours", 5)),
+            Some(b"ours"),
+            5
+        ));
+        // A delete landed when the key is gone; not when it is back.
+        assert!(holds_what_was_written(None, None, 5));
+        assert!(!holds_what_was_written(Some((b"x", 9)), None, 5));
+        assert!(!holds_what_was_written(None, Some(b"ours"), 5));
+    }
 }

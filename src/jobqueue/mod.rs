@@ -27,6 +27,16 @@ use tokio::sync::{Notify, watch};
 
 pub use store::{DRAIN_FILE, Store, StoreError, job_of_record, set_drain_file};
 
+/// How `write_back` treats a job's current state.
+enum Flush {
+    /// Written; flushed when final (final states are always durable).
+    IfFinal,
+    /// Written and flushed.
+    Always,
+    /// Written and flushed by the caller already: neither again.
+    Done,
+}
+
 #[derive(Debug, Error)]
 pub enum SubmitError {
     #[error("Job queue is drained, cannot submit")]
@@ -863,22 +873,67 @@ impl JobQueue {
     /// Writes a job's current state and wakes its waiters; `flush` makes it durable first, and
     /// final states always are. A finished job leaves memory: it is on disk and in `recent`.
     async fn persist(&self, id: JobId, flush: bool) {
-        self.write_back(id, flush, false).await;
+        let flush = if flush { Flush::Always } else { Flush::IfFinal };
+        self.write_back(id, flush).await;
     }
 
-    /// `persist` for a state the caller already made durable: no second flush.
-    async fn persist_durable(&self, id: JobId) {
-        self.write_back(id, false, true).await;
+    /// Changes job `id` so that nobody sees the change before it is durable, when `must_flush`
+    /// (asked of the job before the change) says it must be: `change` is applied to a copy,
+    /// which is written and flushed, and only then to the job in memory (then written back,
+    /// waking its waiters, as `persist`). `change` answers `None` to leave the job as it is.
+    /// Answers `change`'s answer, `None` when the job is gone or was left; on a failed flush,
+    /// the error, the job in memory untouched.
+    async fn change_durably<T>(
+        &self,
+        id: JobId,
+        must_flush: impl FnOnce(&Job) -> bool,
+        change: impl Fn(&mut Job) -> Option<T>,
+    ) -> Result<Option<T>, StoreError> {
+        let copy = {
+            let st = self.state();
+            let Some(job) = st.jobs.get(&id) else {
+                return Ok(None);
+            };
+            if must_flush(job) {
+                let mut copy = job.clone();
+                if change(&mut copy).is_none() {
+                    return Ok(None);
+                }
+                Some(copy)
+            } else {
+                None
+            }
+        };
+        if let Some(copy) = &copy {
+            self.inner.store.put_job(copy)?;
+            self.inner.store.durable().await?;
+        }
+        let (answer, flush) = {
+            let mut st = self.state();
+            let Some(job) = st.jobs.get_mut(&id) else {
+                return Ok(None);
+            };
+            let Some(answer) = change(job) else {
+                return Ok(None);
+            };
+            // Unchanged since the copy (the usual case): written and flushed already.
+            let done = copy.as_ref().is_some_and(|copy| copy == &*job);
+            (answer, if done { Flush::Done } else { Flush::IfFinal })
+        };
+        self.write_back(id, flush).await;
+        Ok(Some(answer))
     }
 
-    async fn write_back(&self, id: JobId, flush: bool, durable: bool) {
+    async fn write_back(&self, id: JobId, flush: Flush) {
         let (job, ended) = {
             let mut st = self.state();
             let Some(job) = st.jobs.get(&id) else {
                 // Already finished: its final state was written then.
                 return;
             };
-            if let Err(e) = self.inner.store.put_job(job) {
+            if !matches!(flush, Flush::Done)
+                && let Err(e) = self.inner.store.put_job(job)
+            {
                 tracing::error!(job = %id, "writing job failed: {e}");
             }
             if job.is_finalized() {
@@ -896,10 +951,12 @@ impl JobQueue {
                 (Arc::new(job.clone()), None)
             }
         };
-        if (flush || ended.is_some())
-            && !durable
-            && let Err(e) = self.inner.store.durable().await
-        {
+        let flushes = match flush {
+            Flush::Always => true,
+            Flush::IfFinal => ended.is_some(),
+            Flush::Done => false,
+        };
+        if flushes && let Err(e) = self.inner.store.durable().await {
             tracing::error!(job = %id, "flushing job failed: {e}");
         }
         if ended.is_some() {

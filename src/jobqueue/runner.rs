@@ -2,7 +2,7 @@
 //! and execution (spec jobs.md §4.2), recording every transition.
 
 use super::job::{ERROR_MSG_CANCELED, Job, JobId, LogEntry, Status, Timestamp};
-use super::{JobQueue, StoreError, SubmitError};
+use super::{JobQueue, SubmitError};
 use crate::backends::BoxFuture;
 use crate::cmdlib::{self, Ctx, Feedback, JobSubmitter, OpError};
 use crate::opcodes::OpCode;
@@ -85,17 +85,21 @@ fn record(queue: &JobQueue, id: JobId, idx: usize, params: Vec<(&'static str, Va
 }
 
 /// The opcode's `running` state: its recorded parameters and when it started executing.
-fn mark_running(job: &mut Job, idx: usize, recorded: &[(&'static str, Value)], now: Timestamp) {
+/// Answers the seconds it waited, for the queue and the locks, since it was picked up.
+fn mark_running(
+    job: &mut Job,
+    idx: usize,
+    recorded: &[(&'static str, Value)],
+    now: Timestamp,
+) -> f64 {
+    let op = &mut job.ops[idx];
     for (name, value) in recorded {
-        job.ops[idx].input.set(name, value.clone());
+        op.input.set(name, value.clone());
     }
-    job.ops[idx].status = Status::Running;
-    job.ops[idx].exec = Some(now);
-}
-
-async fn write_durably(queue: &JobQueue, job: &Job) -> Result<(), StoreError> {
-    queue.inner.store.put_job(job)?;
-    queue.inner.store.durable().await
+    op.status = Status::Running;
+    op.exec = Some(now);
+    op.start
+        .map_or(0.0, |t| now.as_secs_f64() - t.as_secs_f64())
 }
 
 async fn run_op(
@@ -139,39 +143,26 @@ async fn run_op(
     // touches anything: a master that dies from here on leaves it `running`, which recovery
     // ends as an unclean shutdown instead of running it again (as upstream writes the job
     // file before the opcode starts). A dry run touches nothing: run again, it answers the same.
-    let running = {
-        let st = queue.state();
-        let Some(job) = st.jobs.get(&id) else {
-            return Outcome::Canceled;
-        };
-        if job.ops[idx].status == Status::Canceling {
-            return Outcome::Canceled;
+    let dry_run = op.dry_run();
+    let marked = queue
+        .change_durably(
+            id,
+            |_| !dry_run,
+            |job| {
+                (job.ops[idx].status != Status::Canceling)
+                    .then(|| mark_running(job, idx, &recorded, now))
+            },
+        )
+        .await;
+    let waited = match marked {
+        Ok(Some(waited)) => waited,
+        Ok(None) => return Outcome::Canceled,
+        Err(e) => {
+            return Outcome::Failed(
+                OpError::exec(format!("Cannot record the job as running: {e}")).to_json(),
+            );
         }
-        let mut running = job.clone();
-        mark_running(&mut running, idx, &recorded, now);
-        running
     };
-    if !op.dry_run()
-        && let Err(e) = write_durably(queue, &running).await
-    {
-        return Outcome::Failed(
-            OpError::exec(format!("Cannot record the job as running: {e}")).to_json(),
-        );
-    }
-    {
-        let mut st = queue.state();
-        let Some(job) = st.jobs.get_mut(&id) else {
-            return Outcome::Canceled;
-        };
-        if job.ops[idx].status == Status::Canceling {
-            return Outcome::Canceled;
-        }
-        mark_running(job, idx, &recorded, now);
-    }
-    // Waiting covers the queue and the locks: the seconds since this opcode was picked up.
-    let waited = running.ops[idx]
-        .start
-        .map_or(0.0, |t| now.as_secs_f64() - t.as_secs_f64());
     // Logged outside the queue lock: a slow stderr must not hold up every other job.
     tracing::info!(
         job = %id,
@@ -180,8 +171,6 @@ async fn run_op(
         waited = format!("{waited:.3}"),
         "job running"
     );
-    // Wakes its waiters (and writes the whole job again: it may have changed meanwhile).
-    queue.persist(id, false).await;
     let ctx = Ctx {
         op,
         job_id: id.0,
@@ -274,42 +263,20 @@ async fn check_dependencies(
 /// jobs.md §14.3), never sees an end that a crash could take back.
 async fn finish_op(queue: &JobQueue, id: JobId, idx: usize, outcome: Outcome) -> bool {
     let now = Timestamp::now();
-    // The job as it ends, when this outcome ends it.
-    let ended = {
-        let st = queue.state();
-        let Some(job) = st.jobs.get(&id) else {
-            return false;
-        };
-        let ends = !matches!(outcome, Outcome::Success(_)) || idx + 1 == job.ops.len();
-        ends.then(|| {
-            let mut ended = job.clone();
-            record_outcome(&mut ended, idx, &outcome, now);
-            ended
-        })
+    let ends = |job: &Job| !matches!(outcome, Outcome::Success(_)) || idx + 1 == job.ops.len();
+    let record = |job: &mut Job| Some(record_outcome(job, idx, &outcome, now));
+    let go_on = match queue.change_durably(id, ends, record).await {
+        Ok(go_on) => go_on,
+        Err(e) => {
+            tracing::error!(job = %id, "flushing job failed: {e}");
+            // Ended in memory regardless (and flushed once more, as every final state).
+            queue
+                .change_durably(id, |_| false, record)
+                .await
+                .unwrap_or_default()
+        }
     };
-    let durable = match ended {
-        Some(ended) => match write_durably(queue, &ended).await {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::error!(job = %id, "flushing job failed: {e}");
-                false
-            }
-        },
-        None => false,
-    };
-    let go_on = {
-        let mut st = queue.state();
-        let Some(job) = st.jobs.get_mut(&id) else {
-            return false;
-        };
-        record_outcome(job, idx, &outcome, now)
-    };
-    if durable {
-        queue.persist_durable(id).await;
-    } else {
-        queue.persist(id, false).await;
-    }
-    go_on
+    go_on.unwrap_or(false)
 }
 
 /// Writes an opcode's outcome into the job; whether the job goes on to its next opcode.
