@@ -772,19 +772,17 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     let state = start_master(Database::from(&commit), Some(space), users_of(&args), &args).await?;
     crate::metrics::METRICS.leader.set(1);
     let queue = state.queue.clone();
-    let control = crate::control::serve(crate::control::Context {
+    // Bound before the banner: whoever waits for it may run `gantry users token` next.
+    if let Err(e) = crate::control::serve(crate::control::Context {
         data_dir: args.data_dir.clone(),
         commit: commit.clone(),
         users: state.users.clone(),
         tokens: state.tokens.clone(),
-    });
-    tokio::spawn(async move {
-        if let Err(e) = control.await {
-            tracing::warn!(
-                "no control socket (`gantry backup` and `gantry users token` will not reach this server): {e}"
-            );
-        }
-    });
+    }) {
+        tracing::warn!(
+            "no control socket (`gantry backup` and `gantry users token` will not reach this server): {e}"
+        );
+    }
     tracing::info!(%local, tls = server.tls.is_some(), "gantry RAPI listening");
     warn_cleartext_writers(&state, &local);
     banner(&format!("gantry listening on {scheme}://{local}"));

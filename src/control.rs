@@ -66,9 +66,9 @@ async fn answer(ctx: Context, request: Control) -> Answer {
     }
 }
 
-/// Serves the control socket until the process ends.
-pub async fn serve(ctx: Context) -> Result<(), String> {
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+/// Binds the control socket now (so that once the server says it listens, `gantry users token`
+/// and `gantry backup` reach it) and answers the task serving it until the process ends.
+pub fn serve(ctx: Context) -> Result<tokio::task::JoinHandle<()>, String> {
     let path = ctx.data_dir.join(SOCKET);
     let _ = std::fs::remove_file(&path);
     let listener =
@@ -78,6 +78,11 @@ pub async fn serve(ctx: Context) -> Result<(), String> {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
             .map_err(|e| format!("{}: {e}", path.display()))?;
     }
+    Ok(tokio::spawn(accept(listener, ctx)))
+}
+
+async fn accept(listener: tokio::net::UnixListener, ctx: Context) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
