@@ -189,6 +189,12 @@ enum TokenCommand {
         /// The running server's data directory.
         #[arg(long, default_value = "gantry-data")]
         data_dir: PathBuf,
+        /// With --store etcd: the users file the masters read (default: <data-dir>/users).
+        #[arg(long)]
+        users: Option<PathBuf>,
+        /// Several masters: the token is written to their etcd (any master accepts it at once).
+        #[command(flatten)]
+        store: StoreArgs,
     },
 }
 
@@ -430,6 +436,8 @@ pub fn main() -> ExitCode {
                             read,
                             write,
                             data_dir,
+                            users,
+                            store,
                         },
                 },
         } => {
@@ -439,6 +447,10 @@ pub fn main() -> ExitCode {
                 (_, true) => Some(Rights::Write),
                 _ => None,
             };
+            if store.store == "etcd" {
+                let users = users.unwrap_or_else(|| data_dir.join("users"));
+                return report(token_on_etcd(&store, &users, &user, rights, ttl));
+            }
             let request = crate::control::Control::CreateToken { user, rights, ttl };
             report(crate::control::ask(&data_dir, &request).unwrap_or_else(|| {
                 Err(format!(
@@ -812,9 +824,6 @@ fn warn_cleartext_writers(state: &StateInner, local: &std::net::SocketAddr) {
     }
 }
 
-/// Opens the configuration and the job queue on `db`, recovers what a previous master left
-/// (after a crash, or on another master before a failover), and starts executing: what the
-/// leader serves with.
 /// `gantry queue` on several masters' etcd: the flag is a record of the store, which the
 /// leader reads at most a second later.
 #[cfg(feature = "etcd")]
@@ -832,6 +841,48 @@ fn queue_on_etcd(command: &QueueCommand, store: &StoreArgs) -> Result<String, St
     .map_err(|e| e.to_string())
 }
 
+/// `gantry users token create` on several masters' etcd: the token record is written there,
+/// where every master looks tokens up.
+#[cfg(feature = "etcd")]
+fn token_on_etcd(
+    store: &StoreArgs,
+    users: &Path,
+    user: &str,
+    rights: Option<crate::rapi::tokens::Rights>,
+    ttl: u64,
+) -> Result<String, String> {
+    if !users.is_file() {
+        return Err(format!(
+            "{}: no users file (give the masters' with --users)",
+            users.display()
+        ));
+    }
+    let kv =
+        crate::ha::EtcdKv::connect(&store.etcd_options(5)?, None).map_err(|e| e.to_string())?;
+    let tokens =
+        crate::rapi::tokens::Tokens::new(Database::replicated(Arc::new(kv)).records("tokens"));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    runtime.block_on(async {
+        // (Loading starts the file's watcher, a task.)
+        let users = UserDb::load(Some(users.to_path_buf()));
+        tokens.issue(&users, user, rights, ttl).await
+    })
+}
+
+#[cfg(not(feature = "etcd"))]
+fn token_on_etcd(
+    _: &StoreArgs,
+    _: &Path,
+    _: &str,
+    _: Option<crate::rapi::tokens::Rights>,
+    _: u64,
+) -> Result<String, String> {
+    Err("this gantry was built without etcd support: build it with `--features etcd`".into())
+}
+
 #[cfg(not(feature = "etcd"))]
 fn queue_on_etcd(_: &QueueCommand, _: &StoreArgs) -> Result<String, String> {
     Err("this gantry was built without etcd support: build it with `--features etcd`".into())
@@ -846,6 +897,9 @@ fn users_of(args: &ServeArgs) -> UserDb {
     UserDb::load(Some(path))
 }
 
+/// Opens the configuration and the job queue on `db`, recovers what a previous master left
+/// (after a crash, or on another master before a failover), and starts executing: what the
+/// leader serves with.
 async fn start_master(
     db: Database,
     space: Option<Arc<crate::space::SpaceGuard>>,

@@ -43,25 +43,7 @@ async fn answer(ctx: Context, request: Control) -> Answer {
         .await
         .unwrap_or_else(|e| Err(e.to_string())),
         Control::CreateToken { user, rights, ttl } => {
-            let found = ctx
-                .users
-                .get(&user)
-                .ok_or_else(|| format!("no user '{user}' in the users file"))?;
-            let rights = match rights {
-                Some(Rights::Write) if !found.can_write() => {
-                    return Err(format!("{user} may not write: a token cannot either"));
-                }
-                Some(rights) => rights,
-                None if found.can_write() => Rights::Write,
-                None => Rights::Read,
-            };
-            let (token, record) = ctx
-                .tokens
-                .create(&user, rights, ttl)
-                .await
-                .map_err(|e| e.to_string())?;
-            tracing::info!(user = %user, id = %record.id, "API token created");
-            Ok(token)
+            ctx.tokens.issue(&ctx.users, &user, rights, ttl).await
         }
     }
 }

@@ -508,8 +508,38 @@ fn a_follower_answers_for_itself_to_users_of_the_users_file() {
         200
     );
 
-    // The drain flag, set with the same command as on one master's data dir.
+    // `gantry users token create` on the masters' etcd (no server's control socket to ask):
+    // the token is written there and every master takes it at once.
     let endpoint = etcd.endpoints()[0].clone();
+    let users = leader.dir.path().join("users");
+    let token_create = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_gantry"))
+            .args(["users", "token", "create"])
+            .args(args)
+            .args(["--store", "etcd", "--etcd-endpoints", &endpoint, "--users"])
+            .arg(&users)
+            .output()
+            .unwrap()
+    };
+    let made = token_create(&["admin", "--ttl", "600"]);
+    assert!(made.status.success(), "{made:?}");
+    let header = format!(
+        "X-AUTH-TOKEN: {}",
+        String::from_utf8_lossy(&made.stdout).trim()
+    );
+    let delay = r#"{"ops": [{"OP_ID": "OP_TEST_DELAY", "duration": 0}]}"#;
+    assert_eq!(
+        curl_headers(&follower, "POST", "/2/jobs", &[&header], Some(delay)).0,
+        200
+    );
+    let refused = token_create(&["nobody"]);
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && said.contains("no user 'nobody'"),
+        "{said}"
+    );
+
+    // The drain flag, set with the same command as on one master's data dir.
     let queue = |action: &str| {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_gantry"))
             .args([

@@ -90,6 +90,34 @@ impl Tokens {
         Ok((format!("gt_{id}_{secret}"), record))
     }
 
+    /// Issues a token for `user` of the users file, as `gantry users token create` asks: with
+    /// `rights`, or the user's own when None, never more. Answers the token.
+    pub async fn issue(
+        &self,
+        users: &crate::rapi::auth::UserDb,
+        user: &str,
+        rights: Option<Rights>,
+        ttl: u64,
+    ) -> Result<String, String> {
+        let found = users
+            .get(user)
+            .ok_or_else(|| format!("no user '{user}' in the users file"))?;
+        let rights = match rights {
+            Some(Rights::Write) if !found.can_write() => {
+                return Err(format!("{user} may not write: a token cannot either"));
+            }
+            Some(rights) => rights,
+            None if found.can_write() => Rights::Write,
+            None => Rights::Read,
+        };
+        let (token, record) = self
+            .create(user, rights, ttl)
+            .await
+            .map_err(|e| e.to_string())?;
+        tracing::info!(user = %user, id = %record.id, "API token created");
+        Ok(token)
+    }
+
     fn save(&self, record: &TokenRecord) -> Result<(), StorageError> {
         let bytes = serde_json::to_vec(record).map_err(|e| StorageError::Flush(e.to_string()))?;
         self.records.put(&record.id, &bytes)
