@@ -135,6 +135,35 @@ fn a_job_seen_ended_is_still_ended_after_kill_9() {
     assert_eq!(job["status"], "success", "{job}");
 }
 
+/// A queued job's cancel is durable before anyone can see it: killed the moment a client sees
+/// it canceled (while the canceller still waits for its answer), it comes back canceled, never
+/// queued to run after all.
+#[test]
+fn a_job_seen_canceled_is_still_canceled_after_kill_9() {
+    let s = start(&["--no-ssl"]);
+    let first = delay_job(&s, 60.0, json!({}));
+    // Queued, not started, as long as the job it depends on runs.
+    let queued = delay_job(&s, 0.01, json!({"depends": [[first, []]]}));
+    let base = s.base.clone();
+    let canceller = std::thread::spawn(move || {
+        let _ = curl_url(
+            &base,
+            "DELETE",
+            &format!("/2/jobs/{queued}"),
+            Some("admin:admin"),
+            None,
+        );
+    });
+    until("the job is canceled", Duration::from_secs(20), || {
+        let (_, job) = curl(&s, "GET", &format!("/2/jobs/{queued}"), None, None);
+        job["status"] == "canceled"
+    });
+    let s = start_in(kill_9(s), &["--no-ssl"]);
+    let _ = canceller.join();
+    let (_, job) = curl(&s, "GET", &format!("/2/jobs/{queued}"), None, None);
+    assert_eq!(job["status"], "canceled", "{job}");
+}
+
 /// POST /2/jobs with curl; answers the id only when the server acknowledged it.
 fn submit_raw(base: &str, body: &Value) -> Option<u64> {
     let out = std::process::Command::new("curl")

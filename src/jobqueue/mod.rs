@@ -577,18 +577,17 @@ impl JobQueue {
         let rx = self.watch(id);
         let step = {
             let mut st = self.state();
+            let st = &mut *st;
             let started = st.started.contains(&id);
             match st.jobs.get_mut(&id) {
                 Some(job) if !job.is_finalized() => {
                     let idx = job.current_op().unwrap_or(0);
-                    let now = Timestamp::now();
                     match job.ops[idx].status {
                         Status::Queued if !started => {
-                            for op in &mut job.ops {
-                                op.status = Status::Canceled;
-                                op.end = Some(now);
-                            }
-                            job.end_ts = Some(now);
+                            // Out of the scheduler's reach while its end is flushed (nothing
+                            // puts a queued job back but a submission or a restart).
+                            st.runnable.retain(|(_, j)| *j != id);
+                            st.paused.retain(|(_, j)| *j != id);
                             Step::Dequeued
                         }
                         Status::Queued | Status::Waiting => {
@@ -608,12 +607,23 @@ impl JobQueue {
         let mut version = match step {
             Step::Reply(ok, msg) => return (ok, msg),
             Step::Dequeued => {
-                {
-                    let mut st = self.state();
-                    st.runnable.retain(|(_, j)| *j != id);
-                    st.paused.retain(|(_, j)| *j != id);
+                // Durable before anyone sees it canceled: a crash must not bring back, and
+                // run, a job a poller saw canceled.
+                let now = Timestamp::now();
+                let cancel = |job: &mut Job| {
+                    (!job.is_finalized()).then(|| {
+                        for op in &mut job.ops {
+                            op.status = Status::Canceled;
+                            op.end = Some(now);
+                        }
+                        job.end_ts = Some(now);
+                    })
+                };
+                if let Err(e) = self.change_durably(id, |_| true, cancel).await {
+                    tracing::error!(job = %id, "flushing job failed: {e}");
+                    // Canceled in memory regardless, as every job end.
+                    let _ = self.change_durably(id, |_| false, cancel).await;
                 }
-                self.persist(id, true).await;
                 return (true, format!("Dequeued job {id}"));
             }
             Step::Informed(more) => {
