@@ -49,8 +49,8 @@ async fn answer(ctx: Context, request: Control) -> Answer {
 }
 
 /// Binds the control socket now (so that once the server says it listens, `gantry users token`
-/// and `gantry backup` reach it) and answers the task serving it until the process ends.
-pub fn serve(ctx: Context) -> Result<tokio::task::JoinHandle<()>, String> {
+/// and `gantry backup` reach it), then serves it in a task until the process ends.
+pub fn serve(ctx: Context) -> Result<(), String> {
     let path = ctx.data_dir.join(SOCKET);
     let _ = std::fs::remove_file(&path);
     let listener =
@@ -60,7 +60,8 @@ pub fn serve(ctx: Context) -> Result<tokio::task::JoinHandle<()>, String> {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
             .map_err(|e| format!("{}: {e}", path.display()))?;
     }
-    Ok(tokio::spawn(accept(listener, ctx)))
+    tokio::spawn(accept(listener, ctx));
+    Ok(())
 }
 
 async fn accept(listener: tokio::net::UnixListener, ctx: Context) {
