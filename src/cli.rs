@@ -363,7 +363,24 @@ pub struct StoreArgs {
     pub etcd_user: Option<String>,
 }
 
+#[cfg(not(feature = "etcd"))]
+const NO_ETCD: &str = "this gantry was built without etcd support: build it with `--features etcd`";
+
 impl StoreArgs {
+    /// The masters' etcd as a database, for a command that changes a record of a running
+    /// cluster (the drain flag, a token).
+    #[cfg(feature = "etcd")]
+    fn etcd_database(&self) -> Result<Database, String> {
+        let kv =
+            crate::ha::EtcdKv::connect(&self.etcd_options(5)?, None).map_err(|e| e.to_string())?;
+        Ok(Database::replicated(Arc::new(kv)))
+    }
+
+    #[cfg(not(feature = "etcd"))]
+    fn etcd_database(&self) -> Result<Database, String> {
+        Err(NO_ETCD.into())
+    }
+
     /// How to reach etcd, with a leader key that outlives its leader by `ttl` seconds.
     #[cfg(feature = "etcd")]
     fn etcd_options(&self, ttl: i64) -> Result<crate::ha::EtcdOptions, String> {
@@ -826,11 +843,8 @@ fn warn_cleartext_writers(state: &StateInner, local: &std::net::SocketAddr) {
 
 /// `gantry queue` on several masters' etcd: the flag is a record of the store, which the
 /// leader reads at most a second later.
-#[cfg(feature = "etcd")]
 fn queue_on_etcd(command: &QueueCommand, store: &StoreArgs) -> Result<String, String> {
-    let kv =
-        crate::ha::EtcdKv::connect(&store.etcd_options(5)?, None).map_err(|e| e.to_string())?;
-    let store = Store::open(Database::replicated(Arc::new(kv))).map_err(|e| e.to_string())?;
+    let store = Store::open(store.etcd_database()?).map_err(|e| e.to_string())?;
     match command {
         QueueCommand::Drain => store.set_drain_flag(true),
         QueueCommand::Undrain => store.set_drain_flag(false),
@@ -843,7 +857,6 @@ fn queue_on_etcd(command: &QueueCommand, store: &StoreArgs) -> Result<String, St
 
 /// `gantry users token create` on several masters' etcd: the token record is written there,
 /// where every master looks tokens up.
-#[cfg(feature = "etcd")]
 fn token_on_etcd(
     store: &StoreArgs,
     users: &Path,
@@ -857,10 +870,7 @@ fn token_on_etcd(
             users.display()
         ));
     }
-    let kv =
-        crate::ha::EtcdKv::connect(&store.etcd_options(5)?, None).map_err(|e| e.to_string())?;
-    let tokens =
-        crate::rapi::tokens::Tokens::new(Database::replicated(Arc::new(kv)).records("tokens"));
+    let tokens = crate::rapi::tokens::Tokens::new(store.etcd_database()?.records("tokens"));
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -870,22 +880,6 @@ fn token_on_etcd(
         let users = UserDb::load(Some(users.to_path_buf()));
         tokens.issue(&users, user, rights, ttl).await
     })
-}
-
-#[cfg(not(feature = "etcd"))]
-fn token_on_etcd(
-    _: &StoreArgs,
-    _: &Path,
-    _: &str,
-    _: Option<crate::rapi::tokens::Rights>,
-    _: u64,
-) -> Result<String, String> {
-    Err("this gantry was built without etcd support: build it with `--features etcd`".into())
-}
-
-#[cfg(not(feature = "etcd"))]
-fn queue_on_etcd(_: &QueueCommand, _: &StoreArgs) -> Result<String, String> {
-    Err("this gantry was built without etcd support: build it with `--features etcd`".into())
 }
 
 /// The users file `serve` reads (and follows while it runs).
@@ -981,7 +975,7 @@ async fn serve_replicated(
     _: ServerOptions,
     _: &str,
 ) -> Result<(), String> {
-    Err("this gantry was built without etcd support: build it with `--features etcd`".into())
+    Err(NO_ETCD.into())
 }
 
 /// Several masters over etcd: this one answers at once, and leads when it wins the election

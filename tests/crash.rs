@@ -94,11 +94,9 @@ fn kill_9_under_concurrent_submissions_loses_nothing() {
     );
 }
 
-/// Submits an OP_TEST_DELAY of `duration` s, kills the server -9 the moment a client sees the
-/// job `seen`, and answers the job as the restarted server has it.
-fn job_after_kill_9_once_seen(duration: f64, seen: &str) -> Value {
-    let s = start(&["--no-ssl"]);
-    let id = delay_job(&s, duration, json!({}));
+/// Kills the server -9 the moment a client sees job `id` `seen`, and answers the job as the
+/// restarted server has it.
+fn after_kill_9_once_seen(s: Server, id: u64, seen: &str) -> Value {
     until(
         &format!("the job is {seen}"),
         Duration::from_secs(20),
@@ -109,6 +107,22 @@ fn job_after_kill_9_once_seen(duration: f64, seen: &str) -> Value {
     );
     let s = start_in(kill_9(s), &["--no-ssl"]);
     curl(&s, "GET", &format!("/2/jobs/{id}"), None, None).1
+}
+
+/// As `after_kill_9_once_seen`, for an OP_TEST_DELAY of `duration` s.
+fn job_after_kill_9_once_seen(duration: f64, seen: &str) -> Value {
+    let s = start(&["--no-ssl"]);
+    let id = delay_job(&s, duration, json!({}));
+    after_kill_9_once_seen(s, id, seen)
+}
+
+/// Cancels job `id` in a thread of its own (the answer may come after the kill).
+fn cancel_in_background(s: &Server, id: u64) -> std::thread::JoinHandle<()> {
+    let base = s.base.clone();
+    std::thread::spawn(move || {
+        let path = format!("/2/jobs/{id}");
+        let _ = curl_url(&base, "DELETE", &path, Some("admin:admin"), None);
+    })
 }
 
 /// A job is `running` on disk before its opcode starts: killed the moment a client sees it
@@ -144,24 +158,35 @@ fn a_job_seen_canceled_is_still_canceled_after_kill_9() {
     let first = delay_job(&s, 60.0, json!({}));
     // Queued, not started, as long as the job it depends on runs.
     let queued = delay_job(&s, 0.01, json!({"depends": [[first, []]]}));
-    let base = s.base.clone();
-    let canceller = std::thread::spawn(move || {
-        let _ = curl_url(
-            &base,
-            "DELETE",
-            &format!("/2/jobs/{queued}"),
-            Some("admin:admin"),
-            None,
-        );
-    });
-    until("the job is canceled", Duration::from_secs(20), || {
-        let (_, job) = curl(&s, "GET", &format!("/2/jobs/{queued}"), None, None);
-        job["status"] == "canceled"
-    });
-    let s = start_in(kill_9(s), &["--no-ssl"]);
+    let canceller = cancel_in_background(&s, queued);
+    let job = after_kill_9_once_seen(s, queued, "canceled");
     let _ = canceller.join();
-    let (_, job) = curl(&s, "GET", &format!("/2/jobs/{queued}"), None, None);
     assert_eq!(job["status"], "canceled", "{job}");
+}
+
+/// The same for a job canceled between two opcodes (asked while the first ran): the first
+/// opcode's success and the cancel are durable before a client sees the job canceled.
+#[test]
+fn a_job_canceled_at_an_opcode_boundary_stays_canceled_after_kill_9() {
+    let s = start(&["--no-ssl"]);
+    let delay = |duration: f64| json!({"OP_ID": "OP_TEST_DELAY", "duration": duration});
+    let body = json!({"ops": [delay(0.5), delay(0.01)]});
+    let (code, id) = curl(
+        &s,
+        "POST",
+        "/2/jobs",
+        Some("admin:admin"),
+        Some(&body.to_string()),
+    );
+    assert_eq!(code, 200, "{id}");
+    let id = id.as_u64().unwrap();
+    until("the job runs", Duration::from_secs(20), || {
+        curl(&s, "GET", &format!("/2/jobs/{id}"), None, None).1["status"] == "running"
+    });
+    let canceller = cancel_in_background(&s, id);
+    let job = after_kill_9_once_seen(s, id, "canceled");
+    let _ = canceller.join();
+    assert_eq!(job["opstatus"], json!(["success", "canceled"]), "{job}");
 }
 
 /// POST /2/jobs with curl; answers the id only when the server acknowledged it.

@@ -511,17 +511,21 @@ fn a_follower_answers_for_itself_to_users_of_the_users_file() {
     // `gantry users token create` on the masters' etcd (no server's control socket to ask):
     // the token is written there and every master takes it at once.
     let endpoint = etcd.endpoints()[0].clone();
-    let users = leader.dir.path().join("users");
-    let token_create = |args: &[&str]| {
+    // A gantry command on the masters' etcd, from any host.
+    let on_etcd = |args: &[&str]| {
         std::process::Command::new(env!("CARGO_BIN_EXE_gantry"))
-            .args(["users", "token", "create"])
             .args(args)
-            .args(["--store", "etcd", "--etcd-endpoints", &endpoint, "--users"])
-            .arg(&users)
+            .args(["--store", "etcd", "--etcd-endpoints", &endpoint])
             .output()
             .unwrap()
     };
-    let made = token_create(&["admin", "--ttl", "600"]);
+    let users = leader.dir.path().join("users");
+    let users = users.to_str().unwrap();
+    let token_create = |user: &str, more: &[&str]| {
+        let args = [&["users", "token", "create", user, "--users", users], more].concat();
+        on_etcd(&args)
+    };
+    let made = token_create("admin", &["--ttl", "600"]);
     assert!(made.status.success(), "{made:?}");
     let header = format!(
         "X-AUTH-TOKEN: {}",
@@ -532,7 +536,7 @@ fn a_follower_answers_for_itself_to_users_of_the_users_file() {
         curl_headers(&follower, "POST", "/2/jobs", &[&header], Some(delay)).0,
         200
     );
-    let refused = token_create(&["nobody"]);
+    let refused = token_create("nobody", &[]);
     let said = String::from_utf8_lossy(&refused.stderr);
     assert!(
         !refused.status.success() && said.contains("no user 'nobody'"),
@@ -541,17 +545,7 @@ fn a_follower_answers_for_itself_to_users_of_the_users_file() {
 
     // The drain flag, set with the same command as on one master's data dir.
     let queue = |action: &str| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_gantry"))
-            .args([
-                "queue",
-                action,
-                "--store",
-                "etcd",
-                "--etcd-endpoints",
-                &endpoint,
-            ])
-            .output()
-            .unwrap();
+        let out = on_etcd(&["queue", action]);
         assert!(out.status.success(), "{out:?}");
         String::from_utf8_lossy(&out.stdout).to_string()
     };

@@ -272,9 +272,7 @@ impl Committer {
             hook();
         }
     }
-}
 
-impl Committer {
     /// Notes the revisions guarded keys have now.
     fn wrote(&self, revisions: impl IntoIterator<Item = (Vec<u8>, i64)>) {
         self.revisions().extend(revisions);

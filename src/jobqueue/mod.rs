@@ -619,16 +619,12 @@ impl JobQueue {
                         job.end_ts = Some(now);
                     })
                 };
-                if let Err(e) = self.change_durably(id, |_| true, cancel).await {
-                    tracing::error!(job = %id, "flushing job failed: {e}");
-                    // Canceled in memory regardless, as every job end.
-                    let _ = self.change_durably(id, |_| false, cancel).await;
-                }
+                self.end_durably(id, |_| true, cancel).await;
                 return (true, format!("Dequeued job {id}"));
             }
             Step::Informed(more) => {
                 if more {
-                    self.persist(id, false).await;
+                    self.write_back(id, Flush::IfFinal).await;
                 }
                 return (
                     false,
@@ -636,7 +632,7 @@ impl JobQueue {
                 );
             }
             Step::Canceling(rx) => {
-                self.persist(id, false).await;
+                self.write_back(id, Flush::IfFinal).await;
                 if let Some(tx) = self.state().cancels.get(&id) {
                     tx.send_replace(true);
                 }
@@ -710,7 +706,7 @@ impl JobQueue {
                 st.paused.insert((prio, id));
             }
         }
-        self.persist(id, true).await;
+        self.write_back(id, Flush::Always).await;
         self.inner.wake_scheduler.notify_one();
         Ok((
             true,
@@ -880,17 +876,10 @@ impl JobQueue {
         }
     }
 
-    /// Writes a job's current state and wakes its waiters; `flush` makes it durable first, and
-    /// final states always are. A finished job leaves memory: it is on disk and in `recent`.
-    async fn persist(&self, id: JobId, flush: bool) {
-        let flush = if flush { Flush::Always } else { Flush::IfFinal };
-        self.write_back(id, flush).await;
-    }
-
     /// Changes job `id` so that nobody sees the change before it is durable, when `must_flush`
     /// (asked of the job before the change) says it must be: `change` is applied to a copy,
     /// which is written and flushed, and only then to the job in memory (then written back,
-    /// waking its waiters, as `persist`). `change` answers `None` to leave the job as it is.
+    /// waking its waiters, as `write_back`). `change` answers `None` to leave the job as it is.
     /// Answers `change`'s answer, `None` when the job is gone or was left; on a failed flush,
     /// the error, the job in memory untouched.
     async fn change_durably<T>(
@@ -934,6 +923,28 @@ impl JobQueue {
         Ok(Some(answer))
     }
 
+    /// `change_durably` for a change that may end the job (`ends`, asked before it): when the
+    /// flush fails, the job changes in memory regardless (logged; flushed once more, as every
+    /// final state), since a job that cannot end would hang its runner and its waiters.
+    async fn end_durably<T>(
+        &self,
+        id: JobId,
+        ends: impl FnOnce(&Job) -> bool,
+        change: impl Fn(&mut Job) -> Option<T>,
+    ) -> Option<T> {
+        match self.change_durably(id, ends, &change).await {
+            Ok(answer) => answer,
+            Err(e) => {
+                tracing::error!(job = %id, "flushing job failed: {e}");
+                self.change_durably(id, |_| false, change)
+                    .await
+                    .unwrap_or_default()
+            }
+        }
+    }
+
+    /// Writes a job's current state and wakes its waiters, flushed first as `flush` says (final
+    /// states always are). A finished job leaves memory: it is on disk and in `recent`.
     async fn write_back(&self, id: JobId, flush: Flush) {
         let (job, ended) = {
             let mut st = self.state();

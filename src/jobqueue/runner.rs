@@ -40,29 +40,35 @@ pub(super) async fn run_job(queue: JobQueue, id: JobId) {
 }
 
 /// Marks the next opcode `waiting`; `None` when the job is done (or canceled at a boundary).
+/// A cancel that ends the job here is durable before anyone sees it (as every job end).
 async fn start_next_op(queue: &JobQueue, id: JobId) -> Option<(usize, OpCode)> {
-    let (next, flush) = {
-        let mut st = queue.state();
-        let job = st.jobs.get_mut(&id)?;
+    let now = Timestamp::now();
+    let next = |job: &mut Job| {
         let idx = job.current_op()?;
-        let now = Timestamp::now();
-        if job.cancel_at_boundary && idx > 0 && job.ops[idx].status == Status::Queued {
+        if cancel_due(job).is_some() {
+            if job.ops[idx].status == Status::Canceling {
+                job.ops[idx].end = Some(now);
+            }
             job.finalize_rest(idx, Status::Canceled, json!(ERROR_MSG_CANCELED), now);
-            (None, true)
-        } else if job.ops[idx].status == Status::Canceling {
-            job.ops[idx].end = Some(now);
-            job.finalize_rest(idx, Status::Canceled, json!(ERROR_MSG_CANCELED), now);
-            (None, true)
-        } else {
-            let op = &mut job.ops[idx];
-            op.status = Status::Waiting;
-            op.start.get_or_insert(now);
-            job.start_ts.get_or_insert(now);
-            (Some((idx, job.ops[idx].input.clone())), false)
+            return Some(None);
         }
+        let op = &mut job.ops[idx];
+        op.status = Status::Waiting;
+        op.start.get_or_insert(now);
+        job.start_ts.get_or_insert(now);
+        Some(Some((idx, job.ops[idx].input.clone())))
     };
-    queue.persist(id, flush).await;
-    next
+    let ends = |job: &Job| cancel_due(job).is_some();
+    queue.end_durably(id, ends, next).await.flatten()
+}
+
+/// The opcode at which a cancel ends the job now, if one does: asked while an earlier opcode
+/// ran (at this boundary), or while this one waited.
+fn cancel_due(job: &Job) -> Option<usize> {
+    let idx = job.current_op()?;
+    let status = job.ops[idx].status;
+    let at_boundary = job.cancel_at_boundary && idx > 0 && status == Status::Queued;
+    (at_boundary || status == Status::Canceling).then_some(idx)
 }
 
 /// What upstream's logical unit writes back into its opcode (resolved UUIDs, computed
@@ -265,18 +271,7 @@ async fn finish_op(queue: &JobQueue, id: JobId, idx: usize, outcome: Outcome) ->
     let now = Timestamp::now();
     let ends = |job: &Job| !matches!(outcome, Outcome::Success(_)) || idx + 1 == job.ops.len();
     let record = |job: &mut Job| Some(record_outcome(job, idx, &outcome, now));
-    let go_on = match queue.change_durably(id, ends, record).await {
-        Ok(go_on) => go_on,
-        Err(e) => {
-            tracing::error!(job = %id, "flushing job failed: {e}");
-            // Ended in memory regardless (and flushed once more, as every final state).
-            queue
-                .change_durably(id, |_| false, record)
-                .await
-                .unwrap_or_default()
-        }
-    };
-    go_on.unwrap_or(false)
+    queue.end_durably(id, ends, record).await.unwrap_or(false)
 }
 
 /// Writes an opcode's outcome into the job; whether the job goes on to its next opcode.
